@@ -1,0 +1,201 @@
+"""Adaptive-depth networks over timm models: every stage has a mandatory and a skippable sub-path."""
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+import timm
+import torch
+from torch import Tensor, nn
+
+from .families import FAMILIES, Family
+from .norm import SkipAwareNorm, wrap_block_norms
+from .skip import SkipConfig, SkipLike
+
+log = logging.getLogger(__name__)
+
+
+def default_split(blocks_per_stage: Sequence[int]) -> list[int]:
+    """The paper's rule: ``mandatory = min(n - 1, (n + 1) // 2)`` blocks for a stage of n blocks."""
+    return [min(n - 1, (n + 1) // 2) for n in blocks_per_stage]
+
+
+@dataclass
+class _Stage:
+    pre: Optional[nn.Module]
+    mandatory: list[nn.Module]
+    skippable: list[nn.Module]
+    norms: list[SkipAwareNorm]
+
+
+class AdaptiveDepthNet(nn.Module):
+    """A timm model whose 2^S sub-networks are chosen at call time: ``model(x, skip="TTFF")``.
+
+    The timm model lives unchanged (apart from skip-aware norms) in ``self.backbone``; the stage
+    structure below only refers to its modules, so the state dict keeps timm's names.
+    """
+
+    def __init__(self, backbone: nn.Module, family: Family, split: Optional[Sequence[int]] = None,
+                 skip_aware_norm: bool = True, num_stages: int = 4) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.family = family.name
+        self._family = family
+        raw = family.stages(backbone, num_stages)
+        sizes = [len(s.blocks) for s in raw]
+        split = default_split(sizes) if split is None else list(split)
+        _check_split(split, sizes)
+        self.split = split
+        self.skip_aware_norm = skip_aware_norm
+        self._stages = [
+            _Stage(s.pre, s.blocks[:m], s.blocks[m:],
+                   [n for b in s.blocks[:m] for n in wrap_block_norms(b)] if skip_aware_norm else [])
+            for s, m in zip(raw, split)
+        ]
+
+    # ----- introspection -----
+    @property
+    def num_stages(self) -> int:
+        return len(self._stages)
+
+    @property
+    def blocks_per_stage(self) -> list[tuple[int, int]]:
+        """(mandatory, skippable) block counts per stage."""
+        return [(len(s.mandatory), len(s.skippable)) for s in self._stages]
+
+    @property
+    def num_classes(self) -> int:
+        return self.backbone.num_classes
+
+    def configs(self) -> list[SkipConfig]:
+        """All sub-networks in canonical order (super-net first, base-net last)."""
+        return SkipConfig.all(self.num_stages)
+
+    def skip_config(self, skip: SkipLike) -> SkipConfig:
+        return SkipConfig.parse(skip, self.num_stages)
+
+    def skippable_blocks(self, stage: int) -> list[nn.Module]:
+        return list(self._stages[stage].skippable)
+
+    def mandatory_blocks(self, stage: int) -> list[nn.Module]:
+        return list(self._stages[stage].mandatory)
+
+    def skip_aware_norms(self, stage: int) -> list[SkipAwareNorm]:
+        return list(self._stages[stage].norms)
+
+    # ----- forward -----
+    def forward_stem(self, x: Tensor) -> Tensor:
+        return self._family.stem(self.backbone, x)
+
+    def forward_stage(self, index: int, h: Tensor, skipped: bool) -> Tensor:
+        """Run stage ``index``: its mandatory blocks (skip-aware norm set when skipped), then, unless
+        ``skipped``, its skippable blocks."""
+        stage = self._stages[index]
+        if stage.pre is not None:
+            h = stage.pre(h)
+        for norm in stage.norms:
+            norm.use_skip = skipped
+        for block in stage.mandatory:
+            h = block(h)
+        if not skipped:
+            for block in stage.skippable:
+                h = block(h)
+        return h
+
+    def forward_head(self, h: Tensor) -> Tensor:
+        return self._family.head(self.backbone, h)
+
+    def forward(self, x: Tensor, skip: SkipLike = None, return_features: bool = False):
+        """Logits of the sub-network ``skip`` (default: super-net); with ``return_features`` also
+        the list of stage outputs (for feature distillation)."""
+        cfg = self.skip_config(skip)
+        h = self.forward_stem(x)
+        feats = []
+        for i, skipped in enumerate(cfg):
+            h = self.forward_stage(i, h, skipped)
+            feats.append(h)
+        logits = self.forward_head(h)
+        return (logits, feats) if return_features else logits
+
+    def extra_repr(self) -> str:
+        return f"family={self.family}, split={self.split}, blocks={self.blocks_per_stage}, skip_aware_norm={self.skip_aware_norm}"
+
+
+def _check_split(split: Sequence[int], sizes: Sequence[int]) -> None:
+    if len(split) != len(sizes):
+        raise ValueError(f"split {list(split)} has {len(split)} entries but the model has {len(sizes)} stages of {list(sizes)} blocks")
+    for i, (m, n) in enumerate(zip(split, sizes)):
+        if not 1 <= m <= n - 1:
+            raise ValueError(
+                f"split {list(split)}: stage {i} has {n} blocks, so its mandatory count must be in [1, {n - 1}] "
+                f"(at least one mandatory and one skippable block), got {m}"
+            )
+
+
+def find_family(name: str) -> Family:
+    for family in FAMILIES:
+        if any(fnmatch.fnmatch(name, p) for p in family.patterns):
+            return family
+    raise ValueError(f"unsupported model {name!r}: supported timm families are {supported_families()}")
+
+
+def supported_families() -> str:
+    return "; ".join(f"{f.name} ({', '.join(f.patterns)})" for f in FAMILIES)
+
+
+def supported_models() -> list[str]:
+    """Every timm model name adaskip can wrap."""
+    return timm.list_models([p for f in FAMILIES for p in f.patterns])
+
+
+def create_model(name: str, num_classes: int = 1000, split: Optional[Sequence[int]] = None,
+                 skip_aware_norm: bool = True, num_stages: int = 4, **timm_kwargs) -> AdaptiveDepthNet:
+    """Create timm model ``name`` (never pretrained: nothing downloads) as an AdaptiveDepthNet.
+
+    ``split``: mandatory blocks per stage (default: the paper's rule). ``num_stages``: only for ViT/DeiT,
+    how many groups of consecutive blocks form the stages.
+    """
+    family = find_family(name)
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r}: supported timm families are {supported_families()}")
+    if timm_kwargs.pop("pretrained", False):
+        raise ValueError("pretrained=True would download weights; load local ones with adaskip.load_timm_weights")
+    backbone = timm.create_model(name, pretrained=False, num_classes=num_classes, **timm_kwargs)
+    if not isinstance(backbone, family.cls):
+        raise ValueError(f"model {name!r} is a {type(backbone).__name__}, not the {family.cls.__name__} that family {family.name} wraps")
+    return AdaptiveDepthNet(backbone, family, split=split, skip_aware_norm=skip_aware_norm, num_stages=num_stages)
+
+
+def timm_key(model: AdaptiveDepthNet, key: str) -> str:
+    """The plain timm state-dict key that ``model``'s state-dict key ``key`` is initialised from."""
+    key = key.removeprefix("backbone.")
+    for prefix in _skip_aware_prefixes(model):
+        for part in (".full.", ".skipped."):
+            if key.startswith(prefix + part):
+                return prefix + "." + key[len(prefix + part):]
+    return key
+
+
+def _skip_aware_prefixes(model: AdaptiveDepthNet) -> list[str]:
+    return [n for n, m in model.backbone.named_modules() if isinstance(m, SkipAwareNorm)]
+
+
+def load_timm_weights(model: AdaptiveDepthNet, state_dict: Mapping[str, Tensor]) -> AdaptiveDepthNet:
+    """Load plain timm weights into ``model``; both norm sets start from the same values.
+
+    Missing, unexpected and mis-shaped keys are errors (no silent partial loads).
+    """
+    target = model.state_dict()
+    mapping = {k: timm_key(model, k) for k in target}
+    missing = sorted(set(mapping.values()) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(mapping.values()))
+    shapes = [f"{k}: {tuple(state_dict[v].shape)} vs {tuple(target[k].shape)}"
+              for k, v in mapping.items() if v in state_dict and state_dict[v].shape != target[k].shape]
+    problems = [f"{label} ({len(keys)}): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+                for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if keys]
+    if problems:
+        raise ValueError("timm weights do not fit this model: " + "; ".join(problems))
+    model.load_state_dict({k: state_dict[v] for k, v in mapping.items()}, strict=True)
+    return model
