@@ -1,0 +1,147 @@
+"""Typed parameters of the whole pipeline, built from params.yaml and validated before any work starts."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .data import DataConfig
+
+
+class ConfigError(ValueError):
+    """params.yaml is malformed or holds a bad value; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelParams(_Section):
+    name: str = "resnet34"
+    split: Optional[list[int]] = None
+    skip_aware_norm: bool = True
+    num_stages: int = Field(4, ge=1)
+    kwargs: dict[str, Any] = {}
+
+
+class TrainParams(_Section):
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: str = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    scheduler: Literal["cosine", "step", "multistep", "none"] = "cosine"
+    decay_milestones: list[int] = [60, 100, 140]
+    warmup_epochs: int = Field(0, ge=0)
+    alpha: float = Field(0.5, ge=0, le=1)
+    temperature: float = Field(1.0, gt=0)
+    top_k: Optional[int] = Field(None, ge=1)
+    feature_weight: float = Field(0.0, ge=0)
+    base_ce_weight: float = Field(0.0, ge=0)
+    self_distillation: bool = True
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    precision: Optional[Literal["bf16", "fp16"]] = None
+    seed: int = 0
+    workers: int = Field(2, ge=1, description="Ray Train workers (DDP processes)")
+    cpus_per_worker: float = Field(0.9, gt=0)
+    use_gpu: bool = False
+    max_failures: int = Field(2, ge=-1, description="worker-group restarts from the latest checkpoint; -1 = forever")
+
+
+class TuneParams(_Section):
+    num_samples: int = Field(4, ge=1)
+    epochs: int = Field(3, ge=1)
+    alpha: tuple[float, float] = (0.3, 0.8)
+    temperature: tuple[float, float] = (1.0, 4.0)
+    splits: Optional[list[list[int]]] = None
+    grace_period: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1, description="Ray Train workers per trial")
+    max_concurrent_trials: Optional[int] = Field(None, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "TuneParams":
+        for key, (lo, hi), bounds in (("alpha", self.alpha, (0, 1)), ("temperature", self.temperature, (1e-6, None))):
+            if lo > hi or lo < bounds[0] or (bounds[1] is not None and hi > bounds[1]):
+                raise ValueError(f"tune.{key} must be [low, high] with low <= high inside {bounds}, got {[lo, hi]}")
+        return self
+
+
+class EvaluateParams(_Section):
+    batch_size: int = Field(128, ge=1)
+    parallelism: int = Field(2, ge=1, description="parallel Ray tasks; each takes a subtree of stage prefixes")
+    latency_batch_size: int = Field(1, ge=1)
+    latency_reps: int = Field(10, ge=1)
+
+
+class MlflowParams(_Section):
+    experiment: str = "adaskip"
+    tracking_uri: Optional[str] = Field(None, description="default: sqlite:///<project>/mlflow.db; env MLFLOW_TRACKING_URI wins")
+
+
+class Params(_Section):
+    data: DataConfig = DataConfig()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    tune: TuneParams = TuneParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    mlflow: MlflowParams = MlflowParams()
+
+    @model_validator(mode="after")
+    def _model_fits(self) -> "Params":
+        from .models import create_model  # builds the model once: catches unknown names and bad splits early
+
+        try:
+            create_model(self.model.name, num_classes=2, split=self.model.split, num_stages=self.model.num_stages,
+                         **self.model.kwargs)
+        except (ValueError, TypeError) as e:
+            key = "model.split" if str(e).startswith("split") else "model.kwargs" if isinstance(e, TypeError) else "model.name"
+            raise ValueError(f"{key}: {e}") from None
+        for split in self.tune.splits or []:
+            try:
+                create_model(self.model.name, num_classes=2, split=split, num_stages=self.model.num_stages, **self.model.kwargs)
+            except ValueError as e:
+                raise ValueError(f"tune.splits: {split}: {e}") from None
+        if self.data.path and not Path(self.data.path).exists():
+            raise ValueError(f"data.path {self.data.path!r} does not exist: point it at the {self.data.name} dataset folder")
+        return self
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        got = f" (got {e['input']!r})" if e["type"] not in ("extra_forbidden", "missing") and not isinstance(e["input"], dict) else ""
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (misspelled? see params.yaml for the valid keys)"
+        lines.append(f"{source}: {key + ': ' if key else ''}{msg}{got}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    """Validate a dict (as loaded from YAML); raise ConfigError naming every bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections (data, model, train, ...), got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format(e, source)) from None
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file (run from the project root, or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return parse_params(raw, str(path))

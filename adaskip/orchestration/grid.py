@@ -1,0 +1,55 @@
+"""The evaluation grid as parallel Ray tasks: each task evaluates one subtree of stage prefixes."""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import pandas as pd
+import ray
+import torch
+from tqdm.auto import tqdm
+
+from ..config import Params
+from ..data import load_splits, make_loader
+from ..evaluation import complexity_table, evaluate_grid, latency_table, select_configs, summarise
+
+
+def prefixes(num_stages: int, parallelism: int) -> list[str]:
+    """Stage-flag prefixes that split the 2^S configurations into ``<= parallelism`` equal subtrees."""
+    depth = min(num_stages, max(0, int(math.log2(max(1, parallelism)))))
+    return ["".join(p) for p in itertools.product("FT", repeat=depth)]
+
+
+def _evaluate_subtree(model_file: dict[str, Any], params: dict[str, Any], prefix: str) -> pd.DataFrame:
+    """One task: accuracy (prefix-shared), MACs, params and latency of the configurations under ``prefix``."""
+    from ..training import build_from_spec
+
+    torch.set_num_threads(1)
+    p = Params.model_validate(params)
+    model = build_from_spec(model_file["spec"])
+    model.load_state_dict(model_file["state_dict"])
+    splits = load_splits(p.data)
+    loader = make_loader(splits.test, p.evaluate.batch_size, shuffle=False, seed=0)
+    configs = select_configs(model, None, prefix or None)
+    size = (splits.in_chans, p.data.image_size, p.data.image_size)
+    acc = evaluate_grid(model, loader, configs, progress=False)
+    cost = complexity_table(model, configs, size)
+    lat = latency_table(model, configs, size, batch_size=p.evaluate.latency_batch_size, reps=p.evaluate.latency_reps)
+    return acc.merge(cost, on="skip").merge(lat, on="skip")
+
+
+def evaluate_parallel(model_file: dict[str, Any], params: Params) -> pd.DataFrame:
+    """All 2^S sub-networks on the test split, in parallel Ray tasks; Pareto front marked."""
+    num_stages = len(model_file["spec"]["split"])
+    task = ray.remote(num_cpus=1)(_evaluate_subtree)
+    ref = ray.put(model_file)
+    pending = [task.remote(ref, params.model_dump(mode="json"), p) for p in prefixes(num_stages, params.evaluate.parallelism)]
+    parts = []
+    with tqdm(total=len(pending), desc="evaluation grid", unit="subtree") as bar:
+        while pending:
+            done, pending = ray.wait(pending)
+            parts.extend(ray.get(done))
+            bar.update(len(done))
+    table = pd.concat(parts, ignore_index=True)
+    return summarise(table.drop(columns=["macs", "params", "skipped_stages"]), table[["skip", "macs", "params", "skipped_stages"]])

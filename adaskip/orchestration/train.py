@@ -1,0 +1,102 @@
+"""Ray Train: distributed self-distillation with per-epoch checkpoints, resume and rank-0 MLflow logging."""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import ray.train
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer, get_device, prepare_model
+
+from ..config import Params
+from ..training import WorkerEnv, fit, load_file, save_atomic
+
+log = logging.getLogger(__name__)
+STATE_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """Where rank 0 logs: an absolute tracking URI, experiment and an existing run id."""
+
+    uri: str
+    experiment: str
+    run_id: str
+
+
+def _report_fn(tracking: Optional[TrackingTarget], rank: int):
+    tracker = None
+    if tracking is not None and rank == 0:
+        from ..tracking import Tracker
+
+        tracker = Tracker(tracking.uri, tracking.experiment)
+
+    def report(metrics: dict[str, float], state: Optional[dict[str, Any]]) -> None:
+        if tracker is not None:
+            tracker.log_metrics(tracking.run_id, metrics, step=int(metrics["epoch"]))
+        if state is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            save_atomic(state, Path(tmp) / STATE_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    return report
+
+
+def _resume_state() -> Optional[dict[str, Any]]:
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Entry point of every Ray Train worker."""
+    params = Params.model_validate(config["params"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    env = WorkerEnv(rank=rank, world_size=world, device=get_device(),
+                    wrap=lambda m: prepare_model(m, parallel_strategy_kwargs={"find_unused_parameters": True}),
+                    report=_report_fn(config.get("tracking"), rank), resume_state=_resume_state())
+    fit(params, env, epochs=config.get("epochs"), distill=config.get("distill", True), fixed_skip=config.get("fixed_skip"))
+
+
+def make_trainer(params: Params, storage_path: str, name: str, tracking: Optional[TrackingTarget] = None,
+                 epochs: Optional[int] = None, workers: Optional[int] = None, callbacks: tuple = (),
+                 distill: bool = True, fixed_skip: Optional[str] = None) -> TorchTrainer:
+    """A TorchTrainer whose ``(storage_path, name)`` is deterministic, so re-running resumes it."""
+    t = params.train
+    n = workers or t.workers
+    resources = {"GPU": 1} if t.use_gpu else {"CPU": t.cpus_per_worker}
+    config = {"params": params.model_dump(mode="json"), "tracking": tracking, "epochs": epochs,
+              "threads": max(1, round(t.cpus_per_worker)), "distill": distill, "fixed_skip": fixed_skip}
+    return TorchTrainer(
+        train_loop_per_worker, train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=n, use_gpu=t.use_gpu, resources_per_worker=resources),
+        torch_config=ray.train.torch.TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()), callbacks=list(callbacks),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=t.max_failures)),
+    )
+
+
+def run_training(params: Params, storage_path: str, name: str, tracking: Optional[TrackingTarget] = None,
+                 **kwargs) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train with Ray Train; returns the final metrics and the final checkpoint state (model + spec)."""
+    result = make_trainer(params, storage_path, name, tracking, **kwargs).fit()
+    if result.error is not None:
+        raise result.error
+    with result.checkpoint.as_directory() as d:
+        state = load_file_state(Path(d) / STATE_FILE)
+    return dict(result.metrics), state
+
+
+def load_file_state(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)

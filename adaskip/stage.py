@@ -1,0 +1,79 @@
+"""What every pipeline stage script shares: --params, logging, MLflow set-up, and one-line errors."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import ConfigError, Params, load_params
+
+log = logging.getLogger("adaskip")
+
+
+def params_hash(params: Params, *sections: str) -> str:
+    """Short stable hash of the named params sections (deterministic Ray run names: re-runs resume)."""
+    dump = params.model_dump(mode="json")
+    blob = json.dumps({s: dump[s] for s in sections}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    from .data.api import write_json_atomic
+
+    write_json_atomic(obj, path)
+
+
+def remove_outputs(*paths: str | os.PathLike) -> None:
+    """Delete stale outputs first, so a failed or interrupted stage never leaves ones DVC takes as valid."""
+    for p in map(Path, paths):
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def tracker(params: Params):
+    from .tracking import Tracker, resolve_uri
+
+    return Tracker(resolve_uri(params.mlflow.tracking_uri, Path.cwd()), params.mlflow.experiment)
+
+
+def ray_storage() -> str:
+    """Ray Train/Tune storage: absolute, inside the project, git-ignored, not a DVC output."""
+    return str((Path.cwd() / ".ray_results").resolve())
+
+
+def _sigterm(*_: Any) -> None:
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def main(description: str, run: Callable[[Params, argparse.Namespace], None],
+         configure: Callable[[argparse.ArgumentParser], None] = lambda p: None) -> None:
+    """Parse ``--params``, validate them, run the stage; known errors print one line and exit non-zero."""
+    from .data import DataError
+    from .tracking import TrackingError
+    from .training import CheckpointError, TrainingDiverged
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    configure(parser)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        run(load_params(args.params), args)
+    except (ConfigError, DataError, CheckpointError, TrackingError, TrainingDiverged) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: outputs of this stage were not written; re-run to resume", file=sys.stderr)
+        sys.exit(130)

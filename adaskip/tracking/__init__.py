@@ -1,0 +1,147 @@
+"""The only module that talks to MLflow. Explicit run ids (MlflowClient), no global active run, so
+Ray workers and restarted worker groups continue the same run instead of opening new ones."""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
+
+import pandas as pd
+
+RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking store cannot be reached or used."""
+
+
+def resolve_uri(configured: Optional[str], root: str | os.PathLike) -> str:
+    """``MLFLOW_TRACKING_URI`` wins, then params.yaml's ``mlflow.tracking_uri``, then an absolute
+    ``sqlite:///<root>/mlflow.db`` (absolute: Ray workers run with another cwd)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
+    if uri and "://" not in uri:  # a bare path: make it absolute
+        uri = Path(uri).resolve().as_uri()
+    return uri or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any training, when a tracking server does not answer."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout)  # noqa: S310 (user's own server)
+        except OSError as e:
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({e}); start it or unset "
+                                "MLFLOW_TRACKING_URI / mlflow.tracking_uri to use the local store") from None
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"alpha": 0.5}}`` -> ``{"train.alpha": 0.5}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flatten(v, key + ".") if isinstance(v, Mapping) and v else {key: v})
+    return out
+
+
+def provenance_tags() -> dict[str, str]:
+    """DVC experiment/stage and git commit of this run, when known."""
+    tags = {k.lower(): os.environ[k] for k in ("DVC_EXP_NAME", "DVC_STAGE") if os.environ.get(k)}
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        tags["git_sha"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                         check=True, timeout=10).stdout.strip()
+    return tags
+
+
+class Tracker:
+    """A thin handle on one experiment in one tracking store."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        check_reachable(uri)
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+
+    def start_run(self, name: str, tags: Optional[Mapping[str, str]] = None, parent_run_id: Optional[str] = None) -> str:
+        tags = {**provenance_tags(), **(tags or {})}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if isinstance(v, (int, float))]
+        self.client.log_batch(run_id, metrics=items)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, str(v))
+
+    def log_artifact(self, run_id: str, path: str | os.PathLike, folder: Optional[str] = None) -> None:
+        self.client.log_artifact(run_id, str(path), folder)
+
+    def log_table(self, run_id: str, df: pd.DataFrame, name: str) -> None:
+        self.client.log_table(run_id, data=df, artifact_file=name)
+
+    def log_dict(self, run_id: str, obj: Any, name: str) -> None:
+        self.client.log_dict(run_id, obj, name)
+
+    def end_run(self, run_id: str, status: str = FINISHED) -> None:
+        self.client.set_terminated(run_id, status)
+
+    def status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+    def find_run(self, tags: Mapping[str, str], parent_run_id: Optional[str] = None) -> Optional[str]:
+        """The newest run with these tags (to continue an interrupted run instead of duplicating it)."""
+        clauses = [f"tags.{k} = '{v}'" for k, v in tags.items()]
+        if parent_run_id:
+            clauses.append(f"tags.mlflow.parentRunId = '{parent_run_id}'")
+        runs = self.client.search_runs([self.experiment_id], " and ".join(clauses), max_results=1,
+                                       order_by=["attributes.start_time DESC"])
+        return runs[0].info.run_id if runs else None
+
+    def children(self, parent_run_id: str) -> list:
+        return self.client.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                       max_results=10000)
+
+    def end_leftovers(self, parent_run_id: str, status: str = KILLED) -> int:
+        """Mark children still RUNNING (their process died or was stopped early) as ended."""
+        left = [r for r in self.children(parent_run_id) if r.info.status == RUNNING]
+        for r in left:
+            self.end_run(r.info.run_id, status)
+        return len(left)
+
+    @contextlib.contextmanager
+    def run(self, name: str, tags: Optional[Mapping[str, str]] = None, parent_run_id: Optional[str] = None,
+            run_id: Optional[str] = None) -> Iterator[str]:
+        """A run that always ends: FINISHED, FAILED on error, KILLED on Ctrl-C/SIGTERM."""
+        run_id = run_id or self.start_run(name, tags, parent_run_id)
+        if run_id and self.status(run_id) != RUNNING:
+            self.client.update_run(run_id, status=RUNNING)
+        try:
+            yield run_id
+        except (KeyboardInterrupt, SystemExit):
+            self.end_run(run_id, KILLED)
+            raise
+        except BaseException:
+            self.end_run(run_id, FAILED)
+            raise
+        else:
+            self.end_run(run_id, FINISHED)

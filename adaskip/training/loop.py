@@ -1,0 +1,159 @@
+"""The per-worker training loop, framework-agnostic: the orchestration layer passes a WorkerEnv."""
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pandas as pd
+import timm.optim
+import timm.scheduler
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import Params
+from ..data import load_splits, make_loader
+from ..evaluation import evaluate_grid, tradeoff_auc
+from ..models import AdaptiveDepthNet, SkipConfig, count_macs
+from .checkpoint import build_from_spec, load_state, model_spec
+from .loss import DistillConfig
+from .step import Precision, distill_step, plain_step, unwrap
+
+log = logging.getLogger(__name__)
+
+ReportFn = Callable[[dict[str, float], Optional[dict[str, Any]]], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite (bad learning rate or alpha)."""
+
+
+@dataclass
+class WorkerEnv:
+    """What the orchestration layer gives one worker: its place in the group and how to report."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    wrap: Callable[[nn.Module], nn.Module] = lambda m: m
+    report: ReportFn = lambda metrics, state: None
+    resume_state: Optional[dict[str, Any]] = None
+
+
+def distill_config(params: Params) -> DistillConfig:
+    t = params.train
+    return DistillConfig(alpha=t.alpha, temperature=t.temperature, top_k=t.top_k, feature_weight=t.feature_weight,
+                         base_ce_weight=t.base_ce_weight, label_smoothing=t.label_smoothing,
+                         self_distillation=t.self_distillation)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _optimizer_and_scheduler(model: nn.Module, params: Params, epochs: int):
+    t = params.train
+    optimizer = timm.optim.create_optimizer_v2(model, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
+                                               momentum=t.momentum)
+    scheduler = None
+    if t.scheduler != "none":
+        scheduler, _ = timm.scheduler.create_scheduler_v2(
+            optimizer, sched=t.scheduler, num_epochs=epochs, decay_milestones=t.decay_milestones,
+            decay_epochs=t.decay_milestones[0] if t.decay_milestones else 30, warmup_epochs=t.warmup_epochs)
+    return optimizer, scheduler
+
+
+def _all_sum(values: list[float], env: WorkerEnv) -> list[float]:
+    if env.world_size == 1 or not dist.is_initialized():
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def validate(model: AdaptiveDepthNet, loader, env: WorkerEnv, macs: dict[str, int]) -> dict[str, float]:
+    """Val accuracy of every sub-network (prefix-shared), summed over ranks, and the trade-off objective."""
+    grid = evaluate_grid(model, loader, device=env.device, progress=False)
+    sums = _all_sum([*(grid.acc1 * grid.n / 100), *(grid.acc5 * grid.n / 100), *grid.n], env)
+    k = len(grid)
+    n = np.array(sums[2 * k:])
+    acc1 = pd.Series(100 * np.array(sums[:k]) / np.maximum(n, 1), index=grid.skip)
+    acc5 = pd.Series(100 * np.array(sums[k:2 * k]) / np.maximum(n, 1), index=grid.skip)
+    s = model.num_stages
+    sup, base = str(SkipConfig.super_net(s)), str(SkipConfig.base_net(s))
+    return {"val_acc_super": acc1[sup], "val_acc_base": acc1[base], "val_acc5_super": acc5[sup],
+            "val_acc5_base": acc5[base], "val_acc_mean": float(acc1.mean()),
+            "objective": tradeoff_auc([macs[c] for c in acc1.index], acc1.values)}
+
+
+def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: bool = True,
+        fixed_skip: Optional[str] = None) -> dict[str, float]:
+    """Train per ``params`` for ``epochs`` (default train.epochs), reporting metrics and a checkpoint
+    state each epoch through ``env.report``. ``distill=False`` trains only sub-network ``fixed_skip``
+    with CE (an individually trained baseline)."""
+    epochs = epochs or params.train.epochs
+    seed_everything(params.train.seed)
+    splits = load_splits(params.data)
+    m = params.model
+    spec = model_spec(m.name, splits.num_classes, m.split or [], m.skip_aware_norm, m.num_stages, m.kwargs)
+    net = build_from_spec({**spec, "split": m.split})
+    spec["split"] = net.split
+    macs = {str(c): count_macs(net, c, (splits.in_chans, params.data.image_size, params.data.image_size)) for c in net.configs()}
+    net.to(env.device)
+    optimizer, scheduler = _optimizer_and_scheduler(net, params, epochs)
+    start = 0
+    if env.resume_state is not None:
+        load_state(net, env.resume_state["model"], "resume checkpoint")
+        optimizer.load_state_dict(env.resume_state["optimizer"])
+        if scheduler is not None and env.resume_state.get("scheduler"):
+            scheduler.load_state_dict(env.resume_state["scheduler"])
+        start = int(env.resume_state["epoch"]) + 1
+        log.info("resuming from epoch %d", start)
+    model = env.wrap(net)
+    bs = max(1, params.train.batch_size // env.world_size)
+    shard = (env.rank, env.world_size) if env.world_size > 1 else None
+    train_loader = make_loader(splits.train, bs, shuffle=True, seed=params.train.seed, drop_last=True, distributed=shard)
+    val_loader = make_loader(splits.val, params.evaluate.batch_size, shuffle=False, seed=0, distributed=shard)
+    precision = Precision(params.train.precision)
+    scaler = precision.scaler(env.device)
+    cfg = distill_config(params)
+    metrics: dict[str, float] = {}
+    for epoch in range(start, epochs):
+        if shard:
+            train_loader.sampler.set_epoch(epoch)
+        model.train()
+        sums: dict[str, float] = {}
+        seen = 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=env.rank != 0, leave=False)
+        for images, targets in bar:
+            images, targets = images.to(env.device), targets.to(env.device)
+            if distill:
+                out = distill_step(model, images, targets, optimizer, cfg, precision, scaler)
+            else:
+                out = plain_step(model, images, targets, optimizer, precision, scaler, skip=fixed_skip)
+            loss = out["total"] if distill else out["loss"]
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"loss is {loss} at epoch {epoch + 1}: lower train.lr or check train.alpha")
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + v * (1 if k.endswith("correct") else len(images))
+            seen += len(images)
+            bar.set_postfix(loss=f"{loss:.3f}")
+        if scheduler is not None:
+            scheduler.step(epoch + 1)
+        metrics = {("train_acc_" + k.split("_")[0] if k.endswith("correct") else "train_" + k): v / seen * (100 if k.endswith("correct") else 1)
+                   for k, v in sums.items()}
+        metrics.update(validate(net, val_loader, env, macs))
+        metrics.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"])
+        log.info("epoch %d/%d %s", epoch + 1, epochs, {k: round(v, 4) for k, v in metrics.items()})
+        state = {"epoch": epoch, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict() if scheduler is not None else None, "spec": spec,
+                 "macs": macs} if env.rank == 0 else None
+        env.report(metrics, state)
+    return metrics

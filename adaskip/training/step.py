@@ -1,0 +1,102 @@
+"""One self-distillation optimizer step: super-net forward/backward, base-net forward/backward, one step."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..models import AdaptiveDepthNet, SkipConfig
+from .loss import DistillConfig, cross_entropy, distillation_terms
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Mixed precision: ``dtype`` None (fp32), ``"bf16"`` or ``"fp16"`` (fp16 needs a GradScaler)."""
+
+    dtype: Optional[str] = None
+
+    def autocast(self, device: torch.device):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16 if self.dtype == "bf16" else torch.float16)
+
+    def scaler(self, device: torch.device) -> Optional[torch.amp.GradScaler]:
+        return torch.amp.GradScaler(device.type) if self.dtype == "fp16" else None
+
+
+def unwrap(model: nn.Module) -> AdaptiveDepthNet:
+    """The AdaptiveDepthNet inside a DDP (or other ``.module``) wrapper."""
+    return model.module if hasattr(model, "module") else model
+
+
+def _backward(loss: Tensor, scaler: Optional[torch.amp.GradScaler]) -> None:
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler]) -> None:
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+
+
+def _correct(logits: Tensor, targets: Tensor) -> int:
+    labels = targets if targets.dim() == 1 else targets.argmax(1)
+    return int((logits.argmax(1) == labels).sum())
+
+
+def distill_step(model: nn.Module, images: Tensor, targets: Tensor, optimizer: torch.optim.Optimizer,
+                 cfg: DistillConfig, precision: Precision = Precision(),
+                 scaler: Optional[torch.amp.GradScaler] = None) -> dict[str, float]:
+    """One self-distillation step on a batch; ``model`` may be DDP-wrapped (built with
+    ``find_unused_parameters=True``: the base pass leaves skippable blocks unused).
+
+    Under DDP the first backward runs in ``no_sync()``, so gradients are all-reduced once per step,
+    by the second backward, and include the super-net's locally accumulated gradients.
+    """
+    net = unwrap(model)
+    super_cfg, base_cfg = SkipConfig.super_net(net.num_stages), SkipConfig.base_net(net.num_stages)
+    want_feats = cfg.feature_weight > 0
+    optimizer.zero_grad(set_to_none=True)
+    no_sync = model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) else contextlib.nullcontext()
+    with no_sync:
+        with precision.autocast(images.device):
+            out = model(images, skip=super_cfg, return_features=want_feats)
+        super_logits, super_feats = out if want_feats else (out, None)
+        super_ce = cross_entropy(super_logits, targets, cfg.label_smoothing)
+        _backward(cfg.alpha * super_ce, scaler)
+    with precision.autocast(images.device):
+        out = model(images, skip=base_cfg, return_features=want_feats)
+    base_logits, base_feats = out if want_feats else (out, None)
+    terms = distillation_terms(super_logits.detach(), base_logits, targets, cfg, super_feats, base_feats)
+    _backward(terms.base_objective, scaler)
+    _optimizer_step(optimizer, scaler)
+    metrics = terms.as_floats()
+    metrics.update(super_correct=_correct(super_logits, targets), base_correct=_correct(base_logits, targets))
+    return metrics
+
+
+def plain_step(model: nn.Module, images: Tensor, targets: Tensor, optimizer: torch.optim.Optimizer,
+               precision: Precision = Precision(), scaler: Optional[torch.amp.GradScaler] = None,
+               skip=None) -> dict[str, float]:
+    """One ordinary CE step (an individually trained baseline, or a plain timm model when ``skip`` is None
+    and the model takes no skip argument)."""
+    optimizer.zero_grad(set_to_none=True)
+    with precision.autocast(images.device):
+        logits = model(images) if skip is None else model(images, skip=skip)
+    loss = cross_entropy(logits, targets)
+    _backward(loss, scaler)
+    _optimizer_step(optimizer, scaler)
+    return {"loss": float(loss.detach()), "correct": _correct(logits, targets)}
+
+
+@torch.no_grad()
+def topk_correct(logits: Tensor, targets: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+    """Number of samples whose label is among the top-k predictions, for each k (k capped at #classes)."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hits = top == targets.unsqueeze(1)
+    return [int(hits[:, :k].any(1).sum()) for k in ks]

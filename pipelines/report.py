@@ -1,0 +1,32 @@
+"""DVC stage `report`: trade-off plot, markdown summary and results/metrics.json, logged to MLflow."""
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from adaskip.evaluation.report import markdown, summary_metrics, tradeoff_plot
+from adaskip.stage import main, remove_outputs, tracker, write_json
+
+GRID, TRAINED, BEST = "results/eval_grid.csv", "results/train_metrics.json", "results/best_config.json"
+PLOT, REPORT, METRICS = "results/tradeoff.png", "results/report.md", "results/metrics.json"
+
+
+def run(params, args) -> None:
+    remove_outputs(PLOT, REPORT, METRICS)
+    grid = pd.read_csv(GRID)
+    trained = json.loads(Path(TRAINED).read_text())
+    best = json.loads(Path(BEST).read_text()) if Path(BEST).exists() else None
+    metrics = summary_metrics(grid, trained, best)
+    mlflow = tracker(params)
+    with mlflow.run("report", {"adaskip.stage": "report"}) as run_id:
+        tradeoff_plot(grid, PLOT, f"{params.model.name} on {params.data.name}")
+        Path(REPORT).write_text(markdown(grid, metrics, best))
+        mlflow.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None})
+        for path in (PLOT, REPORT):
+            mlflow.log_artifact(run_id, path)
+        write_json(metrics, METRICS)
+    print(Path(REPORT).read_text())
+
+
+if __name__ == "__main__":
+    main(__doc__, run)

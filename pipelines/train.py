@@ -1,0 +1,33 @@
+"""DVC stage `train`: Ray Train distributed self-distillation; resumes an interrupted run of the same params."""
+import shutil
+from pathlib import Path
+
+from adaskip.orchestration import init_ray
+from adaskip.orchestration.train import TrackingTarget, run_training
+from adaskip.stage import main, params_hash, ray_storage, remove_outputs, tracker, write_json
+from adaskip.training import save_atomic
+
+MODEL, METRICS = "models/model.pt", "results/train_metrics.json"
+
+
+def run(params, args) -> None:
+    remove_outputs(MODEL, METRICS)
+    mlflow = tracker(params)
+    h = params_hash(params, "data", "model", "train")
+    tags = {"adaskip.stage": "train", "adaskip.params_hash": h}
+    previous = mlflow.find_run(tags)
+    resume = previous if previous and mlflow.status(previous) != "FINISHED" else None
+    init_ray()
+    with mlflow.run(f"train-{h}", tags, run_id=resume) as run_id:
+        mlflow.log_params(run_id, params.model_dump(mode="json", include={"data", "model", "train"}))
+        metrics, state = run_training(params, ray_storage(), f"train-{h}",
+                                      TrackingTarget(mlflow.uri, params.mlflow.experiment, run_id))
+        save_atomic({"spec": state["spec"], "state_dict": state["model"], "macs": state["macs"], "metrics": metrics}, MODEL)
+        mlflow.log_artifact(run_id, MODEL, "model")
+        write_json({k: metrics[k] for k in sorted(metrics) if isinstance(metrics[k], (int, float))}, METRICS)
+    shutil.rmtree(Path(ray_storage()) / f"train-{h}", ignore_errors=True)  # finished: nothing left to resume
+    print(f"trained: val super-net {metrics['val_acc_super']:.1f}%, base-net {metrics['val_acc_base']:.1f}% -> {MODEL}")
+
+
+if __name__ == "__main__":
+    main(__doc__, run)

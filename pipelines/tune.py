@@ -1,0 +1,44 @@
+"""DVC stage `tune`: Ray Tune sweep (ASHA) over alpha, temperature and split points; writes the best config."""
+import json
+
+from adaskip.orchestration import init_ray
+from adaskip.orchestration.tune import METRIC, run_sweep
+from adaskip.stage import main, params_hash, ray_storage, remove_outputs, tracker, write_json
+
+TRIALS, BEST, TRAINED = "results/tune_trials.csv", "results/best_config.json", "results/train_metrics.json"
+
+
+def run(params, args) -> None:
+    remove_outputs(TRIALS, BEST)
+    mlflow = tracker(params)
+    h = params_hash(params, "data", "model", "train", "tune")
+    tags = {"adaskip.stage": "tune", "adaskip.params_hash": h}
+    previous = mlflow.find_run(tags)
+    resume = previous if previous and mlflow.status(previous) != "FINISHED" else None
+    init_ray()
+    with mlflow.run(f"tune-{h}", tags, run_id=resume) as parent:
+        mlflow.log_params(parent, params.model_dump(mode="json", include={"tune"}))
+        try:
+            trials = run_sweep(params, ray_storage(), f"tune-{h}", mlflow.uri, params.mlflow.experiment, parent)
+        finally:
+            mlflow.end_leftovers(parent)
+        ok = trials.dropna(subset=[METRIC])
+        if ok.empty:
+            raise RuntimeError(f"every trial failed: {trials.error.dropna().unique().tolist()}")
+        best = ok.loc[ok[METRIC].idxmax()]
+        baseline = json.loads(open(TRAINED).read()).get(METRIC)
+        result = {"alpha": float(best.alpha), "temperature": float(best.temperature), "split": json.loads(best.split),
+                  "objective": float(best[METRIC]), "trial_id": str(best.trial_id), "trained_objective": baseline,
+                  "failed_trials": int(trials[METRIC].isna().sum())}
+        mlflow.log_metrics(parent, {"best_objective": result["objective"], "failed_trials": result["failed_trials"]})
+        mlflow.log_table(parent, trials, "tune_trials.json")
+        mlflow.log_dict(parent, result, "best_config.json")
+        trials.to_csv(TRIALS + ".tmp", index=False)
+        write_json(result, BEST)
+        __import__("os").replace(TRIALS + ".tmp", TRIALS)
+    print(f"best of {len(trials)} trials: objective {result['objective']:.2f} (alpha={result['alpha']:.2f}, "
+          f"T={result['temperature']:.2f}, split={result['split']}) -> {BEST}")
+
+
+if __name__ == "__main__":
+    main(__doc__, run)
