@@ -1,0 +1,94 @@
+"""Entry points: ``load_splits`` for training code and ``prepare`` for the pipeline's data stage."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from . import cifar, digits, imagefolder
+from .base import Splits
+from .config import DataConfig, DataError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+_LOADERS: dict[str, Callable[[DataConfig], Splits]] = {
+    "digits": digits.load, "cifar10": cifar.load, "cifar100": cifar.load, "imagefolder": imagefolder.load}
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    """Train, val and test datasets for ``cfg``; raises DataError when the data cannot be found or read."""
+    return _LOADERS[cfg.name](cfg)
+
+
+def fingerprint(cfg: DataConfig) -> str:
+    """sha256 of the dataset's content (arrays, batch files, or file list with sizes)."""
+    if cfg.name == "digits":
+        return digits.fingerprint()
+    if cfg.name == "imagefolder":
+        return imagefolder.fingerprint(cfg)
+    return cifar.fingerprint(cfg)
+
+
+def _check_split(name: str, ds: Dataset, num_classes: int, per_class: bool) -> None:
+    """Non-empty, labels in range, and one item (one per class if ``per_class``) decodes and transforms."""
+    targets: list[int] = list(getattr(ds, "targets"))
+    if not targets:
+        raise DataError(f"the {name} split is empty: add data or lower data.val_fraction/test_fraction")
+    bad = [t for t in targets if not 0 <= t < num_classes]
+    if bad:
+        raise DataError(f"the {name} split has label {bad[0]} outside [0, {num_classes}): check the class list")
+    first = {t: i for i, t in reversed(list(enumerate(targets)))} if per_class else {targets[0]: 0}
+    for i in sorted(first.values()):
+        ds[i]
+
+
+def validate(splits: Splits) -> None:
+    """Raise DataError unless every split is non-empty and readable (one decoded image per class and split)."""
+    with torch.random.fork_rng(devices=[]):  # augmentations must not move the caller's RNG
+        for name in ("train", "val", "test"):
+            _check_split(name, getattr(splits, name), splits.num_classes, per_class=True)
+
+
+def manifest(cfg: DataConfig, splits: Splits) -> dict[str, Any]:
+    """The description of the prepared dataset written to ``manifest.json``."""
+    return {"name": cfg.name,
+            "path": str(Path(cfg.path).expanduser().resolve()) if cfg.path else None,
+            "num_classes": splits.num_classes, "in_chans": splits.in_chans, "class_names": splits.class_names,
+            "sizes": {k: len(getattr(splits, k)) for k in ("train", "val", "test")},
+            "image_size": cfg.image_size, "seed": cfg.seed, "fingerprint": fingerprint(cfg)}
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> None:
+    """Write ``obj`` as JSON to ``path`` via a temp file in the same folder and ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def prepare(cfg: DataConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Check that ``cfg``'s dataset is readable and write ``out_dir/manifest.json``; return the manifest."""
+    splits = load_splits(cfg)
+    validate(splits)
+    info = manifest(cfg, splits)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(info, out / MANIFEST)
+    log.info("prepared %s: %s -> %s", cfg.name, info["sizes"], out / MANIFEST)
+    return info

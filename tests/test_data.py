@@ -1,0 +1,274 @@
+"""Tests of adaskip.data: digits splits, loaders, manifests, ImageFolder and CIFAR from local folders."""
+from __future__ import annotations
+
+import json
+import pickle
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+from adaskip.data import DataConfig, DataError, Splits, load_splits, make_loader, prepare
+
+N_DIGITS = 1797
+
+
+@pytest.fixture(scope="module")
+def digits() -> Splits:
+    return load_splits(DataConfig())
+
+
+def _rows(splits: Splits) -> dict[str, set[int]]:
+    return {k: set(getattr(splits, k).source_index.tolist()) for k in ("train", "val", "test")}
+
+
+# --- config -------------------------------------------------------------------------------------------
+
+def test_config_rejects_unknown_keys_and_is_frozen() -> None:
+    with pytest.raises(ValidationError):
+        DataConfig(name="digits", batch_size=3)
+    cfg = DataConfig()
+    with pytest.raises(ValidationError):
+        cfg.seed = 1
+
+
+def test_config_requires_path_except_for_digits() -> None:
+    with pytest.raises(ValidationError, match="data.path"):
+        DataConfig(name="cifar10")
+    with pytest.raises(ValidationError):
+        DataConfig(image_size=4)
+    with pytest.raises(ValidationError):
+        DataConfig(val_fraction=0.5)
+    assert DataConfig(name="imagefolder", path="/x").path == "/x"
+
+
+# --- digits -------------------------------------------------------------------------------------------
+
+def test_digits_splits_disjoint_complete_and_stratified(digits: Splits) -> None:
+    rows = _rows(digits)
+    assert sum(len(v) for v in rows.values()) == N_DIGITS
+    assert set().union(*rows.values()) == set(range(N_DIGITS))
+    assert not (rows["train"] & rows["val"] or rows["train"] & rows["test"] or rows["val"] & rows["test"])
+    assert abs(len(digits.val) - 0.15 * N_DIGITS) <= 2 and abs(len(digits.test) - 0.15 * N_DIGITS) <= 2
+    overall = Counter(digits.train.targets + digits.val.targets + digits.test.targets)
+    for split in (digits.train, digits.val, digits.test):
+        counts = Counter(split.targets)
+        for c in range(10):
+            assert abs(counts[c] / len(split) - overall[c] / N_DIGITS) < 0.02
+    assert digits.num_classes == 10 and digits.in_chans == 3 and digits.class_names == [str(i) for i in range(10)]
+
+
+def test_digits_deterministic_per_seed(digits: Splits) -> None:
+    again = load_splits(DataConfig())
+    assert _rows(again) == _rows(digits)
+    assert torch.equal(again.val[5][0], digits.val[5][0])
+    other = load_splits(DataConfig(seed=1))
+    assert _rows(other)["test"] != _rows(digits)["test"]
+
+
+def test_digits_shapes_labels_and_augmentation() -> None:
+    splits = load_splits(DataConfig(image_size=16, seed=3))
+    for ds in (splits.train, splits.val, splits.test):
+        x, y = ds[0]
+        assert x.shape == (3, 16, 16) and x.dtype == torch.float32
+        assert all(0 <= t < 10 for t in ds.targets) and isinstance(y, int)
+    assert torch.equal(splits.val[0][0], splits.val[0][0])  # eval is deterministic
+    torch.manual_seed(0)
+    assert not torch.equal(splits.train[0][0], splits.train[0][0])  # train is augmented
+    plain = load_splits(DataConfig(image_size=16, seed=3, augment=False))
+    assert torch.equal(plain.train[0][0], plain.train[0][0])
+
+
+# --- loaders ------------------------------------------------------------------------------------------
+
+def test_loader_batches_and_seeded_order(digits: Splits) -> None:
+    loader = make_loader(digits.val, batch_size=64, shuffle=True, seed=0)
+    batches = list(loader)
+    assert len(batches) == 5 and batches[0][0].shape == (64, 3, 32, 32) and batches[0][1].shape == (64,)
+    assert sum(len(b[1]) for b in batches) == len(digits.val)
+    labels = lambda seed: torch.cat([y for _, y in make_loader(digits.val, 64, True, seed)])  # noqa: E731
+    assert torch.equal(labels(0), torch.cat([b[1] for b in batches]))
+    assert not torch.equal(labels(0), labels(1))
+    assert len(make_loader(digits.val, 64, False, 0, drop_last=True)) == len(digits.val) // 64
+
+
+def test_distributed_sampler_shards_disjointly(digits: Splits) -> None:
+    loaders = [make_loader(digits.test, 16, shuffle=True, seed=7, distributed=(r, 2)) for r in range(2)]
+    shards = [list(loader.sampler) for loader in loaders]
+    assert len(shards[0]) == len(shards[1]) == len(digits.test) // 2
+    assert not set(shards[0]) & set(shards[1]) and set(shards[0]) | set(shards[1]) == set(range(len(digits.test)))
+    assert sum(len(y) for _, y in loaders[0]) == len(shards[0])
+    loaders[0].sampler.set_epoch(1)
+    assert list(loaders[0].sampler) != shards[0]
+    with pytest.raises(ValueError):
+        make_loader(digits.test, 16, True, 0, distributed=(2, 2))
+
+
+# --- prepare ------------------------------------------------------------------------------------------
+
+def test_prepare_writes_manifest_with_stable_fingerprint(tmp_path: Path) -> None:
+    out = tmp_path / "prepared"
+    info = prepare(DataConfig(), out)
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk == info
+    assert info["name"] == "digits" and info["path"] is None and info["num_classes"] == 10
+    assert info["in_chans"] == 3 and info["class_names"] == [str(i) for i in range(10)]
+    assert sum(info["sizes"].values()) == N_DIGITS and info["image_size"] == 32 and info["seed"] == 0
+    assert len(info["fingerprint"]) == 64
+    assert prepare(DataConfig(), out)["fingerprint"] == info["fingerprint"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]  # no temp files left behind
+
+
+def test_prepare_failure_leaves_no_manifest(tmp_path: Path) -> None:
+    out = tmp_path / "prepared"
+    with pytest.raises(DataError, match="data.path"):
+        prepare(DataConfig(name="imagefolder", path=str(tmp_path / "nowhere")), out)
+    assert not (out / "manifest.json").exists()
+
+
+# --- imagefolder --------------------------------------------------------------------------------------
+
+CLASSES = ["cat", "dog", "owl"]
+
+
+def _png(path: Path, seed: int, size: tuple[int, int] = (20, 14)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "imgs"
+    for ci, c in enumerate(CLASSES):
+        for i in range(5):
+            _png(root / "train" / c / f"{i}.png", seed=10 * ci + i)
+        for i in range(2):
+            _png(root / "val" / c / f"{i}.png", seed=100 + 10 * ci + i, size=(9, 30))
+    return root
+
+
+def test_imagefolder_loads(folder: Path, tmp_path: Path) -> None:
+    cfg = DataConfig(name="imagefolder", path=str(folder), image_size=16)
+    splits = load_splits(cfg)
+    assert splits.class_names == CLASSES and splits.num_classes == 3 and splits.in_chans == 3
+    assert len(splits.train) + len(splits.val) == 15 and len(splits.val) >= 1 and len(splits.test) == 6
+    for ds in (splits.train, splits.val, splits.test):
+        x, y = ds[0]
+        assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and 0 <= y < 3
+    xb, yb = next(iter(make_loader(splits.test, 4, shuffle=False, seed=0)))
+    assert xb.shape == (4, 3, 16, 16) and yb.tolist() == [0, 0, 1, 1]
+    info = prepare(cfg, tmp_path / "out")
+    assert info["path"] == str(folder.resolve()) and info["sizes"]["test"] == 6
+    assert prepare(cfg, tmp_path / "out2")["fingerprint"] == info["fingerprint"]
+    clone = pickle.loads(pickle.dumps(splits.val))  # worker processes may be spawned
+    assert torch.equal(clone[0][0], splits.val[0][0])
+    _png(folder / "train" / "dog" / "extra.png", seed=999)
+    assert prepare(cfg, tmp_path / "out3")["fingerprint"] != info["fingerprint"]
+
+
+def test_imagefolder_timm_transform_for_large_inputs(folder: Path) -> None:
+    splits = load_splits(DataConfig(name="imagefolder", path=str(folder), image_size=96))
+    assert splits.train[0][0].shape == (3, 96, 96) and splits.test[0][0].shape == (3, 96, 96)
+
+
+def test_imagefolder_corrupt_png_names_the_file(folder: Path, tmp_path: Path) -> None:
+    bad = folder / "train" / "dog" / "0-bad.png"
+    bad.write_bytes(np.random.default_rng(0).bytes(300))
+    cfg = DataConfig(name="imagefolder", path=str(folder), image_size=16)
+    splits = load_splits(cfg)
+    base = splits.train.base
+    index = [p for p, _ in base.samples].index(str(bad))
+    with pytest.raises(DataError, match="0-bad.png"):
+        base[index]
+    with pytest.raises(DataError, match="0-bad.png"):
+        prepare(cfg, tmp_path / "out")  # the first image of each class is decoded
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_imagefolder_missing_path(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="data.path"):
+        load_splits(DataConfig(name="imagefolder", path=str(tmp_path / "missing")))
+
+
+def test_imagefolder_empty_class_folder(folder: Path) -> None:
+    (folder / "train" / "emu").mkdir()
+    with pytest.raises(DataError, match="emu"):
+        load_splits(DataConfig(name="imagefolder", path=str(folder)))
+
+
+def test_imagefolder_empty_or_incomplete_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(DataError, match="train/"):
+        load_splits(DataConfig(name="imagefolder", path=str(root)))
+    (root / "train").mkdir()
+    (root / "val").mkdir()
+    with pytest.raises(DataError, match="no class folders"):
+        load_splits(DataConfig(name="imagefolder", path=str(root)))
+
+
+def test_imagefolder_val_class_unknown_to_train(folder: Path) -> None:
+    _png(folder / "val" / "yak" / "0.png", seed=5)
+    with pytest.raises(DataError, match="yak"):
+        load_splits(DataConfig(name="imagefolder", path=str(folder)))
+
+
+# --- cifar --------------------------------------------------------------------------------------------
+
+CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _cifar_batch(path: Path, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    entry = {"batch_label": path.name, "labels": [int(i % 10) for i in range(seed, seed + n)],
+             "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "filenames": [f"{i}.png" for i in range(n)]}
+    with open(path, "wb") as f:
+        pickle.dump(entry, f, protocol=2)
+
+
+@pytest.fixture
+def cifar_root(tmp_path: Path) -> Path:
+    folder = tmp_path / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for b in range(1, 6):
+        _cifar_batch(folder / f"data_batch_{b}", n=6, seed=b)
+    _cifar_batch(folder / "test_batch", n=5, seed=0)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": CIFAR_NAMES, "num_cases_per_batch": 6, "num_vis": 3072}, f, protocol=2)
+    return folder.parent
+
+
+def test_cifar10_from_local_pickles(cifar_root: Path, tmp_path: Path) -> None:
+    cfg = DataConfig(name="cifar10", path=str(cifar_root))
+    splits = load_splits(cfg)
+    assert splits.class_names == CIFAR_NAMES and splits.num_classes == 10 and splits.in_chans == 3
+    assert len(splits.train) + len(splits.val) == 30 and len(splits.val) >= 1 and len(splits.test) == 5
+    x, y = splits.train[0]
+    assert x.shape == (3, 32, 32) and 0 <= y < 10
+    assert splits.test.targets == [0, 1, 2, 3, 4]
+    assert torch.equal(pickle.loads(pickle.dumps(splits.test))[2][0], splits.test[2][0])
+    info = prepare(cfg, tmp_path / "out")
+    assert info["sizes"] == {"train": len(splits.train), "val": len(splits.val), "test": 5}
+    assert prepare(cfg, tmp_path / "out")["fingerprint"] == info["fingerprint"]
+    # data.path may also name the batches folder itself
+    assert len(load_splits(DataConfig(name="cifar10", path=str(cifar_root / "cifar-10-batches-py"))).test) == 5
+
+
+def test_cifar_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="cifar-10-batches-py"):
+        load_splits(DataConfig(name="cifar10", path=str(tmp_path)))
+    with pytest.raises(DataError, match="data.path"):
+        load_splits(DataConfig(name="cifar10", path=str(tmp_path / "absent")))
+    with pytest.raises(DataError, match="cifar-100-python"):
+        load_splits(DataConfig(name="cifar100", path=str(tmp_path)))
+
+
+def test_cifar_corrupt_batch(cifar_root: Path) -> None:
+    (cifar_root / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="cifar10"):
+        load_splits(DataConfig(name="cifar10", path=str(cifar_root)))
