@@ -69,6 +69,7 @@ def manifest(cfg: DataConfig, splits: Splits) -> dict[str, Any]:
 def write_json_atomic(obj: Any, path: str | Path) -> None:
     """Write ``obj`` as JSON to ``path`` via a temp file in the same folder and ``os.replace``."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
