@@ -59,7 +59,7 @@ class TuneParams(_Section):
     temperature: tuple[float, float] = (1.0, 4.0)
     splits: Optional[list[list[int]]] = None
     grace_period: int = Field(1, ge=1)
-    workers: int = Field(1, ge=1, description="Ray Train workers per trial")
+    workers: int = Field(0, ge=0, description="Ray Train workers per trial; 0 = train in the trial's own process")
     max_concurrent_trials: Optional[int] = Field(None, ge=1)
     seed: int = 0
 

@@ -1,10 +1,19 @@
 """Datasets for adaskip: embedded digits by default, CIFAR-10/100 and ImageFolder trees from local disk."""
-from .api import MANIFEST, fingerprint, load_splits, prepare, validate
-from .base import Splits, TransformSubset
-from .config import DataConfig, DataError
-from .imagefolder import safe_loader
-from .loader import make_loader
-from .transforms import build_transform
+from __future__ import annotations
 
-__all__ = ["MANIFEST", "DataConfig", "DataError", "Splits", "TransformSubset", "build_transform", "fingerprint",
-           "load_splits", "make_loader", "prepare", "safe_loader", "validate"]
+import importlib
+from typing import Any
+
+from .config import DataConfig, DataError
+
+# Lazy: validating params needs DataConfig only, not torch and timm.
+_LAZY = {"MANIFEST": "api", "fingerprint": "api", "load_splits": "api", "prepare": "api", "validate": "api",
+         "Splits": "base", "TransformSubset": "base", "safe_loader": "imagefolder", "make_loader": "loader",
+         "build_transform": "transforms"}
+__all__ = ["DataConfig", "DataError", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'adaskip.data' has no attribute {name!r}")

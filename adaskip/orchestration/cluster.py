@@ -6,8 +6,11 @@ import os
 
 log = logging.getLogger(__name__)
 
-# Offline machines: no usage stats, no auth prompt. setdefault keeps what the user set.
-for _k, _v in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AUTH_MODE", "disabled"), ("RAY_DEDUP_LOGS", "1")):
+# Offline machines: no usage stats, no auth prompt. Ray Train's 60 s worker-group start timeout is too short
+# when a few workers import torch at once on 2 cores (then it retries forever): allow 10 minutes.
+# setdefault keeps what the user set; Ray Train propagates these to its controller.
+for _k, _v in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AUTH_MODE", "disabled"), ("RAY_DEDUP_LOGS", "1"),
+               ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")):
     os.environ.setdefault(_k, _v)
 
 

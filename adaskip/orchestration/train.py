@@ -8,12 +8,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import ray.train
-import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, get_device, prepare_model
 
 from ..config import Params
-from ..training import WorkerEnv, fit, load_file, save_atomic
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
@@ -36,6 +34,8 @@ def _report_fn(tracking: Optional[TrackingTarget], rank: int):
         tracker = Tracker(tracking.uri, tracking.experiment)
 
     def report(metrics: dict[str, float], state: Optional[dict[str, Any]]) -> None:
+        from ..training import save_atomic
+
         if tracker is not None:
             tracker.log_metrics(tracking.run_id, metrics, step=int(metrics["epoch"]))
         if state is None:
@@ -53,11 +53,14 @@ def _resume_state() -> Optional[dict[str, Any]]:
     if ckpt is None:
         return None
     with ckpt.as_directory() as d:
-        return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        return load_file_state(Path(d) / STATE_FILE)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker."""
+    import torch
+
+    from ..training import WorkerEnv, fit  # here, not at the top: Tune trial drivers need not import timm
     params = Params.model_validate(config["params"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -83,7 +86,9 @@ def make_trainer(params: Params, storage_path: str, name: str, tracking: Optiona
         torch_config=ray.train.torch.TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()), callbacks=list(callbacks),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             failure_config=FailureConfig(max_failures=t.max_failures)),
+                             # a finite controller limit: an unschedulable worker group fails instead of retrying forever
+                             failure_config=FailureConfig(max_failures=t.max_failures,
+                                                          controller_failure_limit=max(1, t.max_failures))),
     )
 
 
@@ -99,4 +104,6 @@ def run_training(params: Params, storage_path: str, name: str, tracking: Optiona
 
 
 def load_file_state(path: Path) -> dict[str, Any]:
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True)

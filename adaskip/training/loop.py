@@ -88,9 +88,10 @@ def validate(model: AdaptiveDepthNet, loader, env: WorkerEnv, macs: dict[str, in
     acc5 = pd.Series(100 * np.array(sums[k:2 * k]) / np.maximum(n, 1), index=grid.skip)
     s = model.num_stages
     sup, base = str(SkipConfig.super_net(s)), str(SkipConfig.base_net(s))
-    return {"val_acc_super": acc1[sup], "val_acc_base": acc1[base], "val_acc5_super": acc5[sup],
-            "val_acc5_base": acc5[base], "val_acc_mean": float(acc1.mean()),
-            "objective": tradeoff_auc([macs[c] for c in acc1.index], acc1.values)}
+    out = {"val_acc_super": acc1[sup], "val_acc_base": acc1[base], "val_acc5_super": acc5[sup],
+           "val_acc5_base": acc5[base], "val_acc_mean": acc1.mean(),
+           "objective": tradeoff_auc([macs[c] for c in acc1.index], acc1.values)}
+    return {k: float(v) for k, v in out.items()}  # plain floats: numpy scalars fail weights_only loading
 
 
 def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: bool = True,
