@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
+from .errors import AdaskipError
 from .data import DataConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(AdaskipError, ValueError):
     """params.yaml is malformed or holds a bad value; the message names the key."""
 
 
@@ -92,7 +93,11 @@ class Params(_Section):
     mlflow: MlflowParams = MlflowParams()
 
     @model_validator(mode="after")
-    def _model_fits(self) -> "Params":
+    def _model_fits(self, info: ValidationInfo) -> "Params":
+        if self.data.path and not Path(self.data.path).exists():
+            raise ValueError(f"data.path {self.data.path!r} does not exist: point it at the {self.data.name} dataset folder")
+        if not (info.context or {}).get("check_model", True):
+            return self  # stages that never build params.model skip importing timm
         from .models import create_model  # builds the model once: catches unknown names and bad splits early
 
         try:
@@ -106,8 +111,6 @@ class Params(_Section):
                 create_model(self.model.name, num_classes=2, split=split, num_stages=self.model.num_stages, **self.model.kwargs)
             except ValueError as e:
                 raise ValueError(f"tune.splits: {split}: {e}") from None
-        if self.data.path and not Path(self.data.path).exists():
-            raise ValueError(f"data.path {self.data.path!r} does not exist: point it at the {self.data.name} dataset folder")
         return self
 
 
@@ -123,19 +126,20 @@ def _format(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_params(raw: Any, source: str = "params") -> Params:
-    """Validate a dict (as loaded from YAML); raise ConfigError naming every bad key."""
+def parse_params(raw: Any, source: str = "params", check_model: bool = True) -> Params:
+    """Validate a dict (as loaded from YAML); raise ConfigError naming every bad key.
+    ``check_model`` also builds ``model`` (and each ``tune.splits`` variant) to reject impossible ones."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: top level must be a mapping of sections (data, model, train, ...), got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw)
+        return Params.model_validate(raw, context={"check_model": check_model})
     except ValidationError as e:
         raise ConfigError(_format(e, source)) from None
 
 
-def load_params(path: str | os.PathLike = "params.yaml") -> Params:
+def load_params(path: str | os.PathLike = "params.yaml", check_model: bool = True) -> Params:
     """Read and validate params.yaml."""
     path = Path(path)
     if not path.is_file():
@@ -144,4 +148,4 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return parse_params(raw, str(path))
+    return parse_params(raw, str(path), check_model)

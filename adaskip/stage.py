@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import ConfigError, Params, load_params
+from .config import Params, load_params
+from .errors import AdaskipError
 
 log = logging.getLogger("adaskip")
 
@@ -55,12 +56,8 @@ def _sigterm(*_: Any) -> None:
 
 
 def main(description: str, run: Callable[[Params, argparse.Namespace], None],
-         configure: Callable[[argparse.ArgumentParser], None] = lambda p: None) -> None:
+         configure: Callable[[argparse.ArgumentParser], None] = lambda p: None, check_model: bool = True) -> None:
     """Parse ``--params``, validate them, run the stage; known errors print one line and exit non-zero."""
-    from .data import DataError
-    from .tracking import TrackingError
-    from .training import CheckpointError, TrainingDiverged
-
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -70,8 +67,8 @@ def main(description: str, run: Callable[[Params, argparse.Namespace], None],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     signal.signal(signal.SIGTERM, _sigterm)
     try:
-        run(load_params(args.params), args)
-    except (ConfigError, DataError, CheckpointError, TrackingError, TrainingDiverged) as e:
+        run(load_params(args.params, check_model), args)
+    except AdaskipError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -1,15 +1,16 @@
 """DVC stage `evaluate`: every sub-network on the test split in parallel Ray tasks; one MLflow child run each."""
 import os
 
-from adaskip.orchestration import init_ray
-from adaskip.orchestration.grid import evaluate_parallel
 from adaskip.stage import main, remove_outputs, tracker
-from adaskip.training import load_file
 
 MODEL, GRID = "models/model.pt", "results/eval_grid.csv"
 
 
 def run(params, args) -> None:
+    from adaskip.orchestration import init_ray  # heavy imports after params are validated: bad input fails fast
+    from adaskip.orchestration.grid import evaluate_parallel
+    from adaskip.training import load_file
+
     remove_outputs(GRID)
     model_file = load_file(MODEL)
     mlflow = tracker(params)

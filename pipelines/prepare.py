@@ -1,15 +1,16 @@
 """DVC stage `prepare`: check the dataset can be read and write its manifest."""
-from adaskip.data import prepare
 from adaskip.stage import main, remove_outputs
 
 OUT = "data/prepared"
 
 
 def run(params, args) -> None:
+    from adaskip.data import prepare  # imports torch: after params are validated
+
     remove_outputs(OUT)
     manifest = prepare(params.data, OUT)
     print(f"prepared {manifest['name']}: {manifest['sizes']} images, {manifest['num_classes']} classes -> {OUT}/manifest.json")
 
 
 if __name__ == "__main__":
-    main(__doc__, run)
+    main(__doc__, run, check_model=False)  # never builds params.model

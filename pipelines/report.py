@@ -29,4 +29,4 @@ def run(params, args) -> None:
 
 
 if __name__ == "__main__":
-    main(__doc__, run)
+    main(__doc__, run, check_model=False)  # never builds params.model

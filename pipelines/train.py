@@ -2,15 +2,16 @@
 import shutil
 from pathlib import Path
 
-from adaskip.orchestration import init_ray
-from adaskip.orchestration.train import TrackingTarget, run_training
 from adaskip.stage import main, params_hash, ray_storage, remove_outputs, tracker, write_json
-from adaskip.training import save_atomic
 
 MODEL, METRICS = "models/model.pt", "results/train_metrics.json"
 
 
 def run(params, args) -> None:
+    from adaskip.orchestration import init_ray  # heavy imports after params are validated: bad input fails fast
+    from adaskip.orchestration.train import TrackingTarget, run_training
+    from adaskip.training import save_atomic
+
     remove_outputs(MODEL, METRICS)
     mlflow = tracker(params)
     h = params_hash(params, "data", "model", "train")

@@ -1,14 +1,16 @@
 """DVC stage `tune`: Ray Tune sweep (ASHA) over alpha, temperature and split points; writes the best config."""
 import json
 
-from adaskip.orchestration import init_ray
-from adaskip.orchestration.tune import METRIC, run_sweep
+from adaskip.errors import AdaskipError
 from adaskip.stage import main, params_hash, ray_storage, remove_outputs, tracker, write_json
 
 TRIALS, BEST, TRAINED = "results/tune_trials.csv", "results/best_config.json", "results/train_metrics.json"
 
 
 def run(params, args) -> None:
+    from adaskip.orchestration import init_ray  # heavy imports after params are validated: bad input fails fast
+    from adaskip.orchestration.tune import METRIC, run_sweep
+
     remove_outputs(TRIALS, BEST)
     mlflow = tracker(params)
     h = params_hash(params, "data", "model", "train", "tune")
@@ -24,7 +26,8 @@ def run(params, args) -> None:
             mlflow.end_leftovers(parent)
         ok = trials.dropna(subset=[METRIC])
         if ok.empty:
-            raise RuntimeError(f"every trial failed: {trials.error.dropna().unique().tolist()}")
+            raise AdaskipError(f"every trial failed: {trials.error.dropna().unique().tolist()}; see results in MLflow "
+                               "(tune run's children) and lower train.lr or narrow tune.alpha")
         best = ok.loc[ok[METRIC].idxmax()]
         baseline = json.loads(open(TRAINED).read()).get(METRIC)
         result = {"alpha": float(best.alpha), "temperature": float(best.temperature), "split": json.loads(best.split),

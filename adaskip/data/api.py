@@ -1,17 +1,17 @@
 """Entry points: ``load_splits`` for training code and ``prepare`` for the pipeline's data stage."""
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-from . import cifar, digits, imagefolder
 from .base import Splits
 from .config import DataConfig, DataError
 
@@ -19,22 +19,22 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 
-_LOADERS: dict[str, Callable[[DataConfig], Splits]] = {
-    "digits": digits.load, "cifar10": cifar.load, "cifar100": cifar.load, "imagefolder": imagefolder.load}
+_MODULES = {"digits": "digits", "cifar10": "cifar", "cifar100": "cifar", "imagefolder": "imagefolder"}
+
+
+def _source(name: str):
+    """The module of one dataset kind, imported on use (digits never pays for timm's transforms)."""
+    return importlib.import_module(f".{_MODULES[name]}", __package__)
 
 
 def load_splits(cfg: DataConfig) -> Splits:
     """Train, val and test datasets for ``cfg``; raises DataError when the data cannot be found or read."""
-    return _LOADERS[cfg.name](cfg)
+    return _source(cfg.name).load(cfg)
 
 
 def fingerprint(cfg: DataConfig) -> str:
     """sha256 of the dataset's content (arrays, batch files, or file list with sizes)."""
-    if cfg.name == "digits":
-        return digits.fingerprint()
-    if cfg.name == "imagefolder":
-        return imagefolder.fingerprint(cfg)
-    return cifar.fingerprint(cfg)
+    return _source(cfg.name).fingerprint(cfg)
 
 
 def _check_split(name: str, ds: Dataset, num_classes: int, per_class: bool) -> None:

@@ -5,6 +5,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..errors import AdaskipError
+
 DatasetName = Literal["digits", "cifar10", "cifar100", "imagefolder"]
 
 _PATH_HINT = {
@@ -14,7 +16,7 @@ _PATH_HINT = {
 }
 
 
-class DataError(ValueError):
+class DataError(AdaskipError, ValueError):
     """The dataset cannot be found or read; the message says what is wrong and how to fix it."""
 
 

@@ -48,7 +48,7 @@ def _raw() -> tuple[np.ndarray, np.ndarray]:
     return bunch.images.astype(np.float32), bunch.target.astype(np.int64)
 
 
-def fingerprint() -> str:
+def fingerprint(cfg: Optional[DataConfig] = None) -> str:
     """sha256 of the digits pixel and label arrays."""
     images, labels = _raw()
     h = hashlib.sha256()

@@ -1,8 +1,18 @@
 """Sub-network evaluation: the grid of all 2^S configurations (shared stage prefixes), MACs, params,
 latency, Pareto front and the area under the accuracy/MACs trade-off curve."""
-from .complexity import complexity_table, latency_table, measure_latency
-from .grid import evaluate_grid, grid_logits, select_configs
-from .pareto import pareto_front, summarise, tradeoff_auc
+from __future__ import annotations
 
-__all__ = ["complexity_table", "evaluate_grid", "grid_logits", "latency_table", "measure_latency", "pareto_front",
-           "select_configs", "summarise", "tradeoff_auc"]
+import importlib
+from typing import Any
+
+# Lazy: the report stage needs only pandas-level helpers, not torch and timm.
+_LAZY = {"complexity_table": "complexity", "latency_table": "complexity", "measure_latency": "complexity",
+         "evaluate_grid": "grid", "grid_logits": "grid", "select_configs": "grid",
+         "pareto_front": "pareto", "summarise": "pareto", "tradeoff_auc": "pareto"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'adaskip.evaluation' has no attribute {name!r}")

@@ -75,6 +75,11 @@ def _trial(config: dict[str, Any]) -> None:
             if result.error is not None:
                 raise result.error
         tracker.end_run(run_id, FINISHED)
+    except SystemExit:  # Tune stops a trial this way: at max_t or when ASHA prunes it; both are normal ends
+        done = max((m.step for m in tracker.client.get_metric_history(run_id, "epoch")), default=0)
+        tracker.set_tags(run_id, {"stopped_early": done < s["epochs"], "epochs_done": done})
+        tracker.end_run(run_id, FINISHED)
+        raise
     except BaseException as e:
         tracker.set_tags(run_id, {"error": f"{type(e).__name__}: {str(e)[:300]}"})
         tracker.end_run(run_id, "FAILED")
@@ -115,6 +120,7 @@ def run_sweep(params: Params, storage_path: str, name: str, uri: str, experiment
     concurrent = _concurrency(params)
     tune_config = tune.TuneConfig(
         metric=METRIC, mode="max", num_samples=t.num_samples,
+        reuse_actors=True,  # a finished trial's process takes the next one: torch and timm are imported once per slot
         scheduler=ASHAScheduler(time_attr="training_iteration", max_t=t.epochs, grace_period=min(t.grace_period, t.epochs)),
         # BasicVariantGenerator ignores TuneConfig.max_concurrent_trials: give it the limit itself.
         search_alg=tune.search.BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrent))

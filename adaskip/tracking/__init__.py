@@ -11,10 +11,12 @@ from typing import Any, Iterator, Mapping, Optional
 
 import pandas as pd
 
+from ..errors import AdaskipError
+
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 
 
-class TrackingError(RuntimeError):
+class TrackingError(AdaskipError, RuntimeError):
     """The MLflow tracking store cannot be reached or used."""
 
 

@@ -10,10 +10,11 @@ from typing import Any
 
 import torch
 
+from ..errors import AdaskipError
 from ..models import AdaptiveDepthNet, create_model
 
 
-class CheckpointError(ValueError):
+class CheckpointError(AdaskipError, ValueError):
     """A checkpoint is missing, truncated, corrupt or for another model."""
 
 

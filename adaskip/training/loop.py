@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import AdaskipError
 from ..config import Params
 from ..data import load_splits, make_loader
 from ..evaluation import evaluate_grid, tradeoff_auc
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 ReportFn = Callable[[dict[str, float], Optional[dict[str, Any]]], None]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(AdaskipError, RuntimeError):
     """The loss became NaN or infinite (bad learning rate or alpha)."""
 
 

@@ -1,0 +1,68 @@
+"""Shared fixtures: one local Ray cluster per session, a fresh SQLite MLflow store per test, tiny params."""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Small enough for seconds per epoch on 2 cores, big enough to have 4 stages with choices of split.
+TINY: dict[str, Any] = {
+    "data": {"image_size": 16},
+    "model": {"name": "resnet34", "kwargs": {"channels": [8, 16, 32, 64]}},
+    "train": {"epochs": 2, "batch_size": 128, "lr": 0.1, "workers": 2},
+    "tune": {"num_samples": 2, "epochs": 1, "splits": [[2, 2, 3, 2], [1, 2, 3, 1]]},
+    "evaluate": {"latency_reps": 2},
+}
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict update (returns a new dict)."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "kwargs" else v
+    return out
+
+
+@pytest.fixture
+def tiny_raw() -> dict[str, Any]:
+    """The shipped params.yaml with TINY applied (a plain dict: tests tweak it further)."""
+    return merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+
+
+@pytest.fixture
+def tiny_params(tiny_raw):
+    from adaskip.config import Params
+
+    return Params.model_validate(tiny_raw)
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path: Path) -> str:
+    """A real, empty SQLite tracking store for this test (absolute: Ray workers have another cwd)."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """A 2-CPU local Ray cluster for the whole session, in a short temp dir (AF_UNIX path limit)."""
+    import ray
+
+    from adaskip.orchestration import cluster  # noqa: F401  (sets the offline Ray env defaults)
+
+    tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 2**20, _temp_dir=tmp,
+             configure_logging=False, log_to_driver=True)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,95 @@
+"""params.yaml validation: every bad value fails before any work, with one message naming the key."""
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adaskip.config import ConfigError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def defaults() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def _with(defaults: dict, dotted: str, value) -> dict:
+    raw = copy.deepcopy(defaults)
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+    return raw
+
+
+def test_shipped_params_are_valid():
+    p = load_params(ROOT / "params.yaml")
+    assert p.data.name == "digits" and 0 <= p.train.alpha <= 1
+
+
+@pytest.mark.parametrize("dotted, value, expect", [
+    ("train.alpah", 0.5, "train.alpah: unknown key"),                      # misspelled key
+    ("bogus.x", 1, "bogus: unknown key"),                                   # unknown section
+    ("train.alpha", 1.5, "train.alpha"),                                    # out of range
+    ("train.alpha", -0.1, "train.alpha"),
+    ("train.epochs", "many", "train.epochs"),                               # wrong type
+    ("train.epochs", 0, "train.epochs"),
+    ("train.temperature", 0, "train.temperature"),
+    ("train.scheduler", "exponential", "train.scheduler"),
+    ("train.precision", "fp8", "train.precision"),
+    ("model.name", "vgg16", "model.name"),                                  # unknown model
+    ("model.split", [0, 2, 3, 1], "model.split"),                           # no mandatory block
+    ("model.split", [3, 4, 6, 3], "model.split"),                           # no skippable block
+    ("model.split", [1, 1], "model.split"),                                 # wrong length
+    ("model.kwargs", {"no_such_arg": 1}, "model.kwargs"),
+    ("tune.alpha", [0.8, 0.3], "tune.alpha"),
+    ("tune.alpha", [0.2, 1.3], "tune.alpha"),
+    ("tune.splits", [[2, 2, 3, 2], [0, 1, 1, 1]], "tune.splits"),
+    ("evaluate.parallelism", 0, "evaluate.parallelism"),
+    ("data.name", "mnist", "data.name"),
+    ("data.val_fraction", 0.9, "data"),
+])
+def test_bad_values_name_the_key(defaults, dotted, value, expect):
+    with pytest.raises(ConfigError) as e:
+        parse_params(_with(defaults, dotted, value), "params.yaml")
+    assert expect in str(e.value), str(e.value)
+    assert "params.yaml" in str(e.value)
+
+
+def test_missing_dataset_path(defaults, tmp_path):
+    raw = _with(defaults, "data.name", "cifar10")
+    with pytest.raises(ConfigError, match="data.path"):
+        parse_params(raw)
+    raw["data"]["path"] = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_params(raw)
+
+
+def test_malformed_yaml_and_non_mapping(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train:\n  alpha: [0.5\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_params(bad)
+    with pytest.raises(ConfigError, match="no such file"):
+        load_params(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize("stage", ["prepare", "train", "tune", "evaluate", "report"])
+def test_stage_scripts_fail_cleanly_on_bad_params(tmp_path, defaults, stage):
+    """Each stage exits non-zero with one line naming the key, no traceback, and writes nothing."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(_with(defaults, "train.alpha", 2.0)))
+    r = subprocess.run([sys.executable, str(ROOT / "pipelines" / f"{stage}.py")], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert "train.alpha" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

@@ -1,0 +1,105 @@
+"""End to end: the real `dvc repro` in a fresh git repo on tiny settings, then the contract files and MLflow."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from adaskip.tracking import FINISHED, Tracker
+
+from conftest import ROOT, TINY, merge
+
+pytestmark = pytest.mark.slow
+COPY = ["adaskip", "pipelines", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"]
+
+
+def _sh(cwd: Path, *cmd: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A fresh git + DVC project holding this checkout's pipeline, with tiny params."""
+
+
+    repo = tmp_path_factory.mktemp("proj")
+    for name in COPY:
+        src, dst = ROOT / name, repo / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _sh(repo, "git", "init", "-q")
+    _sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    _sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def reproduced(project: Path) -> Path:
+    _sh(project, "dvc", "repro")
+    return project
+
+
+def test_contract_files(reproduced: Path):
+    grid = pd.read_csv(reproduced / "results" / "eval_grid.csv")
+    assert list(grid.columns[:1]) == ["skip"]
+    assert set(grid.columns) >= {"skip", "macs", "params", "acc1", "acc5", "latency_ms", "pareto"}
+    assert len(grid) == 16 and grid.skip.str.fullmatch("[TF]{4}").all()
+    assert grid.pareto.dtype == bool and grid.pareto.any()
+    by = grid.set_index("skip")
+    assert by.macs["FFFF"] > by.macs["TFFF"] > by.macs["TTFF"] > by.macs["TTTF"] > by.macs["TTTT"]
+    assert (by.latency_ms > 0).all()
+    metrics = json.loads((reproduced / "results" / "metrics.json").read_text())
+    for key in ("super_acc1", "base_acc1", "val_acc_super", "val_acc_base", "tune_best_objective"):
+        assert metrics.get(key) is not None, (key, metrics)
+    assert metrics["super_acc1"] > 30 and metrics["base_acc1"] > 30  # 10 classes: chance is 10 %
+    png = (reproduced / "results" / "tradeoff.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    best = json.loads((reproduced / "results" / "best_config.json").read_text())
+    assert 0 <= best["alpha"] <= 1 and best["split"] in TINY_SPLITS
+
+
+TINY_SPLITS = [[2, 2, 3, 2], [1, 2, 3, 1]]
+
+
+def test_mlflow_runs(reproduced: Path):
+    tracker = Tracker(f"sqlite:///{reproduced / 'mlflow.db'}", "adaskip")
+    runs = tracker.client.search_runs([tracker.experiment_id], max_results=1000)
+    assert runs and all(r.info.status in (FINISHED, "KILLED") for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    stages = {r.data.tags.get("adaskip.stage"): r for r in runs if "adaskip.stage" in r.data.tags}
+    assert set(stages) == {"train", "tune", "evaluate", "report"}
+    assert all(r.info.status == FINISHED for r in stages.values())
+    train = stages["train"]
+    assert len(tracker.client.get_metric_history(train.info.run_id, "val_acc_super")) == 2  # one per epoch
+    assert train.data.params["train.alpha"] == "0.5"
+    grid_children = tracker.children(stages["evaluate"].info.run_id)
+    assert sorted(r.data.tags["skip"] for r in grid_children) == sorted(pd.read_csv(reproduced / "results" / "eval_grid.csv").skip)
+    assert all({"acc1", "macs", "latency_ms"} <= set(r.data.metrics) for r in grid_children)
+    assert len(tracker.children(stages["tune"].info.run_id)) == 2  # one per trial
+
+
+def test_second_repro_is_a_noop(reproduced: Path):
+    before = (reproduced / "results" / "eval_grid.csv").stat().st_mtime_ns
+    t = time.time()
+    r = _sh(reproduced, "dvc", "repro")
+    assert time.time() - t < 60
+    assert "Running stage" not in r.stdout, r.stdout
+    assert (reproduced / "results" / "eval_grid.csv").stat().st_mtime_ns == before
+    _sh(reproduced, "dvc", "plots", "show", "-o", "plots")
+    assert (reproduced / "plots" / "index.html").exists()
