@@ -9,10 +9,10 @@ MODEL, GRID = "models/model.pt", "results/eval_grid.csv"
 def run(params, args) -> None:
     from adaskip.orchestration import init_ray  # heavy imports after params are validated: bad input fails fast
     from adaskip.orchestration.grid import evaluate_parallel
-    from adaskip.training import load_file
+    from adaskip.training import load_model
 
     remove_outputs(GRID)
-    model_file = load_file(MODEL)
+    _, model_file = load_model(MODEL)  # rebuilt and loaded here: a wrong or corrupt file fails before Ray starts
     mlflow = tracker(params)
     init_ray()
     with mlflow.run("evaluate", {"adaskip.stage": "evaluate"}) as parent:

@@ -1,0 +1,75 @@
+"""Bad input that is not params.yaml: damaged or foreign checkpoints, an unreachable tracking server."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from adaskip.tracking import Tracker, TrackingError
+from adaskip.training import CheckpointError, build_from_spec, load_model, model_spec, save_atomic
+
+from conftest import ROOT
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    spec = model_spec("resnet18", 10, [], True, 4, {"channels": [8, 8, 16, 16]})
+    net = build_from_spec({**spec, "split": None})
+    spec["split"] = net.split
+    path = tmp_path / "models" / "model.pt"
+    path.parent.mkdir()
+    save_atomic({"spec": spec, "state_dict": net.state_dict(), "macs": {}, "metrics": {}}, path)
+    return path
+
+
+def test_good_file_round_trips(model_file: Path):
+    model, obj = load_model(model_file)
+    assert model.split == obj["spec"]["split"]
+
+
+def test_truncated_checkpoint(model_file: Path):
+    model_file.write_bytes(model_file.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_model(model_file)
+
+
+def test_checkpoint_of_another_model(model_file: Path):
+    obj = torch.load(model_file, weights_only=True)
+    obj["spec"]["kwargs"]["channels"] = [8, 8, 16, 32]  # the weights no longer fit
+    torch.save(obj, model_file)
+    with pytest.raises(CheckpointError, match="does not match the model"):
+        load_model(model_file)
+
+
+def test_not_an_adaskip_file(model_file: Path):
+    torch.save({"weights": torch.zeros(1)}, model_file)
+    with pytest.raises(CheckpointError, match="not an adaskip model file"):
+        load_model(model_file)
+
+
+def test_pickled_code_is_refused(model_file: Path):
+    torch.save({"spec": {}, "state_dict": {}, "evil": Path("x")}, model_file)  # an arbitrary class: not weights
+    with pytest.raises(CheckpointError):
+        load_model(model_file)
+
+
+def test_unreachable_tracking_server_fails_fast():
+    t = time.time()
+    with pytest.raises(TrackingError, match="unreachable"):
+        Tracker("http://127.0.0.1:9", "x")  # discard port: nothing listens
+    assert time.time() - t < 10
+
+
+def test_evaluate_stage_on_a_corrupt_model(model_file: Path):
+    """One line naming the file, exit 2, no traceback, no grid written."""
+    model_file.write_bytes(b"not a checkpoint")
+    (model_file.parent.parent / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    r = subprocess.run([sys.executable, str(ROOT / "pipelines" / "evaluate.py")], cwd=model_file.parent.parent,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert "models/model.pt" in r.stderr and "corrupt" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (model_file.parent.parent / "results" / "eval_grid.csv").exists()
