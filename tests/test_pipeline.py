@@ -42,7 +42,8 @@ def project(tmp_path_factory) -> Path:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dst)
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    # one training worker here: 2-worker DDP is covered by tests/test_ray.py, and each worker costs start-up time
+    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), merge(TINY, {"train": {"workers": 1}}))
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _sh(repo, "git", "init", "-q")
     _sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")

@@ -34,33 +34,27 @@ def _kill_a_worker_after(checkpoints: Path, count: int, killed: list[int], timeo
         time.sleep(0.5)
 
 
-def test_train_ddp_resume_and_worker_failure(ray_cluster, tiny_params, mlflow_uri, tmp_path):
-    """2-worker DDP run; a re-run with more epochs resumes from its checkpoint; a worker SIGKILLed mid-run
-    restarts the group from the latest checkpoint; MLflow holds one run with each epoch logged once."""
+def test_train_ddp_worker_failure_resumes(ray_cluster, tiny_params, mlflow_uri, tmp_path):
+    """2-worker DDP run; a worker SIGKILLed mid-run makes Ray Train restart the group from a checkpoint
+    (not from scratch); the run finishes with all epochs, in one MLflow run."""
     from adaskip.orchestration.train import TrackingTarget, run_training
 
     tracker = Tracker(mlflow_uri, "t")
     run_id = tracker.start_run("train")
-    target = TrackingTarget(mlflow_uri, "t", run_id)
     storage = tmp_path / "ray"
-
-    metrics, state = run_training(tiny_params, str(storage), "train-x", target)
-    assert metrics["epoch"] == 2 and metrics["val_acc_super"] > 30 and metrics["val_acc_base"] > 30  # chance: 10 %
-    assert state["epoch"] == 1 and set(state) >= {"model", "optimizer", "spec", "macs"}
-    assert _history(tracker, run_id, "val_acc_super") == [1, 2]  # rank 0 only: not once per worker
-
     killed: list[int] = []
-    killer = threading.Thread(target=_kill_a_worker_after, args=(storage / "train-x", 3, killed), daemon=True)
+    # after the 2nd checkpoint shows up, the 1st is surely committed (the 2nd report came after it)
+    killer = threading.Thread(target=_kill_a_worker_after, args=(storage / "train-x", 2, killed), daemon=True)
     killer.start()
-    metrics, state = run_training(tiny_params, str(storage), "train-x", target, epochs=4)
+    metrics, state = run_training(tiny_params, str(storage), "train-x", TrackingTarget(mlflow_uri, "t", run_id), epochs=3)
     killer.join(timeout=1)
     assert killed, "no worker was killed"
-    assert metrics["epoch"] == 4 and state["epoch"] == 3
-    assert metrics["val_acc_super"] > 50
-    # epochs 1-2 from the first run, 3 (before the kill) and 4 (after the restart from epoch 3's checkpoint);
-    # each once: the restarted group resumed, it did not redo finished epochs
-    assert _history(tracker, run_id, "val_acc_super") == [1, 2, 3, 4]
-    assert len(list((storage / "train-x").glob("checkpoint_*"))) <= 2  # num_to_keep
+    assert metrics["epoch"] == 3 and state["epoch"] == 2 and set(state) >= {"model", "optimizer", "spec", "macs"}
+    assert metrics["val_acc_super"] > 25 and metrics["val_acc_base"] > 25  # 10 classes: chance is 10 %
+    # rank 0 only (not once per worker), and the restarted group resumed instead of redoing epoch 1; the
+    # killed group may have logged the epoch it was in when killed: that epoch then appears twice at most
+    steps = _history(tracker, run_id, "val_acc_super")
+    assert set(steps) == {1, 2, 3} and steps.count(1) == 1 and len(steps) <= 4, steps
     tracker.end_run(run_id)
     assert len(tracker.client.search_runs([tracker.experiment_id])) == 1
 
@@ -81,7 +75,7 @@ def test_sweep_survives_a_crashing_trial(ray_cluster, tiny_params, mlflow_uri, t
     assert len(trials) == 2
     ok, bad = trials[trials.error.isna()], trials[trials.error.notna()]
     assert len(ok) == 1 and len(bad) == 1
-    assert "TrainingDiverged" in bad.error.iloc[0] or "loss is" in bad.error.iloc[0]
+    assert bad.error.iloc[0].startswith("TrainingDiverged: loss is"), bad.error.iloc[0]
     assert ok.objective.iloc[0] > 0
     children = tracker.children(parent)
     assert sorted(r.info.status for r in children) == ["FAILED", FINISHED]

@@ -131,7 +131,29 @@ def run_sweep(params: Params, storage_path: str, name: str, uri: str, experiment
         tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config,
                            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1,
                                                      failure_config=tune.FailureConfig(max_failures=0)))
-    return trials_table(tuner.fit())
+    grid = tuner.fit()
+    table = trials_table(grid)
+    _close_trial_runs(table, uri, experiment, parent_run_id, t.epochs)
+    return table
+
+
+def _close_trial_runs(table: pd.DataFrame, uri: str, experiment: str, parent_run_id: str, epochs: int) -> None:
+    """End the MLflow run of every trial per Tune's verdict: a trial stopped at max_t or pruned by ASHA never
+    returns from its last report, so its own ``finally`` cannot be relied on."""
+    from ..tracking import FAILED, FINISHED, RUNNING, Tracker
+
+    tracker = Tracker(uri, experiment)
+    for row in table.itertuples(index=False):
+        run_id = tracker.find_run({"trial_id": str(row.trial_id)}, parent_run_id)
+        if run_id is None or tracker.status(run_id) != RUNNING:
+            continue
+        if isinstance(row.error, str):  # pandas turns a missing error into NaN
+            tracker.set_tags(run_id, {"error": row.error})
+            tracker.end_run(run_id, FAILED)
+        else:
+            done = int(row.epochs or 0)
+            tracker.set_tags(run_id, {"stopped_early": done < epochs, "epochs_done": done})
+            tracker.end_run(run_id, FINISHED)
 
 
 def trials_table(grid: tune.ResultGrid) -> pd.DataFrame:
@@ -143,5 +165,12 @@ def trials_table(grid: tune.ResultGrid) -> pd.DataFrame:
         rows.append({"trial_id": m.get("trial_id", r.path and Path(r.path).name), **dims,
                      "objective": m.get(METRIC), "val_acc_super": m.get("val_acc_super"),
                      "val_acc_base": m.get("val_acc_base"), "epochs": m.get("training_iteration"),
-                     "error": None if r.error is None else str(r.error).splitlines()[0][:300]})
+                     "error": None if r.error is None else _reason(r.error)})
     return pd.DataFrame(rows)
+
+
+def _reason(error: BaseException) -> str:
+    """``TrainingDiverged: loss is nan ...`` rather than Ray's ``ray::ImplicitFunc.train() (pid=...)`` wrapper."""
+    cause = getattr(error, "cause", None) or error
+    lines = [line for line in str(cause).splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:300]
