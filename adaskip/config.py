@@ -8,8 +8,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
-from .errors import AdaskipError
 from .data import DataConfig
+from .errors import AdaskipError
 
 
 class ConfigError(AdaskipError, ValueError):

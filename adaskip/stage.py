@@ -25,12 +25,6 @@ def params_hash(params: Params, *sections: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def write_json(obj: Any, path: str | os.PathLike) -> None:
-    from .data.api import write_json_atomic
-
-    write_json_atomic(obj, path)
-
-
 def remove_outputs(*paths: str | os.PathLike) -> None:
     """Delete stale outputs first, so a failed or interrupted stage never leaves ones DVC takes as valid."""
     for p in map(Path, paths):

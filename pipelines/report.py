@@ -5,7 +5,8 @@ from pathlib import Path
 import pandas as pd
 
 from adaskip.evaluation.report import markdown, summary_metrics, tradeoff_plot
-from adaskip.stage import main, remove_outputs, tracker, write_json
+from adaskip.files import write_json
+from adaskip.stage import main, remove_outputs, tracker
 
 GRID, TRAINED, BEST = "results/eval_grid.csv", "results/train_metrics.json", "results/best_config.json"
 PLOT, REPORT, METRICS = "results/tradeoff.png", "results/report.md", "results/metrics.json"

@@ -2,7 +2,8 @@
 import shutil
 from pathlib import Path
 
-from adaskip.stage import main, params_hash, ray_storage, remove_outputs, tracker, write_json
+from adaskip.files import write_json
+from adaskip.stage import main, params_hash, ray_storage, remove_outputs, tracker
 
 MODEL, METRICS = "models/model.pt", "results/train_metrics.json"
 

@@ -2,7 +2,8 @@
 import json
 
 from adaskip.errors import AdaskipError
-from adaskip.stage import main, params_hash, ray_storage, remove_outputs, tracker, write_json
+from adaskip.files import atomic_path, write_json
+from adaskip.stage import main, params_hash, ray_storage, remove_outputs, tracker
 
 TRIALS, BEST, TRAINED = "results/tune_trials.csv", "results/best_config.json", "results/train_metrics.json"
 
@@ -36,9 +37,9 @@ def run(params, args) -> None:
         mlflow.log_metrics(parent, {"best_objective": result["objective"], "failed_trials": result["failed_trials"]})
         mlflow.log_table(parent, trials, "tune_trials.json")
         mlflow.log_dict(parent, result, "best_config.json")
-        trials.to_csv(TRIALS + ".tmp", index=False)
+        with atomic_path(TRIALS) as tmp:
+            trials.to_csv(tmp, index=False)
         write_json(result, BEST)
-        __import__("os").replace(TRIALS + ".tmp", TRIALS)
     print(f"best of {len(trials)} trials: objective {result['objective']:.2f} (alpha={result['alpha']:.2f}, "
           f"T={result['temperature']:.2f}, split={result['split']}) -> {BEST}")
 

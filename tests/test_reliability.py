@@ -73,3 +73,16 @@ def test_evaluate_stage_on_a_corrupt_model(model_file: Path):
     assert r.returncode == 2, r.stderr
     assert "models/model.pt" in r.stderr and "corrupt" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (model_file.parent.parent / "results" / "eval_grid.csv").exists()
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path):
+    from adaskip.files import atomic_path, write_json
+
+    out = tmp_path / "results" / "grid.csv"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(out) as tmp:
+            tmp.write_text("half a fi")
+            raise KeyboardInterrupt
+    assert list(out.parent.iterdir()) == []  # neither the output nor the temp file
+    write_json({"b": 1, "a": [2]}, out)
+    assert out.read_text() == '{\n  "a": [\n    2\n  ],\n  "b": 1\n}\n' and len(list(out.parent.iterdir())) == 1

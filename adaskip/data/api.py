@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import importlib
-import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
+from ..files import write_json
 from .base import Splits
 from .config import DataConfig, DataError
 
@@ -66,23 +64,6 @@ def manifest(cfg: DataConfig, splits: Splits) -> dict[str, Any]:
             "image_size": cfg.image_size, "seed": cfg.seed, "fingerprint": fingerprint(cfg)}
 
 
-def write_json_atomic(obj: Any, path: str | Path) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def prepare(cfg: DataConfig, out_dir: str | Path) -> dict[str, Any]:
     """Check that ``cfg``'s dataset is readable and write ``out_dir/manifest.json``; return the manifest."""
     splits = load_splits(cfg)
@@ -90,6 +71,6 @@ def prepare(cfg: DataConfig, out_dir: str | Path) -> dict[str, Any]:
     info = manifest(cfg, splits)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(info, out / MANIFEST)
+    write_json(info, out / MANIFEST)
     log.info("prepared %s: %s -> %s", cfg.name, info["sizes"], out / MANIFEST)
     return info

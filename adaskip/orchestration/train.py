@@ -5,6 +5,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Optional
 
 import ray.train
@@ -26,7 +27,9 @@ class TrackingTarget:
     run_id: str
 
 
-def _report_fn(tracking: Optional[TrackingTarget], rank: int):
+def epoch_reporter(tracking: Optional[TrackingTarget], rank: int, api: ModuleType = ray.train):
+    """Per epoch: metrics to MLflow (rank 0), then metrics and rank 0's checkpoint state to ``api``
+    (``ray.train`` in a Train worker, ``ray.tune`` in an in-process Tune trial)."""
     tracker = None
     if tracking is not None and rank == 0:
         from ..tracking import Tracker
@@ -39,17 +42,18 @@ def _report_fn(tracking: Optional[TrackingTarget], rank: int):
         if tracker is not None:
             tracker.log_metrics(tracking.run_id, metrics, step=int(metrics["epoch"]))
         if state is None:
-            ray.train.report(metrics)
+            api.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:
             save_atomic(state, Path(tmp) / STATE_FILE)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            api.report(metrics, checkpoint=api.Checkpoint.from_directory(tmp))
 
     return report
 
 
-def _resume_state() -> Optional[dict[str, Any]]:
-    ckpt = ray.train.get_checkpoint()
+def latest_state(api: ModuleType = ray.train) -> Optional[dict[str, Any]]:
+    """The state of ``api``'s latest checkpoint of this run (after a restart or a re-run), or None."""
+    ckpt = api.get_checkpoint()
     if ckpt is None:
         return None
     with ckpt.as_directory() as d:
@@ -67,7 +71,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     env = WorkerEnv(rank=rank, world_size=world, device=get_device(),
                     wrap=lambda m: prepare_model(m, parallel_strategy_kwargs={"find_unused_parameters": True}),
-                    report=_report_fn(config.get("tracking"), rank), resume_state=_resume_state())
+                    report=epoch_reporter(config.get("tracking"), rank), resume_state=latest_state())
     fit(params, env, epochs=config.get("epochs"), distill=config.get("distill", True), fixed_skip=config.get("fixed_skip"))
 
 

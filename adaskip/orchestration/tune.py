@@ -7,7 +7,6 @@ process (no worker group to start: on a 2-core laptop that saves about a minute 
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,7 +17,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from ..config import Params
-from .train import STATE_FILE, TrackingTarget, load_file_state, make_trainer
+from .train import TrackingTarget, epoch_reporter, latest_state, make_trainer
 
 log = logging.getLogger(__name__)
 METRIC = "objective"
@@ -34,29 +33,15 @@ def _train_in_process(params: Params, epochs: int, tracking: TrackingTarget) -> 
     """The training loop in this trial's process, reporting (and checkpointing) through Tune each epoch."""
     import torch
 
-    from ..tracking import Tracker
-    from ..training import WorkerEnv, fit, save_atomic
+    from ..training import WorkerEnv, fit
 
-    tracker = Tracker(tracking.uri, tracking.experiment)
-
-    def report(metrics: dict[str, float], state: Optional[dict[str, Any]]) -> None:
-        tracker.log_metrics(tracking.run_id, metrics, step=int(metrics["epoch"]))
-        with tempfile.TemporaryDirectory() as tmp:
-            save_atomic(state, Path(tmp) / STATE_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-
-    ckpt = tune.get_checkpoint()
-    resume = None
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            resume = load_file_state(Path(d) / STATE_FILE)
     torch.set_num_threads(1)
-    fit(params, WorkerEnv(report=report, resume_state=resume), epochs=epochs)
+    fit(params, WorkerEnv(report=epoch_reporter(tracking, 0, tune), resume_state=latest_state(tune)), epochs=epochs)
 
 
 def _trial(config: dict[str, Any]) -> None:
     """Tune trial driver: train with this trial's hyperparameters, in its own MLflow child run."""
-    from ..tracking import FINISHED, Tracker
+    from ..tracking import FAILED, FINISHED, Tracker
 
     ctx = tune.get_context()
     params = _trial_params(config["base"], config)
@@ -75,14 +60,9 @@ def _trial(config: dict[str, Any]) -> None:
             if result.error is not None:
                 raise result.error
         tracker.end_run(run_id, FINISHED)
-    except SystemExit:  # Tune stops a trial this way: at max_t or when ASHA prunes it; both are normal ends
-        done = max((m.step for m in tracker.client.get_metric_history(run_id, "epoch")), default=0)
-        tracker.set_tags(run_id, {"stopped_early": done < s["epochs"], "epochs_done": done})
-        tracker.end_run(run_id, FINISHED)
-        raise
-    except BaseException as e:
-        tracker.set_tags(run_id, {"error": f"{type(e).__name__}: {str(e)[:300]}"})
-        tracker.end_run(run_id, "FAILED")
+    except Exception as e:  # a stopped trial (SystemExit) is ended by _close_trial_runs, per Tune's verdict
+        tracker.set_tags(run_id, {"error": _reason(e)})
+        tracker.end_run(run_id, FAILED)
         raise
 
 

@@ -16,9 +16,9 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import AdaskipError
 from ..config import Params
 from ..data import load_splits, make_loader
+from ..errors import AdaskipError
 from ..evaluation import evaluate_grid, tradeoff_auc
 from ..models import AdaptiveDepthNet, SkipConfig, count_macs
 from .checkpoint import build_from_spec, load_state, model_spec
