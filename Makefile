@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 
-.PHONY: install repro test
+.PHONY: install repro test study
 install: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.lock pyproject.toml Makefile
@@ -18,6 +18,10 @@ $(VENV)/.installed: requirements.lock pyproject.toml Makefile
 
 repro: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+# The ablation study (variants x seeds, see studies/ablation/study.yaml): a DVC pipeline of its own.
+study: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro studies/ablation/dvc.yaml
 
 test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest

@@ -77,6 +77,8 @@ class EvaluateParams(_Section):
     parallelism: int = Field(2, ge=1, description="parallel Ray tasks; each takes a subtree of stage prefixes")
     latency_batch_size: int = Field(1, ge=1)
     latency_reps: int = Field(10, ge=1)
+    recalibrate_bn: bool = Field(False, description="re-estimate BatchNorm statistics per intermediate sub-network")
+    recalibrate_batches: int = Field(10, ge=1)
 
 
 class MlflowParams(_Section):

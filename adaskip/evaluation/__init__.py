@@ -8,7 +8,8 @@ from typing import Any
 # Lazy: the report stage needs only pandas-level helpers, not torch and timm.
 _LAZY = {"complexity_table": "complexity", "latency_table": "complexity", "measure_latency": "complexity",
          "evaluate_grid": "grid", "grid_logits": "grid", "select_configs": "grid",
-         "pareto_front": "pareto", "summarise": "pareto", "tradeoff_auc": "pareto"}
+         "pareto_front": "pareto", "recalibrate_bn": "recalibrate", "recalibrated_grid": "recalibrate",
+         "summarise": "pareto", "tradeoff_auc": "pareto"}
 __all__ = sorted(_LAZY)
 
 

@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 
 from ..config import Params
 from ..data import load_splits, make_loader
-from ..evaluation import complexity_table, evaluate_grid, latency_table, select_configs, summarise
+from ..evaluation import (complexity_table, evaluate_grid, latency_table, recalibrated_grid, select_configs,
+                          summarise)
 
 
 def prefixes(num_stages: int, parallelism: int) -> list[str]:
@@ -33,7 +34,11 @@ def _evaluate_subtree(model_file: dict[str, Any], params: dict[str, Any], prefix
     loader = make_loader(splits.test, p.evaluate.batch_size, shuffle=False, seed=0)
     configs = select_configs(model, None, prefix or None)
     size = (splits.in_chans, p.data.image_size, p.data.image_size)
-    acc = evaluate_grid(model, loader, configs, progress=False)
+    if p.evaluate.recalibrate_bn:
+        calibration = make_loader(splits.train, p.evaluate.batch_size, shuffle=True, seed=0)
+        acc = recalibrated_grid(model, loader, calibration, configs, batches=p.evaluate.recalibrate_batches)
+    else:
+        acc = evaluate_grid(model, loader, configs, progress=False)
     cost = complexity_table(model, configs, size)
     lat = latency_table(model, configs, size, batch_size=p.evaluate.latency_batch_size, reps=p.evaluate.latency_reps)
     return acc.merge(cost, on="skip").merge(lat, on="skip")

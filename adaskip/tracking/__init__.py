@@ -65,6 +65,7 @@ class Tracker:
 
         check_reachable(uri)
         self.uri = uri
+        self.experiment = experiment
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)

@@ -21,6 +21,7 @@ from ..data import load_splits, make_loader
 from ..errors import AdaskipError
 from ..evaluation import evaluate_grid, tradeoff_auc
 from ..models import AdaptiveDepthNet, SkipConfig, count_macs
+from ..models.diagnostics import ratio_summary, residual_ratios
 from .checkpoint import build_from_spec, load_state, model_spec
 from .loss import DistillConfig
 from .step import Precision, distill_step, plain_step, unwrap
@@ -95,6 +96,13 @@ def validate(model: AdaptiveDepthNet, loader, env: WorkerEnv, macs: dict[str, in
     return {k: float(v) for k, v in out.items()}  # plain floats: numpy scalars fail weights_only loading
 
 
+def diagnostics(net: AdaptiveDepthNet, loader, env: WorkerEnv, skip: Optional[str] = None) -> dict[str, float]:
+    """||block(h) - h|| / ||h|| per block on one validation batch (the paper's Figure 3), and its mean over
+    mandatory and over skippable blocks."""
+    ratios = residual_ratios(net, next(iter(loader))[0].to(env.device), skip)
+    return {**ratio_summary(ratios), **{f"ratio.{k}": v for k, v in ratios.items()}}
+
+
 def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: bool = True,
         fixed_skip: Optional[str] = None) -> dict[str, float]:
     """Train per ``params`` for ``epochs`` (default train.epochs), reporting metrics and a checkpoint
@@ -152,6 +160,7 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: b
         metrics = {("train_acc_" + k.split("_")[0] if k.endswith("correct") else "train_" + k): v / seen * (100 if k.endswith("correct") else 1)
                    for k, v in sums.items()}
         metrics.update(validate(net, val_loader, env, macs))
+        metrics.update(diagnostics(net, val_loader, env, fixed_skip))
         metrics.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"])
         log.info("epoch %d/%d %s", epoch + 1, epochs, {k: round(v, 4) for k, v in metrics.items()})
         state = {"epoch": epoch, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),

@@ -1,0 +1,220 @@
+"""Ablation studies: variants x seeds over one base params.yaml, and their comparison.
+
+A study file (``studies/<name>/study.yaml``) names the variants, each a set of overrides of params.yaml;
+a variant with ``baseline: <skip string | super | base>`` is an individually trained fixed-depth network
+(cross-entropy only, the same recipe and epochs) evaluated at that one configuration. Every other variant
+is an adaptive-depth network evaluated over its whole grid. This module is pandas-only: the orchestration
+layer trains the cells, this one specifies them and aggregates what they measured.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .config import ConfigError, Params, _format, parse_params
+
+METRICS = ("acc1", "acc5")
+
+
+class Variant(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    overrides: dict[str, Any] = Field({}, description="params.yaml sections to override, e.g. {train: {alpha: 0.7}}")
+    baseline: Optional[str] = Field(None, description="train only this sub-network with CE: super, base or a skip string")
+
+    @field_validator("baseline")
+    @classmethod
+    def _skip(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and v not in ("super", "base") and (not v or set(v.upper()) - {"T", "F"}):
+            raise ValueError(f"baseline must be 'super', 'base' or a skip string of T/F flags, got {v!r}")
+        return v
+
+
+class StudySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seeds: list[int] = Field(min_length=1)
+    epochs: Optional[int] = Field(None, ge=1, description="per cell; null = train.epochs")
+    reference: str = Field("adn", description="the variant compared against the baselines")
+    cpus_per_cell: float = Field(1.0, gt=0)
+    variants: dict[str, Variant] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "StudySpec":
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        if self.reference not in self.variants:
+            raise ValueError(f"reference {self.reference!r} is not one of the variants {sorted(self.variants)}")
+        if self.variants[self.reference].baseline is not None:
+            raise ValueError(f"reference {self.reference!r} must be an adaptive-depth variant, not a baseline")
+        return self
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of a study: a variant at a seed, with its full validated params."""
+
+    variant: str
+    seed: int
+    params: Params
+    baseline: Optional[str]  # the skip string trained alone, or None for an adaptive-depth network
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant}-seed{self.seed}"
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "kwargs" else v
+    return out
+
+
+def load_study(path: str | Path) -> StudySpec:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such study file (see studies/ablation/study.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+        return StudySpec.model_validate(raw or {})
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except ValidationError as e:
+        raise ConfigError(_format(e, str(path))) from None
+
+
+def cells(spec: StudySpec, base: Params, check_model: bool = True) -> list[Cell]:
+    """Every (variant, seed) with its params validated (bad overrides fail here, naming the variant)."""
+    raw = base.model_dump(mode="json")
+    out = []
+    for name, v in spec.variants.items():
+        merged = _merge(raw, v.overrides)
+        if spec.epochs:
+            merged["train"]["epochs"] = spec.epochs
+        params = parse_params(merged, f"study variant {name!r}", check_model)
+        skip = None
+        if v.baseline is not None:
+            skip = _baseline_skip(v.baseline, len(params.model.split) if params.model.split else _num_stages(params))
+        for seed in spec.seeds:
+            seeded = params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})})
+            out.append(Cell(name, seed, seeded, skip))
+    return out
+
+
+def _num_stages(params: Params) -> int:
+    from .models import create_model
+
+    m = params.model
+    return create_model(m.name, num_classes=2, split=m.split, num_stages=m.num_stages, **m.kwargs).num_stages
+
+
+def _baseline_skip(baseline: str, num_stages: int) -> str:
+    skip = {"super": "F" * num_stages, "base": "T" * num_stages}.get(baseline, baseline.upper())
+    if len(skip) != num_stages:
+        raise ConfigError(f"baseline {baseline!r} has {len(skip)} flags but the model has {num_stages} stages")
+    return skip
+
+
+# ----- aggregation -----
+
+def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std and count over seeds per (variant, skip) of the cells' grid rows
+    (columns ``variant, seed, skip, macs, acc1, acc5``)."""
+    g = rows.groupby(["variant", "skip"], sort=False)
+    out = g.agg(macs=("macs", "first"), seeds=("seed", "nunique"),
+                **{f"{m}_{f}": (m, f) for m in METRICS for f in ("mean", "std")}).reset_index()
+    return out.fillna({f"{m}_std": 0.0 for m in METRICS})  # one seed: no spread, not NaN
+
+
+def compare(rows: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Per configuration that an individual baseline was trained for: the reference adaptive-depth network
+    against that baseline, paired by seed. ``delta_*`` is reference minus baseline in percentage points
+    (the paper's "+x %p"), mean and std over the seeds both have."""
+    ref = rows[rows.variant == reference]
+    base = rows[rows.baseline.notna()] if "baseline" in rows else rows.iloc[0:0]
+    pairs = ref.merge(base, on=["skip", "seed"], suffixes=("", "_baseline"))
+    if pairs.empty:
+        return pd.DataFrame(columns=["skip", "macs", "baseline", "seeds", "adn_acc1_mean", "adn_acc1_std",
+                                     "baseline_acc1_mean", "baseline_acc1_std", "delta_acc1_mean", "delta_acc1_std"])
+    pairs["delta"] = pairs.acc1 - pairs.acc1_baseline
+    g = pairs.groupby(["skip", "variant_baseline"], sort=False)
+    out = g.agg(macs=("macs", "first"), seeds=("seed", "nunique"), adn_acc1_mean=("acc1", "mean"),
+                adn_acc1_std=("acc1", "std"), baseline_acc1_mean=("acc1_baseline", "mean"),
+                baseline_acc1_std=("acc1_baseline", "std"), delta_acc1_mean=("delta", "mean"),
+                delta_acc1_std=("delta", "std")).reset_index().rename(columns={"variant_baseline": "baseline"})
+    return out.fillna(0.0).sort_values("macs", ascending=False, ignore_index=True)
+
+
+def summary(agg: pd.DataFrame, rows: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per variant: mean super-/base-net accuracy (highest/lowest-MACs configuration it was evaluated at),
+    mean over its configurations, and the final residual ratios when logged (DVC metrics)."""
+    out: dict[str, dict[str, float]] = {}
+    for variant, a in agg.groupby("variant", sort=False):
+        a = a.sort_values("macs")
+        entry = {"acc1_super": float(a.acc1_mean.iloc[-1]), "acc1_base": float(a.acc1_mean.iloc[0]),
+                 "acc1_mean_over_configs": float(a.acc1_mean.mean()), "configs": int(len(a))}
+        for col in ("ratio_mandatory", "ratio_skippable"):
+            if col in rows:
+                v = rows.loc[rows.variant == variant, col].dropna()
+                if not v.empty:
+                    entry[col] = float(v.mean())
+        out[variant] = entry
+    return out
+
+
+def markdown(comparison: pd.DataFrame, agg: pd.DataFrame, spec: StudySpec) -> str:
+    """The comparison table, stating what the numbers show without deciding the claim for them."""
+    lines = [f"# Study `{spec.name}`: {len(spec.variants)} variants x {len(spec.seeds)} seeds", ""]
+    if comparison.empty:
+        lines.append("No individual baseline shares a configuration with the reference variant: nothing to compare.")
+    else:
+        lines += [f"`{spec.reference}` (one adaptive-depth network) against individually trained networks of the same "
+                  "depth, test top-1 %, mean +- std over seeds; delta in percentage points (paired by seed).", "",
+                  "| config | MACs | baseline | " + spec.reference + " | individual | delta (%p) | verdict |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in comparison.itertuples(index=False):
+            lines.append(f"| {r.skip} | {r.macs / 1e6:.2f} M | {r.baseline} | {r.adn_acc1_mean:.2f} +- {r.adn_acc1_std:.2f} | "
+                         f"{r.baseline_acc1_mean:.2f} +- {r.baseline_acc1_std:.2f} | {r.delta_acc1_mean:+.2f} +- "
+                         f"{r.delta_acc1_std:.2f} | {_verdict(r.delta_acc1_mean, r.delta_acc1_std, r.seeds)} |")
+    lines += ["", "## Every variant (test top-1 %, mean +- std over seeds)", "",
+              "| variant | config | MACs | top-1 | seeds |", "|---|---|---|---|---|"]
+    for r in agg.itertuples(index=False):
+        lines.append(f"| {r.variant} | {r.skip} | {r.macs / 1e6:.2f} M | {r.acc1_mean:.2f} +- {r.acc1_std:.2f} | {r.seeds} |")
+    return "\n".join(lines) + "\n"
+
+
+def _verdict(mean: float, std: float, n: int) -> str:
+    """Within one standard deviation of zero (or a single seed) is not called either way."""
+    if n < 2:
+        return "one seed: no spread to judge"
+    if abs(mean) <= std:
+        return "within noise"
+    return "adaptive-depth better" if mean > 0 else "individual better"
+
+
+def tradeoff_plot(agg: pd.DataFrame, path: str | Path, title: str) -> None:
+    """Every variant's accuracy-vs-MACs curve (mean +- std over seeds) on one plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for variant, a in agg.groupby("variant", sort=False):
+        a = a.sort_values("macs")
+        style = {"marker": "s", "linestyle": "none", "markersize": 8} if len(a) == 1 else {"marker": "o", "markersize": 3}
+        ax.errorbar(a.macs / 1e6, a.acc1_mean, yerr=a.acc1_std, label=variant, capsize=3, **style)
+    ax.set(xlabel="MMACs per image", ylabel="test top-1 accuracy (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")  # the path may be a temporary name without .png
+    plt.close(fig)

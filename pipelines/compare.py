@@ -1,0 +1,43 @@
+"""Study stage `compare`: mean +- std over seeds per variant and configuration, the adaptive-depth network
+against individually trained baselines (paired by seed), every variant's trade-off curve on one plot."""
+from pathlib import Path
+
+import pandas as pd
+
+from adaskip.files import atomic_path, write_json
+from adaskip.stage import main, remove_outputs, tracker
+from adaskip import study
+
+
+def configure(parser) -> None:
+    parser.add_argument("--study", default="studies/ablation/study.yaml", help="study file (default: %(default)s)")
+
+
+def run(params, args) -> None:
+    spec = study.load_study(args.study)
+    res = Path(args.study).parent / "results"
+    outs = {k: res / f for k, f in (("agg", "curves.csv"), ("cmp", "comparison.csv"), ("md", "comparison.md"),
+                                    ("png", "tradeoff.png"), ("json", "summary.json"))}
+    remove_outputs(*outs.values())
+    rows = pd.read_csv(res / "cells.csv")
+    agg, cmp = study.aggregate(rows), study.compare(rows, spec.reference)
+    for key, df in (("agg", agg), ("cmp", cmp)):
+        with atomic_path(outs[key]) as tmp:
+            df.to_csv(tmp, index=False)
+    with atomic_path(outs["md"]) as tmp:
+        Path(tmp).write_text(study.markdown(cmp, agg, spec))
+    with atomic_path(outs["png"]) as tmp:
+        study.tradeoff_plot(agg, tmp, f"study {spec.name}: {params.model.name} on {params.data.name}")
+    mlflow = tracker(params)
+    parent = mlflow.find_run({"adaskip.stage": "study", "adaskip.study": spec.name})
+    if parent:  # the study's parent run: its children are the cells, compared side by side in the MLflow UI
+        mlflow.log_table(parent, agg, "curves.json")
+        mlflow.log_table(parent, cmp, "comparison.json")
+        for key in ("md", "png"):
+            mlflow.log_artifact(parent, outs[key])
+    write_json(study.summary(agg, rows), outs["json"])
+    print(outs["md"].read_text())
+
+
+if __name__ == "__main__":
+    main(__doc__, run, configure, check_model=False)

@@ -1,0 +1,166 @@
+"""Ablation studies: the spec, the aggregation (mean/std over seeds, ADN vs baseline joined per configuration),
+the BN re-estimation switch, the residual-ratio diagnostics, and the compare stage on real files."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from adaskip.config import ConfigError, Params
+from adaskip.models import create_model
+from conftest import ROOT
+
+from adaskip import study
+
+
+def _rows() -> pd.DataFrame:
+    """Two seeds of an adaptive-depth network over a 2-stage grid and two individually trained baselines."""
+    r = []
+    for seed, (ff, ft, tf, tt) in ((0, (90, 88, 86, 84)), (1, (92, 86, 88, 80))):
+        r += [{"variant": "adn", "seed": seed, "skip": s, "macs": m, "acc1": a, "acc5": 99.0, "baseline": None}
+              for s, m, a in (("FF", 40, ff), ("FT", 30, ft), ("TF", 30, tf), ("TT", 20, tt))]
+    r += [{"variant": "ind_full", "seed": 0, "skip": "FF", "macs": 40, "acc1": 91.0, "acc5": 99.0, "baseline": "FF"},
+          {"variant": "ind_full", "seed": 1, "skip": "FF", "macs": 40, "acc1": 89.0, "acc5": 99.0, "baseline": "FF"},
+          {"variant": "ind_base", "seed": 0, "skip": "TT", "macs": 20, "acc1": 80.0, "acc5": 99.0, "baseline": "TT"},
+          {"variant": "ind_base", "seed": 2, "skip": "TT", "macs": 20, "acc1": 70.0, "acc5": 99.0, "baseline": "TT"}]
+    return pd.DataFrame(r)
+
+
+def test_aggregate_mean_and_std_over_seeds():
+    agg = study.aggregate(_rows()).set_index(["variant", "skip"])
+    assert agg.loc[("adn", "FF"), "acc1_mean"] == 91.0
+    assert agg.loc[("adn", "FF"), "acc1_std"] == pytest.approx(2 ** 0.5)  # sample std of 90, 92
+    assert agg.loc[("adn", "TT"), "acc1_mean"] == 82.0 and agg.loc[("adn", "TT"), "seeds"] == 2
+    assert agg.loc[("ind_base", "TT"), "acc1_mean"] == 75.0
+    assert len(agg) == 4 + 1 + 1
+
+
+def test_compare_joins_per_configuration_paired_by_seed():
+    cmp = study.compare(_rows(), "adn").set_index("skip")
+    assert list(cmp.index) == ["FF", "TT"]  # only configurations a baseline was trained for, by MACs
+    ff = cmp.loc["FF"]
+    assert ff.baseline == "ind_full" and ff.seeds == 2
+    assert ff.delta_acc1_mean == pytest.approx(((90 - 91) + (92 - 89)) / 2)
+    assert ff.delta_acc1_std == pytest.approx(pd.Series([-1.0, 3.0]).std())
+    tt = cmp.loc["TT"]  # the baseline has seeds 0 and 2, ADN 0 and 1: only seed 0 pairs
+    assert tt.seeds == 1 and tt.delta_acc1_mean == pytest.approx(84 - 80) and tt.delta_acc1_std == 0.0
+
+
+def test_markdown_does_not_decide_the_claim():
+    spec = study.StudySpec(name="s", seeds=[0, 1], variants={"adn": {}, "ind_full": {"baseline": "super"}})
+    text = study.markdown(study.compare(_rows(), "adn"), study.aggregate(_rows()), spec)
+    assert "| FF |" in text and "+1.00 +- 2.83 | within noise |" in text
+    assert "one seed: no spread to judge" in text  # TT pairs on one seed only
+
+
+def test_summary_per_variant():
+    s = study.summary(study.aggregate(_rows()), _rows())
+    assert s["adn"]["acc1_super"] == 91.0 and s["adn"]["acc1_base"] == 82.0 and s["adn"]["configs"] == 4
+    assert s["ind_full"]["configs"] == 1
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({"name": "s", "seeds": [0, 0], "variants": {"adn": {}}}, "seeds must be distinct"),
+    ({"name": "s", "seeds": [0], "variants": {"x": {}}}, "reference 'adn' is not one of"),
+    ({"name": "s", "seeds": [0], "variants": {"adn": {"baseline": "super"}}}, "must be an adaptive-depth variant"),
+    ({"name": "s", "seeds": [0], "variants": {"adn": {}, "b": {"baseline": "TXF"}}}, "baseline must be"),
+    ({"name": "s", "seeds": [0], "variants": {"adn": {}, "b": {"baselin": "super"}}}, "unknown key"),
+    ({"name": "s", "seeds": [], "variants": {"adn": {}}}, "seeds"),
+])
+def test_study_file_errors_name_the_problem(tmp_path, raw, match):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=match):
+        study.load_study(path)
+
+
+def test_cells_validate_each_variant(tiny_params):
+    spec = study.StudySpec(name="s", seeds=[3, 4], epochs=1, variants={
+        "adn": {}, "no_sd": {"overrides": {"train": {"self_distillation": False}}}, "ind_base": {"baseline": "base"}})
+    cells = study.cells(spec, tiny_params)
+    assert [c.key for c in cells] == ["adn-seed3", "adn-seed4", "no_sd-seed3", "no_sd-seed4", "ind_base-seed3", "ind_base-seed4"]
+    assert all(c.params.train.epochs == 1 for c in cells) and cells[1].params.train.seed == 4
+    assert cells[2].params.train.self_distillation is False and cells[0].params.train.self_distillation is True
+    assert cells[4].baseline == "TTTT" and cells[0].baseline is None
+    bad = spec.model_copy(update={"variants": {"adn": study.Variant(overrides={"train": {"alpha": 3}})}})
+    with pytest.raises(ConfigError, match="study variant 'adn'.*train.alpha"):
+        study.cells(bad, tiny_params)
+    wrong = spec.model_copy(update={"variants": {**spec.variants, "b": study.Variant(baseline="TT")}})
+    with pytest.raises(ConfigError, match="2 flags but the model has 4 stages"):
+        study.cells(wrong, tiny_params)
+
+
+def test_recalibrate_bn_switch_changes_intermediate_configs_only():
+    from adaskip.evaluation import evaluate_grid, recalibrate_bn, recalibrated_grid
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=3, channels=[8, 8, 16, 16])
+    model.train()
+    with torch.no_grad():  # give the running statistics something to forget
+        for _ in range(3):
+            model(torch.randn(8, 3, 32, 32) * 3 + 1)
+    model.eval()
+    data = [(torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,))) for _ in range(2)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copy = recalibrate_bn(model, data, "TFTF", batches=2)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model is untouched
+    changed = [k for k, v in copy.state_dict().items() if k.endswith("running_mean") and not torch.equal(v, before[k])]
+    assert changed
+    plain = evaluate_grid(model, data, progress=False).set_index("skip")
+    recal = recalibrated_grid(model, data, data, batches=2).set_index("skip")
+    assert list(recal.index) == list(plain.index)
+    pd.testing.assert_series_equal(recal.loss[["FFFF", "TTTT"]], plain.loss[["FFFF", "TTTT"]])
+    assert not recal.loss.drop(["FFFF", "TTTT"]).equals(plain.loss.drop(["FFFF", "TTTT"]))
+
+
+def test_residual_ratios_measure_what_each_block_changes():
+    from adaskip.models.diagnostics import ratio_summary, residual_ratios
+
+    torch.manual_seed(0)
+    model = create_model("vit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=8, num_stages=2)
+    x = torch.randn(2, 3, 32, 32)
+    ratios = residual_ratios(model, x)
+    (m, s), _ = model.blocks_per_stage
+    assert len(ratios) == sum(a + b for a, b in model.blocks_per_stage)
+    assert all(v > 0 for v in ratios.values())
+    block = model.skippable_blocks(0)[0]
+    with torch.no_grad():  # a block whose residual branches output zero changes nothing
+        block.attn.proj.weight.zero_(), block.attn.proj.bias.zero_(), block.mlp.fc2.weight.zero_(), block.mlp.fc2.bias.zero_()
+    assert residual_ratios(model, x)["s0.s0"] == pytest.approx(0.0, abs=1e-7)
+    base_only = residual_ratios(model, x, "TT")
+    assert base_only and not any(".s" in k for k in base_only)  # skipped blocks do not run
+    assert set(ratio_summary(base_only)) == {"ratio_mandatory"}
+
+
+def test_compare_stage_writes_every_output(tmp_path):
+    """The compare stage on a real cells file: tables, plot, summary metrics; a bad study file exits 2."""
+    res = tmp_path / "studies" / "s" / "results"
+    res.mkdir(parents=True)
+    _rows().to_csv(res / "cells.csv", index=False)
+    (tmp_path / "studies" / "s" / "study.yaml").write_text(yaml.safe_dump(
+        {"name": "s", "seeds": [0, 1], "variants": {"adn": {}, "ind_full": {"baseline": "super"}}}))
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}", "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, str(ROOT / "pipelines" / "compare.py"), "--study", "studies/s/study.yaml"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in res.iterdir()) == ["cells.csv", "comparison.csv", "comparison.md", "curves.csv",
+                                                    "summary.json", "tradeoff.png"]
+    assert json.loads((res / "summary.json").read_text())["adn"]["acc1_super"] == 91.0
+    assert (res / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "studies" / "s" / "study.yaml").write_text("name: s\nseeds: [0]\nvariants: {adn: {bogus: 1}}\n")
+    r = subprocess.run([sys.executable, str(ROOT / "pipelines" / "compare.py"), "--study", "studies/s/study.yaml"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2 and "variants.adn.bogus: unknown key" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_shipped_study_is_valid(tiny_params):
+    spec = study.load_study(ROOT / "studies" / "ablation" / "study.yaml")
+    assert {"adn", "no_self_distillation", "no_skip_aware_norm", "individual_full", "individual_base"} <= set(spec.variants)
+    assert len(spec.seeds) >= 3
+    assert len(study.cells(spec, Params.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text())))) == 15
