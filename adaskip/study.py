@@ -210,8 +210,9 @@ def tradeoff_plot(agg: pd.DataFrame, path: str | Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for variant, a in agg.groupby("variant", sort=False):
         a = a.sort_values("macs")
-        style = {"marker": "s", "linestyle": "none", "markersize": 8} if len(a) == 1 else {"marker": "o", "markersize": 3}
-        ax.errorbar(a.macs / 1e6, a.acc1_mean, yerr=a.acc1_std, label=variant, capsize=3, **style)
+        # markers only: several configurations share a MACs value, so a line through them would zigzag
+        ax.errorbar(a.macs / 1e6, a.acc1_mean, yerr=a.acc1_std, label=variant, capsize=3, linestyle="none",
+                    marker="s" if len(a) == 1 else "o", markersize=8 if len(a) == 1 else 4, alpha=0.85)
     ax.set(xlabel="MMACs per image", ylabel="test top-1 accuracy (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
