@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 
 log = logging.getLogger(__name__)
 
 # Offline machines: no usage stats, no auth prompt. Ray Train's 60 s worker-group start timeout is too short
 # when a few workers import torch at once on 2 cores (then it retries forever): allow 10 minutes.
-# setdefault keeps what the user set; Ray Train propagates these to its controller.
+# Tune's own Ctrl-C handler stops the sweep and returns the finished trials as if it had completed: disabled, so
+# Ctrl-C interrupts the stage (outputs not written, runs KILLED). setdefault keeps what the user set; Ray Train
+# propagates these to its controller.
 for _k, _v in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AUTH_MODE", "disabled"), ("RAY_DEDUP_LOGS", "1"),
-               ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")):
+               ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600"), ("TUNE_DISABLE_SIGINT_HANDLER", "1")):
     os.environ.setdefault(_k, _v)
 
 
@@ -20,12 +24,17 @@ def init_ray(num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     if os.environ.get("RAY_ADDRESS"):
         log.info("joining the Ray cluster at %s", os.environ["RAY_ADDRESS"])
         ray.init(log_to_driver=True)
-        return
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, object_store_memory=300 * 2**20,
-             log_to_driver=True, configure_logging=False)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, object_store_memory=300 * 2**20,
+                 log_to_driver=True, configure_logging=False)
+    # Ray's core worker installs a C-level SIGTERM handler that aborts the process; put the stage's own back, so
+    # SIGTERM still ends MLflow runs as KILLED and exits 130 like Ctrl-C.
+    if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def cluster_cpus() -> float:

@@ -99,7 +99,10 @@ def make_trainer(params: Params, storage_path: str, name: str, tracking: Optiona
 def run_training(params: Params, storage_path: str, name: str, tracking: Optional[TrackingTarget] = None,
                  **kwargs) -> tuple[dict[str, float], dict[str, Any]]:
     """Train with Ray Train; returns the final metrics and the final checkpoint state (model + spec)."""
-    result = make_trainer(params, storage_path, name, tracking, **kwargs).fit()
+    try:
+        result = make_trainer(params, storage_path, name, tracking, **kwargs).fit()
+    except SystemExit:  # Ray Train's own Ctrl-C handler aborts the run, then calls sys.exit(0): not a success
+        raise KeyboardInterrupt("Ray Train run aborted by Ctrl-C") from None
     if result.error is not None:
         raise result.error
     with result.checkpoint.as_directory() as d:
