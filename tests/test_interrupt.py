@@ -29,12 +29,12 @@ def test_sigterm_during_train_then_resume(tmp_path: Path):
                    merge(TINY, {"train": {"workers": 1, "epochs": 3}}))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = _stage(tmp_path)
-    deadline = time.time() + 600
+    deadline = time.time() + 900
     while not list(tmp_path.glob(".ray_results/train-*/checkpoint_*")):  # wait for epoch 1's checkpoint
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
-    out = proc.communicate(timeout=300)[0]  # ending the local Ray cluster takes a while on 2 cores
+    out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 130, out[-3000:]
     assert "interrupted: outputs of this stage were not written" in out
     assert not (tmp_path / "models" / "model.pt").exists() and not (tmp_path / "results" / "train_metrics.json").exists()
