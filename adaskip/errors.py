@@ -3,3 +3,11 @@
 
 class AdaskipError(Exception):
     """A problem the user can fix (bad params, data, checkpoint, tracking store, diverging training)."""
+
+
+def describe(error: BaseException) -> str:
+    """``TrainingDiverged: loss is nan ...``: the original error inside Ray's wrapper (``RayTaskError.cause``),
+    its last non-empty line, at most 300 characters (an MLflow tag, a line of a report)."""
+    cause = getattr(error, "cause", None) or error
+    lines = [line for line in str(cause).splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:300]

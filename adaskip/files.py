@@ -27,6 +27,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def write_csv(table: Any, path: str | os.PathLike) -> None:
+    """A pandas DataFrame as CSV without its index, written atomically."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     """``obj`` as indented, key-sorted JSON, written atomically."""
     with atomic_path(path) as tmp:

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from adaskip.files import atomic_path, write_json
-from adaskip.stage import main, remove_outputs, tracker
 from adaskip import study
+from adaskip.files import atomic_path, write_csv, write_json
+from adaskip.stage import main, remove_outputs, tracker
 
 
 def configure(parser) -> None:
@@ -21,9 +21,8 @@ def run(params, args) -> None:
     remove_outputs(*outs.values())
     rows = pd.read_csv(res / "cells.csv")
     agg, cmp = study.aggregate(rows), study.compare(rows, spec.reference)
-    for key, df in (("agg", agg), ("cmp", cmp)):
-        with atomic_path(outs[key]) as tmp:
-            df.to_csv(tmp, index=False)
+    write_csv(agg, outs["agg"])
+    write_csv(cmp, outs["cmp"])
     with atomic_path(outs["md"]) as tmp:
         Path(tmp).write_text(study.markdown(cmp, agg, spec))
     with atomic_path(outs["png"]) as tmp:

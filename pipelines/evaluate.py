@@ -1,5 +1,5 @@
 """DVC stage `evaluate`: every sub-network on the test split in parallel Ray tasks; one MLflow child run each."""
-from adaskip.files import atomic_path
+from adaskip.files import write_csv
 from adaskip.stage import main, remove_outputs, tracker
 
 MODEL, GRID = "models/model.pt", "results/eval_grid.csv"
@@ -20,8 +20,7 @@ def run(params, args) -> None:
             with mlflow.run(row.skip, {"skip": row.skip, "pareto": str(row.pareto)}, parent_run_id=parent) as child:
                 mlflow.log_metrics(child, {k: getattr(row, k) for k in ("acc1", "acc5", "macs", "params", "latency_ms", "skipped_stages")})
         mlflow.log_table(parent, grid, "eval_grid.json")
-        with atomic_path(GRID) as tmp:
-            grid.to_csv(tmp, index=False)
+        write_csv(grid, GRID)
     print(grid.to_string(index=False))
 
 

@@ -3,7 +3,7 @@ split (adaptive-depth variants over all 2^S configurations, baselines at their o
 study trains only the cells that had not finished."""
 from pathlib import Path
 
-from adaskip.files import atomic_path
+from adaskip.files import write_csv
 from adaskip.stage import main, ray_storage, remove_outputs, tracker
 from adaskip.study import cells, load_study
 
@@ -23,8 +23,7 @@ def run(params, args) -> None:
 
     mlflow = tracker(params)
     tags = {"adaskip.stage": "study", "adaskip.study": spec.name}
-    previous = mlflow.find_run(tags)
-    resume = previous if previous and mlflow.status(previous) != "FINISHED" else None
+    resume = mlflow.unfinished_run(tags)
     init_ray()
     with mlflow.run(f"study-{spec.name}", tags, run_id=resume) as parent:
         mlflow.log_params(parent, {"study": spec.model_dump(mode="json")})
@@ -32,8 +31,7 @@ def run(params, args) -> None:
             rows = run_cells(todo, Path(ray_storage()) / f"study-{spec.name}", mlflow, parent, spec.cpus_per_cell)
         finally:
             mlflow.end_leftovers(parent)
-        with atomic_path(out) as tmp:
-            rows.to_csv(tmp, index=False)
+        write_csv(rows, out)
     print(f"{len(todo)} cells of study {spec.name!r} -> {out}")
 
 

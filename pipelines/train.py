@@ -17,8 +17,7 @@ def run(params, args) -> None:
     mlflow = tracker(params)
     h = params_hash(params, "data", "model", "train")
     tags = {"adaskip.stage": "train", "adaskip.params_hash": h}
-    previous = mlflow.find_run(tags)
-    resume = previous if previous and mlflow.status(previous) != "FINISHED" else None
+    resume = mlflow.unfinished_run(tags)
     init_ray()
     with mlflow.run(f"train-{h}", tags, run_id=resume) as run_id:
         mlflow.log_params(run_id, params.model_dump(mode="json", include={"data", "model", "train"}))

@@ -2,7 +2,7 @@
 import json
 
 from adaskip.errors import AdaskipError
-from adaskip.files import atomic_path, write_json
+from adaskip.files import write_csv, write_json
 from adaskip.stage import main, params_hash, ray_storage, remove_outputs, tracker
 
 TRIALS, BEST, TRAINED = "results/tune_trials.csv", "results/best_config.json", "results/train_metrics.json"
@@ -16,8 +16,7 @@ def run(params, args) -> None:
     mlflow = tracker(params)
     h = params_hash(params, "data", "model", "train", "tune")
     tags = {"adaskip.stage": "tune", "adaskip.params_hash": h}
-    previous = mlflow.find_run(tags)
-    resume = previous if previous and mlflow.status(previous) != "FINISHED" else None
+    resume = mlflow.unfinished_run(tags)
     init_ray()
     with mlflow.run(f"tune-{h}", tags, run_id=resume) as parent:
         mlflow.log_params(parent, params.model_dump(mode="json", include={"tune"}))
@@ -37,8 +36,7 @@ def run(params, args) -> None:
         mlflow.log_metrics(parent, {"best_objective": result["objective"], "failed_trials": result["failed_trials"]})
         mlflow.log_table(parent, trials, "tune_trials.json")
         mlflow.log_dict(parent, result, "best_config.json")
-        with atomic_path(TRIALS) as tmp:
-            trials.to_csv(tmp, index=False)
+        write_csv(trials, TRIALS)
         write_json(result, BEST)
     print(f"best of {len(trials)} trials: objective {result['objective']:.2f} (alpha={result['alpha']:.2f}, "
           f"T={result['temperature']:.2f}, split={result['split']}) -> {BEST}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from typing import Any, Optional
 
 import pandas as pd
 import ray
@@ -12,14 +12,27 @@ from tqdm.auto import tqdm
 
 from ..config import Params
 from ..data import load_splits, make_loader
+from ..data.base import Splits
 from ..evaluation import (complexity_table, evaluate_grid, latency_table, recalibrated_grid, select_configs,
                           summarise)
+from ..models import AdaptiveDepthNet
 
 
 def prefixes(num_stages: int, parallelism: int) -> list[str]:
     """Stage-flag prefixes that split the 2^S configurations into ``<= parallelism`` equal subtrees."""
     depth = min(num_stages, max(0, int(math.log2(max(1, parallelism)))))
     return ["".join(p) for p in itertools.product("FT", repeat=depth)]
+
+
+def grid_accuracy(model: AdaptiveDepthNet, splits: Splits, p: Params, configs: Optional[list],
+                  recalibrate: bool) -> pd.DataFrame:
+    """Accuracy of ``configs`` on the test split; with ``recalibrate`` every intermediate configuration after
+    re-estimating its BN statistics on training batches (``evaluate.recalibrate_bn``)."""
+    loader = make_loader(splits.test, p.evaluate.batch_size, shuffle=False, seed=0)
+    if not recalibrate:
+        return evaluate_grid(model, loader, configs, progress=False)
+    calibration = make_loader(splits.train, p.evaluate.batch_size, shuffle=True, seed=0)
+    return recalibrated_grid(model, loader, calibration, configs, batches=p.evaluate.recalibrate_batches)
 
 
 def _evaluate_subtree(model_file: dict[str, Any], params: dict[str, Any], prefix: str) -> pd.DataFrame:
@@ -31,14 +44,9 @@ def _evaluate_subtree(model_file: dict[str, Any], params: dict[str, Any], prefix
     model = build_from_spec(model_file["spec"])
     model.load_state_dict(model_file["state_dict"])
     splits = load_splits(p.data)
-    loader = make_loader(splits.test, p.evaluate.batch_size, shuffle=False, seed=0)
     configs = select_configs(model, None, prefix or None)
     size = (splits.in_chans, p.data.image_size, p.data.image_size)
-    if p.evaluate.recalibrate_bn:
-        calibration = make_loader(splits.train, p.evaluate.batch_size, shuffle=True, seed=0)
-        acc = recalibrated_grid(model, loader, calibration, configs, batches=p.evaluate.recalibrate_batches)
-    else:
-        acc = evaluate_grid(model, loader, configs, progress=False)
+    acc = grid_accuracy(model, splits, p, configs, p.evaluate.recalibrate_bn)
     cost = complexity_table(model, configs, size)
     lat = latency_table(model, configs, size, batch_size=p.evaluate.latency_batch_size, reps=p.evaluate.latency_reps)
     return acc.merge(cost, on="skip").merge(lat, on="skip")

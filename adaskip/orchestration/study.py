@@ -10,14 +10,20 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import pandas as pd
 import ray
 from tqdm.auto import tqdm
 
+from ..errors import AdaskipError, describe
+from ..files import write_csv
 from ..study import Cell
+from .grid import grid_accuracy
 from .train import TrackingTarget
+
+if TYPE_CHECKING:
+    from ..tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -28,28 +34,25 @@ def cell_hash(cell: Cell) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def run_cell(cell: Cell, tracking: Optional[TrackingTarget], threads: int = 1) -> pd.DataFrame:
+def run_cell(cell: Cell, tracker: Optional["Tracker"] = None, run_id: Optional[str] = None,
+             threads: int = 1) -> pd.DataFrame:
     """Train one cell in this process (adaptive-depth: self-distillation; baseline: CE on its one sub-network),
-    then evaluate it on the test split: every configuration, or the baseline's own. One row per configuration."""
+    logging each epoch to ``run_id``, then evaluate it on the test split: every configuration, or the
+    baseline's own. One row per configuration."""
     import torch
 
-    from ..data import load_splits, make_loader
-    from ..evaluation import complexity_table, evaluate_grid, recalibrated_grid
+    from ..data import load_splits
+    from ..evaluation import complexity_table
     from ..training import WorkerEnv, build_from_spec, fit
     from ..training.checkpoint import load_state
 
     torch.set_num_threads(threads)
     p = cell.params
-    tracker = None
-    if tracking is not None:
-        from ..tracking import Tracker
-
-        tracker = Tracker(tracking.uri, tracking.experiment)
     final: dict = {}
 
     def report(metrics: dict[str, float], state: Optional[dict]) -> None:
         if tracker is not None:
-            tracker.log_metrics(tracking.run_id, metrics, step=int(metrics["epoch"]))
+            tracker.log_metrics(run_id, metrics, step=int(metrics["epoch"]))
         if state is not None:
             final.update(state)
 
@@ -57,13 +60,9 @@ def run_cell(cell: Cell, tracking: Optional[TrackingTarget], threads: int = 1) -
     model = build_from_spec(final["spec"])
     load_state(model, final["model"], cell.key)
     splits = load_splits(p.data)
-    test = make_loader(splits.test, p.evaluate.batch_size, shuffle=False, seed=0)
     configs = [cell.baseline] if cell.baseline else None
-    if p.evaluate.recalibrate_bn and cell.baseline is None:
-        calibration = make_loader(splits.train, p.evaluate.batch_size, shuffle=True, seed=0)
-        grid = recalibrated_grid(model, test, calibration, configs, batches=p.evaluate.recalibrate_batches)
-    else:
-        grid = evaluate_grid(model, test, configs, progress=False)
+    # an individually trained baseline keeps the statistics it was trained with
+    grid = grid_accuracy(model, splits, p, configs, p.evaluate.recalibrate_bn and cell.baseline is None)
     size = (splits.in_chans, p.data.image_size, p.data.image_size)
     grid = grid.merge(complexity_table(model, configs, size), on="skip")
     ratios = {k: metrics[k] for k in ("ratio_mandatory", "ratio_skippable") if k in metrics}
@@ -71,23 +70,22 @@ def run_cell(cell: Cell, tracking: Optional[TrackingTarget], threads: int = 1) -
 
 
 def _cell_task(cell: Cell, tracking: Optional[TrackingTarget], out: str, threads: int) -> str:
-    from ..files import atomic_path
     from ..tracking import FAILED, FINISHED, Tracker
 
     tracker = Tracker(tracking.uri, tracking.experiment) if tracking else None
+    run_id = tracking.run_id if tracking else None
     try:
-        rows = run_cell(cell, tracking, threads)
+        rows = run_cell(cell, tracker, run_id, threads)
     except Exception as e:
         if tracker is not None:
-            tracker.set_tags(tracking.run_id, {"error": f"{type(e).__name__}: {e}"[:300]})
-            tracker.end_run(tracking.run_id, FAILED)
+            tracker.set_tags(run_id, {"error": describe(e)})
+            tracker.end_run(run_id, FAILED)
         raise
     if tracker is not None:
-        tracker.log_table(tracking.run_id, rows, "grid.json")
-        tracker.log_metrics(tracking.run_id, {f"test_acc1_{r.skip}": r.acc1 for r in rows.itertuples()})
-        tracker.end_run(tracking.run_id, FINISHED)
-    with atomic_path(out) as tmp:
-        rows.to_csv(tmp, index=False)
+        tracker.log_table(run_id, rows, "grid.json")
+        tracker.log_metrics(run_id, {f"test_acc1_{r.skip}": r.acc1 for r in rows.itertuples()})
+        tracker.end_run(run_id, FINISHED)
+    write_csv(rows, out)
     return out
 
 
@@ -120,11 +118,8 @@ def run_cells(cells: list[Cell], cache: str | Path, tracker=None, parent_run_id:
                 try:
                     ray.get(ref)
                 except Exception as e:  # noqa: BLE001  (reported together once every cell has run)
-                    cause = getattr(e, "cause", None) or e
-                    errors.append(f"{cell.key}: {type(cause).__name__}: {str(cause).splitlines()[-1] if str(cause) else ''}")
+                    errors.append(f"{cell.key}: {describe(e)}")
                 bar.update(1)
     if errors:
-        from ..errors import AdaskipError
-
         raise AdaskipError(f"{len(errors)} study cell(s) failed (the others are kept; re-run to retry):\n" + "\n".join(errors))
     return pd.concat([pd.read_csv(files[c.key]) for c in cells], ignore_index=True)

@@ -17,6 +17,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from ..config import Params
+from ..errors import describe
 from .train import TrackingTarget, epoch_reporter, latest_state, make_trainer
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def _trial(config: dict[str, Any]) -> None:
                 raise result.error
         tracker.end_run(run_id, FINISHED)
     except Exception as e:  # a stopped trial (SystemExit) is ended by _close_trial_runs, per Tune's verdict
-        tracker.set_tags(run_id, {"error": _reason(e)})
+        tracker.set_tags(run_id, {"error": describe(e)})
         tracker.end_run(run_id, FAILED)
         raise
 
@@ -145,12 +146,5 @@ def trials_table(grid: tune.ResultGrid) -> pd.DataFrame:
         rows.append({"trial_id": m.get("trial_id", r.path and Path(r.path).name), **dims,
                      "objective": m.get(METRIC), "val_acc_super": m.get("val_acc_super"),
                      "val_acc_base": m.get("val_acc_base"), "epochs": m.get("training_iteration"),
-                     "error": None if r.error is None else _reason(r.error)})
+                     "error": None if r.error is None else describe(r.error)})
     return pd.DataFrame(rows)
-
-
-def _reason(error: BaseException) -> str:
-    """``TrainingDiverged: loss is nan ...`` rather than Ray's ``ray::ImplicitFunc.train() (pid=...)`` wrapper."""
-    cause = getattr(error, "cause", None) or error
-    lines = [line for line in str(cause).splitlines() if line.strip()]
-    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:300]

@@ -120,6 +120,12 @@ class Tracker:
                                        order_by=["attributes.start_time DESC"])
         return runs[0].info.run_id if runs else None
 
+    def unfinished_run(self, tags: Mapping[str, str]) -> Optional[str]:
+        """The newest run with these tags unless it FINISHED: an interrupted stage continues it, a finished one
+        is not reopened."""
+        run_id = self.find_run(tags)
+        return run_id if run_id and self.status(run_id) != FINISHED else None
+
     def children(self, parent_run_id: str) -> list:
         return self.client.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
                                        max_results=10000)
