@@ -68,14 +68,17 @@ def main(description: str, run: Callable[[Params, argparse.Namespace], None],
     except KeyboardInterrupt:
         print("interrupted: outputs of this stage were not written; re-run to resume", file=sys.stderr)
         _exit_now(130)
+    _exit_now(0)
 
 
 def _exit_now(code: int) -> None:
     """Stop the Ray cluster this stage joined or started, then exit without Python's finalisation, which with
-    Ray's threads still alive took minutes on 2 cores after an interrupt (MLflow runs are already ended)."""
+    Ray's threads still alive took a minute or more on 2 cores (outputs are written and fsynced and MLflow runs
+    ended by now). Stages that never started Ray exit normally."""
     ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
+    if ray is None or not ray.is_initialized():
+        sys.exit(code)
+    ray.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
