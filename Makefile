@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 
-.PHONY: install repro test study
+.PHONY: install repro test test-extended study
 install: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.lock pyproject.toml Makefile
@@ -25,3 +25,7 @@ study: install
 
 test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+# Ray worker-failure, crashing-trial, study-cell and SIGTERM/resume scenarios (about 40 minutes on 2 cores).
+test-extended: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m extended

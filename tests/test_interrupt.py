@@ -15,7 +15,7 @@ import yaml
 from adaskip.tracking import FINISHED, Tracker
 from conftest import ROOT, TINY, merge
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray]
+pytestmark = [pytest.mark.ray, pytest.mark.extended]
 
 
 def _stage(project: Path) -> subprocess.Popen:

@@ -4,10 +4,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 import pytest
@@ -21,8 +24,8 @@ pytestmark = pytest.mark.slow
 COPY = ["adaskip", "pipelines", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"]
 
 
-def _sh(cwd: Path, *cmd: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+def _sh(cwd: Path, *cmd: str, timeout: float = 1500, **env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env}
     env.pop("MLFLOW_TRACKING_URI", None)
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
@@ -30,10 +33,27 @@ def _sh(cwd: Path, *cmd: str, timeout: float = 900) -> subprocess.CompletedProce
 
 
 @pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    """A Ray head started with `ray start`, as on a cluster: every stage joins it through RAY_ADDRESS instead of
+    starting and stopping a local Ray of its own (which also costs each stage start-up time on 2 cores)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: AF_UNIX socket paths
+    ray = str(Path(sys.executable).parent / "ray")
+    _sh(ROOT, ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+        "--include-dashboard=false", f"--object-store-memory={300 * 2**20}", f"--temp-dir={tmp}", timeout=300,
+        RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=300)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A fresh git + DVC project holding this checkout's pipeline, with tiny params."""
-
-
     repo = tmp_path_factory.mktemp("proj")
     for name in COPY:
         src, dst = ROOT / name, repo / name
@@ -52,8 +72,8 @@ def project(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reproduced(project: Path) -> Path:
-    _sh(project, "dvc", "repro")
+def reproduced(project: Path, ray_address: str) -> Path:
+    _sh(project, "dvc", "repro", RAY_ADDRESS=ray_address)
     return project
 
 

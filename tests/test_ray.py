@@ -14,7 +14,7 @@ import torch
 
 from adaskip.tracking import FINISHED, RUNNING, Tracker
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.extended]
 
 
 def _history(tracker: Tracker, run_id: str, key: str) -> list[int]:
