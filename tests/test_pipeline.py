@@ -39,11 +39,12 @@ def ray_address() -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    from adaskip.orchestration import cluster  # noqa: F401  (sets the offline Ray env defaults the head inherits)
+
     tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: AF_UNIX socket paths
     ray = str(Path(sys.executable).parent / "ray")
     _sh(ROOT, ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-        "--include-dashboard=false", f"--object-store-memory={300 * 2**20}", f"--temp-dir={tmp}", timeout=300,
-        RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+        "--include-dashboard=false", f"--object-store-memory={300 * 2**20}", f"--temp-dir={tmp}", timeout=300)
     try:
         yield f"127.0.0.1:{port}"
     finally:
