@@ -49,7 +49,8 @@ def _trial(config: dict[str, Any]) -> None:
     s = config["setup"]
     tracker = Tracker(s["uri"], s["experiment"])
     tags = {"trial_id": ctx.get_trial_id()}
-    run_id = tracker.find_run(tags, s["parent_run_id"]) or tracker.start_run(f"trial-{ctx.get_trial_id()}", tags, s["parent_run_id"])
+    run_id = tracker.find_run(tags, s["parent_run_id"])  # a resumed sweep continues its interrupted trials' runs
+    run_id = tracker.reopen(run_id) if run_id else tracker.start_run(f"trial-{ctx.get_trial_id()}", tags, s["parent_run_id"])
     tracker.log_params(run_id, {**{k: v for k, v in config.items() if k not in ("base", "setup")}, "workers": s["workers"]})
     target = TrackingTarget(s["uri"], s["experiment"], run_id)
     try:
@@ -120,13 +121,14 @@ def run_sweep(params: Params, storage_path: str, name: str, uri: str, experiment
 
 def _close_trial_runs(table: pd.DataFrame, uri: str, experiment: str, parent_run_id: str, epochs: int) -> None:
     """End the MLflow run of every trial per Tune's verdict: a trial stopped at max_t or pruned by ASHA never
-    returns from its last report, so its own ``finally`` cannot be relied on."""
-    from ..tracking import FAILED, FINISHED, RUNNING, Tracker
+    returns from its last report, so its own ``finally`` cannot be relied on. A run left KILLED by an interrupted
+    sweep whose trial had finished (or was resumed) gets its verdict too."""
+    from ..tracking import FAILED, FINISHED, Tracker
 
     tracker = Tracker(uri, experiment)
     for row in table.itertuples(index=False):
         run_id = tracker.find_run({"trial_id": str(row.trial_id)}, parent_run_id)
-        if run_id is None or tracker.status(run_id) != RUNNING:
+        if run_id is None or tracker.status(run_id) in (FINISHED, FAILED):  # ended by the trial itself
             continue
         if isinstance(row.error, str):  # pandas turns a missing error into NaN
             tracker.set_tags(run_id, {"error": row.error})

@@ -111,6 +111,12 @@ class Tracker:
     def status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
 
+    def reopen(self, run_id: str) -> str:
+        """Mark a continued run (interrupted: KILLED or FAILED) RUNNING again, so it ends with its real verdict."""
+        if self.status(run_id) != RUNNING:
+            self.client.update_run(run_id, status=RUNNING)
+        return run_id
+
     def find_run(self, tags: Mapping[str, str], parent_run_id: Optional[str] = None) -> Optional[str]:
         """The newest run with these tags (to continue an interrupted run instead of duplicating it)."""
         clauses = [f"tags.{k} = '{v}'" for k, v in tags.items()]
@@ -141,9 +147,7 @@ class Tracker:
     def run(self, name: str, tags: Optional[Mapping[str, str]] = None, parent_run_id: Optional[str] = None,
             run_id: Optional[str] = None) -> Iterator[str]:
         """A run that always ends: FINISHED, FAILED on error, KILLED on Ctrl-C/SIGTERM."""
-        run_id = run_id or self.start_run(name, tags, parent_run_id)
-        if run_id and self.status(run_id) != RUNNING:
-            self.client.update_run(run_id, status=RUNNING)
+        run_id = self.reopen(run_id) if run_id else self.start_run(name, tags, parent_run_id)
         try:
             yield run_id
         except (KeyboardInterrupt, SystemExit):
