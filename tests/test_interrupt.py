@@ -1,41 +1,65 @@
-"""An interrupted stage: SIGTERM during `train` leaves no output DVC could take as valid, ends its MLflow run
-KILLED, and the re-run resumes from the latest checkpoint in the same MLflow run (real processes, real Ray)."""
+"""An interrupted stage leaves no output DVC could take as valid and ends its MLflow run KILLED; the re-run
+resumes in the same MLflow run: `train` (SIGTERM) from its latest checkpoint, `tune` (Ctrl-C) with its
+finished trials kept (real processes, real Ray)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 
-from adaskip.tracking import FINISHED, Tracker
+from adaskip.tracking import FINISHED, KILLED, RUNNING, Tracker
 from conftest import ROOT, TINY, merge
 
 pytestmark = [pytest.mark.ray, pytest.mark.extended]
 
 
-def _stage(project: Path) -> subprocess.Popen:
+def _stage(project: Path, stage: str = "train") -> subprocess.Popen:
+    """The stage script in its own session (process group), as a terminal runs it: Ctrl-C = SIGINT to the group.
+    Output goes to a file: a pipe nobody reads while the test polls fills up and blocks the stage."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    return subprocess.Popen([sys.executable, str(ROOT / "pipelines" / "train.py")], cwd=project, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(project / f"{stage}.log", "w") as log:
+        return subprocess.Popen([sys.executable, str(ROOT / "pipelines" / f"{stage}.py")], cwd=project, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _output(project: Path, stage: str = "train") -> str:
+    return (project / f"{stage}.log").read_text()
+
+
+def _project(tmp_path: Path, override: dict[str, Any]) -> dict[str, Any]:
+    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), merge(TINY, override))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return params
+
+
+def _registered_checkpoint(project: Path) -> bool:
+    """Ray Train resumes from the checkpoints its controller recorded (a checkpoint folder alone is not enough)."""
+    try:
+        return any(json.loads(f.read_text()).get("latest_checkpoint_result")
+                   for f in project.glob(".ray_results/train-*/checkpoint_manager_snapshot.json"))
+    except ValueError:  # caught mid-write
+        return False
 
 
 def test_sigterm_during_train_then_resume(tmp_path: Path):
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()),
-                   merge(TINY, {"train": {"workers": 1, "epochs": 3}}))
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    params = _project(tmp_path, {"data": {"image_size": 32}, "train": {"workers": 1, "epochs": 6}})  # ~1 s/epoch
     proc = _stage(tmp_path)
     deadline = time.time() + 900
-    while not list(tmp_path.glob(".ray_results/train-*/checkpoint_*")):  # wait for epoch 1's checkpoint
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+    while not _registered_checkpoint(tmp_path):  # epoch 1's checkpoint, once Ray Train has recorded it
+        assert proc.poll() is None and time.time() < deadline, _output(tmp_path)[-3000:]
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
-    out = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 130, out[-3000:]
+    assert proc.wait(timeout=300) == 130, _output(tmp_path)[-3000:]
+    out = _output(tmp_path)
     assert "interrupted: outputs of this stage were not written" in out
     assert not (tmp_path / "models" / "model.pt").exists() and not (tmp_path / "results" / "train_metrics.json").exists()
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", params["mlflow"]["experiment"])
@@ -43,11 +67,111 @@ def test_sigterm_during_train_then_resume(tmp_path: Path):
     assert [r.info.status for r in runs] == ["KILLED"]
 
     proc = _stage(tmp_path)
-    out = proc.communicate(timeout=900)[0]
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.wait(timeout=900) == 0, _output(tmp_path)[-3000:]
+    out = _output(tmp_path)
     assert "resuming from epoch" in out
     assert (tmp_path / "models" / "model.pt").is_file() and (tmp_path / "results" / "train_metrics.json").is_file()
     runs = tracker.client.search_runs([tracker.experiment_id])
     assert len(runs) == 1 and runs[0].info.status == FINISHED  # the same run, continued
     steps = sorted(m.step for m in tracker.client.get_metric_history(runs[0].info.run_id, "val_acc_super"))
-    assert steps[-1] == 3 and len(steps) <= 4  # every epoch logged; at most the interrupted one twice
+    assert steps[-1] == 6 and len(steps) <= 7  # every epoch logged; at most the interrupted one twice
+
+
+def _trial_states(project: Path) -> dict[str, str]:
+    """Trial id -> status in the sweep's latest saved experiment state (empty until Tune first saves it)."""
+    states = sorted(project.glob(".ray_results/tune-*/experiment_state-*.json"))
+    try:
+        trials = json.loads(states[-1].read_text())["trial_data"] if states else []
+    except ValueError:  # caught mid-write
+        return {}
+    return {t["trial_id"]: t["status"] for t in (json.loads(d[0]) for d in trials)}
+
+
+def _result_lines(project: Path) -> dict[str, int]:
+    """Trial directory -> reports it holds (a re-run trial would append to its result.json)."""
+    return {p.parent.name: len(p.read_text().splitlines()) for p in project.glob(".ray_results/tune-*/*/result.json")}
+
+
+def test_ctrl_c_during_tune_keeps_finished_trials(tmp_path: Path):
+    # One trial at a time, each (about 30 s) well beyond Tune's experiment-state period (10 s, then written to
+    # the storage folder asynchronously): the state that shows the first trial finished comes while the second runs.
+    params = _project(tmp_path, {"data": {"image_size": 32},
+                                 "tune": {"num_samples": 2, "max_concurrent_trials": 1, "epochs": 30, "grace_period": 30}})
+    (tmp_path / "results").mkdir()  # the train stage's metrics, which the sweep's summary quotes
+    (tmp_path / "results" / "train_metrics.json").write_text(json.dumps({"objective": 50.0}))
+    proc = _stage(tmp_path, "tune")
+    deadline = time.time() + 900
+    while "TERMINATED" not in _trial_states(tmp_path).values():  # one trial done, the other one next
+        assert proc.poll() is None and time.time() < deadline, _output(tmp_path, "tune")[-3000:]
+        time.sleep(0.5)
+    states = _trial_states(tmp_path)
+    done = [t for t, s in states.items() if s == "TERMINATED"]
+    assert len(done) == 1, states  # the other trial still to run or running when Ctrl-C comes
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
+    assert proc.wait(timeout=300) == 130, _output(tmp_path, "tune")[-3000:]
+    out = _output(tmp_path, "tune")
+    assert "interrupted: outputs of this stage were not written" in out
+    assert not (tmp_path / "results" / "tune_trials.csv").exists() and not (tmp_path / "results" / "best_config.json").exists()
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", params["mlflow"]["experiment"])
+    parents = tracker.client.search_runs([tracker.experiment_id], "tags.`adaskip.stage` = 'tune'")
+    assert [r.info.status for r in parents] == [KILLED]
+    assert RUNNING not in [r.info.status for r in tracker.children(parents[0].info.run_id)]
+    reports = _result_lines(tmp_path)
+
+    proc = _stage(tmp_path, "tune")
+    assert proc.wait(timeout=900) == 0, _output(tmp_path, "tune")[-3000:]
+    out = _output(tmp_path, "tune")
+    assert "resuming the sweep" in out
+    trials = pd.read_csv(tmp_path / "results" / "tune_trials.csv", dtype={"trial_id": str})
+    assert len(trials) == 2 and trials.error.isna().all() and set(done) <= set(trials.trial_id)
+    assert json.loads((tmp_path / "results" / "best_config.json").read_text())["trial_id"] in set(trials.trial_id)
+    finished = {d: n for d, n in _result_lines(tmp_path).items() if any(t in d for t in done)}
+    assert finished and all(reports[d] == n for d, n in finished.items())  # the finished trial was not run again
+    parents = tracker.client.search_runs([tracker.experiment_id], "tags.`adaskip.stage` = 'tune'")
+    assert len(parents) == 1 and parents[0].info.status == FINISHED  # the same parent run, continued
+    children = tracker.children(parents[0].info.run_id)
+    assert sorted(r.data.tags["trial_id"] for r in children) == sorted(trials.trial_id)  # one run per trial
+    assert {r.info.status for r in children} == {FINISHED}
+
+
+def test_ctrl_c_during_evaluate_keeps_finished_subtrees(tmp_path: Path):
+    from adaskip.config import Params
+    from adaskip.training import build_from_spec, model_spec, save_atomic
+
+    # 4 subtrees on 2 CPUs: two at a time, so Ctrl-C after the first ones lands while others are running
+    params = _project(tmp_path, {"evaluate": {"parallelism": 4, "latency_reps": 20}})
+    m = Params.model_validate(params).model
+    spec = model_spec(m.name, 10, m.split or [], m.skip_aware_norm, m.num_stages, m.kwargs)  # untrained weights do
+    net = build_from_spec({**spec, "split": m.split})
+    save_atomic({"spec": {**spec, "split": net.split}, "state_dict": net.state_dict()}, tmp_path / "models" / "model.pt")
+    proc = _stage(tmp_path, "evaluate")
+    deadline = time.time() + 600
+    while not list(tmp_path.glob(".ray_results/evaluate-*/*.csv")):
+        assert proc.poll() is None and time.time() < deadline, _output(tmp_path, "evaluate")[-3000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=300) == 130, _output(tmp_path, "evaluate")[-3000:]
+    assert "interrupted: outputs of this stage were not written" in _output(tmp_path, "evaluate")
+    assert not (tmp_path / "results" / "eval_grid.csv").exists()
+    saved = list(tmp_path.glob(".ray_results/evaluate-*/*.csv"))
+    assert 1 <= len(saved) < 4, saved
+    marked = set()
+    for f in saved:  # a marker only a reused file can carry into the final grid
+        part = pd.read_csv(f, dtype={"skip": str}).assign(acc1=-1.0)
+        part.to_csv(f, index=False)
+        marked |= set(part.skip)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", params["mlflow"]["experiment"])
+    parents = tracker.client.search_runs([tracker.experiment_id], "tags.`adaskip.stage` = 'evaluate'")
+    assert [r.info.status for r in parents] == [KILLED]
+
+    proc = _stage(tmp_path, "evaluate")
+    assert proc.wait(timeout=600) == 0, _output(tmp_path, "evaluate")[-3000:]
+    grid = pd.read_csv(tmp_path / "results" / "eval_grid.csv", dtype={"skip": str}).set_index("skip")
+    assert len(grid) == 2 ** net.num_stages
+    assert set(grid.index[grid.acc1 == -1.0]) == marked  # finished subtrees kept, the others evaluated
+    assert not list(tmp_path.glob(".ray_results/evaluate-*"))  # done: nothing left to resume
+    parents = tracker.client.search_runs([tracker.experiment_id], "tags.`adaskip.stage` = 'evaluate'")
+    assert len(parents) == 1 and parents[0].info.status == FINISHED  # the same parent run, continued
+    children = tracker.children(parents[0].info.run_id)
+    assert sorted(r.data.tags["skip"] for r in children) == sorted(grid.index)
+    assert {r.info.status for r in children} == {FINISHED}

@@ -87,8 +87,9 @@ def test_sweep_survives_a_crashing_trial(ray_cluster, tiny_params, mlflow_uri, t
     assert RUNNING not in {r.info.status for r in children}
 
 
-def test_parallel_grid_equals_in_process_grid(ray_cluster, tiny_params):
-    """Ray tasks over stage-prefix subtrees give the same accuracies as one in-process prefix-shared pass."""
+def test_parallel_grid_equals_in_process_grid(ray_cluster, tiny_params, tmp_path):
+    """Ray tasks over stage-prefix subtrees give the same accuracies as one in-process prefix-shared pass; each
+    finished subtree is saved, and a re-run (as after an interruption) evaluates only the missing ones."""
     from adaskip.data import load_splits, make_loader
     from adaskip.evaluation import evaluate_grid
     from adaskip.orchestration.grid import evaluate_parallel
@@ -100,7 +101,7 @@ def test_parallel_grid_equals_in_process_grid(ray_cluster, tiny_params):
     spec = model_spec(m.name, splits.num_classes, m.split or [], m.skip_aware_norm, m.num_stages, m.kwargs)
     net = build_from_spec({**spec, "split": None})
     spec["split"] = net.split
-    grid = evaluate_parallel({"spec": spec, "state_dict": net.state_dict()}, tiny_params)
+    grid = evaluate_parallel({"spec": spec, "state_dict": net.state_dict()}, tiny_params, tmp_path)
     assert len(grid) == 2 ** net.num_stages
     assert set(grid.columns) >= {"skip", "macs", "params", "acc1", "acc5", "latency_ms", "pareto"}
     assert grid.pareto.dtype == bool and grid.pareto.any()
@@ -108,6 +109,17 @@ def test_parallel_grid_equals_in_process_grid(ray_cluster, tiny_params):
     assert by_skip.macs["FFFF"] > by_skip.macs["TFFF"] > by_skip.macs["TTFF"] > by_skip.macs["TTTF"] > by_skip.macs["TTTT"]
     local = evaluate_grid(net.eval(), make_loader(splits.test, 128, shuffle=False, seed=0), progress=False).set_index("skip")
     pd.testing.assert_series_equal(by_skip.acc1.sort_index(), local.acc1.sort_index(), check_names=False, atol=1e-9)
+
+    saved = sorted(tmp_path.glob("*.csv"))
+    assert [f.stem for f in saved] == ["F", "T"]  # parallelism 2: one subtree per first-stage flag
+    kept = pd.read_csv(saved[0], dtype={"skip": str}).assign(acc1=-1.0)  # a marker only a reused file can carry
+    kept.to_csv(saved[0], index=False)
+    saved[1].unlink()  # this subtree was still running when the stage was interrupted
+    again = evaluate_parallel({"spec": spec, "state_dict": net.state_dict()}, tiny_params, tmp_path).set_index("skip")
+    assert (again.acc1[kept.skip] == -1.0).all()  # reused, not evaluated again
+    redone = again.index.difference(kept.skip)
+    assert len(redone) == 2 ** (net.num_stages - 1) and saved[1].exists()
+    pd.testing.assert_series_equal(again.acc1[redone], by_skip.acc1[redone])
 
 
 def test_study_cells_run_fail_and_resume(ray_cluster, tiny_params, mlflow_uri, tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
@@ -13,6 +14,7 @@ from tqdm.auto import tqdm
 from ..config import Params
 from ..data import load_splits, make_loader
 from ..data.base import Splits
+from ..files import write_csv
 from ..evaluation import (complexity_table, evaluate_grid, latency_table, recalibrated_grid, select_configs,
                           summarise)
 from ..models import AdaptiveDepthNet
@@ -52,17 +54,21 @@ def _evaluate_subtree(model_file: dict[str, Any], params: dict[str, Any], prefix
     return acc.merge(cost, on="skip").merge(lat, on="skip")
 
 
-def evaluate_parallel(model_file: dict[str, Any], params: Params) -> pd.DataFrame:
-    """All 2^S sub-networks on the test split, in parallel Ray tasks; Pareto front marked."""
-    num_stages = len(model_file["spec"]["split"])
-    task = ray.remote(num_cpus=1)(_evaluate_subtree)
-    ref = ray.put(model_file)
-    pending = [task.remote(ref, params.model_dump(mode="json"), p) for p in prefixes(num_stages, params.evaluate.parallelism)]
-    parts = []
-    with tqdm(total=len(pending), desc="evaluation grid", unit="subtree") as bar:
+def evaluate_parallel(model_file: dict[str, Any], params: Params, done_dir: Optional[Path] = None) -> pd.DataFrame:
+    """All 2^S sub-networks on the test split, in parallel Ray tasks; Pareto front marked. With ``done_dir``
+    each finished subtree is saved there and a re-run (after an interruption) evaluates only the missing ones."""
+    subtrees = prefixes(len(model_file["spec"]["split"]), params.evaluate.parallelism)
+    saved = {p: done_dir / f"{p or 'all'}.csv" for p in subtrees} if done_dir else {}
+    finished = [pd.read_csv(f, dtype={"skip": str}) for f in saved.values() if f.exists()]
+    task, ref, config = ray.remote(num_cpus=1)(_evaluate_subtree), ray.put(model_file), params.model_dump(mode="json")
+    pending = {task.remote(ref, config, p): p for p in subtrees if not (p in saved and saved[p].exists())}
+    with tqdm(total=len(subtrees), initial=len(finished), desc="evaluation grid", unit="subtree") as bar:
         while pending:
-            done, pending = ray.wait(pending)
-            parts.extend(ray.get(done))
-            bar.update(len(done))
-    table = pd.concat(parts, ignore_index=True)
+            [done], _ = ray.wait(list(pending))
+            part, prefix = ray.get(done), pending.pop(done)
+            if done_dir:
+                write_csv(part, saved[prefix])
+            finished.append(part)
+            bar.update()
+    table = pd.concat(finished, ignore_index=True)
     return summarise(table.drop(columns=["macs", "params", "skipped_stages"]), table[["skip", "macs", "params", "skipped_stages"]])
