@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import tempfile
@@ -10,6 +11,10 @@ from typing import Any, Iterator
 
 import pytest
 import yaml
+
+# adaskip's Ray env defaults (token auth, no usage stats, ...) before anything imports ray: Ray reads some of them
+# once, at its first use in a process, and `ray start` heads and stage subprocesses inherit them from here.
+from adaskip.orchestration import cluster  # noqa: F401,E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,6 +34,16 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     for k, v in override.items():
         out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "kwargs" else v
     return out
+
+
+def checkpoint_recorded(root: Path, run_glob: str) -> bool:
+    """Whether Ray Train's controller has recorded a checkpoint of a run under ``root``: it resumes from those
+    only (a checkpoint folder alone, written by the workers before the controller takes it, is not enough)."""
+    try:
+        return any(json.loads(f.read_text()).get("latest_checkpoint_result")
+                   for f in root.glob(f"{run_glob}/checkpoint_manager_snapshot.json"))
+    except ValueError:  # caught mid-write
+        return False
 
 
 @pytest.fixture
@@ -54,8 +69,6 @@ def mlflow_uri(tmp_path: Path) -> str:
 def ray_cluster() -> Iterator[None]:
     """A 2-CPU local Ray cluster for the whole session, in a short temp dir (AF_UNIX path limit)."""
     import ray
-
-    from adaskip.orchestration import cluster  # noqa: F401  (sets the offline Ray env defaults)
 
     tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     os.environ.pop("RAY_ADDRESS", None)

@@ -17,18 +17,21 @@ import pytest
 import yaml
 
 from adaskip.tracking import FINISHED, KILLED, RUNNING, Tracker
-from conftest import ROOT, TINY, merge
+from conftest import ROOT, TINY, checkpoint_recorded, merge
 
 pytestmark = [pytest.mark.ray, pytest.mark.extended]
 
 
 def _stage(project: Path, stage: str = "train") -> subprocess.Popen:
     """The stage script in its own session (process group), as a terminal runs it: Ctrl-C = SIGINT to the group.
-    Output goes to a file: a pipe nobody reads while the test polls fills up and blocks the stage."""
+    SIGINT is handled by default there even if the test runner ignores it (a background job of a shell without job
+    control, as CI may start it, passes an ignored SIGINT on to every child). Output goes to a file: a pipe nobody
+    reads while the test polls fills up and blocks the stage."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     with open(project / f"{stage}.log", "w") as log:
         return subprocess.Popen([sys.executable, str(ROOT / "pipelines" / f"{stage}.py")], cwd=project, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _output(project: Path, stage: str = "train") -> str:
@@ -41,20 +44,11 @@ def _project(tmp_path: Path, override: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def _registered_checkpoint(project: Path) -> bool:
-    """Ray Train resumes from the checkpoints its controller recorded (a checkpoint folder alone is not enough)."""
-    try:
-        return any(json.loads(f.read_text()).get("latest_checkpoint_result")
-                   for f in project.glob(".ray_results/train-*/checkpoint_manager_snapshot.json"))
-    except ValueError:  # caught mid-write
-        return False
-
-
 def test_sigterm_during_train_then_resume(tmp_path: Path):
     params = _project(tmp_path, {"data": {"image_size": 32}, "train": {"workers": 1, "epochs": 6}})  # ~1 s/epoch
     proc = _stage(tmp_path)
     deadline = time.time() + 900
-    while not _registered_checkpoint(tmp_path):  # epoch 1's checkpoint, once Ray Train has recorded it
+    while not checkpoint_recorded(tmp_path, ".ray_results/train-*"):  # epoch 1's checkpoint, once Ray Train has recorded it
         assert proc.poll() is None and time.time() < deadline, _output(tmp_path)[-3000:]
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
@@ -138,8 +132,9 @@ def test_ctrl_c_during_evaluate_keeps_finished_subtrees(tmp_path: Path):
     from adaskip.config import Params
     from adaskip.training import build_from_spec, model_spec, save_atomic
 
-    # 4 subtrees on 2 CPUs: two at a time, so Ctrl-C after the first ones lands while others are running
-    params = _project(tmp_path, {"evaluate": {"parallelism": 4, "latency_reps": 20}})
+    # 4 subtrees on 2 CPUs, two at a time, each a few seconds (latency reps at 32 px): Ctrl-C after the first ones
+    # lands while others are running
+    params = _project(tmp_path, {"data": {"image_size": 32}, "evaluate": {"parallelism": 4, "latency_reps": 1000}})
     m = Params.model_validate(params).model
     spec = model_spec(m.name, 10, m.split or [], m.skip_aware_norm, m.num_stages, m.kwargs)  # untrained weights do
     net = build_from_spec({**spec, "split": m.split})

@@ -40,8 +40,6 @@ def ray_address() -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    from adaskip.orchestration import cluster  # noqa: F401  (sets the offline Ray env defaults the head inherits)
-
     tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: AF_UNIX socket paths
     ray = str(Path(sys.executable).parent / "ray")
     _sh(ROOT, ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
