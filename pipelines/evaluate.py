@@ -27,8 +27,8 @@ def run(params, args) -> None:
     with mlflow.run(f"evaluate-{h}", tags, run_id=resume) as parent:
         grid = evaluate_parallel(model_file, params, done_dir)
         for row in grid.itertuples(index=False):
-            tags = {"skip": row.skip, "pareto": str(row.pareto)}  # a child left by an interrupted run is continued
-            with mlflow.run(row.skip, tags, parent, mlflow.find_run(tags, parent)) as child:
+            cell = {"skip": row.skip, "pareto": str(row.pareto)}  # a child left by an interrupted run is continued
+            with mlflow.run(row.skip, cell, parent, mlflow.find_run(cell, parent)) as child:
                 mlflow.log_metrics(child, {k: getattr(row, k) for k in ("acc1", "acc5", "macs", "params", "latency_ms", "skipped_stages")})
         mlflow.log_table(parent, grid, "eval_grid.json")
         write_csv(grid, GRID)

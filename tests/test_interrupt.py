@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from adaskip.tracking import FINISHED, KILLED, RUNNING, Tracker
-from conftest import ROOT, TINY, checkpoint_recorded, merge
+from conftest import ROOT, checkpoint_recorded, merge
 
 pytestmark = [pytest.mark.ray, pytest.mark.extended]
 
@@ -38,14 +38,14 @@ def _output(project: Path, stage: str = "train") -> str:
     return (project / f"{stage}.log").read_text()
 
 
-def _project(tmp_path: Path, override: dict[str, Any]) -> dict[str, Any]:
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), merge(TINY, override))
+def _project(tmp_path: Path, tiny_raw: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    params = merge(tiny_raw, override)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return params
 
 
-def test_sigterm_during_train_then_resume(tmp_path: Path):
-    params = _project(tmp_path, {"data": {"image_size": 32}, "train": {"workers": 1, "epochs": 6}})  # ~1 s/epoch
+def test_sigterm_during_train_then_resume(tmp_path: Path, tiny_raw: dict[str, Any]):
+    params = _project(tmp_path, tiny_raw, {"data": {"image_size": 32}, "train": {"workers": 1, "epochs": 6}})  # ~1 s/epoch
     proc = _stage(tmp_path)
     deadline = time.time() + 900
     while not checkpoint_recorded(tmp_path, ".ray_results/train-*"):  # epoch 1's checkpoint, once Ray Train has recorded it
@@ -86,10 +86,10 @@ def _result_lines(project: Path) -> dict[str, int]:
     return {p.parent.name: len(p.read_text().splitlines()) for p in project.glob(".ray_results/tune-*/*/result.json")}
 
 
-def test_ctrl_c_during_tune_keeps_finished_trials(tmp_path: Path):
+def test_ctrl_c_during_tune_keeps_finished_trials(tmp_path: Path, tiny_raw: dict[str, Any]):
     # One trial at a time, each (about 30 s) well beyond Tune's experiment-state period (10 s, then written to
     # the storage folder asynchronously): the state that shows the first trial finished comes while the second runs.
-    params = _project(tmp_path, {"data": {"image_size": 32},
+    params = _project(tmp_path, tiny_raw, {"data": {"image_size": 32},
                                  "tune": {"num_samples": 2, "max_concurrent_trials": 1, "epochs": 30, "grace_period": 30}})
     (tmp_path / "results").mkdir()  # the train stage's metrics, which the sweep's summary quotes
     (tmp_path / "results" / "train_metrics.json").write_text(json.dumps({"objective": 50.0}))
@@ -128,13 +128,13 @@ def test_ctrl_c_during_tune_keeps_finished_trials(tmp_path: Path):
     assert {r.info.status for r in children} == {FINISHED}
 
 
-def test_ctrl_c_during_evaluate_keeps_finished_subtrees(tmp_path: Path):
+def test_ctrl_c_during_evaluate_keeps_finished_subtrees(tmp_path: Path, tiny_raw: dict[str, Any]):
     from adaskip.config import Params
     from adaskip.training import build_from_spec, model_spec, save_atomic
 
     # 4 subtrees on 2 CPUs, two at a time, each a few seconds (latency reps at 32 px): Ctrl-C after the first ones
     # lands while others are running
-    params = _project(tmp_path, {"data": {"image_size": 32}, "evaluate": {"parallelism": 4, "latency_reps": 1000}})
+    params = _project(tmp_path, tiny_raw, {"data": {"image_size": 32}, "evaluate": {"parallelism": 4, "latency_reps": 1000}})
     m = Params.model_validate(params).model
     spec = model_spec(m.name, 10, m.split or [], m.skip_aware_norm, m.num_stages, m.kwargs)  # untrained weights do
     net = build_from_spec({**spec, "split": m.split})

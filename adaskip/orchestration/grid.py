@@ -59,9 +59,10 @@ def evaluate_parallel(model_file: dict[str, Any], params: Params, done_dir: Opti
     each finished subtree is saved there and a re-run (after an interruption) evaluates only the missing ones."""
     subtrees = prefixes(len(model_file["spec"]["split"]), params.evaluate.parallelism)
     saved = {p: done_dir / f"{p or 'all'}.csv" for p in subtrees} if done_dir else {}
-    finished = [pd.read_csv(f, dtype={"skip": str}) for f in saved.values() if f.exists()]
+    kept = [p for p, f in saved.items() if f.exists()]
+    finished = [pd.read_csv(saved[p], dtype={"skip": str}) for p in kept]
     task, ref, config = ray.remote(num_cpus=1)(_evaluate_subtree), ray.put(model_file), params.model_dump(mode="json")
-    pending = {task.remote(ref, config, p): p for p in subtrees if not (p in saved and saved[p].exists())}
+    pending = {task.remote(ref, config, p): p for p in subtrees if p not in kept}
     with tqdm(total=len(subtrees), initial=len(finished), desc="evaluation grid", unit="subtree") as bar:
         while pending:
             [done], _ = ray.wait(list(pending))
