@@ -1,6 +1,7 @@
 """Typed parameters of the whole pipeline, built from params.yaml and validated before any work starts."""
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -126,6 +127,15 @@ def _format(err: ValidationError, source: str) -> str:
             msg = "unknown key (misspelled? see params.yaml for the valid keys)"
         lines.append(f"{source}: {key + ': ' if key else ''}{msg}{got}")
     return "\n".join(lines)
+
+
+def merge_params(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override``'s sections and keys over ``base``'s, recursively, as a new dict; ``model.kwargs`` is
+    replaced whole (timm arguments do not merge key by key)."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = merge_params(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "kwargs" else v
+    return out
 
 
 def parse_params(raw: Any, source: str = "params", check_model: bool = True) -> Params:

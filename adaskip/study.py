@@ -8,7 +8,7 @@ layer trains the cells, this one specifies them and aggregates what they measure
 """
 from __future__ import annotations
 
-import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -17,7 +17,8 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import ConfigError, Params, _format, parse_params
+from .config import ConfigError, Params, _format, merge_params, parse_params
+from .stage import params_hash
 
 METRICS = ("acc1", "acc5")
 
@@ -46,6 +47,14 @@ class StudySpec(BaseModel):
     cpus_per_cell: float = Field(1.0, gt=0)
     variants: dict[str, Variant] = Field(min_length=1)
 
+    @field_validator("variants")
+    @classmethod
+    def _names(cls, v: dict[str, Variant]) -> dict[str, Variant]:
+        bad = [k for k in v if not re.fullmatch(r"[A-Za-z0-9_-]+", k)]  # DVC stage names and file names
+        if bad:
+            raise ValueError(f"variant names may hold letters, digits, '_' and '-' only, got {bad}")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> "StudySpec":
         if len(set(self.seeds)) != len(self.seeds):
@@ -71,13 +80,6 @@ class Cell:
         return f"{self.variant}-seed{self.seed}"
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "kwargs" else v
-    return out
-
-
 def load_study(path: str | Path) -> StudySpec:
     path = Path(path)
     if not path.is_file():
@@ -91,12 +93,23 @@ def load_study(path: str | Path) -> StudySpec:
         raise ConfigError(_format(e, str(path))) from None
 
 
-def cells(spec: StudySpec, base: Params, check_model: bool = True) -> list[Cell]:
-    """Every (variant, seed) with its params validated (bad overrides fail here, naming the variant)."""
+def cells_file(study_file: str | Path, variant: str) -> Path:
+    """Where the study stage writes one variant's rows (one row per seed and configuration)."""
+    return Path(study_file).parent / "results" / "cells" / f"{variant}.csv"
+
+
+def cells(spec: StudySpec, base: Params, check_model: bool = True, variants: Optional[list[str]] = None) -> list[Cell]:
+    """Every (variant, seed) with its params validated (bad overrides fail here, naming the variant);
+    ``variants`` picks some (the study's DVC pipeline runs one stage per variant)."""
+    unknown = sorted(set(variants or ()) - set(spec.variants))
+    if unknown:
+        raise ConfigError(f"no variant {unknown} in study {spec.name!r}; it has {sorted(spec.variants)}")
     raw = base.model_dump(mode="json")
     out = []
     for name, v in spec.variants.items():
-        merged = _merge(raw, v.overrides)
+        if variants and name not in variants:
+            continue
+        merged = merge_params(raw, v.overrides)
         if spec.epochs:
             merged["train"]["epochs"] = spec.epochs
         params = parse_params(merged, f"study variant {name!r}", check_model)
@@ -107,6 +120,13 @@ def cells(spec: StudySpec, base: Params, check_model: bool = True) -> list[Cell]
             seeded = params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})})
             out.append(Cell(name, seed, seeded, skip))
     return out
+
+
+def mlflow_tags(spec: StudySpec, base: Params) -> dict[str, str]:
+    """Tags of the study's one MLflow parent run, which every variant's stage continues: another study name,
+    base params or epoch count is another study, while variants and seeds are its children."""
+    return {"adaskip.stage": "study", "adaskip.study": spec.name,
+            "adaskip.params_hash": params_hash(base, "data", "model", "train", "evaluate"), "adaskip.epochs": str(spec.epochs)}
 
 
 def _num_stages(params: Params) -> int:

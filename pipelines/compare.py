@@ -5,6 +5,7 @@ from pathlib import Path
 import pandas as pd
 
 from adaskip import study
+from adaskip.config import ConfigError
 from adaskip.files import atomic_path, write_csv, write_json
 from adaskip.stage import main, remove_outputs, tracker
 
@@ -19,7 +20,7 @@ def run(params, args) -> None:
     outs = {k: res / f for k, f in (("agg", "curves.csv"), ("cmp", "comparison.csv"), ("md", "comparison.md"),
                                     ("png", "tradeoff.png"), ("json", "summary.json"))}
     remove_outputs(*outs.values())
-    rows = pd.read_csv(res / "cells.csv")
+    rows = pd.concat([_variant_rows(args.study, v) for v in spec.variants], ignore_index=True)
     agg, cmp = study.aggregate(rows), study.compare(rows, spec.reference)
     write_csv(agg, outs["agg"])
     write_csv(cmp, outs["cmp"])
@@ -28,7 +29,7 @@ def run(params, args) -> None:
     with atomic_path(outs["png"]) as tmp:
         study.tradeoff_plot(agg, tmp, f"study {spec.name}: {params.model.name} on {params.data.name}")
     mlflow = tracker(params)
-    parent = mlflow.find_run({"adaskip.stage": "study", "adaskip.study": spec.name})
+    parent = mlflow.find_run(study.mlflow_tags(spec, params))
     if parent:  # the study's parent run: its children are the cells, compared side by side in the MLflow UI
         mlflow.log_table(parent, agg, "curves.json")
         mlflow.log_table(parent, cmp, "comparison.json")
@@ -36,6 +37,14 @@ def run(params, args) -> None:
             mlflow.log_artifact(parent, outs[key])
     write_json(study.summary(agg, rows), outs["json"])
     print(outs["md"].read_text())
+
+
+def _variant_rows(study_file: str, variant: str) -> pd.DataFrame:
+    path = study.cells_file(study_file, variant)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no results for variant {variant!r}; run the study first "
+                          f"(dvc repro {Path(study_file).parent / 'dvc.yaml'})")
+    return pd.read_csv(path)
 
 
 if __name__ == "__main__":

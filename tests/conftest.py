@@ -1,7 +1,6 @@
 """Shared fixtures: one local Ray cluster per session, a fresh SQLite MLflow store per test, tiny params."""
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ import yaml
 # adaskip's Ray env defaults (token auth, no usage stats, ...) before anything imports ray: Ray reads some of them
 # once, at its first use in a process, and `ray start` heads and stage subprocesses inherit them from here.
 from adaskip.orchestration import cluster  # noqa: F401,E402
+from adaskip.config import merge_params as merge  # noqa: E402  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,14 +26,6 @@ TINY: dict[str, Any] = {
     "tune": {"num_samples": 2, "epochs": 1, "splits": [[2, 2, 3, 2], [1, 2, 3, 1]]},
     "evaluate": {"latency_reps": 2},
 }
-
-
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict update (returns a new dict)."""
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "kwargs" else v
-    return out
 
 
 def checkpoint_recorded(root: Path, run_glob: str) -> bool:

@@ -134,3 +134,51 @@ def test_ray_head_requires_the_token(reproduced: Path, ray_address: str):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert r.returncode != 0 and "InvalidAuthToken" in r.stderr + r.stdout, (r.stdout + r.stderr)[-2000:]
+
+
+def test_study_pipeline(reproduced: Path, ray_address: str):
+    """The study's DVC matrix on tiny settings: one stage per variant, its seeds as Ray cells, one MLflow parent
+    with a child per cell, the comparison; then a DVC experiment changing one variant re-runs that variant's stage
+    only, continues the same parent, and `dvc metrics diff` / `dvc plots diff` compare it with the commit."""
+    study_dir = reproduced / "studies" / "ablation"
+    study_dir.mkdir(parents=True)
+    shutil.copy2(ROOT / "studies" / "ablation" / "dvc.yaml", study_dir / "dvc.yaml")
+    spec = {"name": "ablation", "seeds": [0, 1], "epochs": 1, "variants": {"adn": {}, "individual_full": {"baseline": "super"}}}
+    (study_dir / "study.yaml").write_text(yaml.safe_dump(spec))
+    git = ("git", "-c", "user.name=t", "-c", "user.email=t@t")
+    _sh(reproduced, *git, "add", "-A")
+    _sh(reproduced, *git, "commit", "-qm", "study")
+    r = _sh(reproduced, "dvc", "repro", "studies/ablation/dvc.yaml", RAY_ADDRESS=ray_address)
+    ran = [line.split("'")[1].split(":")[-1] for line in r.stdout.splitlines() if line.startswith("Running stage")]
+    assert sorted(ran) == ["cells@adn", "cells@individual_full", "compare"] and ran[-1] == "compare", r.stdout
+    res = study_dir / "results"
+    adn, ind = (pd.read_csv(res / "cells" / f"{v}.csv") for v in ("adn", "individual_full"))
+    assert len(adn) == 2 * 16 and set(ind.skip) == {"FFFF"} and sorted(ind.seed) == [0, 1]
+    cmp = pd.read_csv(res / "comparison.csv")
+    assert list(cmp.skip) == ["FFFF"] and cmp.seeds[0] == 2 and cmp.baseline[0] == "individual_full"
+    assert "| FFFF |" in (res / "comparison.md").read_text()
+    summary = json.loads((res / "summary.json").read_text())
+    assert set(summary) == {"adn", "individual_full"}
+
+    tracker = Tracker(f"sqlite:///{reproduced / 'mlflow.db'}", "adaskip")
+    parents = [r for r in tracker.client.search_runs([tracker.experiment_id], "tags.`adaskip.stage` = 'study'")]
+    assert len(parents) == 1 and parents[0].info.status == FINISHED  # both variants' stages continued it
+    parent = parents[0].info.run_id
+    children = tracker.children(parent)
+    assert sorted((c.data.tags["variant"], c.data.tags["seed"]) for c in children) == [
+        ("adn", "0"), ("adn", "1"), ("individual_full", "0"), ("individual_full", "1")]
+    assert all(c.info.status == FINISHED for c in children)
+    _sh(reproduced, *git, "add", "-A")
+    _sh(reproduced, *git, "commit", "-qm", "study results")
+
+    r = _sh(reproduced, "dvc", "exp", "run", "-n", "alpha09", "studies/ablation/dvc.yaml",
+            "-S", "studies/ablation/study.yaml:++variants.adn.overrides.train.alpha=0.9", RAY_ADDRESS=ray_address)
+    assert "Running stage 'studies/ablation/dvc.yaml:cells@adn'" in r.stdout
+    assert "Running stage 'studies/ablation/dvc.yaml:cells@individual_full'" not in r.stdout, r.stdout
+    assert len(tracker.children(parent)) == 6  # the changed variant's two new cells, in the same study run
+    diff = _sh(reproduced, "dvc", "metrics", "diff", "HEAD", "alpha09", "--json").stdout
+    changed = json.loads(diff)["studies/ablation/results/summary.json"]
+    assert any(k.startswith("adn.") for k in changed), changed
+    assert not any(k.startswith("individual_full.") for k in changed), changed  # not re-run: unchanged
+    _sh(reproduced, "dvc", "plots", "diff", "HEAD", "alpha09", "-o", "study_plots")
+    assert (reproduced / "study_plots" / "index.html").exists()

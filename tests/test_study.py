@@ -71,6 +71,7 @@ def test_summary_per_variant():
     ({"name": "s", "seeds": [0], "variants": {"adn": {}, "b": {"baseline": "TXF"}}}, "baseline must be"),
     ({"name": "s", "seeds": [0], "variants": {"adn": {}, "b": {"baselin": "super"}}}, "unknown key"),
     ({"name": "s", "seeds": [], "variants": {"adn": {}}}, "seeds"),
+    ({"name": "s", "seeds": [0], "variants": {"adn": {}, "a@b": {}}}, "variant names may hold"),
 ])
 def test_study_file_errors_name_the_problem(tmp_path, raw, match):
     path = tmp_path / "study.yaml"
@@ -87,6 +88,9 @@ def test_cells_validate_each_variant(tiny_params):
     assert all(c.params.train.epochs == 1 for c in cells) and cells[1].params.train.seed == 4
     assert cells[2].params.train.self_distillation is False and cells[0].params.train.self_distillation is True
     assert cells[4].baseline == "TTTT" and cells[0].baseline is None
+    assert [c.key for c in study.cells(spec, tiny_params, variants=["no_sd"])] == ["no_sd-seed3", "no_sd-seed4"]
+    with pytest.raises(ConfigError, match=r"no variant \['nope'\] in study 's'"):
+        study.cells(spec, tiny_params, variants=["nope"])
     bad = spec.model_copy(update={"variants": {"adn": study.Variant(overrides={"train": {"alpha": 3}})}})
     with pytest.raises(ConfigError, match="study variant 'adn'.*train.alpha"):
         study.cells(bad, tiny_params)
@@ -138,21 +142,28 @@ def test_residual_ratios_measure_what_each_block_changes():
 
 
 def test_compare_stage_writes_every_output(tmp_path):
-    """The compare stage on a real cells file: tables, plot, summary metrics; a bad study file exits 2."""
+    """The compare stage on real per-variant cells files: tables, plot, summary metrics; a variant without
+    results and a bad study file exit 2, naming the problem."""
     res = tmp_path / "studies" / "s" / "results"
-    res.mkdir(parents=True)
-    _rows().to_csv(res / "cells.csv", index=False)
+    (res / "cells").mkdir(parents=True)
+    for variant, rows in _rows().groupby("variant"):
+        rows.to_csv(res / "cells" / f"{variant}.csv", index=False)
     (tmp_path / "studies" / "s" / "study.yaml").write_text(yaml.safe_dump(
-        {"name": "s", "seeds": [0, 1], "variants": {"adn": {}, "ind_full": {"baseline": "super"}}}))
+        {"name": "s", "seeds": [0, 1], "variants": {"adn": {}, "ind_full": {"baseline": "super"}, "ind_base": {"baseline": "base"}}}))
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}", "PATH": "/usr/bin:/bin"}
     r = subprocess.run([sys.executable, str(ROOT / "pipelines" / "compare.py"), "--study", "studies/s/study.yaml"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in res.iterdir()) == ["cells.csv", "comparison.csv", "comparison.md", "curves.csv",
+    assert sorted(p.name for p in res.iterdir()) == ["cells", "comparison.csv", "comparison.md", "curves.csv",
                                                     "summary.json", "tradeoff.png"]
-    assert json.loads((res / "summary.json").read_text())["adn"]["acc1_super"] == 91.0
+    summary = json.loads((res / "summary.json").read_text())
+    assert summary["adn"]["acc1_super"] == 91.0 and summary["ind_base"]["acc1_base"] == 75.0
     assert (res / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+    (res / "cells" / "ind_base.csv").unlink()
+    r = subprocess.run([sys.executable, str(ROOT / "pipelines" / "compare.py"), "--study", "studies/s/study.yaml"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2 and "no results for variant 'ind_base'" in r.stderr and not (res / "summary.json").exists()
     (tmp_path / "studies" / "s" / "study.yaml").write_text("name: s\nseeds: [0]\nvariants: {adn: {bogus: 1}}\n")
     r = subprocess.run([sys.executable, str(ROOT / "pipelines" / "compare.py"), "--study", "studies/s/study.yaml"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
@@ -164,3 +175,16 @@ def test_shipped_study_is_valid(tiny_params):
     assert {"adn", "no_self_distillation", "no_skip_aware_norm", "individual_full", "individual_base"} <= set(spec.variants)
     assert len(spec.seeds) >= 3
     assert len(study.cells(spec, Params.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text())))) == 15
+
+
+def test_shipped_study_pipeline_has_a_stage_per_variant():
+    """DVC's matrix stage expands to one stage per variant of study.yaml, each tracking its own variant's params."""
+    from dvc.repo import Repo
+
+    spec = study.load_study(ROOT / "studies" / "ablation" / "study.yaml")
+    with Repo(str(ROOT)) as repo:
+        stages = {s.name: s for s in repo.index.stages if s.path.endswith("studies/ablation/dvc.yaml")}
+    assert set(stages) == {f"cells@{v}" for v in spec.variants} | {"compare"}
+    params = {name: {k for d in s.deps if hasattr(d, "params") for k in d.params} for name, s in stages.items()}
+    assert "variants.adn" in params["cells@adn"] and "variants.individual_full" not in params["cells@adn"]
+    assert {str(o) for o in stages["cells@adn"].outs} == {"studies/ablation/results/cells/adn.csv"}

@@ -104,8 +104,8 @@ def run_cells(cells: list[Cell], cache: str | Path, tracker=None, parent_run_id:
     for c in todo:
         target = None
         if tracker is not None:
-            run_id = tracker.start_run(c.key, {"variant": c.variant, "seed": str(c.seed),
-                                               "baseline": c.baseline or "none"}, parent_run_id)
+            run_id = tracker.start_run(c.key, {"variant": c.variant, "seed": str(c.seed), "baseline": c.baseline or "none",
+                                               "adaskip.cell_hash": cell_hash(c)}, parent_run_id)
             tracker.log_params(run_id, c.params.model_dump(mode="json", include={"data", "model", "train", "evaluate"}))
             target = TrackingTarget(tracker.uri, tracker.experiment, run_id)
         pending[task.remote(c, target, str(files[c.key]), max(1, round(cpus_per_cell)))] = c
