@@ -2,7 +2,8 @@
 
 A study file (``studies/<name>/study.yaml``) names the variants, each a set of overrides of params.yaml;
 a variant with ``baseline: <skip string | super | base>`` is an individually trained fixed-depth network
-(cross-entropy only, the same recipe and epochs) evaluated at that one configuration. Every other variant
+(cross-entropy only, the same recipe and epochs; with ``teacher:``, distilled from another sub-network trained
+alone first) evaluated at that one configuration. Every other variant
 is an adaptive-depth network evaluated over its whole grid. This module is pandas-only: the orchestration
 layer trains the cells, this one specifies them and aggregates what they measured.
 """
@@ -28,13 +29,21 @@ class Variant(BaseModel):
 
     overrides: dict[str, Any] = Field({}, description="params.yaml sections to override, e.g. {train: {alpha: 0.7}}")
     baseline: Optional[str] = Field(None, description="train only this sub-network with CE: super, base or a skip string")
+    teacher: Optional[str] = Field(None, description="with baseline: distil it from this sub-network (super, base or "
+                                   "a skip string), trained alone first in the same cell (a KD baseline)")
 
-    @field_validator("baseline")
+    @field_validator("baseline", "teacher")
     @classmethod
-    def _skip(cls, v: Optional[str]) -> Optional[str]:
+    def _skip(cls, v: Optional[str], info) -> Optional[str]:
         if v is not None and v not in ("super", "base") and (not v or set(v.upper()) - {"T", "F"}):
-            raise ValueError(f"baseline must be 'super', 'base' or a skip string of T/F flags, got {v!r}")
+            raise ValueError(f"{info.field_name} must be 'super', 'base' or a skip string of T/F flags, got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _teacher_needs_baseline(self) -> "Variant":
+        if self.teacher is not None and self.baseline is None:
+            raise ValueError("teacher needs baseline: the sub-network trained alone and distilled from it")
+        return self
 
 
 class StudySpec(BaseModel):
@@ -74,6 +83,7 @@ class Cell:
     seed: int
     params: Params
     baseline: Optional[str]  # the skip string trained alone, or None for an adaptive-depth network
+    teacher: Optional[str] = None  # the skip string trained alone first and distilled into the baseline
 
     @property
     def key(self) -> str:
@@ -113,12 +123,14 @@ def cells(spec: StudySpec, base: Params, check_model: bool = True, variants: Opt
         if spec.epochs:
             merged["train"]["epochs"] = spec.epochs
         params = parse_params(merged, f"study variant {name!r}", check_model)
-        skip = None
+        skip = teacher = None
         if v.baseline is not None:
-            skip = _baseline_skip(v.baseline, len(params.model.split) if params.model.split else _num_stages(params))
+            stages = len(params.model.split) if params.model.split else _num_stages(params)
+            skip = _baseline_skip(v.baseline, stages)
+            teacher = _baseline_skip(v.teacher, stages) if v.teacher else None
         for seed in spec.seeds:
             seeded = params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})})
-            out.append(Cell(name, seed, seeded, skip))
+            out.append(Cell(name, seed, seeded, skip, teacher))
     return out
 
 
@@ -139,7 +151,7 @@ def _num_stages(params: Params) -> int:
 def _baseline_skip(baseline: str, num_stages: int) -> str:
     skip = {"super": "F" * num_stages, "base": "T" * num_stages}.get(baseline, baseline.upper())
     if len(skip) != num_stages:
-        raise ConfigError(f"baseline {baseline!r} has {len(skip)} flags but the model has {num_stages} stages")
+        raise ConfigError(f"skip string {baseline!r} has {len(skip)} flags but the model has {num_stages} stages")
     return skip
 
 

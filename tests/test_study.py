@@ -72,6 +72,8 @@ def test_summary_per_variant():
     ({"name": "s", "seeds": [0], "variants": {"adn": {}, "b": {"baselin": "super"}}}, "unknown key"),
     ({"name": "s", "seeds": [], "variants": {"adn": {}}}, "seeds"),
     ({"name": "s", "seeds": [0], "variants": {"adn": {}, "a@b": {}}}, "variant names may hold"),
+    ({"name": "s", "seeds": [0], "variants": {"adn": {}, "kd": {"teacher": "super"}}}, "teacher needs baseline"),
+    ({"name": "s", "seeds": [0], "variants": {"adn": {}, "kd": {"baseline": "base", "teacher": "FX"}}}, "teacher must be"),
 ])
 def test_study_file_errors_name_the_problem(tmp_path, raw, match):
     path = tmp_path / "study.yaml"
@@ -89,6 +91,9 @@ def test_cells_validate_each_variant(tiny_params):
     assert cells[2].params.train.self_distillation is False and cells[0].params.train.self_distillation is True
     assert cells[4].baseline == "TTTT" and cells[0].baseline is None
     assert [c.key for c in study.cells(spec, tiny_params, variants=["no_sd"])] == ["no_sd-seed3", "no_sd-seed4"]
+    kd = spec.model_copy(update={"variants": {"kd": study.Variant(baseline="base", teacher="super")}})
+    (cell, _) = study.cells(kd, tiny_params)
+    assert (cell.baseline, cell.teacher) == ("TTTT", "FFFF")
     with pytest.raises(ConfigError, match=r"no variant \['nope'\] in study 's'"):
         study.cells(spec, tiny_params, variants=["nope"])
     bad = spec.model_copy(update={"variants": {"adn": study.Variant(overrides={"train": {"alpha": 3}})}})
@@ -97,6 +102,26 @@ def test_cells_validate_each_variant(tiny_params):
     wrong = spec.model_copy(update={"variants": {**spec.variants, "b": study.Variant(baseline="TT")}})
     with pytest.raises(ConfigError, match="2 flags but the model has 4 stages"):
         study.cells(wrong, tiny_params)
+
+
+def test_kd_baseline_cell_trains_its_teacher_then_distils(tiny_params, mlflow_uri):
+    """A KD baseline cell (no Ray): its teacher is trained alone first (epochs logged as teacher_*), then the
+    baseline sub-network learns from it; it is another cell than the CE baseline (another hash, other weights)."""
+    from adaskip.orchestration.study import cell_hash, run_cell
+    from adaskip.tracking import Tracker
+
+    spec = study.StudySpec(name="s", seeds=[0], epochs=1, variants={
+        "adn": {}, "ind_base": {"baseline": "base"}, "kd_base": {"baseline": "base", "teacher": "super"}})
+    _, ce, kd = study.cells(spec, tiny_params)
+    assert cell_hash(kd) != cell_hash(ce)
+    tracker = Tracker(mlflow_uri, "t")
+    run = tracker.start_run("kd")
+    rows = run_cell(kd, tracker, run)
+    assert list(rows.skip) == ["TTTT"] and rows.acc1.between(0, 100).all()
+    history = {m: len(tracker.client.get_metric_history(run, m)) for m in ("teacher_train_loss", "train_loss", "train_kd")}
+    assert history == {"teacher_train_loss": 1, "train_loss": 1, "train_kd": 1}, history
+    teacher_acc = tracker.client.get_run(run).data.metrics["teacher_val_acc_super"]
+    assert 0 <= teacher_acc <= 100
 
 
 def test_recalibrate_bn_switch_changes_intermediate_configs_only():
@@ -174,7 +199,8 @@ def test_shipped_study_is_valid(tiny_params):
     spec = study.load_study(ROOT / "studies" / "ablation" / "study.yaml")
     assert {"adn", "no_self_distillation", "no_skip_aware_norm", "individual_full", "individual_base"} <= set(spec.variants)
     assert len(spec.seeds) >= 3
-    assert len(study.cells(spec, Params.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text())))) == 15
+    assert spec.variants["kd_individual_base"].teacher == "super"
+    assert len(study.cells(spec, Params.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text())))) == 18
 
 
 def test_shipped_study_pipeline_has_a_stage_per_variant():

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import adaskip
 from adaskip.training import (DistillConfig, Precision, cross_entropy, distill_step, distillation_terms,
-                              feature_loss, kd_loss, plain_step, unwrap)
+                              feature_loss, kd_loss, kd_step, plain_step, unwrap)
 
 NUM_CLASSES = 5
 
@@ -311,6 +311,32 @@ def test_distill_step_amp_cpu(dtype):
     # the autocast context really lowers precision
     with precision.autocast(x.device):
         assert model(x).dtype == (torch.bfloat16 if dtype == "bf16" else torch.float16)
+
+
+def test_kd_step_distils_a_separate_teacher_into_one_sub_network():
+    """A KD baseline's step: the gradient of (1 - alpha) * KD(teacher, student) + w_ce * CE(student) on the student's
+    sub-network only; the teacher is not touched."""
+    x, y = batch()
+    teacher, model, ref = tiny_vit(1), tiny_vit(), tiny_vit()
+    t_before, before = params(teacher), params(model)
+    cfg = DistillConfig(alpha=0.3, temperature=2.0, base_ce_weight=0.2)
+    metrics = kd_step(model, lambda images: teacher(images, skip="FF"), x, y,
+                      torch.optim.SGD(model.parameters(), lr=0.5), cfg, skip="TT")
+    opt = torch.optim.SGD(ref.parameters(), lr=0.5)
+    opt.zero_grad()
+    student = ref(x, skip="TT")
+    total = (1 - cfg.alpha) * ref_kd(teacher(x, skip="FF").detach(), student, 2.0) + 0.2 * ref_ce(student, y)
+    total.backward()
+    opt.step()
+    assert metrics["loss"] == pytest.approx(total.item(), rel=1e-5)
+    assert_params_close(params(model), params(ref), atol=2e-6)
+    assert_params_close(params(teacher), t_before, 0.0)
+    moved = {k: (params(model)[k] - before[k]).abs().max().item() for k in before}
+    assert all(moved[k] == 0 for k in base_unused_names(unwrap(model)))  # only the TT sub-network trains
+    # without a teacher signal it is a different objective: plain CE moves the student elsewhere
+    plain = tiny_vit()
+    plain_step(plain, x, y, torch.optim.SGD(plain.parameters(), lr=0.5), skip="TT")
+    assert max((params(plain)[k] - params(model)[k]).abs().max().item() for k in before) > 1e-4
 
 
 def test_plain_step_on_timm_model():

@@ -6,11 +6,12 @@ interrupted study trains only the cells that had not finished; a changed variant
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import pandas as pd
 import ray
@@ -29,36 +30,30 @@ log = logging.getLogger(__name__)
 
 
 def cell_hash(cell: Cell) -> str:
-    blob = json.dumps({"params": cell.params.model_dump(mode="json", exclude={"mlflow"}), "baseline": cell.baseline},
-                      sort_keys=True)
+    spec = {"params": cell.params.model_dump(mode="json", exclude={"mlflow"}), "baseline": cell.baseline}
+    if cell.teacher:  # only when set: hashes of cells without a teacher stay as they were
+        spec["teacher"] = cell.teacher
+    blob = json.dumps(spec, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 def run_cell(cell: Cell, tracker: Optional["Tracker"] = None, run_id: Optional[str] = None,
              threads: int = 1) -> pd.DataFrame:
-    """Train one cell in this process (adaptive-depth: self-distillation; baseline: CE on its one sub-network),
-    logging each epoch to ``run_id``, then evaluate it on the test split: every configuration, or the
-    baseline's own. One row per configuration."""
+    """Train one cell in this process (adaptive-depth: self-distillation; baseline: CE on its one sub-network, or
+    KD from its teacher trained alone first), logging each epoch to ``run_id``, then evaluate it on the test
+    split: every configuration, or the baseline's own. One row per configuration."""
     import torch
 
     from ..data import load_splits
     from ..evaluation import complexity_table
-    from ..training import WorkerEnv, build_from_spec, fit
-    from ..training.checkpoint import load_state
 
     torch.set_num_threads(threads)
     p = cell.params
-    final: dict = {}
-
-    def report(metrics: dict[str, float], state: Optional[dict]) -> None:
-        if tracker is not None:
-            tracker.log_metrics(run_id, metrics, step=int(metrics["epoch"]))
-        if state is not None:
-            final.update(state)
-
-    metrics = fit(p, WorkerEnv(report=report), distill=cell.baseline is None, fixed_skip=cell.baseline)
-    model = build_from_spec(final["spec"])
-    load_state(model, final["model"], cell.key)
+    teacher = None
+    if cell.teacher:
+        _, net = _fit(cell, tracker, run_id, "teacher_", distill=False, fixed_skip=cell.teacher)
+        teacher = functools.partial(net, skip=cell.teacher)
+    metrics, model = _fit(cell, tracker, run_id, distill=cell.baseline is None, fixed_skip=cell.baseline, teacher=teacher)
     splits = load_splits(p.data)
     configs = [cell.baseline] if cell.baseline else None
     # an individually trained baseline keeps the statistics it was trained with
@@ -67,6 +62,26 @@ def run_cell(cell: Cell, tracker: Optional["Tracker"] = None, run_id: Optional[s
     grid = grid.merge(complexity_table(model, configs, size), on="skip")
     ratios = {k: metrics[k] for k in ("ratio_mandatory", "ratio_skippable") if k in metrics}
     return grid.assign(variant=cell.variant, seed=cell.seed, baseline=cell.baseline, **ratios)
+
+
+def _fit(cell: Cell, tracker: Optional["Tracker"], run_id: Optional[str], prefix: str = "", **kwargs: Any):
+    """``fit`` in this process with each epoch's metrics logged to ``run_id`` (names prefixed); returns the last
+    epoch's metrics and the trained model in eval mode."""
+    from ..training import WorkerEnv, build_from_spec, fit
+    from ..training.checkpoint import load_state
+
+    final: dict = {}
+
+    def report(metrics: dict[str, float], state: Optional[dict]) -> None:
+        if tracker is not None:
+            tracker.log_metrics(run_id, {prefix + k: v for k, v in metrics.items()}, step=int(metrics["epoch"]))
+        if state is not None:
+            final.update(state)
+
+    metrics = fit(cell.params, WorkerEnv(report=report), **kwargs)
+    model = build_from_spec(final["spec"])
+    load_state(model, final["model"], f"{cell.key} {prefix}".strip())
+    return metrics, model.eval()
 
 
 def _cell_task(cell: Cell, tracking: Optional[TrackingTarget], out: str, threads: int) -> str:
@@ -105,7 +120,7 @@ def run_cells(cells: list[Cell], cache: str | Path, tracker=None, parent_run_id:
         target = None
         if tracker is not None:
             run_id = tracker.start_run(c.key, {"variant": c.variant, "seed": str(c.seed), "baseline": c.baseline or "none",
-                                               "adaskip.cell_hash": cell_hash(c)}, parent_run_id)
+                                               "teacher": c.teacher or "none", "adaskip.cell_hash": cell_hash(c)}, parent_run_id)
             tracker.log_params(run_id, c.params.model_dump(mode="json", include={"data", "model", "train", "evaluate"}))
             target = TrackingTarget(tracker.uri, tracker.experiment, run_id)
         pending[task.remote(c, target, str(files[c.key]), max(1, round(cpus_per_cell)))] = c

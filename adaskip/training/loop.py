@@ -13,7 +13,7 @@ import timm.optim
 import timm.scheduler
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..config import Params
@@ -24,7 +24,7 @@ from ..models import AdaptiveDepthNet, SkipConfig, count_macs
 from ..models.diagnostics import ratio_summary, residual_ratios
 from .checkpoint import build_from_spec, load_state, model_spec
 from .loss import DistillConfig
-from .step import Precision, distill_step, plain_step, unwrap
+from .step import Precision, distill_step, kd_step, plain_step, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,10 @@ def diagnostics(net: AdaptiveDepthNet, loader, env: WorkerEnv, skip: Optional[st
 
 
 def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: bool = True,
-        fixed_skip: Optional[str] = None) -> dict[str, float]:
+        fixed_skip: Optional[str] = None, teacher: Optional[Callable[[Tensor], Tensor]] = None) -> dict[str, float]:
     """Train per ``params`` for ``epochs`` (default train.epochs), reporting metrics and a checkpoint
     state each epoch through ``env.report``. ``distill=False`` trains only sub-network ``fixed_skip``
-    with CE (an individually trained baseline)."""
+    (an individually trained baseline): with CE, or distilled from ``teacher``'s logits when given."""
     epochs = epochs or params.train.epochs
     seed_everything(params.train.seed)
     splits = load_splits(params.data)
@@ -146,6 +146,8 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: b
             images, targets = images.to(env.device), targets.to(env.device)
             if distill:
                 out = distill_step(model, images, targets, optimizer, cfg, precision, scaler)
+            elif teacher is not None:
+                out = kd_step(model, teacher, images, targets, optimizer, cfg, fixed_skip, precision, scaler)
             else:
                 out = plain_step(model, images, targets, optimizer, precision, scaler, skip=fixed_skip)
             loss = out["total"] if distill else out["loss"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -92,6 +92,22 @@ def plain_step(model: nn.Module, images: Tensor, targets: Tensor, optimizer: tor
     _backward(loss, scaler)
     _optimizer_step(optimizer, scaler)
     return {"loss": float(loss.detach()), "correct": _correct(logits, targets)}
+
+
+def kd_step(model: nn.Module, teacher: Callable[[Tensor], Tensor], images: Tensor, targets: Tensor,
+            optimizer: torch.optim.Optimizer, cfg: DistillConfig, skip, precision: Precision = Precision(),
+            scaler: Optional[torch.amp.GradScaler] = None) -> dict[str, float]:
+    """One step of sub-network ``skip`` trained alone with knowledge distillation from a separately trained
+    ``teacher`` (a KD baseline): the objective the base-net gets from the super-net in self-distillation."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad(), precision.autocast(images.device):
+        teacher_logits = teacher(images)
+    with precision.autocast(images.device):
+        logits = model(images, skip=skip)
+    terms = distillation_terms(teacher_logits.float(), logits, targets, cfg)
+    _backward(terms.base_objective, scaler)
+    _optimizer_step(optimizer, scaler)
+    return {"loss": float(terms.base_objective.detach()), "kd": float(terms.kd.detach()), "correct": _correct(logits, targets)}
 
 
 @torch.no_grad()
