@@ -1,6 +1,8 @@
-"""Bad input that is not params.yaml: damaged or foreign checkpoints, an unreachable tracking server."""
+"""Bad input that is not params.yaml: damaged or foreign checkpoints, an unreachable tracking server; and what a
+local run exposes on the network."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -86,3 +88,29 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path):
     assert list(out.parent.iterdir()) == []  # neither the output nor the temp file
     write_json({"b": 1, "a": [2]}, out)
     assert out.read_text() == '{\n  "a": [\n    2\n  ],\n  "b": 1\n}\n' and len(list(out.parent.iterdir())) == 1
+
+
+LISTENERS = """
+import psutil
+from adaskip.orchestration import init_ray  # before ray: it sets Ray's environment
+import ray
+init_ray(1)
+ray.get(ray.remote(lambda: 1).remote())  # a worker process too
+me = psutil.Process()
+for p in [me, *me.children(recursive=True)]:
+    for c in p.net_connections(kind="inet"):
+        if c.status == psutil.CONN_LISTEN:
+            print(p.name(), c.laddr.ip, c.laddr.port)
+"""
+
+
+def test_local_ray_listens_on_loopback_only(tmp_path: Path):
+    """The local Ray a stage starts (no RAY_ADDRESS) opens no port on a network interface: GCS, raylet, agents,
+    driver and workers listen on 127.0.0.1 only."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    r = subprocess.run([sys.executable, "-c", LISTENERS], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    listening = [line.split() for line in r.stdout.splitlines()]
+    assert any(name == "gcs_server" for name, *_ in listening), r.stdout  # the check sees Ray's servers
+    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for _, ip, _ in listening), r.stdout

@@ -8,9 +8,12 @@ import threading
 
 log = logging.getLogger(__name__)
 
-# Offline machines: no usage stats. Ray's servers listen on every interface (Ray 2.60 has no setting to bind them
-# to loopback only), so token authentication stays on: a new local cluster writes ~/.ray/auth_token and a stage
-# joining a cluster sends it (RAY_AUTH_MODE=disabled to join an unauthenticated cluster). Ray Train's 60 s
+# Offline machines: no usage stats. A local Ray (no RAY_ADDRESS) listens on loopback only: Ray binds its servers to
+# 127.0.0.1 when it treats the machine as "no cluster", its default on macOS and Windows, which
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 selects on Linux (otherwise every server listens on all interfaces and
+# --node-ip-address=127.0.0.1 is overridden). Not when joining a cluster: its nodes must reach this driver. Token
+# authentication stays on too: a new local cluster writes ~/.ray/auth_token and a stage joining a cluster sends it
+# (RAY_AUTH_MODE=disabled to join an unauthenticated cluster). Ray Train's 60 s
 # worker-group start timeout is too short when a few workers import torch at once on 2 cores (then it retries
 # forever): allow 10 minutes. Tune's own Ctrl-C handler stops the sweep and returns the finished trials as if it
 # had completed: disabled, so Ctrl-C interrupts the stage (outputs not written, runs KILLED). setdefault keeps what
@@ -18,6 +21,8 @@ log = logging.getLogger(__name__)
 for _k, _v in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AUTH_MODE", "token"), ("RAY_DEDUP_LOGS", "1"),
                ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600"), ("TUNE_DISABLE_SIGINT_HANDLER", "1")):
     os.environ.setdefault(_k, _v)
+if not os.environ.get("RAY_ADDRESS"):
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read once, when ray is first imported
 
 
 def init_ray(num_cpus: int | None = None) -> None:
