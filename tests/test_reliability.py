@@ -91,26 +91,45 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path):
 
 
 LISTENERS = """
-import psutil
+import psutil, sys
 from adaskip.orchestration import init_ray  # before ray: it sets Ray's environment
-import ray
-init_ray(1)
-ray.get(ray.remote(lambda: 1).remote())  # a worker process too
+import ray, ray.train, ray.train.torch
+
+def listening(proc):
+    try:
+        return [f"{proc.name()} {c.laddr.ip} {c.laddr.port}" for c in proc.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN]
+    except psutil.NoSuchProcess:  # a worker that ended meanwhile
+        return []
+
+def train(config):  # 2 DDP workers: rank 0 hosts torch.distributed's rendezvous store
+    import torch, torch.distributed as dist
+    t = torch.ones(1)
+    dist.all_reduce(t)
+    if ray.train.get_context().get_world_rank() == 0:
+        open(config["out"], "w").write("\\n".join(listening(psutil.Process())) + f"\\nsum {t.item()} 0\\n")
+
+init_ray(2)
+ray.train.torch.TorchTrainer(train, train_loop_config={"out": sys.argv[1]},
+                             scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.9}),
+                             run_config=ray.train.RunConfig(storage_path=sys.argv[2], name="t")).fit()
 me = psutil.Process()
 for p in [me, *me.children(recursive=True)]:
-    for c in p.net_connections(kind="inet"):
-        if c.status == psutil.CONN_LISTEN:
-            print(p.name(), c.laddr.ip, c.laddr.port)
+    print("\\n".join(listening(p)))
 """
 
 
 def test_local_ray_listens_on_loopback_only(tmp_path: Path):
     """The local Ray a stage starts (no RAY_ADDRESS) opens no port on a network interface: GCS, raylet, agents,
-    driver and workers listen on 127.0.0.1 only."""
+    driver and workers listen on 127.0.0.1, and so does the rendezvous store of a 2-worker Ray Train run (which
+    torch alone would bind to every interface)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
-    r = subprocess.run([sys.executable, "-c", LISTENERS], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                       env=env)
+    out = tmp_path / "rank0.txt"
+    r = subprocess.run([sys.executable, "-c", LISTENERS, str(out), str(tmp_path / "ray")], capture_output=True,
+                       text=True, timeout=600, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
-    listening = [line.split() for line in r.stdout.splitlines()]
-    assert any(name == "gcs_server" for name, *_ in listening), r.stdout  # the check sees Ray's servers
-    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for _, ip, _ in listening), r.stdout
+    rank0 = [line.split() for line in out.read_text().splitlines() if line.strip()]
+    assert ["sum", "2.0", "0"] in rank0  # the process group worked
+    listening = [line.split() for line in r.stdout.splitlines() if line.strip()] + [x for x in rank0 if x[0] != "sum"]
+    assert any(x[0] == "gcs_server" for x in listening) and len(rank0) > 2, (r.stdout, rank0)  # it sees Ray's servers
+    assert all(x[-2] in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for x in listening), (r.stdout, rank0)
