@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .config import ConfigError, Params, _format, merge_params, parse_params
 from .stage import params_hash
@@ -34,7 +34,7 @@ class Variant(BaseModel):
 
     @field_validator("baseline", "teacher")
     @classmethod
-    def _skip(cls, v: Optional[str], info) -> Optional[str]:
+    def _skip(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
         if v is not None and v not in ("super", "base") and (not v or set(v.upper()) - {"T", "F"}):
             raise ValueError(f"{info.field_name} must be 'super', 'base' or a skip string of T/F flags, got {v!r}")
         return v
@@ -182,7 +182,7 @@ def compare(rows: pd.DataFrame, reference: str) -> pd.DataFrame:
                 adn_acc1_std=("acc1", "std"), baseline_acc1_mean=("acc1_baseline", "mean"),
                 baseline_acc1_std=("acc1_baseline", "std"), delta_acc1_mean=("delta", "mean"),
                 delta_acc1_std=("delta", "std")).reset_index().rename(columns={"variant_baseline": "baseline"})
-    return out.fillna(0.0).sort_values("macs", ascending=False, ignore_index=True)
+    return out.fillna(0.0).sort_values(["macs", "baseline"], ascending=[False, True], ignore_index=True)
 
 
 def summary(agg: pd.DataFrame, rows: pd.DataFrame) -> dict[str, dict[str, float]]:

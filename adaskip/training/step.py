@@ -95,7 +95,8 @@ def plain_step(model: nn.Module, images: Tensor, targets: Tensor, optimizer: tor
 
 
 def kd_step(model: nn.Module, teacher: Callable[[Tensor], Tensor], images: Tensor, targets: Tensor,
-            optimizer: torch.optim.Optimizer, cfg: DistillConfig, skip, precision: Precision = Precision(),
+            optimizer: torch.optim.Optimizer, cfg: DistillConfig, skip: str | SkipConfig,
+            precision: Precision = Precision(),
             scaler: Optional[torch.amp.GradScaler] = None) -> dict[str, float]:
     """One step of sub-network ``skip`` trained alone with knowledge distillation from a separately trained
     ``teacher`` (a KD baseline): the objective the base-net gets from the super-net in self-distillation."""
