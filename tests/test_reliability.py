@@ -93,7 +93,8 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path):
 LISTENERS = """
 import psutil, sys
 from adaskip.orchestration import init_ray  # before ray: it sets Ray's environment
-import ray, ray.train, ray.train.torch
+import ray, ray.train
+from adaskip.orchestration.train import LoopbackTorchConfig, TorchTrainer
 
 def listening(proc):
     try:
@@ -110,9 +111,9 @@ def train(config):  # 2 DDP workers: rank 0 hosts torch.distributed's rendezvous
         open(config["out"], "w").write("\\n".join(listening(psutil.Process())) + f"\\nsum {t.item()} 0\\n")
 
 init_ray(2)
-ray.train.torch.TorchTrainer(train, train_loop_config={"out": sys.argv[1]},
-                             scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.9}),
-                             run_config=ray.train.RunConfig(storage_path=sys.argv[2], name="t")).fit()
+TorchTrainer(train, train_loop_config={"out": sys.argv[1]}, torch_config=LoopbackTorchConfig(backend="gloo"),
+             scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.9}),
+             run_config=ray.train.RunConfig(storage_path=sys.argv[2], name="t")).fit()
 me = psutil.Process()
 for p in [me, *me.children(recursive=True)]:
     print("\\n".join(listening(p)))
@@ -121,8 +122,8 @@ for p in [me, *me.children(recursive=True)]:
 
 def test_local_ray_listens_on_loopback_only(tmp_path: Path):
     """The local Ray a stage starts (no RAY_ADDRESS) opens no port on a network interface: GCS, raylet, agents,
-    driver and workers listen on 127.0.0.1, and so does the rendezvous store of a 2-worker Ray Train run (which
-    torch alone would bind to every interface)."""
+    driver and workers listen on 127.0.0.1, and so does the rendezvous store of a 2-worker Ray Train run with
+    adaskip's torch config (which torch alone would bind to every interface)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     out = tmp_path / "rank0.txt"
     r = subprocess.run([sys.executable, "-c", LISTENERS, str(out), str(tmp_path / "ray")], capture_output=True,

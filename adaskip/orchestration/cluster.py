@@ -1,14 +1,10 @@
 """Starting or joining a Ray cluster."""
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import signal
-import socket
 import threading
-from datetime import timedelta
-from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -29,30 +25,6 @@ if not os.environ.get("RAY_ADDRESS"):
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read once, when ray is first imported
 
 
-_KEEP: list = []  # the loopback rendezvous server and its socket, alive as long as the worker process
-
-
-def rendezvous_on_loopback() -> None:
-    """Ray worker set-up hook of a local run. torch.distributed's env:// rendezvous store, which Ray Train's rank 0
-    hosts, is bound by torch to every interface; when MASTER_ADDR is a loopback address, rank 0 opens that store on
-    it first, and init_process_group then shares this server (a multi-tenant TCPStore on the same port)."""
-    from torch.distributed import TCPStore
-    from torch.distributed.constants import default_pg_timeout
-    from torch.distributed.rendezvous import _rendezvous_handlers as handlers  # torch has no public way to wrap one
-
-    default = handlers["env"]
-
-    def env_handler(url: str, timeout: timedelta = default_pg_timeout, **kwargs: Any):
-        addr, port = os.environ.get("MASTER_ADDR", ""), int(os.environ.get("MASTER_PORT", 0))
-        if os.environ.get("RANK") == "0" and port and ipaddress.ip_address(addr).is_loopback:
-            sock = socket.create_server((addr, port))
-            _KEEP.extend([sock, TCPStore(addr, port, int(os.environ["WORLD_SIZE"]), True, timeout,
-                                         wait_for_workers=False, multi_tenant=True, master_listen_fd=sock.fileno())])
-        return default(url, timeout=timeout, **kwargs)
-
-    handlers["env"] = env_handler
-
-
 def init_ray(num_cpus: int | None = None) -> None:
     """Join the cluster named by ``RAY_ADDRESS`` if set, else start a local one sized to this machine."""
     import ray
@@ -65,8 +37,7 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(log_to_driver=True)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, object_store_memory=300 * 2**20,
-                 log_to_driver=True, configure_logging=False,
-                 runtime_env={"worker_process_setup_hook": f"{__name__}.rendezvous_on_loopback"})
+                 log_to_driver=True, configure_logging=False)
     # Ray's core worker installs a C-level SIGTERM handler that aborts the process; put the stage's own back, so
     # SIGTERM still ends MLflow runs as KILLED and exits 130 like Ctrl-C.
     if callable(on_sigterm) and threading.current_thread() is threading.main_thread():

@@ -1,16 +1,21 @@
 """Ray Train: distributed self-distillation with per-epoch checkpoints, resume and rank-0 MLflow logging."""
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
+import socket
 import tempfile
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional
 
 import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer, get_device, prepare_model
+from ray.train.torch import TorchConfig, TorchTrainer, get_device, prepare_model
+from ray.train.torch.config import _TorchBackend  # no public hook runs in the workers before the process group
 
 from ..config import Params
 
@@ -25,6 +30,45 @@ class TrackingTarget:
     uri: str
     experiment: str
     run_id: str
+
+
+_KEEP: list = []  # the loopback rendezvous server and its socket, alive as long as the worker process
+
+
+def rendezvous_on_loopback() -> None:
+    """In a Train worker, before its process group is set up: torch.distributed's env:// rendezvous store, which
+    rank 0 hosts, is bound by torch to every interface; when MASTER_ADDR is a loopback address (a local Ray),
+    rank 0 opens that store on it first and init_process_group shares this server (a multi-tenant TCPStore)."""
+    from torch.distributed import TCPStore
+    from torch.distributed.constants import default_pg_timeout
+    from torch.distributed.rendezvous import _rendezvous_handlers as handlers  # torch has no public way to wrap one
+
+    default = handlers["env"]
+
+    def env_handler(url: str, timeout: timedelta = default_pg_timeout, **kwargs: Any):
+        addr, port = os.environ.get("MASTER_ADDR", ""), int(os.environ.get("MASTER_PORT", 0))
+        if os.environ.get("RANK") == "0" and port and ipaddress.ip_address(addr).is_loopback:
+            sock = socket.create_server((addr, port))
+            _KEEP.extend([sock, TCPStore(addr, port, int(os.environ["WORLD_SIZE"]), True, timeout,
+                                         wait_for_workers=False, multi_tenant=True, master_listen_fd=sock.fileno())])
+        return default(url, timeout=timeout, **kwargs)
+
+    handlers["env"] = env_handler
+
+
+class _LoopbackTorchBackend(_TorchBackend):
+    def on_start(self, worker_group, backend_config: TorchConfig) -> None:
+        worker_group.execute(rendezvous_on_loopback)
+        super().on_start(worker_group, backend_config)
+
+
+@dataclass
+class LoopbackTorchConfig(TorchConfig):
+    """Ray Train's torch set-up, with the rendezvous store of a local run on loopback (see rendezvous_on_loopback)."""
+
+    @property
+    def backend_cls(self):
+        return _LoopbackTorchBackend
 
 
 def epoch_reporter(tracking: Optional[TrackingTarget], rank: int, api: ModuleType = ray.train):
@@ -87,7 +131,7 @@ def make_trainer(params: Params, storage_path: str, name: str, tracking: Optiona
     return TorchTrainer(
         train_loop_per_worker, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=n, use_gpu=t.use_gpu, resources_per_worker=resources),
-        torch_config=ray.train.torch.TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        torch_config=LoopbackTorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()), callbacks=list(callbacks),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              # a finite controller limit: an unschedulable worker group fails instead of retrying forever
