@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .data import DataConfig
 from .errors import AdaskipError
@@ -87,6 +87,20 @@ class MlflowParams(_Section):
     tracking_uri: Optional[str] = Field(None, description="default: sqlite:///<project>/mlflow.db; env MLFLOW_TRACKING_URI wins")
 
 
+class ClusterParams(_Section):
+    storage: Optional[str] = Field(None, description="where Ray persists checkpoints, Tune state and caches: a path "
+                                   "every node mounts or s3://bucket/prefix; default <project>/.ray_results; env "
+                                   "ADASKIP_STORAGE wins")
+
+    @field_validator("storage")
+    @classmethod
+    def _scheme(cls, v: Optional[str]) -> Optional[str]:
+        scheme = v.split("://", 1)[0] if v and "://" in v else None
+        if scheme not in (None, "s3", "gs", "gcs", "hdfs", "file"):
+            raise ValueError(f"unsupported scheme {scheme!r}: use a path every node mounts or s3://bucket/prefix")
+        return v
+
+
 class Params(_Section):
     data: DataConfig = DataConfig()
     model: ModelParams = ModelParams()
@@ -94,6 +108,7 @@ class Params(_Section):
     tune: TuneParams = TuneParams()
     evaluate: EvaluateParams = EvaluateParams()
     mlflow: MlflowParams = MlflowParams()
+    cluster: ClusterParams = ClusterParams()
 
     @model_validator(mode="after")
     def _model_fits(self, info: ValidationInfo) -> "Params":

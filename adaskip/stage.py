@@ -40,9 +40,26 @@ def tracker(params: Params):
     return Tracker(resolve_uri(params.mlflow.tracking_uri, Path.cwd()), params.mlflow.experiment)
 
 
-def ray_storage() -> str:
-    """Ray Train/Tune storage: absolute, inside the project, git-ignored, not a DVC output."""
-    return str((Path.cwd() / ".ray_results").resolve())
+def storage(params: Params):
+    """Where Ray persists checkpoints, Tune state and caches (``cluster.storage``, ``ADASKIP_STORAGE``); default
+    ``<project>/.ray_results``: git-ignored, not a DVC output."""
+    from .orchestration.storage import Storage
+
+    return Storage.resolve(params.cluster.storage, Path.cwd())
+
+
+def start_ray(params: Params, tracking_uri: str) -> None:
+    """Start a local Ray, or join the cluster ``RAY_ADDRESS`` names and check every node first (preflight): a
+    node that cannot reach the tracking server, the storage or the data stops the stage before any work."""
+    from .orchestration import init_ray
+    from .orchestration.cluster import joins_cluster
+
+    init_ray()
+    if joins_cluster():
+        from .orchestration.preflight import require_ready
+
+        reports = require_ready(tracking_uri, storage(params), params.data.path)
+        log.info("preflight: %d node(s) ready (%s)", len(reports), ", ".join(r.ip for r in reports))
 
 
 def _sigterm(*_: Any) -> None:

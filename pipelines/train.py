@@ -1,15 +1,11 @@
 """DVC stage `train`: Ray Train distributed self-distillation; resumes an interrupted run of the same params."""
-import shutil
-from pathlib import Path
-
 from adaskip.files import write_json
-from adaskip.stage import main, params_hash, ray_storage, remove_outputs, tracker
+from adaskip.stage import main, params_hash, remove_outputs, start_ray, storage, tracker
 
 MODEL, METRICS = "models/model.pt", "results/train_metrics.json"
 
 
 def run(params, args) -> None:
-    from adaskip.orchestration import init_ray  # heavy imports after params are validated: bad input fails fast
     from adaskip.orchestration.train import TrackingTarget, run_training
     from adaskip.training import save_atomic
 
@@ -18,15 +14,16 @@ def run(params, args) -> None:
     h = params_hash(params, "data", "model", "train")
     tags = {"adaskip.stage": "train", "adaskip.params_hash": h}
     resume = mlflow.unfinished_run(tags)
-    init_ray()
+    store = storage(params)
+    start_ray(params, mlflow.uri)
     with mlflow.run(f"train-{h}", tags, run_id=resume) as run_id:
         mlflow.log_params(run_id, params.model_dump(mode="json", include={"data", "model", "train"}))
-        metrics, state = run_training(params, ray_storage(), f"train-{h}",
+        metrics, state = run_training(params, store, f"train-{h}",
                                       TrackingTarget(mlflow.uri, params.mlflow.experiment, run_id))
         save_atomic({"spec": state["spec"], "state_dict": state["model"], "macs": state["macs"], "metrics": metrics}, MODEL)
         mlflow.log_artifact(run_id, MODEL, "model")
         write_json({k: metrics[k] for k in sorted(metrics) if isinstance(metrics[k], (int, float))}, METRICS)
-    shutil.rmtree(Path(ray_storage()) / f"train-{h}", ignore_errors=True)  # finished: nothing left to resume
+    store.remove(f"train-{h}")  # finished: nothing left to resume
     print(f"trained: val super-net {metrics['val_acc_super']:.1f}%, base-net {metrics['val_acc_base']:.1f}% -> {MODEL}")
 
 

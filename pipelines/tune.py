@@ -3,13 +3,12 @@ import json
 
 from adaskip.errors import AdaskipError
 from adaskip.files import write_csv, write_json
-from adaskip.stage import main, params_hash, ray_storage, remove_outputs, tracker
+from adaskip.stage import main, params_hash, remove_outputs, start_ray, storage, tracker
 
 TRIALS, BEST, TRAINED = "results/tune_trials.csv", "results/best_config.json", "results/train_metrics.json"
 
 
 def run(params, args) -> None:
-    from adaskip.orchestration import init_ray  # heavy imports after params are validated: bad input fails fast
     from adaskip.orchestration.tune import METRIC, run_sweep
 
     remove_outputs(TRIALS, BEST)
@@ -17,11 +16,11 @@ def run(params, args) -> None:
     h = params_hash(params, "data", "model", "train", "tune")
     tags = {"adaskip.stage": "tune", "adaskip.params_hash": h}
     resume = mlflow.unfinished_run(tags)
-    init_ray()
+    start_ray(params, mlflow.uri)
     with mlflow.run(f"tune-{h}", tags, run_id=resume) as parent:
         mlflow.log_params(parent, params.model_dump(mode="json", include={"tune"}))
         try:
-            trials = run_sweep(params, ray_storage(), f"tune-{h}", mlflow.uri, params.mlflow.experiment, parent)
+            trials = run_sweep(params, storage(params), f"tune-{h}", mlflow.uri, params.mlflow.experiment, parent)
         finally:
             mlflow.end_leftovers(parent)
         ok = trials.dropna(subset=[METRIC])

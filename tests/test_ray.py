@@ -12,6 +12,7 @@ import psutil
 import pytest
 import torch
 
+from adaskip.orchestration.storage import Storage
 from adaskip.tracking import FINISHED, RUNNING, Tracker
 from conftest import checkpoint_recorded, merge
 
@@ -49,7 +50,7 @@ def test_train_ddp_worker_failure_resumes(ray_cluster, tiny_raw, mlflow_uri, tmp
     killed: list[int] = []
     killer = threading.Thread(target=_kill_a_worker_after_a_checkpoint, args=(storage / "train-x", killed), daemon=True)
     killer.start()
-    metrics, state = run_training(params, str(storage), "train-x", TrackingTarget(mlflow_uri, "t", run_id), epochs=EPOCHS)
+    metrics, state = run_training(params, Storage(str(storage)), "train-x", TrackingTarget(mlflow_uri, "t", run_id), epochs=EPOCHS)
     killer.join(timeout=1)
     assert killed, "no worker was killed"
     assert metrics["epoch"] == EPOCHS and state["epoch"] == EPOCHS - 1 and set(state) >= {"model", "optimizer", "spec", "macs"}
@@ -72,7 +73,7 @@ def test_sweep_survives_a_crashing_trial(ray_cluster, tiny_params, mlflow_uri, t
     params = tiny_params.model_copy(update={"tune": tiny_params.tune.model_copy(update={"num_samples": 1})})
     tracker = Tracker(mlflow_uri, "t")
     parent = tracker.start_run("tune")
-    trials = run_sweep(params, str(tmp_path / "ray"), "sweep", mlflow_uri, "t", parent,
+    trials = run_sweep(params, Storage(str(tmp_path / "ray")), "sweep", mlflow_uri, "t", parent,
                        space={"lr": tune.grid_search([0.1, 1e12])})
     tracker.end_leftovers(parent)
     assert len(trials) == 2
@@ -90,7 +91,7 @@ def test_sweep_survives_a_crashing_trial(ray_cluster, tiny_params, mlflow_uri, t
     assert RUNNING not in {r.info.status for r in children}
 
 
-def test_parallel_grid_equals_in_process_grid(ray_cluster, tiny_params, tmp_path):
+def test_parallel_grid_equals_in_process_grid(ray_cluster, tiny_params, Storage(str(tmp_path))):
     """Ray tasks over stage-prefix subtrees give the same accuracies as one in-process prefix-shared pass; each
     finished subtree is saved, and a re-run (as after an interruption) evaluates only the missing ones."""
     from adaskip.data import load_splits, make_loader
@@ -104,7 +105,7 @@ def test_parallel_grid_equals_in_process_grid(ray_cluster, tiny_params, tmp_path
     spec = model_spec(m.name, splits.num_classes, m.split or [], m.skip_aware_norm, m.num_stages, m.kwargs)
     net = build_from_spec({**spec, "split": None})
     spec["split"] = net.split
-    grid = evaluate_parallel({"spec": spec, "state_dict": net.state_dict()}, tiny_params, tmp_path)
+    grid = evaluate_parallel({"spec": spec, "state_dict": net.state_dict()}, tiny_params, Storage(str(tmp_path)))
     assert len(grid) == 2 ** net.num_stages
     assert set(grid.columns) >= {"skip", "macs", "params", "acc1", "acc5", "latency_ms", "pareto"}
     assert grid.pareto.dtype == bool and grid.pareto.any()
@@ -139,7 +140,7 @@ def test_study_cells_run_fail_and_resume(ray_cluster, tiny_params, mlflow_uri, t
     parent = tracker.start_run("study")
     todo = cells(spec, tiny_params)
     with pytest.raises(AdaskipError, match=r"2 study cell\(s\) failed") as err:
-        run_cells(todo, tmp_path / "cache", tracker, parent)
+        run_cells(todo, Storage(str(tmp_path / "cache")), tracker, parent)
     # failures are listed in completion order: check each by name
     assert "bad-seed0: TrainingDiverged: loss is nan" in str(err.value) and "bad-seed1: TrainingDiverged" in str(err.value)
     assert "adn" not in str(err.value)
@@ -147,7 +148,7 @@ def test_study_cells_run_fail_and_resume(ray_cluster, tiny_params, mlflow_uri, t
     assert sorted((r.data.tags["variant"], r.info.status) for r in children) == [
         ("adn", FINISHED), ("adn", FINISHED), ("bad", "FAILED"), ("bad", "FAILED"), ("ind_full", FINISHED), ("ind_full", FINISHED)]
     good = [c for c in todo if c.variant != "bad"]
-    rows = run_cells(good, tmp_path / "cache", tracker, parent)
+    rows = run_cells(good, Storage(str(tmp_path / "cache")), tracker, parent)
     assert len(tracker.children(parent)) == 6  # nothing re-trained
     assert len(rows) == 2 * 16 + 2 * 1
     assert set(rows[rows.variant == "ind_full"].skip) == {"FFFF"}

@@ -25,6 +25,19 @@ if not os.environ.get("RAY_ADDRESS"):
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read once, when ray is first imported
 
 
+# What the driver's environment says about the tracking server and the storage, passed on to every task and worker
+# of the job: a node on another host reaches them with the same settings and credentials (Ray's token keeps them
+# from anyone outside the cluster).
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                 "ADASKIP_STORAGE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+                 "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def joins_cluster() -> bool:
+    """Whether this process joins an existing Ray cluster (``RAY_ADDRESS``) rather than starting one."""
+    return bool(os.environ.get("RAY_ADDRESS"))
+
+
 def init_ray(num_cpus: int | None = None) -> None:
     """Join the cluster named by ``RAY_ADDRESS`` if set, else start a local one sized to this machine."""
     import ray
@@ -32,9 +45,10 @@ def init_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     on_sigterm = signal.getsignal(signal.SIGTERM)
-    if os.environ.get("RAY_ADDRESS"):
+    if joins_cluster():
         log.info("joining the Ray cluster at %s", os.environ["RAY_ADDRESS"])
-        ray.init(log_to_driver=True)
+        env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+        ray.init(log_to_driver=True, runtime_env={"env_vars": env} if env else None)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, object_store_memory=300 * 2**20,
                  log_to_driver=True, configure_logging=False)
@@ -43,8 +57,3 @@ def init_ray(num_cpus: int | None = None) -> None:
     if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_sigterm)
 
-
-def cluster_cpus() -> float:
-    import ray
-
-    return float(ray.cluster_resources().get("CPU", 1))

@@ -14,10 +14,11 @@ from tqdm.auto import tqdm
 from ..config import Params
 from ..data import load_splits, make_loader
 from ..data.base import Splits
-from ..files import write_csv
+from ..data.loader import resolve_workers
 from ..evaluation import (complexity_table, evaluate_grid, latency_table, recalibrated_grid, select_configs,
                           summarise)
 from ..models import AdaptiveDepthNet
+from .storage import Storage
 
 
 def prefixes(num_stages: int, parallelism: int) -> list[str]:
@@ -30,10 +31,11 @@ def grid_accuracy(model: AdaptiveDepthNet, splits: Splits, p: Params, configs: O
                   recalibrate: bool) -> pd.DataFrame:
     """Accuracy of ``configs`` on the test split; with ``recalibrate`` every intermediate configuration after
     re-estimating its BN statistics on training batches (``evaluate.recalibrate_bn``)."""
-    loader = make_loader(splits.test, p.evaluate.batch_size, shuffle=False, seed=0)
+    workers = resolve_workers(p.data, ranks=p.evaluate.parallelism)  # the default shares the CPUs among the tasks
+    loader = make_loader(splits.test, p.evaluate.batch_size, shuffle=False, seed=0, num_workers=workers)
     if not recalibrate:
         return evaluate_grid(model, loader, configs, progress=False)
-    calibration = make_loader(splits.train, p.evaluate.batch_size, shuffle=True, seed=0)
+    calibration = make_loader(splits.train, p.evaluate.batch_size, shuffle=True, seed=0, num_workers=workers)
     return recalibrated_grid(model, loader, calibration, configs, batches=p.evaluate.recalibrate_batches)
 
 
@@ -54,21 +56,21 @@ def _evaluate_subtree(model_file: dict[str, Any], params: dict[str, Any], prefix
     return acc.merge(cost, on="skip").merge(lat, on="skip")
 
 
-def evaluate_parallel(model_file: dict[str, Any], params: Params, done_dir: Optional[Path] = None) -> pd.DataFrame:
-    """All 2^S sub-networks on the test split, in parallel Ray tasks; Pareto front marked. With ``done_dir``
-    each finished subtree is saved there and a re-run (after an interruption) evaluates only the missing ones."""
+def evaluate_parallel(model_file: dict[str, Any], params: Params, done: Optional[Storage] = None) -> pd.DataFrame:
+    """All 2^S sub-networks on the test split, in parallel Ray tasks; Pareto front marked. With ``done`` each
+    finished subtree is saved there and a re-run (after an interruption) evaluates only the missing ones."""
     subtrees = prefixes(len(model_file["spec"]["split"]), params.evaluate.parallelism)
-    saved = {p: done_dir / f"{p or 'all'}.csv" for p in subtrees} if done_dir else {}
-    kept = [p for p, f in saved.items() if f.exists()]
-    finished = [pd.read_csv(saved[p], dtype={"skip": str}) for p in kept]
+    saved = {p: f"{p or 'all'}.csv" for p in subtrees} if done else {}
+    kept = [p for p, f in saved.items() if done.exists(f)]
+    finished = [done.read_csv(saved[p]) for p in kept]
     task, ref, config = ray.remote(num_cpus=1)(_evaluate_subtree), ray.put(model_file), params.model_dump(mode="json")
     pending = {task.remote(ref, config, p): p for p in subtrees if p not in kept}
     with tqdm(total=len(subtrees), initial=len(finished), desc="evaluation grid", unit="subtree") as bar:
         while pending:
             [done], _ = ray.wait(list(pending))
             part, prefix = ray.get(done), pending.pop(done)
-            if done_dir:
-                write_csv(part, saved[prefix])
+            if done:
+                done.write_csv(saved[prefix], part)
             finished.append(part)
             bar.update()
     table = pd.concat(finished, ignore_index=True)

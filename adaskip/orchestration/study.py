@@ -10,17 +10,17 @@ import functools
 import hashlib
 import json
 import logging
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+import os
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Optional
 
 import pandas as pd
 import ray
 from tqdm.auto import tqdm
 
 from ..errors import AdaskipError, describe
-from ..files import write_csv
 from ..study import Cell
 from .grid import grid_accuracy
+from .storage import Storage
 from .train import TrackingTarget
 
 if TYPE_CHECKING:
@@ -35,6 +35,21 @@ def cell_hash(cell: Cell) -> str:
         spec["teacher"] = cell.teacher
     blob = json.dumps(spec, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def run_ahead(cells: list[Cell], results: Mapping[str, str | os.PathLike]) -> list[Cell]:
+    """The cells whose variant's results file (``results[variant]``) does not hold them, by cell hash: DVC will
+    run those variants' stages next, and they then find these cells finished in the study's cache. A file written
+    before cells recorded their hash counts as up to date (DVC alone decides about it)."""
+    ahead = []
+    for variant, path in results.items():
+        try:
+            recorded = pd.read_csv(path, usecols=lambda c: c == "cell_hash").get("cell_hash")
+        except FileNotFoundError:
+            recorded = pd.Series([], dtype=str)
+        if recorded is not None:
+            ahead += [c for c in cells if c.variant == variant and cell_hash(c) not in set(recorded)]
+    return ahead
 
 
 def run_cell(cell: Cell, tracker: Optional["Tracker"] = None, run_id: Optional[str] = None,
@@ -61,7 +76,7 @@ def run_cell(cell: Cell, tracker: Optional["Tracker"] = None, run_id: Optional[s
     size = (splits.in_chans, p.data.image_size, p.data.image_size)
     grid = grid.merge(complexity_table(model, configs, size), on="skip")
     ratios = {k: metrics[k] for k in ("ratio_mandatory", "ratio_skippable") if k in metrics}
-    return grid.assign(variant=cell.variant, seed=cell.seed, baseline=cell.baseline, **ratios)
+    return grid.assign(variant=cell.variant, seed=cell.seed, baseline=cell.baseline, **ratios, cell_hash=cell_hash(cell))
 
 
 def _fit(cell: Cell, tracker: Optional["Tracker"], run_id: Optional[str], prefix: str = "", **kwargs: Any):
@@ -84,11 +99,14 @@ def _fit(cell: Cell, tracker: Optional["Tracker"], run_id: Optional[str], prefix
     return metrics, model.eval()
 
 
-def _cell_task(cell: Cell, tracking: Optional[TrackingTarget], out: str, threads: int) -> str:
+def _cell_task(cell: Cell, tracking: Optional[TrackingTarget], cache: Storage, out: str, threads: int) -> str:
     from ..tracking import FAILED, FINISHED, Tracker
 
     tracker = Tracker(tracking.uri, tracking.experiment) if tracking else None
     run_id = tracking.run_id if tracking else None
+    if tracker is not None:  # where it ran: on a cluster, the node and host of each cell
+        ctx = ray.get_runtime_context()
+        tracker.set_tags(run_id, {"adaskip.node_id": ctx.get_node_id(), "adaskip.node_ip": ray.util.get_node_ip_address()})
     try:
         rows = run_cell(cell, tracker, run_id, threads)
     except Exception as e:
@@ -100,19 +118,18 @@ def _cell_task(cell: Cell, tracking: Optional[TrackingTarget], out: str, threads
         tracker.log_table(run_id, rows, "grid.json")
         tracker.log_metrics(run_id, {f"test_acc1_{r.skip}": r.acc1 for r in rows.itertuples()})
         tracker.end_run(run_id, FINISHED)
-    write_csv(rows, out)
+    cache.write_csv(out, rows)
     return out
 
 
-def run_cells(cells: list[Cell], cache: str | Path, tracker=None, parent_run_id: Optional[str] = None,
-              cpus_per_cell: float = 1.0) -> pd.DataFrame:
+def run_cells(cells: list[Cell], cache: Storage, tracker=None, parent_run_id: Optional[str] = None,
+              cpus_per_cell: float = 1.0, optional: Collection[str] = ()) -> pd.DataFrame:
     """Run every cell not already in ``cache`` as a Ray task (one MLflow child run each, under
-    ``parent_run_id``); returns all cells' rows. A failed cell fails the study after the others finish."""
-    cache = Path(cache)
-    cache.mkdir(parents=True, exist_ok=True)
+    ``parent_run_id``); returns the rows of the cells that finished. A failed cell fails the study after the
+    others finish, unless its variant is ``optional`` (run ahead for a later stage, which reports it)."""
     task = ray.remote(num_cpus=cpus_per_cell, max_retries=1)(_cell_task)  # a dead worker's cell runs again
-    files = {c.key: cache / f"{c.key}-{cell_hash(c)}.csv" for c in cells}
-    todo = [c for c in cells if not files[c.key].exists()]
+    files = {c.key: f"{c.key}-{cell_hash(c)}.csv" for c in cells}
+    todo = [c for c in cells if not cache.exists(files[c.key])]
     if len(todo) < len(cells):
         log.info("%d of %d cells already done (kept from an interrupted run)", len(cells) - len(todo), len(cells))
     pending = {}
@@ -123,8 +140,8 @@ def run_cells(cells: list[Cell], cache: str | Path, tracker=None, parent_run_id:
                                                "teacher": c.teacher or "none", "adaskip.cell_hash": cell_hash(c)}, parent_run_id)
             tracker.log_params(run_id, c.params.model_dump(mode="json", include={"data", "model", "train", "evaluate"}))
             target = TrackingTarget(tracker.uri, tracker.experiment, run_id)
-        pending[task.remote(c, target, str(files[c.key]), max(1, round(cpus_per_cell)))] = c
-    errors = []
+        pending[task.remote(c, target, cache, files[c.key], max(1, round(cpus_per_cell)))] = c
+    errors, failed = [], set()
     with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="study cells", unit="cell") as bar:
         while pending:
             done, _ = ray.wait(list(pending))
@@ -133,8 +150,12 @@ def run_cells(cells: list[Cell], cache: str | Path, tracker=None, parent_run_id:
                 try:
                     ray.get(ref)
                 except Exception as e:  # noqa: BLE001  (reported together once every cell has run)
-                    errors.append(f"{cell.key}: {describe(e)}")
+                    failed.add(cell.key)
+                    if cell.variant in optional:
+                        log.warning("cell %s (run ahead for its own stage) failed: %s", cell.key, describe(e))
+                    else:
+                        errors.append(f"{cell.key}: {describe(e)}")
                 bar.update(1)
     if errors:
         raise AdaskipError(f"{len(errors)} study cell(s) failed (the others are kept; re-run to retry):\n" + "\n".join(errors))
-    return pd.concat([pd.read_csv(files[c.key]) for c in cells], ignore_index=True)
+    return pd.concat([cache.read_csv(files[c.key]) for c in cells if c.key not in failed], ignore_index=True)

@@ -18,9 +18,12 @@ from ray.train.torch import TorchConfig, TorchTrainer, get_device, prepare_model
 from ray.train.torch.config import _TorchBackend  # no public hook runs in the workers before the process group
 
 from ..config import Params
+from .preflight import use_node_interface
+from .storage import Storage
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
+NODES_TAG = "adaskip.train_nodes"
 
 
 @dataclass(frozen=True)
@@ -56,15 +59,21 @@ def rendezvous_on_loopback() -> None:
     handlers["env"] = env_handler
 
 
+def _prepare_network() -> None:
+    use_node_interface()
+    rendezvous_on_loopback()
+
+
 class _LoopbackTorchBackend(_TorchBackend):
     def on_start(self, worker_group, backend_config: TorchConfig) -> None:
-        worker_group.execute(rendezvous_on_loopback)
+        worker_group.execute(_prepare_network)
         super().on_start(worker_group, backend_config)
 
 
 @dataclass
 class LoopbackTorchConfig(TorchConfig):
-    """Ray Train's torch set-up, with the rendezvous store of a local run on loopback (see rendezvous_on_loopback)."""
+    """Ray Train's torch set-up, with the rendezvous store of a local run on loopback (see rendezvous_on_loopback)
+    and, on a cluster, Gloo/NCCL on the interface of each node's Ray address (see use_node_interface)."""
 
     @property
     def backend_cls(self):
@@ -75,10 +84,14 @@ def epoch_reporter(tracking: Optional[TrackingTarget], rank: int, api: ModuleTyp
     """Per epoch: metrics to MLflow (rank 0), then metrics and rank 0's checkpoint state to ``api``
     (``ray.train`` in a Train worker, ``ray.tune`` in an in-process Tune trial)."""
     tracker = None
+    nodes = _worker_nodes()  # every rank takes part (a collective)
     if tracking is not None and rank == 0:
         from ..tracking import Tracker
 
         tracker = Tracker(tracking.uri, tracking.experiment)
+        # where the run trained, over every (re)started worker group: on a cluster, which nodes took part
+        seen = set(filter(None, tracker.tags(tracking.run_id).get(NODES_TAG, "").split(",")))
+        tracker.set_tags(tracking.run_id, {NODES_TAG: ",".join(sorted(seen | set(nodes)))})
 
     def report(metrics: dict[str, float], state: Optional[dict[str, Any]]) -> None:
         from ..training import save_atomic
@@ -93,6 +106,18 @@ def epoch_reporter(tracking: Optional[TrackingTarget], rank: int, api: ModuleTyp
             api.report(metrics, checkpoint=api.Checkpoint.from_directory(tmp))
 
     return report
+
+
+def _worker_nodes() -> list[str]:
+    """The Ray node ids of every rank of this worker group (one gather, at start)."""
+    import torch.distributed as dist
+
+    node = ray.get_runtime_context().get_node_id()
+    if not dist.is_available() or not dist.is_initialized():
+        return [node]
+    nodes: list = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node)
+    return nodes
 
 
 def latest_state(api: ModuleType = ray.train) -> Optional[dict[str, Any]]:
@@ -119,10 +144,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     fit(params, env, epochs=config.get("epochs"), distill=config.get("distill", True), fixed_skip=config.get("fixed_skip"))
 
 
-def make_trainer(params: Params, storage_path: str, name: str, tracking: Optional[TrackingTarget] = None,
+def make_trainer(params: Params, storage: Storage, name: str, tracking: Optional[TrackingTarget] = None,
                  epochs: Optional[int] = None, workers: Optional[int] = None, callbacks: tuple = (),
                  distill: bool = True, fixed_skip: Optional[str] = None) -> TorchTrainer:
-    """A TorchTrainer whose ``(storage_path, name)`` is deterministic, so re-running resumes it."""
+    """A TorchTrainer whose ``(storage, name)`` is deterministic, so re-running resumes it."""
     t = params.train
     n = workers or t.workers
     resources = {"GPU": 1} if t.use_gpu else {"CPU": t.cpus_per_worker}
@@ -132,7 +157,8 @@ def make_trainer(params: Params, storage_path: str, name: str, tracking: Optiona
         train_loop_per_worker, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=n, use_gpu=t.use_gpu, resources_per_worker=resources),
         torch_config=LoopbackTorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-        run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()), callbacks=list(callbacks),
+        run_config=RunConfig(name=name, storage_path=storage.path, storage_filesystem=storage.filesystem,
+                             callbacks=list(callbacks),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              # a finite controller limit: an unschedulable worker group fails instead of retrying forever
                              failure_config=FailureConfig(max_failures=t.max_failures,
@@ -140,11 +166,11 @@ def make_trainer(params: Params, storage_path: str, name: str, tracking: Optiona
     )
 
 
-def run_training(params: Params, storage_path: str, name: str, tracking: Optional[TrackingTarget] = None,
+def run_training(params: Params, storage: Storage, name: str, tracking: Optional[TrackingTarget] = None,
                  **kwargs) -> tuple[dict[str, float], dict[str, Any]]:
     """Train with Ray Train; returns the final metrics and the final checkpoint state (model + spec)."""
     try:
-        result = make_trainer(params, storage_path, name, tracking, **kwargs).fit()
+        result = make_trainer(params, storage, name, tracking, **kwargs).fit()
     except SystemExit:  # Ray Train's own Ctrl-C handler aborts the run, then calls sys.exit(0): not a success
         raise KeyboardInterrupt("Ray Train run aborted by Ctrl-C") from None
     if result.error is not None:

@@ -18,6 +18,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from ..config import Params
 from ..errors import describe
+from .storage import Storage
 from .train import TrackingTarget, epoch_reporter, latest_state, make_trainer
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def _trial(config: dict[str, Any]) -> None:
         if s["workers"] == 0:
             _train_in_process(params, s["epochs"], target)
         else:
-            result = make_trainer(params, s["storage_path"], f"train-{ctx.get_trial_id()}", target, epochs=s["epochs"],
+            result = make_trainer(params, s["storage"], f"train-{ctx.get_trial_id()}", target, epochs=s["epochs"],
                                   workers=s["workers"], callbacks=(TuneReportCallback(),)).fit()
             if result.error is not None:
                 raise result.error
@@ -77,7 +78,7 @@ def _concurrency(params: Params) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
 
 
-def run_sweep(params: Params, storage_path: str, name: str, uri: str, experiment: str, parent_run_id: str,
+def run_sweep(params: Params, storage: Storage, name: str, uri: str, experiment: str, parent_run_id: str,
               space: Optional[dict[str, Any]] = None) -> pd.DataFrame:
     """Run the sweep (resuming an interrupted one with the same name); one row per trial.
 
@@ -85,20 +86,19 @@ def run_sweep(params: Params, storage_path: str, name: str, uri: str, experiment
     override it in each trial, e.g. ``{"lr": tune.loguniform(1e-3, 1e-1)}``.
     """
     t = params.tune
-    storage = str(Path(storage_path).resolve())
     space = {
         "alpha": tune.uniform(*t.alpha),
         "temperature": tune.uniform(*t.temperature),
         "split": tune.choice(t.splits) if t.splits else params.model.split,
         "base": params.model_dump(mode="json"),
         "setup": {"uri": uri, "experiment": experiment, "parent_run_id": parent_run_id, "epochs": t.epochs,
-                  "workers": t.workers, "storage_path": storage},
+                  "workers": t.workers, "storage": storage},
         **(space or {}),
     }
     # In-process trials hold their CPUs themselves; Train trials only drive and leave CPUs to their workers.
     driver = {"cpu": params.train.cpus_per_worker} if t.workers == 0 else {"cpu": 0.1}
     trainable = tune.with_resources(_trial, driver)
-    path = Path(storage) / name
+    fs, path = storage.filesystem, f"{storage.path}/{name}"
     concurrent = _concurrency(params)
     tune_config = tune.TuneConfig(
         metric=METRIC, mode="max", num_samples=t.num_samples,
@@ -106,12 +106,12 @@ def run_sweep(params: Params, storage_path: str, name: str, uri: str, experiment
         scheduler=ASHAScheduler(time_attr="training_iteration", max_t=t.epochs, grace_period=min(t.grace_period, t.epochs)),
         # BasicVariantGenerator ignores TuneConfig.max_concurrent_trials: give it the limit itself.
         search_alg=tune.search.BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrent))
-    if tune.Tuner.can_restore(str(path)):
-        log.info("resuming the sweep at %s (finished trials are kept)", path)
-        tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True, restart_errored=False)
+    if tune.Tuner.can_restore(path, storage_filesystem=fs):
+        log.info("resuming the sweep at %s (finished trials are kept)", storage.child(name))
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=True, restart_errored=False, storage_filesystem=fs)
     else:
         tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config,
-                           run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1,
+                           run_config=tune.RunConfig(name=name, storage_path=storage.path, storage_filesystem=fs, verbose=1,
                                                      failure_config=tune.FailureConfig(max_failures=0)))
     grid = tuner.fit()
     table = trials_table(grid)

@@ -96,6 +96,9 @@ class Tracker:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, str(v))
 
+    def tags(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.tags)
+
     def log_artifact(self, run_id: str, path: str | os.PathLike, folder: Optional[str] = None) -> None:
         self.client.log_artifact(run_id, str(path), folder)
 

@@ -1,0 +1,206 @@
+"""Preflight of a Ray cluster: one task on every alive node checks, in seconds, what a multi-hour run needs.
+
+Same adaskip code (source digest and git commit) and torch/timm/ray/mlflow versions as the driver, the tracking
+server answering, the storage writable and shared (a file the driver wrote is visible), ``data.path`` readable,
+and a network interface for torch.distributed that the other nodes can reach. ``adaskip doctor`` prints the
+report; every stage that joins a cluster (``RAY_ADDRESS``) runs it first and stops on a problem.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import ipaddress
+import os
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from ..errors import AdaskipError
+from .storage import Storage
+
+PACKAGES = ("torch", "timm", "ray", "mlflow")
+LOCAL_TRACKING = ("sqlite:", "file:")
+PROBE_DIR = ".preflight"
+
+
+class PreflightError(AdaskipError, RuntimeError):
+    """A node of the cluster cannot run the pipeline as configured; one line per problem."""
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What the driver has and has set up: every node must match it."""
+
+    versions: dict[str, str]
+    tracking_uri: str
+    storage: Storage
+    probe: str
+    data_path: Optional[str]
+    driver_ip: str
+
+
+@dataclass
+class NodeReport:
+    node_id: str
+    ip: str
+    hostname: str
+    problems: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        where = f"node {self.ip} ({self.hostname}, {self.node_id[:8]})"
+        return f"{where}: " + ("ok" if not self.problems else "; ".join(self.problems))
+
+
+@functools.lru_cache(maxsize=1)
+def code_versions() -> dict[str, str]:
+    """adaskip's source digest and git commit, and the versions of the packages every node must share."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        digest.update(f.relative_to(root).as_posix().encode() + f.read_bytes())
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip() or "none"
+    except OSError:
+        commit = "none"
+    return {"adaskip": digest.hexdigest()[:12], "git": commit[:10],
+            **{p: importlib.metadata.version(p) for p in PACKAGES}}
+
+
+def interface_of(ip: str) -> Optional[str]:
+    """The network interface that holds address ``ip`` on this host (psutil ships with Ray)."""
+    import psutil
+
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.address.split("%")[0] == ip for a in addrs):
+            return name
+    return None
+
+
+def use_node_interface() -> Optional[str]:
+    """Point Gloo and NCCL at the interface of this node's Ray address unless the user chose one: they otherwise
+    take the address the host name resolves to, loopback on many hosts, and the other nodes cannot connect."""
+    ip = ray.util.get_node_ip_address()
+    if ipaddress.ip_address(ip).is_loopback:
+        return None
+    name = interface_of(ip)
+    if name:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", name)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", name)
+    return name
+
+
+def _check_node(expect: Expect) -> NodeReport:
+    """Runs on one node (a Ray task pinned there)."""
+    import socket
+
+    ip = ray.util.get_node_ip_address()
+    report = NodeReport(ray.get_runtime_context().get_node_id(), ip, socket.gethostname())
+    mine = code_versions()
+    for key, want in expect.versions.items():
+        if mine.get(key) != want:
+            what = "adaskip source" if key == "adaskip" else "git commit" if key == "git" else key
+            report.problems.append(f"{what} {mine.get(key)} differs from the driver's {want}: install the same "
+                                   "checkout and requirements.lock on every node")
+    report.problems += _tracking_problems(expect, ip) + _storage_problems(expect, ip) + _data_problems(expect)
+    report.problems += _network_problems(ip)
+    return report
+
+
+def _tracking_problems(expect: Expect, ip: str) -> list[str]:
+    from ..tracking import TrackingError, check_reachable
+
+    uri = expect.tracking_uri
+    if uri.startswith(LOCAL_TRACKING) and ip != expect.driver_ip:
+        return [f"MLflow tracking URI {uri} is a file on the driver's host, which this host cannot log to: start a "
+                "tracking server (python -m adaskip.tracking.server, see README 'Scaling out') and set "
+                "MLFLOW_TRACKING_URI=http://<server>:<port>"]
+    try:
+        check_reachable(uri)
+    except TrackingError as e:
+        return [str(e)]
+    return []
+
+
+def _storage_problems(expect: Expect, ip: str) -> list[str]:
+    store = expect.storage
+    fix = ("set cluster.storage (or ADASKIP_STORAGE) to a folder mounted at the same path on every node (NFS) or to "
+           "s3://bucket/prefix")
+    try:
+        if not store.exists(f"{PROBE_DIR}/{expect.probe}"):
+            return [f"storage {store} does not hold the file the driver just wrote there (a folder private to each "
+                    f"host?): {fix}"]
+        mine = f"{PROBE_DIR}/{expect.probe}-{ip}"
+        store.write_bytes(mine, b"ok")
+        store.remove(mine)
+    except OSError as e:
+        return [f"storage {store} is not writable here ({type(e).__name__}: {str(e)[:160]}): {fix}"]
+    return []
+
+
+def _data_problems(expect: Expect) -> list[str]:
+    path = expect.data_path
+    if path and not (os.path.isdir(path) and os.access(path, os.R_OK | os.X_OK)) and not os.path.isfile(path):
+        return [f"data.path {path} is not readable here: mount the dataset at the same path on every node"]
+    return []
+
+
+def _network_problems(ip: str) -> list[str]:
+    if ipaddress.ip_address(ip).is_loopback:
+        return []
+    chosen = os.environ.get("GLOO_SOCKET_IFNAME")
+    import psutil
+
+    if chosen and chosen not in psutil.net_if_addrs():
+        return [f"GLOO_SOCKET_IFNAME={chosen} names no interface of this host: unset it (adaskip picks the "
+                "interface of the node's Ray address) or name an existing one"]
+    if not chosen and interface_of(ip) is None:
+        return [f"the node's Ray address {ip} is on no interface of this host: start the node with "
+                "--node-ip-address=<an address of this host> or set GLOO_SOCKET_IFNAME"]
+    return []
+
+
+def run_preflight(tracking_uri: str, storage: Storage, data_path: Optional[str] = None,
+                  timeout: float = 60.0) -> list[NodeReport]:
+    """One check task on every alive node; returns their reports (a node that does not answer in ``timeout``
+    seconds gets a problem of its own)."""
+    probe = uuid.uuid4().hex[:12]
+    storage.write_bytes(f"{PROBE_DIR}/{probe}", b"adaskip preflight")
+    expect = Expect(code_versions(), tracking_uri, storage, probe, data_path, ray.util.get_node_ip_address())
+    task = ray.remote(num_cpus=0, max_retries=0)(_check_node)
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    refs = {task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(expect): n
+            for n in nodes}
+    try:
+        ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+        reports = []
+        for ref in ready:
+            try:
+                reports.append(ray.get(ref))
+            except Exception as e:  # noqa: BLE001  (a node whose task crashed is one failing node)
+                n = refs[ref]
+                reports.append(NodeReport(n["NodeID"], n["NodeManagerAddress"], "?", [f"check crashed: {e}"[:300]]))
+        for ref in late:
+            n = refs[ref]
+            reports.append(NodeReport(n["NodeID"], n["NodeManagerAddress"], "?",
+                                      [f"did not answer in {timeout:.0f} s: is the node busy or cut off?"]))
+            ray.cancel(ref, force=True)
+    finally:
+        storage.remove(f"{PROBE_DIR}/{probe}")
+    return sorted(reports, key=lambda r: r.ip)
+
+
+def require_ready(tracking_uri: str, storage: Storage, data_path: Optional[str] = None) -> list[NodeReport]:
+    """``run_preflight``, raising one line per failing node."""
+    reports = run_preflight(tracking_uri, storage, data_path)
+    bad = [r for r in reports if r.problems]
+    if bad:
+        raise PreflightError(f"preflight: {len(bad)} of {len(reports)} node(s) cannot run this pipeline "
+                             "(adaskip doctor repeats this check):\n" + "\n".join(r.line() for r in bad))
+    return reports
