@@ -124,6 +124,25 @@ def test_kd_baseline_cell_trains_its_teacher_then_distils(tiny_params, mlflow_ur
     assert 0 <= teacher_acc <= 100
 
 
+def test_run_ahead_picks_the_cells_later_stages_need(tiny_params, tmp_path):
+    """The first variant stage of a study also starts the cells that the other variants' results files lack (by
+    cell hash): a missing file, or one holding other cells; a file written before hashes were recorded is left to
+    DVC. (ray is imported by the module, but nothing here starts it.)"""
+    from adaskip.orchestration.study import cell_hash, run_ahead
+
+    spec = study.StudySpec(name="s", seeds=[0, 1], epochs=1, reference="current", variants={
+        "current": {}, "missing": {"baseline": "super"}, "changed": {"overrides": {"train": {"alpha": 0.7}}},
+        "legacy": {"baseline": "base"}})
+    every = study.cells(spec, tiny_params)
+    files = {v: tmp_path / f"{v}.csv" for v in spec.variants}
+    rows = lambda variant, hashes: pd.DataFrame({"variant": variant, "skip": "FFFF", "cell_hash": hashes})  # noqa: E731
+    rows("current", [cell_hash(c) for c in every if c.variant == "current"]).to_csv(files["current"], index=False)
+    rows("changed", ["0123456789", "abcdefabcd"]).to_csv(files["changed"], index=False)  # an earlier alpha
+    rows("legacy", ["x", "y"]).drop(columns="cell_hash").to_csv(files["legacy"], index=False)
+    ahead = run_ahead(every, files)
+    assert [c.key for c in ahead] == ["missing-seed0", "missing-seed1", "changed-seed0", "changed-seed1"]
+
+
 def test_recalibrate_bn_switch_changes_intermediate_configs_only():
     from adaskip.evaluation import evaluate_grid, recalibrate_bn, recalibrated_grid
 
