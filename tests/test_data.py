@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from collections import Counter
 from pathlib import Path
@@ -13,6 +14,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from adaskip.data import DataConfig, DataError, Splits, load_splits, make_loader, prepare
+from adaskip.data.loader import default_workers, resolve_workers
 
 N_DIGITS = 1797
 
@@ -217,6 +219,85 @@ def test_imagefolder_val_class_unknown_to_train(folder: Path) -> None:
     with pytest.raises(DataError, match="yak"):
         load_splits(DataConfig(name="imagefolder", path=str(folder)))
 
+
+
+# --- loader worker processes (data.workers) -----------------------------------------------------------
+
+def test_default_workers_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert default_workers("digits", cpus=64) == 0  # in-memory tensors: no workers
+    assert [default_workers("imagefolder", cpus=c) for c in (1, 2, 3, 5, 64)] == [0, 1, 2, 4, 4]
+    assert [default_workers("cifar10", ranks=r, cpus=8) for r in (1, 2, 4, 8)] == [4, 3, 1, 0]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert resolve_workers(DataConfig(name="imagefolder", path="/x")) == 2  # this process's CPUs, minus one
+    assert resolve_workers(DataConfig(name="imagefolder", path="/x"), ranks=3) == 0
+    assert resolve_workers(DataConfig(workers=3)) == 3  # explicit wins, even for digits, per rank
+    assert resolve_workers(DataConfig(name="imagefolder", path="/x", workers=0), ranks=1) == 0
+    assert DataConfig().workers is None
+
+
+def test_negative_workers_is_a_config_error_naming_the_key() -> None:
+    from adaskip.config import ConfigError, parse_params
+
+    with pytest.raises(ValidationError, match="workers"):
+        DataConfig(workers=-1)
+    with pytest.raises(ConfigError, match=r"data\.workers: .*greater than or equal to 0.*got -1"):
+        parse_params({"data": {"workers": -1}}, check_model=False)
+    with pytest.raises(ValueError, match="num_workers"):
+        make_loader(torch.arange(4), 2, False, 0, num_workers=-1)
+
+
+def _epochs(ds, workers: int, seed: int = 0, shuffle: bool = True, epochs: int = 2, **kw) -> list:
+    loader = make_loader(ds, 4, shuffle=shuffle, seed=seed, num_workers=workers, **kw)
+    out = []
+    for epoch in range(epochs):
+        if kw.get("distributed"):
+            loader.sampler.set_epoch(epoch)
+        out += list(loader)
+    return out
+
+
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) and torch.equal(s, t) for (x, s), (y, t) in zip(a, b))
+
+
+def test_imagefolder_workers_same_batches_as_main_process(folder: Path) -> None:
+    splits = load_splits(DataConfig(name="imagefolder", path=str(folder), image_size=16))
+    main, two = _epochs(splits.train, 0), _epochs(splits.train, 2)
+    assert [y.tolist() for _, y in two] == [y.tolist() for _, y in main]  # same order and labels, both epochs
+    assert [x.shape for x, _ in two] == [x.shape for x, _ in main]
+    assert two[0][0].shape == (4, 3, 16, 16) and two[0][0].dtype == torch.float32
+    assert _same(_epochs(splits.train, 2), two)  # augmentation in workers is seeded: same seed, same tensors
+    assert not _same(_epochs(splits.train, 2, shuffle=False, seed=1), _epochs(splits.train, 2, shuffle=False))
+    assert _same(_epochs(splits.test, 2, shuffle=False), _epochs(splits.test, 0, shuffle=False))  # eval: identical
+    for rank in range(2):  # sharded: each rank's order follows the sampler, its workers' draws are repeatable
+        shard = _epochs(splits.train, 2, distributed=(rank, 2))
+        main_shard = _epochs(splits.train, 0, distributed=(rank, 2))
+        assert [y.tolist() for _, y in shard] == [y.tolist() for _, y in main_shard]
+        assert _same(_epochs(splits.train, 2, distributed=(rank, 2)), shard)
+
+
+class _OnlyInWorker:
+    """The dataset's transform, refusing to run outside a DataLoader worker process."""
+
+    def __init__(self, transform) -> None:
+        self.transform = transform
+
+    def __call__(self, image):
+        if torch.utils.data.get_worker_info() is None:
+            raise RuntimeError("transform ran in the main process")
+        return self.transform(image)
+
+
+def test_workers_decode_and_augment(folder: Path) -> None:
+    splits = load_splits(DataConfig(name="imagefolder", path=str(folder), image_size=16))
+    splits.train.transform = _OnlyInWorker(splits.train.transform)
+    loader = make_loader(splits.train, 4, shuffle=True, seed=0, num_workers=2)
+    assert loader.num_workers == 2 and loader.persistent_workers and loader.prefetch_factor >= 1
+    assert sum(len(y) for _, y in loader) == len(splits.train)
+    with pytest.raises(RuntimeError, match="main process"):
+        next(iter(make_loader(splits.train, 4, shuffle=True, seed=0, num_workers=0)))
+    assert not loader.pin_memory and not make_loader(splits.train, 4, True, 0, device="cpu").pin_memory
+    assert make_loader(splits.train, 4, True, 0, num_workers=2, device="cuda").pin_memory  # pinned only for CUDA
 
 # --- cifar --------------------------------------------------------------------------------------------
 

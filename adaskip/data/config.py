@@ -32,6 +32,8 @@ class DataConfig(BaseModel):
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     seed: int = 0
     augment: bool = True
+    workers: Optional[int] = Field(None, ge=0, description="DataLoader worker processes per rank (decoding and "
+                                   "augmentation); null = 0 for digits, else min(4, CPUs per rank - 1)")
 
     @model_validator(mode="after")
     def _path_required(self) -> "DataConfig":

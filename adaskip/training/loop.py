@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..config import Params
 from ..data import load_splits, make_loader
+from ..data.loader import resolve_workers
 from ..errors import AdaskipError
 from ..evaluation import evaluate_grid, tradeoff_auc
 from ..models import AdaptiveDepthNet, SkipConfig, count_macs
@@ -129,8 +130,13 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: b
     model = env.wrap(net)
     bs = max(1, params.train.batch_size // env.world_size)
     shard = (env.rank, env.world_size) if env.world_size > 1 else None
-    train_loader = make_loader(splits.train, bs, shuffle=True, seed=params.train.seed, drop_last=True, distributed=shard)
-    val_loader = make_loader(splits.val, params.evaluate.batch_size, shuffle=False, seed=0, distributed=shard)
+    # each rank builds its own loaders: an explicit data.workers is per rank, the default shares this machine's
+    # CPUs among the world_size ranks (assumed on one machine; on several nodes set data.workers)
+    workers = resolve_workers(params.data, ranks=env.world_size)
+    train_loader = make_loader(splits.train, bs, shuffle=True, seed=params.train.seed, drop_last=True,
+                               distributed=shard, num_workers=workers, device=env.device)
+    val_loader = make_loader(splits.val, params.evaluate.batch_size, shuffle=False, seed=0, distributed=shard,
+                             num_workers=workers, device=env.device)
     precision = Precision(params.train.precision)
     scaler = precision.scaler(env.device)
     cfg = distill_config(params)
@@ -143,7 +149,7 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: b
         seen = 0
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=env.rank != 0, leave=False)
         for images, targets in bar:
-            images, targets = images.to(env.device), targets.to(env.device)
+            images, targets = images.to(env.device, non_blocking=True), targets.to(env.device, non_blocking=True)
             if distill:
                 out = distill_step(model, images, targets, optimizer, cfg, precision, scaler)
             elif teacher is not None:
