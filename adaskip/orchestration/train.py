@@ -83,7 +83,7 @@ class LoopbackTorchConfig(TorchConfig):
 def epoch_reporter(tracking: Optional[TrackingTarget], rank: int, api: ModuleType = ray.train):
     """Per epoch: metrics to MLflow (rank 0), then metrics and rank 0's checkpoint state to ``api``
     (``ray.train`` in a Train worker, ``ray.tune`` in an in-process Tune trial)."""
-    tracker = None
+    tracker, logged = None, set()
     nodes = _worker_nodes()  # every rank takes part (a collective)
     if tracking is not None and rank == 0:
         from ..tracking import Tracker
@@ -92,12 +92,19 @@ def epoch_reporter(tracking: Optional[TrackingTarget], rank: int, api: ModuleTyp
         # where the run trained, over every (re)started worker group: on a cluster, which nodes took part
         seen = set(filter(None, tracker.tags(tracking.run_id).get(NODES_TAG, "").split(",")))
         tracker.set_tags(tracking.run_id, {NODES_TAG: ",".join(sorted(seen | set(nodes)))})
+        # A group killed after logging an epoch but before Ray recorded that epoch's checkpoint makes the restarted
+        # group train the epoch again: it keeps the values first logged (each epoch once in the run's history).
+        logged = tracker.logged_steps(tracking.run_id, "epoch")
 
     def report(metrics: dict[str, float], state: Optional[dict[str, Any]]) -> None:
         from ..training import save_atomic
 
-        if tracker is not None:
-            tracker.log_metrics(tracking.run_id, metrics, step=int(metrics["epoch"]))
+        step = int(metrics["epoch"])
+        if tracker is not None and step in logged:
+            log.info("epoch %d trained again after a restart; its metrics were logged before", step)
+            tracker.set_tags(tracking.run_id, {"adaskip.retrained_epoch": step})
+        elif tracker is not None:
+            tracker.log_metrics(tracking.run_id, metrics, step=step)
         if state is None:
             api.report(metrics)
             return

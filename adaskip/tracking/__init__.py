@@ -96,6 +96,10 @@ class Tracker:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, str(v))
 
+    def logged_steps(self, run_id: str, key: str) -> set[int]:
+        """The steps at which ``key`` was logged in the run."""
+        return {m.step for m in self.client.get_metric_history(run_id, key)}
+
     def tags(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.tags)
 
