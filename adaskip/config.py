@@ -51,6 +51,8 @@ class TrainParams(_Section):
     workers: int = Field(2, ge=1, description="Ray Train workers (DDP processes)")
     cpus_per_worker: float = Field(0.9, gt=0)
     use_gpu: bool = False
+    placement: Literal["pack", "spread"] = Field("pack", description="Ray Train workers packed on few nodes (fast "
+                                                  "collectives) or spread over many (memory bandwidth, host failures)")
     max_failures: int = Field(2, ge=-1, description="worker-group restarts from the latest checkpoint; -1 = forever")
 
 

@@ -162,7 +162,8 @@ def make_trainer(params: Params, storage: Storage, name: str, tracking: Optional
               "threads": max(1, round(t.cpus_per_worker)), "distill": distill, "fixed_skip": fixed_skip}
     return TorchTrainer(
         train_loop_per_worker, train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=n, use_gpu=t.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=n, use_gpu=t.use_gpu, resources_per_worker=resources,
+                                     placement_strategy=t.placement.upper()),
         torch_config=LoopbackTorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         run_config=RunConfig(name=name, storage_path=storage.path, storage_filesystem=storage.filesystem,
                              callbacks=list(callbacks),
