@@ -91,7 +91,7 @@ def test_sweep_survives_a_crashing_trial(ray_cluster, tiny_params, mlflow_uri, t
     assert RUNNING not in {r.info.status for r in children}
 
 
-def test_parallel_grid_equals_in_process_grid(ray_cluster, tiny_params, Storage(str(tmp_path))):
+def test_parallel_grid_equals_in_process_grid(ray_cluster, tiny_params, tmp_path):
     """Ray tasks over stage-prefix subtrees give the same accuracies as one in-process prefix-shared pass; each
     finished subtree is saved, and a re-run (as after an interruption) evaluates only the missing ones."""
     from adaskip.data import load_splits, make_loader
