@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install repro test test-extended study
+.PHONY: install repro test test-extended test-cluster study tracking-server
 install: $(VENV)/.installed
 
 # uv installs the lock in about 3 minutes on the 2-core machine where pip took 30 (pip is CPU-bound there,
@@ -34,3 +34,12 @@ test: install
 # Ray worker-failure, crashing-trial, study-cell and SIGTERM/resume scenarios (about 40 minutes on 2 cores).
 test-extended: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m extended
+
+# The two-host harness (tests/multihost.py): Ray head and worker in network namespaces with private disks; root.
+test-cluster: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m cluster
+
+# An MLflow tracking server for this laptop on 127.0.0.1:5000 (PostgreSQL backend, proxied artifacts; state in
+# .mlflow-server/). Clients: MLFLOW_TRACKING_URI=http://127.0.0.1:5000. Cluster heads: see README "MLflow".
+tracking-server: install
+	$(BIN)/python -m adaskip.tracking.server --state .mlflow-server --host 127.0.0.1 --port 5000

@@ -1,0 +1,228 @@
+"""The tracking server (adaskip.tracking.server), for real: PostgreSQL, `mlflow server --serve-artifacts`, an MLflow
+client over HTTP; on a non-loopback address (in a network namespace of its own) with basic auth."""
+from __future__ import annotations
+
+import os
+import random
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pytest
+
+from adaskip.tracking.server import ServerError, pg_bindir
+
+USER, PASSWORD = "adaskip-admin", "test-only-password-1234"  # MLflow wants 12+ characters
+CREDS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def _postgres_missing() -> Optional[str]:
+    try:
+        pg_bindir(Path("/nonexistent"))
+        return None
+    except ServerError as e:
+        return str(e)
+
+
+MISSING = _postgres_missing()
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(MISSING is not None, reason=str(MISSING))]
+
+
+@pytest.fixture
+def state() -> Iterator[Path]:
+    """A state folder straight under /tmp: the module opens it to the postgres user itself, but cannot open
+    pytest's tmp_path root (mode 0700, root's)."""
+    path = Path(tempfile.mkdtemp(prefix="adaskip-mlflow-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_env(with_creds: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in CREDS and k != "MLFLOW_TRACKING_URI"}
+    return {**env, CREDS[0]: USER, CREDS[1]: PASSWORD} if with_creds else env
+
+
+def start(state: Path, host: str, port: int, log: Path, env: dict[str, str],
+          prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+    cmd = [*prefix, sys.executable, "-m", "adaskip.tracking.server", "--state", str(state), "--host", host,
+           "--port", str(port), "--workers", "1"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 90) -> str:
+    """Wait for /health, then return the server's ready line."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"server exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no /health within {timeout} s:\n{log.read_text()[-3000:]}"
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).close()
+            break
+        except OSError:
+            time.sleep(0.5)
+    assert select.select([proc.stdout], [], [], 30)[0], "no ready line"
+    return proc.stdout.readline().strip()
+
+
+def stop(proc: subprocess.Popen, log: Path) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"server ignored SIGTERM:\n{log.read_text()[-3000:]}")
+
+
+def processes_of(state: Path) -> list[str]:
+    """Command lines that name the state folder (postmaster -D STATE/pg/data, mlflow's backend URI)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(state) in text:
+            found.append(text)
+    return found
+
+
+def assert_stopped(proc: subprocess.Popen, state: Path, log: Path) -> None:
+    assert stop(proc, log) == 0, log.read_text()[-3000:]
+    deadline = time.monotonic() + 10  # postgres' children leave right after the postmaster
+    while processes_of(state) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not processes_of(state)
+    assert not (state / "pg" / "data" / "postmaster.pid").exists()
+
+
+def test_loopback_server_tracks_and_proxies_artifacts(state: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+    from mlflow.entities import RunStatus
+
+    for name in CREDS:
+        monkeypatch.delenv(name, raising=False)
+    port, log = free_port(), tmp_path / "server.log"
+    proc = start(state, "127.0.0.1", port, log, server_env(with_creds=False))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert wait_ready(proc, url, log) == f"MLFLOW_TRACKING_URI={url}"
+        assert (state / "pg" / "data" / "PG_VERSION").exists()
+        second = subprocess.run([sys.executable, "-m", "adaskip.tracking.server", "--state", str(state), "--port",
+                                 str(free_port())], env=server_env(False), capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and "another tracking server is running" in second.stderr, second.stderr
+
+        client = mlflow.MlflowClient(tracking_uri=url)
+        exp = client.create_experiment("server-test")
+        run = client.create_run(exp).info
+        for step, value in enumerate([0.5, 0.25]):
+            client.log_metric(run.run_id, "loss", value, step=step)
+        (tmp_path / "note.txt").write_text("through the server")
+        client.log_artifact(run.run_id, str(tmp_path / "note.txt"))
+        client.set_terminated(run.run_id)
+
+        got = client.get_run(run.run_id)
+        assert got.info.status == RunStatus.to_string(RunStatus.FINISHED)
+        assert [m.value for m in client.get_metric_history(run.run_id, "loss")] == [0.5, 0.25]
+        assert got.info.artifact_uri.startswith("mlflow-artifacts:")  # the client never sees the server's disk
+        stored = state / "artifacts" / exp / run.run_id / "artifacts" / "note.txt"
+        assert stored.read_text() == "through the server"
+        back = client.download_artifacts(run.run_id, "note.txt", str(tmp_path / "back"))
+        assert Path(back).read_text() == "through the server"
+    finally:
+        if proc.poll() is None:
+            assert_stopped(proc, state, log)
+
+
+def test_non_loopback_server_requires_credentials(state: Path, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "adaskip.tracking.server", "--state", str(state / "s"),
+                           "--host", "198.18.0.1"], env=server_env(with_creds=False),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not a loopback address" in lines[0] and CREDS[1] in lines[0], done.stderr
+    assert not (state / "s").exists()  # nothing was started
+
+
+@pytest.fixture
+def netns() -> Iterator[tuple[str, str]]:
+    """A network namespace with a veth pair to this one: (namespace, the namespace's address). The address is
+    outside the private ranges MLflow allows by default, so reaching it also tests the module's --allowed-hosts."""
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.skip("network namespaces need root and iproute2")
+    used = subprocess.run(["ip", "-br", "addr"], capture_output=True, text=True).stdout
+    net = next(f"198.18.{n}" for n in random.sample(range(1, 255), 254) if f"198.18.{n}." not in used)
+    ns, host_if, ns_if = f"adaskip-ts{os.getpid()}", f"as{os.getpid() % 100000}h", f"as{os.getpid() % 100000}n"
+    steps = [["ip", "netns", "add", ns], ["ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if],
+             ["ip", "link", "set", ns_if, "netns", ns], ["ip", "addr", "add", f"{net}.2/24", "dev", host_if],
+             ["ip", "link", "set", host_if, "up"],
+             ["ip", "netns", "exec", ns, "ip", "addr", "add", f"{net}.1/24", "dev", ns_if],
+             ["ip", "netns", "exec", ns, "ip", "link", "set", ns_if, "up"],
+             ["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]]
+    try:
+        for step in steps:
+            done = subprocess.run(step, capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot set up a network namespace ({' '.join(step)}: {done.stderr.strip()})")
+        yield ns, f"{net}.1"
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)  # also removes the peer
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def http_status(url: str, auth: Optional[tuple[str, str]] = None) -> int:
+    headers = {"Authorization": "Basic " + b64encode(":".join(auth).encode()).decode()} if auth else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_non_loopback_server_authenticates(state: Path, tmp_path: Path, netns: tuple[str, str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    ns, addr = netns
+    port, log = free_port(), tmp_path / "server.log"
+    proc = start(state, addr, port, log, server_env(with_creds=True), prefix=("ip", "netns", "exec", ns))
+    try:
+        url = f"http://{addr}:{port}"
+        assert wait_ready(proc, url, log) == f"MLFLOW_TRACKING_URI={url}"
+        ini = state / "auth" / "basic_auth.ini"
+        assert ini.stat().st_mode & 0o777 == 0o600 and PASSWORD not in ini.read_text()
+
+        api = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert http_status(api) == 401
+        assert http_status(api, (USER, "wrong-password-5678")) == 401
+        assert http_status(api, (USER, PASSWORD)) == 200
+
+        monkeypatch.setenv(CREDS[0], USER)
+        monkeypatch.setenv(CREDS[1], PASSWORD)
+        client = mlflow.MlflowClient(tracking_uri=url)
+        run = client.create_run(client.create_experiment("auth-test")).info
+        client.log_metric(run.run_id, "acc", 0.9)
+        (tmp_path / "a.txt").write_text("authenticated")
+        client.log_artifact(run.run_id, str(tmp_path / "a.txt"))
+        client.set_terminated(run.run_id)
+        assert client.get_run(run.run_id).data.metrics == {"acc": 0.9}
+        assert [f.path for f in client.list_artifacts(run.run_id)] == ["a.txt"]
+    finally:
+        if proc.poll() is None:
+            assert_stopped(proc, state, log)
