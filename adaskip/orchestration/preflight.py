@@ -170,7 +170,7 @@ def run_preflight(tracking_uri: str, storage: Storage, data_path: Optional[str] 
                   timeout: float = 60.0) -> list[NodeReport]:
     """One check task on every alive node; returns their reports (a node that does not answer in ``timeout``
     seconds gets a problem of its own)."""
-    probe = uuid.uuid4().hex[:12]
+    probe, existed = uuid.uuid4().hex[:12], storage.exists()
     storage.write_bytes(f"{PROBE_DIR}/{probe}", b"adaskip preflight")
     expect = Expect(code_versions(), tracking_uri, storage, probe, data_path, ray.util.get_node_ip_address())
     task = ray.remote(num_cpus=0, max_retries=0)(_check_node)
@@ -192,7 +192,7 @@ def run_preflight(tracking_uri: str, storage: Storage, data_path: Optional[str] 
                                       [f"did not answer in {timeout:.0f} s: is the node busy or cut off?"]))
             ray.cancel(ref, force=True)
     finally:
-        storage.remove(f"{PROBE_DIR}/{probe}")
+        storage.remove(f"{PROBE_DIR}/{probe}" if existed else "")  # a storage made for the probe goes with it
     return sorted(reports, key=lambda r: r.ip)
 
 
