@@ -67,8 +67,8 @@ def evaluate_parallel(model_file: dict[str, Any], params: Params, done: Optional
     pending = {task.remote(ref, config, p): p for p in subtrees if p not in kept}
     with tqdm(total=len(subtrees), initial=len(finished), desc="evaluation grid", unit="subtree") as bar:
         while pending:
-            [done], _ = ray.wait(list(pending))
-            part, prefix = ray.get(done), pending.pop(done)
+            [ready], _ = ray.wait(list(pending))
+            part, prefix = ray.get(ready), pending.pop(ready)
             if done:
                 done.write_csv(saved[prefix], part)
             finished.append(part)
