@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import AdaskipError
+from .stage import exit_now
 
 
 def doctor(args: argparse.Namespace) -> int:
@@ -52,6 +53,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except AdaskipError as e:
         print(f"error: {e}", file=sys.stderr)
         code = 2
-    from .stage import _exit_now
-
-    _exit_now(code)
+    exit_now(code)

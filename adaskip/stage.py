@@ -84,11 +84,11 @@ def main(description: str, run: Callable[[Params, argparse.Namespace], None],
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: outputs of this stage were not written; re-run to resume", file=sys.stderr)
-        _exit_now(130)
-    _exit_now(0)
+        exit_now(130)
+    exit_now(0)
 
 
-def _exit_now(code: int) -> None:
+def exit_now(code: int) -> None:
     """Stop the Ray cluster this stage joined or started, then exit without Python's finalisation, which with
     Ray's threads still alive took a minute or more on 2 cores (outputs are written and fsynced and MLflow runs
     ended by now). Stages that never started Ray exit normally."""

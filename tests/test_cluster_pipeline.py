@@ -180,3 +180,29 @@ def test_a_dead_worker_host_during_training_resumes_on_the_other(cluster):
         assert len(run["tags"]["adaskip.train_nodes"].split(",")) == 2  # trained on both, then on host1 alone
     finally:
         th.start_host2()
+
+
+def test_study_variants_run_at_once(cluster):
+    """A 3-variant x 2-seed study: with cells run ahead across variants (the default) against one variant stage
+    after another (`--alone`, each stage its own variant's seeds only, as DVC alone would run them)."""
+    th, env = cluster
+    variants = {"adn": {}, "individual_full": {"baseline": "super"}, "individual_base": {"baseline": "base"}}
+    times, each = {}, []
+    for mode in ("alone", "ahead"):  # each its own study name: its own cache and MLflow parent
+        study = {**STUDY, "name": f"conc-{mode}", "variants": variants}
+        path = f"studies/{mode}/study.yaml"
+        for project in (th.project, th.host2_project):
+            (project / path).parent.mkdir(parents=True, exist_ok=True)
+            (project / path).write_text(yaml.safe_dump(study))
+        start = time.time()
+        for v in variants:  # what DVC's matrix runs, one stage after another
+            cmd = ["python", "pipelines/study.py", "--study", path, "--variant", v] + (["--alone"] if mode == "alone" else [])
+            t = time.time()
+            r = th.host1_run(cmd, env=env, timeout=1800)
+            assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+            each.append(time.time() - t)
+        times[mode] = time.time() - start
+    print(f"3-variant x 2-seed study on two hosts: variant stages one after another {times['alone']:.0f} s "
+          f"(the slowest variant {max(each[:3]):.0f} s); cells of every variant at once {times['ahead']:.0f} s "
+          f"(stages {', '.join(f'{t:.0f}' for t in each[3:])} s)")
+    assert times["ahead"] < times["alone"]
