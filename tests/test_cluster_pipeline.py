@@ -102,6 +102,8 @@ def test_doctor_passes_with_the_guide_settings(cluster):
     print(r.stdout)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     assert "2 node(s) of the cluster at RAY_ADDRESS" in r.stdout and r.stdout.count(": ok") == 2
+    r = th.host1_run(["adaskip", "doctor"], env={**env, "MLFLOW_TRACKING_PASSWORD": "wrong-password-123"}, timeout=300)
+    assert r.returncode == 1 and r.stdout.count("refused this client's credentials") == 2, r.stdout + r.stderr[-2000:]
 
 
 def test_clients_without_credentials_or_token_are_refused(cluster):

@@ -114,7 +114,7 @@ def _check_node(expect: Expect) -> NodeReport:
 
 
 def _tracking_problems(expect: Expect, ip: str) -> list[str]:
-    from ..tracking import TrackingError, check_reachable
+    from ..tracking import TrackingError, check_access
 
     uri = expect.tracking_uri
     if uri.startswith(LOCAL_TRACKING) and ip != expect.driver_ip:
@@ -122,7 +122,7 @@ def _tracking_problems(expect: Expect, ip: str) -> list[str]:
                 "tracking server (python -m adaskip.tracking.server, see README 'Scaling out') and set "
                 "MLFLOW_TRACKING_URI=http://<server>:<port>"]
     try:
-        check_reachable(uri)
+        check_access(uri)
     except TrackingError as e:
         return [str(e)]
     return []

@@ -39,6 +39,25 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                                 "MLFLOW_TRACKING_URI / mlflow.tracking_uri to use the local store") from None
 
 
+def check_access(uri: str) -> None:
+    """``check_reachable``, then one authenticated read: a server with basic auth refuses a client whose
+    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` are missing or wrong."""
+    check_reachable(uri)
+    if not uri.startswith(("http://", "https://")):
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except MlflowException as e:
+        if e.get_http_status_code() in (401, 403) or " 401" in str(e) or " 403" in str(e):
+            raise TrackingError(f"MLflow tracking server {uri} refused this client's credentials: set "
+                                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (the driver passes its own "
+                                "on to the cluster's workers)") from None
+        raise TrackingError(f"MLflow tracking server {uri} failed a read: {str(e)[:200]}") from None
+
+
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"train": {"alpha": 0.5}}`` -> ``{"train.alpha": 0.5}``."""
     out: dict[str, Any] = {}
