@@ -166,23 +166,74 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     return out.fillna({f"{m}_std": 0.0 for m in METRICS})  # one seed: no spread, not NaN
 
 
+COMPARE_COLUMNS = ["skip", "macs", "baseline", "seeds", "test_images", "adn_acc1_mean", "adn_acc1_std",
+                   "baseline_acc1_mean", "baseline_acc1_std", "delta_acc1_mean", "delta_acc1_std", "ci_low", "ci_high",
+                   "detectable"]
+CONFIDENCE, POWER = 0.95, 0.80
+
+
 def compare(rows: pd.DataFrame, reference: str) -> pd.DataFrame:
     """Per configuration that an individual baseline was trained for: the reference adaptive-depth network
     against that baseline, paired by seed. ``delta_*`` is reference minus baseline in percentage points
-    (the paper's "+x %p"), mean and std over the seeds both have."""
+    (the paper's "+x %p"; positive: the reference is better), mean and std over the seeds both have;
+    ``ci_low``/``ci_high`` its 95 % confidence interval and ``detectable`` the smallest difference the study
+    could detect (see :func:`paired_stats`); ``test_images`` the test-set size per seed (column ``n`` of the
+    rows; NaN when the rows lack it)."""
     ref = rows[rows.variant == reference]
     base = rows[rows.baseline.notna()] if "baseline" in rows else rows.iloc[0:0]
     pairs = ref.merge(base, on=["skip", "seed"], suffixes=("", "_baseline"))
     if pairs.empty:
-        return pd.DataFrame(columns=["skip", "macs", "baseline", "seeds", "adn_acc1_mean", "adn_acc1_std",
-                                     "baseline_acc1_mean", "baseline_acc1_std", "delta_acc1_mean", "delta_acc1_std"])
+        return pd.DataFrame(columns=COMPARE_COLUMNS)
     pairs["delta"] = pairs.acc1 - pairs.acc1_baseline
+    pairs["test_images"] = pairs[["n", "n_baseline"]].min(axis=1) if "n" in pairs else float("nan")
     g = pairs.groupby(["skip", "variant_baseline"], sort=False)
-    out = g.agg(macs=("macs", "first"), seeds=("seed", "nunique"), adn_acc1_mean=("acc1", "mean"),
-                adn_acc1_std=("acc1", "std"), baseline_acc1_mean=("acc1_baseline", "mean"),
-                baseline_acc1_std=("acc1_baseline", "std"), delta_acc1_mean=("delta", "mean"),
-                delta_acc1_std=("delta", "std")).reset_index().rename(columns={"variant_baseline": "baseline"})
-    return out.fillna(0.0).sort_values(["macs", "baseline"], ascending=[False, True], ignore_index=True)
+    out = g.agg(macs=("macs", "first"), seeds=("seed", "nunique"), test_images=("test_images", "min"),
+                adn_acc1_mean=("acc1", "mean"), adn_acc1_std=("acc1", "std"),
+                baseline_acc1_mean=("acc1_baseline", "mean"), baseline_acc1_std=("acc1_baseline", "std"),
+                delta_acc1_mean=("delta", "mean"), delta_acc1_std=("delta", "std")).reset_index()
+    out = out.rename(columns={"variant_baseline": "baseline"})
+    stats = {key: paired_stats(p.delta.tolist(), p.test_images.min(), (p.acc1.mean() + p.acc1_baseline.mean()) / 2)
+             for key, p in g}
+    out[["ci_low", "ci_high", "detectable"]] = [stats[(r.skip, r.baseline)] for r in out.itertuples(index=False)]
+    out = out.fillna({c: 0.0 for c in ("adn_acc1_std", "baseline_acc1_std", "delta_acc1_std")})  # one seed: no spread
+    return out[COMPARE_COLUMNS].sort_values(["macs", "baseline"], ascending=[False, True], ignore_index=True)
+
+
+def paired_stats(deltas: list[float], test_images: float = float("nan"),
+                 accuracy: float = float("nan")) -> tuple[float, float, float]:
+    """(ci_low, ci_high, detectable) of paired per-seed differences ``deltas`` (in %p), as a study of
+    ``k = len(deltas)`` seeds on ``test_images`` test images, with accuracies near ``accuracy`` (%), can state them.
+
+    - Confidence interval: Student's t over the seeds, ``mean +- t(0.975, k-1) * sd / sqrt(k)`` (``sd`` the
+      sample standard deviation of the deltas). Undefined (NaN) with one seed.
+    - Detectable difference: the larger of two terms, both for a two-sided test at the 5 % level with 80 % power.
+      (a) Seeds: ``(t(0.975, k-1) + t(0.80, k-1)) * sd / sqrt(k)``, the usual power approximation of a paired
+      t-test: the smallest true mean difference that such a study finds with 80 % probability given the observed
+      seed-to-seed spread. NaN with one seed (no spread).
+      (b) Test set: ``(z(0.975) + z(0.80)) * sqrt(2 p (1 - p) / n) * 100`` with ``p = accuracy / 100`` and
+      ``n = test_images``: the same for two accuracies estimated on ``n`` images each (binomial sampling). Every
+      seed is tested on the same images, so this floor does not shrink with more seeds; treating the two
+      networks' errors as independent overstates it slightly (they err on correlated images), erring towards
+      "inconclusive". Left out when ``test_images`` is unknown.
+    The confidence interval covers seed-to-seed variation only; (b) says how large a difference has to be before
+    the test set itself can resolve it.
+    """
+    from scipy import stats
+
+    d = pd.Series(deltas, dtype=float)
+    k = len(d)
+    floor = float("nan")
+    if test_images == test_images and accuracy == accuracy and test_images > 0:  # both known (not NaN)
+        p = min(max(accuracy / 100, 0.0), 1.0)
+        floor = (stats.norm.ppf(0.5 + CONFIDENCE / 2) + stats.norm.ppf(POWER)) * (2 * p * (1 - p) / test_images) ** 0.5 * 100
+    if k < 2:
+        return float("nan"), float("nan"), floor
+    se = float(d.std()) / k ** 0.5
+    t_conf = stats.t.ppf(0.5 + CONFIDENCE / 2, k - 1)
+    half = t_conf * se
+    seeds_term = (t_conf + stats.t.ppf(POWER, k - 1)) * se
+    detectable = seeds_term if floor != floor else max(seeds_term, floor)
+    return float(d.mean() - half), float(d.mean() + half), float(detectable)
 
 
 def summary(agg: pd.DataFrame, rows: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -203,19 +254,29 @@ def summary(agg: pd.DataFrame, rows: pd.DataFrame) -> dict[str, dict[str, float]
 
 
 def markdown(comparison: pd.DataFrame, agg: pd.DataFrame, spec: StudySpec) -> str:
-    """The comparison table, stating what the numbers show without deciding the claim for them."""
+    """The comparison table: each difference with its 95 % confidence interval and the smallest difference the
+    study could detect; "better"/"worse" only where the interval excludes zero, "inconclusive" otherwise."""
     lines = [f"# Study `{spec.name}`: {len(spec.variants)} variants x {len(spec.seeds)} seeds", ""]
     if comparison.empty:
         lines.append("No individual baseline shares a configuration with the reference variant: nothing to compare.")
     else:
+        sizes = sorted({int(n) for n in comparison.test_images.dropna()})
+        size = (f"{' / '.join(map(str, sizes))} images per seed, the same images for every seed" if sizes
+                else "size not recorded in the results")
         lines += [f"`{spec.reference}` (one adaptive-depth network) against individually trained networks of the same "
-                  "depth, test top-1 %, mean +- std over seeds; delta in percentage points (paired by seed).", "",
-                  "| config | MACs | baseline | " + spec.reference + " | individual | delta (%p) | verdict |",
-                  "|---|---|---|---|---|---|---|"]
+                  "depth, test top-1 %, mean +- std over seeds. delta: "
+                  f"`{spec.reference}` minus individual in percentage points, paired by seed, mean [95 % t-interval "
+                  "over seeds]; detectable: the smallest delta this study finds with 80 % power (the larger of the "
+                  f"seed-to-seed and the test-set limit; `adaskip.study.paired_stats`). Test set: {size}.", "",
+                  "| config | MACs | baseline | " + spec.reference + " | individual | delta (%p) [95 % CI] | detectable (%p) "
+                  f"| verdict for {spec.reference} |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in comparison.itertuples(index=False):
+            ci = f" [{r.ci_low:+.2f}, {r.ci_high:+.2f}]" if r.seeds >= 2 else ""
+            det = f"{r.detectable:.1f}" if r.detectable == r.detectable else "n/a"
             lines.append(f"| {r.skip} | {r.macs / 1e6:.2f} M | {r.baseline} | {r.adn_acc1_mean:.2f} +- {r.adn_acc1_std:.2f} | "
-                         f"{r.baseline_acc1_mean:.2f} +- {r.baseline_acc1_std:.2f} | {r.delta_acc1_mean:+.2f} +- "
-                         f"{r.delta_acc1_std:.2f} | {_verdict(r.delta_acc1_mean, r.delta_acc1_std, r.seeds)} |")
+                         f"{r.baseline_acc1_mean:.2f} +- {r.baseline_acc1_std:.2f} | {r.delta_acc1_mean:+.2f}{ci} | {det} | "
+                         f"{verdict(r.ci_low, r.ci_high, r.detectable, r.seeds)} |")
     lines += ["", "## Every variant (test top-1 %, mean +- std over seeds)", "",
               "| variant | config | MACs | top-1 | seeds |", "|---|---|---|---|---|"]
     for r in agg.itertuples(index=False):
@@ -223,13 +284,16 @@ def markdown(comparison: pd.DataFrame, agg: pd.DataFrame, spec: StudySpec) -> st
     return "\n".join(lines) + "\n"
 
 
-def _verdict(mean: float, std: float, n: int) -> str:
-    """Within one standard deviation of zero (or a single seed) is not called either way."""
-    if n < 2:
-        return "one seed: no spread to judge"
-    if abs(mean) <= std:
-        return "within noise"
-    return "adaptive-depth better" if mean > 0 else "individual better"
+def verdict(ci_low: float, ci_high: float, detectable: float, seeds: int) -> str:
+    """"better" / "worse" (the reference against the baseline) only when the 95 % interval excludes zero;
+    otherwise "inconclusive", with the smallest difference the study could have detected."""
+    if seeds < 2:
+        return "inconclusive (one seed: no confidence interval)"
+    if ci_low > 0:
+        return "better"
+    if ci_high < 0:
+        return "worse"
+    return f"inconclusive (detectable: {detectable:.1f} %p)"
 
 
 def tradeoff_plot(agg: pd.DataFrame, path: str | Path, title: str) -> None:

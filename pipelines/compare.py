@@ -1,5 +1,6 @@
 """Study stage `compare`: mean +- std over seeds per variant and configuration, the adaptive-depth network
-against individually trained baselines (paired by seed), every variant's trade-off curve on one plot."""
+against individually trained baselines (paired by seed: mean difference, 95 % confidence interval, smallest
+detectable difference, "inconclusive" unless the interval excludes zero), every variant's trade-off curve on one plot."""
 from pathlib import Path
 
 import pandas as pd

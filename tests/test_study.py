@@ -47,15 +47,57 @@ def test_compare_joins_per_configuration_paired_by_seed():
     assert ff.baseline == "ind_full" and ff.seeds == 2
     assert ff.delta_acc1_mean == pytest.approx(((90 - 91) + (92 - 89)) / 2)
     assert ff.delta_acc1_std == pytest.approx(pd.Series([-1.0, 3.0]).std())
+    assert ff.ci_low == pytest.approx(1 - 12.7062 * 2, abs=1e-3) and ff.ci_high == pytest.approx(1 + 12.7062 * 2, abs=1e-3)
     tt = cmp.loc["TT"]  # the baseline has seeds 0 and 2, ADN 0 and 1: only seed 0 pairs
     assert tt.seeds == 1 and tt.delta_acc1_mean == pytest.approx(84 - 80) and tt.delta_acc1_std == 0.0
+    assert tt.ci_low != tt.ci_low and tt.detectable != tt.detectable  # one seed, no `n`: undefined (NaN)
 
 
 def test_markdown_does_not_decide_the_claim():
     spec = study.StudySpec(name="s", seeds=[0, 1], variants={"adn": {}, "ind_full": {"baseline": "super"}})
     text = study.markdown(study.compare(_rows(), "adn"), study.aggregate(_rows()), spec)
-    assert "| FF |" in text and "+1.00 +- 2.83 | within noise |" in text
-    assert "one seed: no spread to judge" in text  # TT pairs on one seed only
+    # FF: deltas -1, +3 over 2 seeds: mean 1, t(0.975, 1) = 12.706, sd/sqrt(2) = 2: CI 1 +- 25.41
+    assert "| FF |" in text and "| +1.00 [-24.41, +26.41] |" in text and "| inconclusive (detectable:" in text
+    assert "inconclusive (one seed: no confidence interval)" in text  # TT pairs on one seed only
+    assert "size not recorded" in text  # these rows have no `n` column
+    assert "better" not in text and "worse" not in text
+
+
+def _paired(deltas, n=10000, acc=90.0):
+    """Rows of a reference and a baseline at one configuration whose per-seed differences are ``deltas``."""
+    r = []
+    for seed, d in enumerate(deltas):
+        r += [{"variant": "adn", "seed": seed, "skip": "FF", "macs": 40, "acc1": acc + d / 2, "acc5": 99.0, "n": n, "baseline": None},
+              {"variant": "ind", "seed": seed, "skip": "FF", "macs": 40, "acc1": acc - d / 2, "acc5": 99.0, "n": n, "baseline": "FF"}]
+    return pd.DataFrame(r)
+
+
+def test_a_clear_difference_is_called_and_a_noisy_one_is_not():
+    spec = study.StudySpec(name="s", seeds=[0, 1, 2, 3, 4], variants={"adn": {}, "ind": {"baseline": "super"}})
+    clear = study.compare(_paired([3.0, 3.2, 2.8, 3.1, 2.9]), "adn")
+    assert clear.loc[0, "ci_low"] > 0 and clear.loc[0, "test_images"] == 10000
+    text = study.markdown(clear, study.aggregate(_paired([3.0] * 5)), spec)
+    assert "| better |" in text and "Test set: 10000 images per seed" in text
+    worse = study.compare(_paired([-3.0, -3.2, -2.8, -3.1, -2.9]), "adn")
+    assert study.verdict(worse.loc[0, "ci_low"], worse.loc[0, "ci_high"], worse.loc[0, "detectable"], 5) == "worse"
+    noisy = study.compare(_paired([-4.0, 5.0, -3.0, 6.0, 1.0]), "adn").iloc[0]
+    assert noisy.ci_low < 0 < noisy.ci_high
+    call = study.verdict(noisy.ci_low, noisy.ci_high, noisy.detectable, noisy.seeds)
+    assert call == f"inconclusive (detectable: {noisy.detectable:.1f} %p)" and noisy.detectable > abs(noisy.delta_acc1_mean)
+    assert f"| {call} |" in study.markdown(study.compare(_paired([-4.0, 5.0, -3.0, 6.0, 1.0]), "adn"),
+                                           study.aggregate(_paired([1.0])), spec)
+
+
+def test_confidence_interval_and_detectable_difference_by_hand():
+    # deltas 1, 2, 3: mean 2, sd 1, k 3; t(0.975, 2) = 4.302653, t(0.80, 2) = 1.060660
+    lo, hi, det = study.paired_stats([1.0, 2.0, 3.0])
+    assert (lo, hi) == (pytest.approx(2 - 4.302653 / 3 ** 0.5, abs=1e-5), pytest.approx(2 + 4.302653 / 3 ** 0.5, abs=1e-5))
+    assert det == pytest.approx((4.302653 + 1.060660) / 3 ** 0.5, abs=1e-5)  # 3.0965 %p: seed spread dominates
+    # 100 test images at 90 %: (1.959964 + 0.841621) * sqrt(2 * 0.9 * 0.1 / 100) * 100 = 11.886 %p > 3.10
+    assert study.paired_stats([1.0, 2.0, 3.0], 100, 90.0)[2] == pytest.approx(2.801585 * 0.0018 ** 0.5 * 100, abs=1e-4)
+    assert study.paired_stats([1.0, 2.0, 3.0], 100, 90.0)[2] == pytest.approx(11.8860, abs=1e-3)
+    lo, hi, det = study.paired_stats([2.5], 100, 90.0)  # one seed: no interval, only the test-set floor
+    assert lo != lo and hi != hi and det == pytest.approx(11.8860, abs=1e-3)
 
 
 def test_summary_per_variant():
@@ -220,6 +262,32 @@ def test_shipped_study_is_valid(tiny_params):
     assert len(spec.seeds) >= 3
     assert spec.variants["kd_individual_base"].teacher == "super"
     assert len(study.cells(spec, Params.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text())))) == 18
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def test_shipped_study_variants_differ_from_the_reference_only_where_they_say():
+    """Same recipe for every variant: a cell's effective params (label smoothing, epochs, optimizer, ... included)
+    differ from the reference's at the same seed only in the keys the variant's overrides name; the baselines
+    (with or without a teacher) override nothing, so their params are the reference's."""
+    spec = study.load_study(ROOT / "studies" / "ablation" / "study.yaml")
+    base = Params.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    every = study.cells(spec, base)
+    ref = {c.seed: _flat(c.params.model_dump(mode="json")) for c in every if c.variant == spec.reference}
+    assert "train.label_smoothing" in ref[spec.seeds[0]]
+    for cell in every:
+        named = set(_flat(spec.variants[cell.variant].overrides))
+        mine = _flat(cell.params.model_dump(mode="json"))
+        differ = {k for k in mine.keys() | ref[cell.seed].keys() if mine.get(k) != ref[cell.seed].get(k)}
+        assert all(any(k == n or k.startswith(n + ".") for n in named) for k in differ), (cell.key, differ - named)
+        if spec.variants[cell.variant].baseline is not None:
+            assert not named and not differ, cell.key
+        assert cell.params.train.seed == cell.seed and cell.params.train.epochs == spec.epochs
 
 
 def test_shipped_study_pipeline_has_a_stage_per_variant():

@@ -353,6 +353,48 @@ def test_plain_step_on_timm_model():
     assert last["loss"] < first["loss"]
 
 
+def test_plain_step_uses_the_recipes_label_smoothing():
+    """An individually trained baseline gets train.label_smoothing as the super-net's CE does in distill_step:
+    its loss and its update are those of CE with that smoothing, not of plain CE."""
+    x, y = batch()
+    model, ref = tiny_vit(), tiny_vit()
+    out = plain_step(model, x, y, torch.optim.SGD(model.parameters(), lr=0.5), skip="TT", label_smoothing=0.1)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.5)
+    logits = ref(x, skip="TT")
+    expected = ref_ce(logits, y, 0.1)
+    assert out["loss"] == pytest.approx(expected.item(), rel=1e-5)
+    assert out["loss"] != pytest.approx(ref_ce(logits, y).item(), rel=1e-3)
+    expected.backward()
+    opt.step()
+    assert_params_close(params(model), params(ref), atol=2e-6)
+    unsmoothed = tiny_vit()  # the default is no smoothing
+    out = plain_step(unsmoothed, x, y, torch.optim.SGD(unsmoothed.parameters(), lr=0.5), skip="TT")
+    assert out["loss"] == pytest.approx(ref_ce(logits, y).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("teacher", [False, True])
+def test_fit_gives_baselines_the_recipes_label_smoothing(tiny_params, monkeypatch, teacher):
+    """fit's individually trained paths (CE and KD baseline) receive train.label_smoothing (stops at the first step)."""
+    from adaskip.training import loop
+
+    class Seen(Exception):
+        pass
+
+    def record(name):
+        def step(*args, **kwargs):
+            cfg = kwargs.get("cfg") or next((a for a in args if isinstance(a, DistillConfig)), None)
+            raise Seen(name, cfg.label_smoothing if cfg is not None else kwargs.get("label_smoothing", 0.0))
+        return step
+
+    monkeypatch.setattr(loop, "plain_step", record("plain"))
+    monkeypatch.setattr(loop, "kd_step", record("kd"))
+    p = tiny_params.model_copy(update={"train": tiny_params.train.model_copy(update={"label_smoothing": 0.1})})
+    with pytest.raises(Seen) as seen:
+        loop.fit(p, loop.WorkerEnv(), epochs=1, distill=False, fixed_skip="TTTT",
+                 teacher=(lambda images: torch.zeros(len(images), 10)) if teacher else None)
+    assert seen.value.args == ("kd" if teacher else "plain", 0.1)
+
+
 # ----------------------------------------------------------------------------- DDP (gloo, 2 processes)
 DDP_STEPS = 3
 DDP_CONFIGS = {"default": DistillConfig(temperature=2.0, top_k=3),

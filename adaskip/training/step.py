@@ -82,13 +82,14 @@ def distill_step(model: nn.Module, images: Tensor, targets: Tensor, optimizer: t
 
 def plain_step(model: nn.Module, images: Tensor, targets: Tensor, optimizer: torch.optim.Optimizer,
                precision: Precision = Precision(), scaler: Optional[torch.amp.GradScaler] = None,
-               skip=None) -> dict[str, float]:
+               skip=None, label_smoothing: float = 0.0) -> dict[str, float]:
     """One ordinary CE step (an individually trained baseline, or a plain timm model when ``skip`` is None
-    and the model takes no skip argument)."""
+    and the model takes no skip argument). ``label_smoothing`` is train.label_smoothing, applied as in the
+    super-net's CE of :func:`distill_step`: a baseline gets the same recipe as the adaptive-depth network."""
     optimizer.zero_grad(set_to_none=True)
     with precision.autocast(images.device):
         logits = model(images) if skip is None else model(images, skip=skip)
-    loss = cross_entropy(logits, targets)
+    loss = cross_entropy(logits, targets, label_smoothing)
     _backward(loss, scaler)
     _optimizer_step(optimizer, scaler)
     return {"loss": float(loss.detach()), "correct": _correct(logits, targets)}
@@ -99,7 +100,8 @@ def kd_step(model: nn.Module, teacher: Callable[[Tensor], Tensor], images: Tenso
             precision: Precision = Precision(),
             scaler: Optional[torch.amp.GradScaler] = None) -> dict[str, float]:
     """One step of sub-network ``skip`` trained alone with knowledge distillation from a separately trained
-    ``teacher`` (a KD baseline): the objective the base-net gets from the super-net in self-distillation."""
+    ``teacher`` (a KD baseline): the objective the base-net gets from the super-net in self-distillation, its CE
+    term with ``cfg.label_smoothing`` as there."""
     optimizer.zero_grad(set_to_none=True)
     with torch.no_grad(), precision.autocast(images.device):
         teacher_logits = teacher(images)
