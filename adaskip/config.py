@@ -27,6 +27,20 @@ class ModelParams(_Section):
     skip_aware_norm: bool = True
     num_stages: int = Field(4, ge=1)
     kwargs: dict[str, Any] = {}
+    pretrained: Optional[str] = Field(None, description="plain timm weights to start training from: null (scratch), a "
+                                      "local .pth/.pt/.bin/.safetensors file, or a timm hub name / hf-hub: id (needs a "
+                                      "network); both norm sets start from them, a head of another class count is "
+                                      "re-initialised; a resumed run keeps its checkpoint")
+
+    @field_validator("pretrained")
+    @classmethod
+    def _absolute(cls, v: Optional[str]) -> Optional[str]:
+        """A local file becomes an absolute path (Ray workers run with another cwd); a hub name stays as is."""
+        if not v:
+            return None
+        # as adaskip.models.pretrained.is_local, without importing timm here
+        local = v.lower().endswith((".pth", ".pt", ".bin", ".safetensors")) or Path(v).expanduser().is_file()
+        return str(Path(v).expanduser().resolve()) if local else v
 
 
 class TrainParams(_Section):
@@ -126,6 +140,13 @@ class Params(_Section):
         except (ValueError, TypeError) as e:
             key = "model.split" if str(e).startswith("split") else "model.kwargs" if isinstance(e, TypeError) else "model.name"
             raise ValueError(f"{key}: {e}") from None
+        if self.model.pretrained:  # only that the file exists (or the hub name is one): weights load in training
+            from .models.pretrained import PretrainedError, check_source
+
+            try:
+                check_source(self.model.pretrained)
+            except PretrainedError as e:
+                raise ValueError(str(e)) from None
         for split in self.tune.splits or []:
             try:
                 create_model(self.model.name, num_classes=2, split=split, num_stages=self.model.num_stages, **self.model.kwargs)

@@ -21,7 +21,7 @@ from ..data import load_splits, make_loader
 from ..data.loader import resolve_workers
 from ..errors import AdaskipError
 from ..evaluation import evaluate_grid, tradeoff_auc
-from ..models import AdaptiveDepthNet, SkipConfig, count_macs
+from ..models import AdaptiveDepthNet, SkipConfig, count_macs, load_pretrained
 from ..models.diagnostics import ratio_summary, residual_ratios
 from .checkpoint import build_from_spec, load_state, model_spec
 from .loss import DistillConfig
@@ -127,6 +127,8 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: b
             scheduler.load_state_dict(env.resume_state["scheduler"])
         start = int(env.resume_state["epoch"]) + 1
         log.info("resuming from epoch %d", start)
+    elif m.pretrained:  # a fresh start only: a resumed run's checkpoint wins; every rank loads the same file
+        load_pretrained(net, m.pretrained, log, **m.kwargs)
     model = env.wrap(net)
     bs = max(1, params.train.batch_size // env.world_size)
     shard = (env.rank, env.world_size) if env.world_size > 1 else None
@@ -155,7 +157,8 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: b
             elif teacher is not None:
                 out = kd_step(model, teacher, images, targets, optimizer, cfg, fixed_skip, precision, scaler)
             else:
-                out = plain_step(model, images, targets, optimizer, precision, scaler, skip=fixed_skip)
+                out = plain_step(model, images, targets, optimizer, precision, scaler, skip=fixed_skip,
+                                 label_smoothing=cfg.label_smoothing)
             loss = out["total"] if distill else out["loss"]
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"loss is {loss} at epoch {epoch + 1}: lower train.lr or check train.alpha")
