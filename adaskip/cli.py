@@ -21,11 +21,11 @@ def doctor(args: argparse.Namespace) -> int:
     uri, store = resolve_uri(params.mlflow.tracking_uri, Path.cwd()), storage(params)
     from .orchestration import init_ray
     from .orchestration.cluster import joins_cluster
-    from .orchestration.preflight import run_preflight
+    from .orchestration.preflight import required_paths, run_preflight
 
     start = time.monotonic()
     init_ray()
-    reports = run_preflight(uri, store, params.data.path, timeout=args.timeout)
+    reports = run_preflight(uri, store, required_paths(params), timeout=args.timeout)
     where = "the cluster at RAY_ADDRESS" if joins_cluster() else "this machine (no RAY_ADDRESS: a local Ray)"
     print(f"adaskip doctor: {len(reports)} node(s) of {where}; tracking {uri}; storage {store}")
     for r in reports:

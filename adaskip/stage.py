@@ -56,9 +56,9 @@ def start_ray(params: Params, tracking_uri: str) -> None:
 
     init_ray()
     if joins_cluster():
-        from .orchestration.preflight import require_ready
+        from .orchestration.preflight import require_ready, required_paths
 
-        reports = require_ready(tracking_uri, storage(params), params.data.path)
+        reports = require_ready(tracking_uri, storage(params), required_paths(params))
         log.info("preflight: %d node(s) ready (%s)", len(reports), ", ".join(r.ip for r in reports))
 
 

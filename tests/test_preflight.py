@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_a_ready_node_passes(ray_cluster, mlflow_uri, tmp_path):
     from adaskip.orchestration.preflight import require_ready
 
-    reports = require_ready(mlflow_uri, Storage(str(tmp_path / "store")), str(tmp_path))
+    reports = require_ready(mlflow_uri, Storage(str(tmp_path / "store")), {"data.path": str(tmp_path)})
     assert len(reports) == 1 and reports[0].problems == [] and reports[0].line().endswith(": ok")
     assert not list((tmp_path / "store").rglob("*-*")), "the probe files are removed"
 
@@ -28,7 +28,7 @@ def test_each_problem_is_named_with_its_fix(ray_cluster, tmp_path):
     store = Storage(str(tmp_path / "store"))
     with pytest.raises(PreflightError) as err:
         # nothing listens on port 9 of loopback; the data folder does not exist
-        require_ready("http://127.0.0.1:9", store, str(tmp_path / "no-such-data"))
+        require_ready("http://127.0.0.1:9", store, {"data.path": str(tmp_path / "no-such-data")})
     text = str(err.value)
     assert text.startswith("preflight: 1 of 1 node(s) cannot run this pipeline")
     assert len(text.splitlines()) == 2  # one line per failing node
@@ -41,7 +41,7 @@ def test_storage_not_shared_and_local_tracking_on_another_host(ray_cluster, tmp_
     SQLite store that lives on the driver's host."""
     from adaskip.orchestration.preflight import Expect, _storage_problems, _tracking_problems
 
-    expect = Expect({}, f"sqlite:///{tmp_path}/mlflow.db", Storage(str(tmp_path)), "never-written", None, "10.0.0.1")
+    expect = Expect({}, f"sqlite:///{tmp_path}/mlflow.db", Storage(str(tmp_path)), "never-written", {}, "10.0.0.1")
     [storage] = _storage_problems(expect, "10.0.0.2")
     assert "does not hold the file the driver just wrote" in storage and "cluster.storage" in storage
     [tracking] = _tracking_problems(expect, "10.0.0.2")

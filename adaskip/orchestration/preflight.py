@@ -1,7 +1,7 @@
 """Preflight of a Ray cluster: one task on every alive node checks, in seconds, what a multi-hour run needs.
 
 Same adaskip code (source digest and git commit) and torch/timm/ray/mlflow versions as the driver, the tracking
-server answering, the storage writable and shared (a file the driver wrote is visible), ``data.path`` readable,
+server answering, the storage writable and shared (a file the driver wrote is visible), ``data.path`` and a local ``model.pretrained`` readable,
 and a network interface for torch.distributed that the other nodes can reach. ``adaskip doctor`` prints the
 report; every stage that joins a cluster (``RAY_ADDRESS``) runs it first and stops on a problem.
 """
@@ -21,6 +21,7 @@ from typing import Optional
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from ..config import Params
 from ..errors import AdaskipError
 from .storage import Storage
 
@@ -41,7 +42,7 @@ class Expect:
     tracking_uri: str
     storage: Storage
     probe: str
-    data_path: Optional[str]
+    paths: dict[str, str]  # params key -> a file or folder every node must read (data.path, model.pretrained)
     driver_ip: str
 
 
@@ -145,10 +146,11 @@ def _storage_problems(expect: Expect, ip: str) -> list[str]:
 
 
 def _data_problems(expect: Expect) -> list[str]:
-    path = expect.data_path
-    if path and not (os.path.isdir(path) and os.access(path, os.R_OK | os.X_OK)) and not os.path.isfile(path):
-        return [f"data.path {path} is not readable here: mount the dataset at the same path on every node"]
-    return []
+    def readable(path: str) -> bool:
+        return os.access(path, os.R_OK | os.X_OK) if os.path.isdir(path) else os.access(path, os.R_OK)
+
+    return [f"{key} {path} is not readable here: make it available at the same path on every node"
+            for key, path in expect.paths.items() if not readable(path)]
 
 
 def _network_problems(ip: str) -> list[str]:
@@ -166,13 +168,13 @@ def _network_problems(ip: str) -> list[str]:
     return []
 
 
-def run_preflight(tracking_uri: str, storage: Storage, data_path: Optional[str] = None,
+def run_preflight(tracking_uri: str, storage: Storage, paths: Optional[dict[str, str]] = None,
                   timeout: float = 60.0) -> list[NodeReport]:
     """One check task on every alive node; returns their reports (a node that does not answer in ``timeout``
     seconds gets a problem of its own)."""
     probe, existed = uuid.uuid4().hex[:12], storage.exists()
     storage.write_bytes(f"{PROBE_DIR}/{probe}", b"adaskip preflight")
-    expect = Expect(code_versions(), tracking_uri, storage, probe, data_path, ray.util.get_node_ip_address())
+    expect = Expect(code_versions(), tracking_uri, storage, probe, dict(paths or {}), ray.util.get_node_ip_address())
     task = ray.remote(num_cpus=0, max_retries=0)(_check_node)
     nodes = [n for n in ray.nodes() if n["Alive"]]
     refs = {task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(expect): n
@@ -196,9 +198,17 @@ def run_preflight(tracking_uri: str, storage: Storage, data_path: Optional[str] 
     return sorted(reports, key=lambda r: r.ip)
 
 
-def require_ready(tracking_uri: str, storage: Storage, data_path: Optional[str] = None) -> list[NodeReport]:
+def required_paths(params: Params) -> dict[str, str]:
+    """The local files and folders a run of ``params`` reads on every node."""
+    pretrained = params.model.pretrained
+    paths = {"data.path": params.data.path,
+             "model.pretrained": pretrained if pretrained and os.path.exists(pretrained) else None}
+    return {k: v for k, v in paths.items() if v}
+
+
+def require_ready(tracking_uri: str, storage: Storage, paths: Optional[dict[str, str]] = None) -> list[NodeReport]:
     """``run_preflight``, raising one line per failing node."""
-    reports = run_preflight(tracking_uri, storage, data_path)
+    reports = run_preflight(tracking_uri, storage, paths)
     bad = [r for r in reports if r.problems]
     if bad:
         raise PreflightError(f"preflight: {len(bad)} of {len(reports)} node(s) cannot run this pipeline "
