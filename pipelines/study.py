@@ -26,19 +26,21 @@ def run(params, args) -> None:
     every = cells(spec, params)  # every variant's params validated before Ray starts
     outs = {v: cells_file(args.study, v) for v in names}
     remove_outputs(*outs.values())
-    from adaskip.orchestration.study import run_ahead, run_cells
+    from adaskip.orchestration.study import run_ahead, run_cells, unfinished
 
     ahead = [] if args.alone else run_ahead(every, {v: cells_file(args.study, v) for v in spec.variants if v not in names})
     todo = [c for c in every if c.variant in names] + ahead
     mlflow = tracker(params)
     tags = mlflow_tags(spec, params)
-    start_ray(params, mlflow.uri)
+    cache = storage(params).child(f"study-{spec.name}")
+    if unfinished(todo, cache):  # a stage whose cells an earlier stage ran ahead only collects them: no Ray
+        start_ray(params, mlflow.uri)
     with mlflow.run(f"study-{spec.name}", tags, run_id=mlflow.find_run(tags)) as parent:
         # what every cell shares (the parent's key); each cell logs its own full params
         mlflow.log_params(parent, {"study": spec.model_dump(mode="json", include={"name", "epochs"}),
                                    **params.model_dump(mode="json", include={"data", "model", "train", "evaluate"})})
         try:
-            rows = run_cells(todo, storage(params).child(f"study-{spec.name}"), mlflow, parent, spec.cpus_per_cell,
+            rows = run_cells(todo, cache, mlflow, parent, spec.cpus_per_cell,
                              optional={c.variant for c in ahead})
         finally:
             mlflow.end_leftovers(parent)

@@ -122,14 +122,24 @@ def _cell_task(cell: Cell, tracking: Optional[TrackingTarget], cache: Storage, o
     return out
 
 
+def cell_file(cell: Cell) -> str:
+    """The cell's rows in the study's cache, named by its params hash."""
+    return f"{cell.key}-{cell_hash(cell)}.csv"
+
+
+def unfinished(cells: list[Cell], cache: Storage) -> list[Cell]:
+    """The cells whose rows are not in the study's cache yet."""
+    return [c for c in cells if not cache.exists(cell_file(c))]
+
+
 def run_cells(cells: list[Cell], cache: Storage, tracker=None, parent_run_id: Optional[str] = None,
               cpus_per_cell: float = 1.0, optional: Collection[str] = ()) -> pd.DataFrame:
     """Run every cell not already in ``cache`` as a Ray task (one MLflow child run each, under
     ``parent_run_id``); returns the rows of the cells that finished. A failed cell fails the study after the
     others finish, unless its variant is ``optional`` (run ahead for a later stage, which reports it)."""
     task = ray.remote(num_cpus=cpus_per_cell, max_retries=1)(_cell_task)  # a dead worker's cell runs again
-    files = {c.key: f"{c.key}-{cell_hash(c)}.csv" for c in cells}
-    todo = [c for c in cells if not cache.exists(files[c.key])]
+    files = {c.key: cell_file(c) for c in cells}
+    todo = unfinished(cells, cache)
     if len(todo) < len(cells):
         log.info("%d of %d cells already done (kept from an interrupted run)", len(cells) - len(todo), len(cells))
     pending = {}
