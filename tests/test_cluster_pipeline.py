@@ -227,4 +227,4 @@ def test_study_variants_run_at_once(cluster):
     assert max(s for s, _ in ahead.values()) < min(e for _, e in ahead.values())  # all six cells ran together
     for before, after in (("adn", "individual_full"), ("individual_full", "individual_base")):
         assert max(alone[f"{before}-{s}"][1] for s in (0, 1)) <= min(alone[f"{after}-{s}"][0] for s in (0, 1))
-    assert each[4] < 15 and each[5] < 15  # later stages only collect their cells: no Ray, no preflight
+    assert max(each[4:]) < 0.5 * min(each[:3])  # later stages only collect their cells: no Ray, no preflight
