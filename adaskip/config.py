@@ -71,6 +71,7 @@ class TrainParams(_Section):
 
 
 class TuneParams(_Section):
+    enabled: bool = Field(True, description="false: no sweep; train uses params.yaml's alpha, temperature and split")
     num_samples: int = Field(4, ge=1)
     epochs: int = Field(3, ge=1)
     alpha: tuple[float, float] = (0.3, 0.8)
@@ -187,6 +188,13 @@ def parse_params(raw: Any, source: str = "params", check_model: bool = True) -> 
         return Params.model_validate(raw, context={"check_model": check_model})
     except ValidationError as e:
         raise ConfigError(_format(e, source)) from None
+
+
+def apply_tuned(params: Params, best: dict[str, Any], source: str = "results/best_config.json") -> Params:
+    """``params`` with the alpha, temperature and split that the tune stage chose (validated again)."""
+    raw = merge_params(params.model_dump(mode="json"), {"train": {"alpha": best["alpha"], "temperature": best["temperature"]},
+                                                         "model": {"split": best["split"]}})
+    return parse_params(raw, source, check_model=False)
 
 
 def load_params(path: str | os.PathLike = "params.yaml", check_model: bool = True) -> Params:

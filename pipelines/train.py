@@ -1,8 +1,15 @@
-"""DVC stage `train`: Ray Train distributed self-distillation; resumes an interrupted run of the same params."""
+"""DVC stage `train`: Ray Train distributed self-distillation of the configuration the tune stage chose
+(results/best_config.json: alpha, temperature, split) for train.epochs; resumes an interrupted run of the same
+params."""
+import json
+from pathlib import Path
+
+from adaskip.config import apply_tuned
+from adaskip.errors import AdaskipError
 from adaskip.files import write_json
 from adaskip.stage import main, params_hash, remove_outputs, start_ray, storage, tracker
 
-MODEL, METRICS = "models/model.pt", "results/train_metrics.json"
+MODEL, METRICS, BEST = "models/model.pt", "results/train_metrics.json", "results/best_config.json"
 
 
 def run(params, args) -> None:
@@ -10,6 +17,10 @@ def run(params, args) -> None:
     from adaskip.training import save_atomic
 
     remove_outputs(MODEL, METRICS)
+    if not Path(BEST).is_file():
+        raise AdaskipError(f"{BEST} is missing: run the tune stage first (dvc repro runs it; tune.enabled: false "
+                           "passes params.yaml's alpha, temperature and split on)")
+    params = apply_tuned(params, json.loads(Path(BEST).read_text()), BEST)
     mlflow = tracker(params)
     h = params_hash(params, "data", "model", "train")
     tags = {"adaskip.stage": "train", "adaskip.params_hash": h}
@@ -22,9 +33,13 @@ def run(params, args) -> None:
                                       TrackingTarget(mlflow.uri, params.mlflow.experiment, run_id))
         save_atomic({"spec": state["spec"], "state_dict": state["model"], "macs": state["macs"], "metrics": metrics}, MODEL)
         mlflow.log_artifact(run_id, MODEL, "model")
-        write_json({k: metrics[k] for k in sorted(metrics) if isinstance(metrics[k], (int, float))}, METRICS)
+        trained_with = {"alpha": params.train.alpha, "temperature": params.train.temperature,
+                        "split": list(state["spec"]["split"])}
+        write_json({**{k: metrics[k] for k in sorted(metrics) if isinstance(metrics[k], (int, float))},
+                    "trained_with": trained_with}, METRICS)
     store.remove(f"train-{h}")  # finished: nothing left to resume
-    print(f"trained: val super-net {metrics['val_acc_super']:.1f}%, base-net {metrics['val_acc_base']:.1f}% -> {MODEL}")
+    print(f"trained {trained_with} for {params.train.epochs} epochs: val super-net {metrics['val_acc_super']:.1f}%, "
+          f"base-net {metrics['val_acc_base']:.1f}% -> {MODEL}")
 
 
 if __name__ == "__main__":

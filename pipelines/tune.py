@@ -1,17 +1,28 @@
-"""DVC stage `tune`: Ray Tune sweep (ASHA) over alpha, temperature and split points; writes the best config."""
+"""DVC stage `tune`: Ray Tune sweep (ASHA) over alpha, temperature and split points, each trial scored on the
+validation split; writes the best configuration, which the `train` stage then trains for its full epochs. With
+`tune.enabled: false` it runs no sweep and passes params.yaml's alpha, temperature and split on."""
 import json
+
+import pandas as pd
 
 from adaskip.errors import AdaskipError
 from adaskip.files import write_csv, write_json
 from adaskip.stage import main, params_hash, remove_outputs, start_ray, storage, tracker
 
-TRIALS, BEST, TRAINED = "results/tune_trials.csv", "results/best_config.json", "results/train_metrics.json"
+TRIALS, BEST = "results/tune_trials.csv", "results/best_config.json"
 
 
 def run(params, args) -> None:
+    remove_outputs(TRIALS, BEST)
+    if not params.tune.enabled:
+        best = {"alpha": params.train.alpha, "temperature": params.train.temperature, "split": _split(params),
+                "objective": None, "source": "params.yaml (tune.enabled: false)"}
+        write_csv(pd.DataFrame(columns=["trial_id", "alpha", "temperature", "split", "objective"]), TRIALS)
+        write_json(best, BEST)
+        print(f"tune disabled: train uses alpha={best['alpha']}, T={best['temperature']}, split={best['split']}")
+        return
     from adaskip.orchestration.tune import METRIC, run_sweep
 
-    remove_outputs(TRIALS, BEST)
     mlflow = tracker(params)
     h = params_hash(params, "data", "model", "train", "tune")
     tags = {"adaskip.stage": "tune", "adaskip.params_hash": h}
@@ -28,17 +39,26 @@ def run(params, args) -> None:
             raise AdaskipError(f"every trial failed: {trials.error.dropna().unique().tolist()}; see results in MLflow "
                                "(tune run's children) and lower train.lr or narrow tune.alpha")
         best = ok.loc[ok[METRIC].idxmax()]
-        baseline = json.loads(open(TRAINED).read()).get(METRIC)
         result = {"alpha": float(best.alpha), "temperature": float(best.temperature), "split": json.loads(best.split),
-                  "objective": float(best[METRIC]), "trial_id": str(best.trial_id), "trained_objective": baseline,
-                  "failed_trials": int(trials[METRIC].isna().sum())}
+                  "objective": float(best[METRIC]), "trial_id": str(best.trial_id), "source": "tune",
+                  "epochs": params.tune.epochs, "failed_trials": int(trials[METRIC].isna().sum())}
+        if result["split"] is None:  # tune.splits: null searched model.split only, itself null: the paper's rule
+            result["split"] = _split(params)
         mlflow.log_metrics(parent, {"best_objective": result["objective"], "failed_trials": result["failed_trials"]})
         mlflow.log_table(parent, trials, "tune_trials.json")
         mlflow.log_dict(parent, result, "best_config.json")
         write_csv(trials, TRIALS)
         write_json(result, BEST)
-    print(f"best of {len(trials)} trials: objective {result['objective']:.2f} (alpha={result['alpha']:.2f}, "
-          f"T={result['temperature']:.2f}, split={result['split']}) -> {BEST}")
+    print(f"best of {len(trials)} trials: val objective {result['objective']:.2f} (alpha={result['alpha']:.2f}, "
+          f"T={result['temperature']:.2f}, split={result['split']}) -> {BEST}, trained next by the train stage")
+
+
+def _split(params) -> list[int]:
+    """model.split, or the split the paper's rule gives when it is null."""
+    from adaskip.models import create_model
+
+    m = params.model
+    return list(m.split or create_model(m.name, num_classes=2, num_stages=m.num_stages, **m.kwargs).split)
 
 
 if __name__ == "__main__":

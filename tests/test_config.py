@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adaskip.config import ConfigError, load_params, parse_params
+from adaskip.config import ConfigError, apply_tuned, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,3 +94,24 @@ def test_stage_scripts_fail_cleanly_on_bad_params(tmp_path, defaults, stage):
     assert r.returncode == 2, r.stderr
     assert "train.alpha" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_tune_disabled_passes_params_on_and_train_takes_the_chosen_config(tmp_path, defaults):
+    """`tune.enabled: false`: the tune stage runs no sweep and writes params.yaml's alpha, temperature and split (the
+    paper's rule resolved); train applies whatever best_config.json holds, validated again; without the file, train
+    names the stage to run."""
+    raw = _with(_with(defaults, "tune.enabled", False), "train.alpha", 0.7)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    r = subprocess.run([sys.executable, str(ROOT / "pipelines" / "tune.py")], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    best = json.loads((tmp_path / "results" / "best_config.json").read_text())
+    assert best["alpha"] == 0.7 and best["split"] == [2, 2, 3, 2] and best["objective"] is None  # resnet34 [3,4,6,3]
+    tuned = apply_tuned(parse_params(raw, check_model=False), {"alpha": 0.3, "temperature": 2.0, "split": [1, 2, 3, 1]})
+    assert (tuned.train.alpha, tuned.train.temperature, tuned.model.split) == (0.3, 2.0, [1, 2, 3, 1])
+    with pytest.raises(ConfigError, match=r"best_config.json: train.alpha"):
+        apply_tuned(tuned, {"alpha": 3, "temperature": 1.0, "split": None})
+    (tmp_path / "results" / "best_config.json").unlink()
+    r = subprocess.run([sys.executable, str(ROOT / "pipelines" / "train.py")], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and "run the tune stage first" in r.stderr, r.stderr

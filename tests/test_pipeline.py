@@ -109,7 +109,11 @@ def test_mlflow_runs(reproduced: Path):
     assert all(r.info.status == FINISHED for r in stages.values())
     train = stages["train"]
     assert len(tracker.client.get_metric_history(train.info.run_id, "val_acc_super")) == EPOCHS  # one per epoch
-    assert train.data.params["train.alpha"] == "0.5"
+    best = json.loads((reproduced / "results" / "best_config.json").read_text())  # tune ran first; train used it
+    assert float(train.data.params["train.alpha"]) == best["alpha"] and best["source"] == "tune"
+    trained = json.loads((reproduced / "results" / "train_metrics.json").read_text())["trained_with"]
+    assert trained == {k: best[k] for k in ("alpha", "temperature", "split")}
+    assert stages["tune"].info.start_time < train.info.start_time
     grid_children = tracker.children(stages["evaluate"].info.run_id)
     assert sorted(r.data.tags["skip"] for r in grid_children) == sorted(pd.read_csv(reproduced / "results" / "eval_grid.csv").skip)
     assert all({"acc1", "macs", "latency_ms"} <= set(r.data.metrics) for r in grid_children)

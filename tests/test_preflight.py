@@ -68,3 +68,19 @@ def test_doctor_command_reports_and_exits_nonzero(tmp_path):
     (tmp_path / "params.yaml").write_text("cluster: {storage: 'ftp://x'}\n")
     out = subprocess.run([exe, "doctor"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "cluster.storage: unsupported scheme 'ftp'" in out.stderr
+
+
+def test_other_code_or_packages_on_a_node_are_named(ray_cluster, tmp_path):
+    """A node whose adaskip sources or package versions differ from the driver's (the git commit alone decides
+    nothing: a commit may change only documentation)."""
+    from adaskip.orchestration.preflight import Expect, _check_node, code_versions
+
+    store = Storage(str(tmp_path))
+    store.write_bytes(".preflight/p", b"x")
+    mine = code_versions()
+    same_code = Expect({**mine, "git": "0123456789"}, "sqlite:///x.db", store, "p", {}, "127.0.0.1")
+    assert _check_node(same_code).problems == []
+    other = Expect({**mine, "adaskip": "000000000000", "torch": "0.0"}, "sqlite:///x.db", store, "p", {}, "127.0.0.1")
+    problems = _check_node(other).problems
+    assert len(problems) == 2 and problems[0].startswith(f"adaskip source (digest {mine['adaskip']}")
+    assert f"torch {mine['torch']} differs from the driver's (0.0)" in problems[1]

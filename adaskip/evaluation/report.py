@@ -39,7 +39,7 @@ def summary_metrics(grid: pd.DataFrame, trained: dict[str, Any], best: Optional[
             "base_acc5": float(base.acc5), "val_acc_super": trained.get("val_acc_super"),
             "val_acc_base": trained.get("val_acc_base"), "test_tradeoff_auc": tradeoff_auc(grid.macs, grid.acc1),
             "base_macs_ratio": float(base.macs / sup.macs),
-            "tune_best_objective": None if best is None else best["objective"]}
+            "tune_best_objective": None if best is None else best.get("objective")}
 
 
 def markdown(grid: pd.DataFrame, metrics: dict[str, Any], best: Optional[dict[str, Any]]) -> str:
@@ -47,11 +47,13 @@ def markdown(grid: pd.DataFrame, metrics: dict[str, Any], best: Optional[dict[st
              f"Super-net test top-1 **{metrics['super_acc1']:.1f}%**, base-net **{metrics['base_acc1']:.1f}%** "
              f"at {100 * metrics['base_macs_ratio']:.0f}% of the super-net's MACs; "
              f"{int(grid.pareto.sum())} of {len(grid)} sub-networks on the Pareto front.", ""]
-    if best is not None:
-        lines += [f"Tune: best trial objective {best['objective']:.2f} (alpha={best['alpha']:.3f}, "
-                  f"T={best['temperature']:.2f}, split={best['split']}); the trained params.yaml model scored "
-                  f"{best.get('trained_objective') or float('nan'):.2f} on the same validation objective; "
-                  f"{best.get('failed_trials', 0)} trial(s) failed.", ""]
+    chosen = f"alpha={best['alpha']:.3f}, T={best['temperature']:.2f}, split={best['split']}" if best else ""
+    if best is not None and best.get("objective") is not None:
+        lines += [f"Tune chose {chosen}: the best validation objective of its trials ({best['objective']:.2f} after "
+                  f"{best.get('epochs', '?')} epochs; {best.get('failed_trials', 0)} trial(s) failed); train trained "
+                  "it for the full epochs. The test split is used by evaluate only.", ""]
+    elif best is not None:
+        lines += [f"Tune disabled (tune.enabled: false): trained params.yaml's {chosen}.", ""]
     cols = [c for c in ("skip", "macs", "params", "acc1", "acc5", "latency_ms", "pareto") if c in grid]
     lines += [grid[cols].to_markdown(index=False, floatfmt=".2f"), ""]
     return "\n".join(lines)

@@ -105,10 +105,13 @@ def _check_node(expect: Expect) -> NodeReport:
     report = NodeReport(ray.get_runtime_context().get_node_id(), ip, socket.gethostname())
     mine = code_versions()
     for key, want in expect.versions.items():
-        if mine.get(key) != want:
-            what = "adaskip source" if key == "adaskip" else "git commit" if key == "git" else key
-            report.problems.append(f"{what} {mine.get(key)} differs from the driver's {want}: install the same "
-                                   "checkout and requirements.lock on every node")
+        if key == "git" or mine.get(key) == want:  # the commit only names the code: its digest decides
+            continue
+        what = (f"adaskip source (digest {mine[key]}, commit {mine['git']})" if key == "adaskip"
+                else f"{key} {mine.get(key)}")
+        theirs = f"{want}, commit {expect.versions['git']}" if key == "adaskip" else want
+        report.problems.append(f"{what} differs from the driver's ({theirs}): install the same checkout and "
+                               "requirements.lock on every node")
     report.problems += _tracking_problems(expect, ip) + _storage_problems(expect, ip) + _data_problems(expect)
     report.problems += _network_problems(ip)
     return report

@@ -6,6 +6,7 @@ process (no worker group to start: on a 2-core laptop that saves about a minute 
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Optional
@@ -144,7 +145,7 @@ def trials_table(grid: tune.ResultGrid) -> pd.DataFrame:
     rows = []
     for r in grid:
         cfg, m = r.config or {}, r.metrics or {}
-        dims = {k: (str(v) if k == "split" else v) for k, v in cfg.items() if k not in ("base", "setup")}
+        dims = {k: (json.dumps(v) if k == "split" else v) for k, v in cfg.items() if k not in ("base", "setup")}
         rows.append({"trial_id": m.get("trial_id", r.path and Path(r.path).name), **dims,
                      "objective": m.get(METRIC), "val_acc_super": m.get("val_acc_super"),
                      "val_acc_base": m.get("val_acc_base"), "epochs": m.get("training_iteration"),
