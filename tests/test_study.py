@@ -2,6 +2,7 @@
 the BN re-estimation switch, the residual-ratio diagnostics, and the compare stage on real files."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -164,6 +165,24 @@ def test_kd_baseline_cell_trains_its_teacher_then_distils(tiny_params, mlflow_ur
     assert history == {"teacher_train_loss": 1, "train_loss": 1, "train_kd": 1}, history
     teacher_acc = tracker.client.get_run(run).data.metrics["teacher_val_acc_super"]
     assert 0 <= teacher_acc <= 100
+
+
+def test_cell_hash_follows_what_a_cell_trains_with(tiny_params):
+    """Moving the storage, the tracking store or the sweep's settings keeps every finished cell; a training knob
+    or another seed makes a new cell."""
+    from adaskip.orchestration.study import cell_hash
+
+    spec = study.StudySpec(name="s", seeds=[0], epochs=1, variants={"adn": {}})
+    [cell] = study.cells(spec, tiny_params)
+
+    def changed(**sections) -> str:
+        params = cell.params.model_copy(update={k: getattr(cell.params, k).model_copy(update=v) for k, v in sections.items()})
+        return cell_hash(dataclasses.replace(cell, params=params))
+
+    same = cell_hash(cell)
+    assert changed(cluster={"storage": "/nfs/x"}, mlflow={"tracking_uri": "http://h:5000"},
+                   tune={"num_samples": 9, "enabled": False}) == same
+    assert changed(train={"alpha": 0.7}) != same and changed(train={"seed": 5}) != same
 
 
 def test_run_ahead_picks_the_cells_later_stages_need(tiny_params, tmp_path):

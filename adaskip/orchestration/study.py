@@ -29,8 +29,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+CELL_SECTIONS = {"data", "model", "train", "evaluate"}  # what a cell trains and evaluates with (its DVC params too)
+
+
 def cell_hash(cell: Cell) -> str:
-    spec = {"params": cell.params.model_dump(mode="json", exclude={"mlflow"}), "baseline": cell.baseline}
+    """The identity of a cell's results: its params sections that change them (not where runs are tracked or
+    stored, nor the sweep's settings), its baseline and teacher."""
+    spec = {"params": cell.params.model_dump(mode="json", include=CELL_SECTIONS), "baseline": cell.baseline}
     if cell.teacher:  # only when set: hashes of cells without a teacher stay as they were
         spec["teacher"] = cell.teacher
     blob = json.dumps(spec, sort_keys=True)
