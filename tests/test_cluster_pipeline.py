@@ -85,15 +85,15 @@ def cluster(two_hosts: TwoHosts):
 def test_local_defaults_stop_in_seconds_with_the_preflight_message(cluster):
     th, _ = cluster
     start = time.time()
-    r = th.host1_run(["python", "pipelines/train.py"], timeout=300)
+    r = th.host1_run(["python", "pipelines/tune.py"], timeout=300)  # the first stage that joins the cluster
     took = time.time() - start
-    print(f"train with local storage and tracking on the cluster: exit {r.returncode} after {took:.1f} s")
+    print(f"tune with local storage and tracking on the cluster: exit {r.returncode} after {took:.1f} s")
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-4000:]
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith(("error: preflight", f"node {th.host2.ip}"))]
     assert lines[0].startswith("error: preflight: 1 of 2 node(s) cannot run this pipeline"), r.stderr[-3000:]
     assert "does not hold the file the driver just wrote" in lines[1] and "is a file on the driver's host" in lines[1]
     assert "Traceback" not in r.stderr and took < 90
-    assert not (th.project / "models" / "model.pt").exists()
+    assert not (th.project / "results" / "best_config.json").exists()
 
 
 def test_doctor_passes_with_the_guide_settings(cluster):
@@ -182,6 +182,19 @@ def test_a_dead_worker_host_during_training_resumes_on_the_other(cluster):
         assert len(run["tags"]["adaskip.train_nodes"].split(",")) == 2  # trained on both, then on host1 alone
     finally:
         th.start_host2()
+        _wait_replaced(th)
+
+
+def _wait_replaced(th: TwoHosts, timeout: float = 300) -> None:
+    """Until Ray has marked the killed node dead and the restarted one alive (a dead node stays 'alive' for a while,
+    and a task pinned to it never runs)."""
+    script = ("import ray, sys, time\nray.init(logging_level='ERROR')\nd = time.time() + %r\n"
+              "while time.time() < d:\n"
+              "    nodes = ray.nodes()\n"
+              "    if sum(n['Alive'] for n in nodes) == 2 and any(not n['Alive'] for n in nodes): sys.exit(0)\n"
+              "    time.sleep(1)\n"
+              "sys.exit('the killed node is still listed alive')\n" % timeout)
+    th.host1_run(["python", "-c", script], timeout=timeout + 60, check=True)
 
 
 CELL_TIMES = r"""
