@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from adaskip.files import write_json
 from adaskip.tracking import FINISHED, KILLED, RUNNING, Tracker
 from conftest import ROOT, checkpoint_recorded, merge
 
@@ -46,6 +47,9 @@ def _project(tmp_path: Path, tiny_raw: dict[str, Any], override: dict[str, Any])
 
 def test_sigterm_during_train_then_resume(tmp_path: Path, tiny_raw: dict[str, Any]):
     params = _project(tmp_path, tiny_raw, {"data": {"image_size": 32}, "train": {"workers": 1, "epochs": 6}})  # ~1 s/epoch
+    t = params["train"]  # what the tune stage would have chosen: train reads it
+    write_json({"alpha": t["alpha"], "temperature": t["temperature"], "split": [2, 2, 3, 2]},
+               tmp_path / "results" / "best_config.json")
     proc = _stage(tmp_path)
     deadline = time.time() + 900
     while not checkpoint_recorded(tmp_path, ".ray_results/train-*"):  # epoch 1's checkpoint, once Ray Train has recorded it
