@@ -1,9 +1,10 @@
 """Preflight of a Ray cluster: one task on every alive node checks, in seconds, what a multi-hour run needs.
 
-Same adaskip code (source digest and git commit) and torch/timm/ray/mlflow versions as the driver, the tracking
-server answering, the storage writable and shared (a file the driver wrote is visible), ``data.path`` and a local ``model.pretrained`` readable,
-and a network interface for torch.distributed that the other nodes can reach. ``adaskip doctor`` prints the
-report; every stage that joins a cluster (``RAY_ADDRESS``) runs it first and stops on a problem.
+Same adaskip code (source digest; the git commit is reported) and torch/timm/ray/mlflow versions as the driver,
+the tracking server answering this node's credentials, the storage writable and shared (a file the driver wrote is
+visible), ``data.path`` and a local ``model.pretrained`` readable, and a network interface for torch.distributed
+that the other nodes can reach. ``adaskip doctor`` prints the report; every stage that joins a cluster
+(``RAY_ADDRESS``) runs it first and stops on a problem.
 """
 from __future__ import annotations
 
