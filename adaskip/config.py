@@ -4,13 +4,16 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .data import DataConfig
 from .errors import AdaskipError
+
+if TYPE_CHECKING:
+    from .models import AdaptiveDepthNet
 
 
 class ConfigError(AdaskipError, ValueError):
@@ -26,7 +29,8 @@ class ModelParams(_Section):
     split: Optional[list[int]] = None
     skip_aware_norm: bool = True
     num_stages: int = Field(4, ge=1)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = Field({}, description="extra timm.create_model arguments, for any model or per family "
+                                   "({resnet: {...}, vit: {...}}: only model.name's family applies)")
     pretrained: Optional[str] = Field(None, description="plain timm weights to start training from: null (scratch), a "
                                       "local .pth/.pt/.bin/.safetensors file, or a timm hub name / hf-hub: id (needs a "
                                       "network); both norm sets start from them, a head of another class count is "
@@ -41,6 +45,22 @@ class ModelParams(_Section):
         # as adaskip.models.pretrained.is_local, without importing timm here
         local = v.lower().endswith((".pth", ".pt", ".bin", ".safetensors")) or Path(v).expanduser().is_file()
         return str(Path(v).expanduser().resolve()) if local else v
+
+    def timm_kwargs(self, image_size: int) -> dict[str, Any]:
+        """model.kwargs for model.name (its family's section when kwargs is per family), with ``img_size`` =
+        data.image_size for families built for one input size (ViT, Swin) unless kwargs sets it."""
+        from .models import find_family
+        from .models.families import FAMILIES
+
+        family = find_family(self.name)
+        sections = set(self.kwargs) & {f.name for f in FAMILIES}
+        if sections and sections != set(self.kwargs):
+            raise ValueError(f"model.kwargs mixes family sections {sorted(sections)} with timm arguments "
+                             f"{sorted(set(self.kwargs) - sections)}: put the arguments inside a family's section")
+        kwargs = dict(self.kwargs.get(family.name) or {}) if sections else dict(self.kwargs)
+        if family.fixed_size:
+            kwargs.setdefault("img_size", image_size)
+        return kwargs
 
 
 class TrainParams(_Section):
@@ -68,6 +88,27 @@ class TrainParams(_Section):
     placement: Literal["pack", "spread"] = Field("pack", description="Ray Train workers packed on few nodes (fast "
                                                   "collectives) or spread over many (memory bandwidth, host failures)")
     max_failures: int = Field(2, ge=-1, description="worker-group restarts from the latest checkpoint; -1 = forever")
+    mixup: float = Field(0.0, ge=0, description="timm Mixup alpha on every train batch (soft targets, smoothed by "
+                         "label_smoothing); 0 = off")
+    cutmix: float = Field(0.0, ge=0, description="timm CutMix alpha; 0 = off")
+    mixup_prob: float = Field(1.0, ge=0, le=1, description="probability of mixing a batch when mixup/cutmix is on")
+    mixup_switch_prob: float = Field(0.5, ge=0, le=1, description="probability of CutMix instead of Mixup when both are on")
+    ema: bool = Field(False, description="keep a timm ModelEmaV3 of the weights: validation and the final model "
+                      "use it, checkpoints hold both")
+    ema_decay: float = Field(0.9998, gt=0, lt=1, description="EMA decay per optimizer step")
+    ema_warmup: bool = Field(False, description="timm's EMA decay warm-up (low decay in the first steps)")
+    channels_last: bool = Field(True, description="channels-last memory format for model and batches of the "
+                                "convolutional families (resnet, mobilenetv2; on a 2-core CPU 12-17 % faster steps, "
+                                "benchmarks/train_step.py); no effect on vit/swin")
+
+    @model_validator(mode="after")
+    def _even_mixup_batch(self) -> "TrainParams":
+        per_rank = self.batch_size // self.workers
+        if (self.mixup > 0 or self.cutmix > 0) and per_rank % 2:
+            raise ValueError(f"mixup/cutmix need an even batch per worker: train.batch_size {self.batch_size} // "
+                             f"train.workers {self.workers} = {per_rank}; make train.batch_size a multiple of "
+                             f"{2 * self.workers}")
+        return self
 
 
 class TuneParams(_Section):
@@ -76,7 +117,9 @@ class TuneParams(_Section):
     epochs: int = Field(3, ge=1)
     alpha: tuple[float, float] = (0.3, 0.8)
     temperature: tuple[float, float] = (1.0, 4.0)
-    splits: Optional[list[list[int]]] = None
+    splits: Union[Literal["auto"], list[list[int]], None] = Field(
+        "auto", description="candidate split points: auto (derived from the model's stage depths), a list, or null "
+        "(model.split only)")
     grace_period: int = Field(1, ge=1)
     workers: int = Field(0, ge=0, description="Ray Train workers per trial; 0 = train in the trial's own process")
     max_concurrent_trials: Optional[int] = Field(None, ge=1)
@@ -133,14 +176,13 @@ class Params(_Section):
             raise ValueError(f"data.path {self.data.path!r} does not exist: point it at the {self.data.name} dataset folder")
         if not (info.context or {}).get("check_model", True):
             return self  # stages that never build params.model skip importing timm
-        from .models import create_model  # builds the model once: catches unknown names and bad splits early
+        from .models import check_input_size
 
-        try:
-            create_model(self.model.name, num_classes=2, split=self.model.split, num_stages=self.model.num_stages,
-                         **self.model.kwargs)
-        except (ValueError, TypeError) as e:
-            key = "model.split" if str(e).startswith("split") else "model.kwargs" if isinstance(e, TypeError) else "model.name"
-            raise ValueError(f"{key}: {e}") from None
+        net = self._build_or_explain()
+        try:  # a model that cannot run on the data fails here, in seconds, not in every Ray Train worker
+            check_input_size(net, self.data.image_size)
+        except ValueError as e:
+            raise ValueError(f"model.name / data.image_size: {e}; change data.image_size, model.name or model.kwargs") from None
         if self.model.pretrained:  # only that the file exists (or the hub name is one): weights load in training
             from .models.pretrained import PretrainedError, check_source
 
@@ -148,12 +190,36 @@ class Params(_Section):
                 check_source(self.model.pretrained)
             except PretrainedError as e:
                 raise ValueError(str(e)) from None
-        for split in self.tune.splits or []:
+        for split in self.tune_splits() or []:
             try:
-                create_model(self.model.name, num_classes=2, split=split, num_stages=self.model.num_stages, **self.model.kwargs)
+                self.build_model(split=split)
             except ValueError as e:
                 raise ValueError(f"tune.splits: {split}: {e}") from None
         return self
+
+    def _build_or_explain(self) -> "AdaptiveDepthNet":
+        try:
+            return self.build_model()
+        except (ValueError, TypeError) as e:
+            key = ("model.split" if str(e).startswith("split") else "model.kwargs"
+                   if isinstance(e, TypeError) or str(e).startswith("model.kwargs") else "model.name")
+            raise ValueError(f"{key}: {str(e).removeprefix('model.kwargs ')}") from None
+
+    def build_model(self, num_classes: int = 2, split: Optional[list[int]] = None) -> "AdaptiveDepthNet":
+        """params.model as an AdaptiveDepthNet with random weights; ``split`` replaces model.split."""
+        from .models import create_model
+
+        m = self.model
+        return create_model(m.name, num_classes=num_classes, split=split or m.split, skip_aware_norm=m.skip_aware_norm,
+                            num_stages=m.num_stages, **self.model.timm_kwargs(self.data.image_size))
+
+    def tune_splits(self) -> Optional[list[list[int]]]:
+        """The sweep's candidate splits: tune.splits, or derived from the model's stage depths when "auto"."""
+        if self.tune.splits != "auto":
+            return self.tune.splits
+        from .models import candidate_splits
+
+        return candidate_splits(self.build_model().stage_depths)
 
 
 def _format(err: ValidationError, source: str) -> str:

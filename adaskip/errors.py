@@ -4,6 +4,8 @@
 class AdaskipError(Exception):
     """A problem the user can fix (bad params, data, checkpoint, tracking store, diverging training)."""
 
+    recurs: bool = True  # raised again by any retry (a bad value or file); False: a retry may pass (a server was down)
+
 
 def describe(error: BaseException) -> str:
     """``TrainingDiverged: loss is nan ...``: the original error inside Ray's wrapper (``RayTaskError.cause``),

@@ -142,10 +142,7 @@ def mlflow_tags(spec: StudySpec, base: Params) -> dict[str, str]:
 
 
 def _num_stages(params: Params) -> int:
-    from .models import create_model
-
-    m = params.model
-    return create_model(m.name, num_classes=2, split=m.split, num_stages=m.num_stages, **m.kwargs).num_stages
+    return params.build_model().num_stages
 
 
 def _baseline_skip(baseline: str, num_stages: int) -> str:

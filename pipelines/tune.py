@@ -55,10 +55,7 @@ def run(params, args) -> None:
 
 def _split(params) -> list[int]:
     """model.split, or the split the paper's rule gives when it is null."""
-    from adaskip.models import create_model
-
-    m = params.model
-    return list(m.split or create_model(m.name, num_classes=2, num_stages=m.num_stages, **m.kwargs).split)
+    return list(params.build_model().split)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Small enough for seconds per epoch on 2 cores, big enough to have 4 stages with choices of split.
 TINY: dict[str, Any] = {
     "data": {"image_size": 16},
-    "model": {"name": "resnet34", "kwargs": {"channels": [8, 16, 32, 64]}},
+    "model": {"name": "resnet34", "kwargs": {"resnet": {"channels": [8, 16, 32, 64]}, "swin": {"embed_dim": 24}}},
     "train": {"epochs": 2, "batch_size": 128, "lr": 0.1, "workers": 2},
-    "tune": {"num_samples": 2, "epochs": 1, "splits": [[2, 2, 3, 2], [1, 2, 3, 1]]},
+    "tune": {"num_samples": 2, "epochs": 1},  # splits: auto, from the model's stage depths
     "evaluate": {"latency_reps": 2},
 }
 

@@ -50,18 +50,61 @@ def test_shipped_params_are_valid():
     ("model.split", [3, 4, 6, 3], "model.split"),                           # no skippable block
     ("model.split", [1, 1], "model.split"),                                 # wrong length
     ("model.kwargs", {"no_such_arg": 1}, "model.kwargs"),
+    ("model.kwargs", {"resnet": {"no_such_arg": 1}}, "model.kwargs"),       # in the family's section
+    ("model.kwargs", {"resnet": {}, "drop_rate": 0.1}, "model.kwargs: mixes family sections"),
+    ("model.name", "vit_base_patch16_224", "model.name / data.image_size"),  # img_size 32 set by hand below
     ("tune.alpha", [0.8, 0.3], "tune.alpha"),
     ("tune.alpha", [0.2, 1.3], "tune.alpha"),
     ("tune.splits", [[2, 2, 3, 2], [0, 1, 1, 1]], "tune.splits"),
+    ("tune.splits", "some", "tune.splits"),
     ("evaluate.parallelism", 0, "evaluate.parallelism"),
     ("data.name", "mnist", "data.name"),
     ("data.val_fraction", 0.9, "data"),
 ])
 def test_bad_values_name_the_key(defaults, dotted, value, expect):
+    raw = _with(defaults, dotted, value)
+    if value == "vit_base_patch16_224":
+        raw = _with(raw, "model.kwargs", {"img_size": 224})  # built for 224 px, given 32 px images
     with pytest.raises(ConfigError) as e:
-        parse_params(_with(defaults, dotted, value), "params.yaml")
+        parse_params(raw, "params.yaml")
     assert expect in str(e.value), str(e.value)
     assert "params.yaml" in str(e.value)
+
+
+FAMILIES = {  # name: the stage depths its candidate splits derive from
+    "resnet18": [2, 2, 2, 2], "resnet50": [3, 4, 6, 3], "mobilenetv2_100": [2, 3, 4, 3, 3],
+    "deit_tiny_patch16_224": [3, 3, 3, 3], "swin_tiny_patch4_window7_224": [2, 2, 6, 2]}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_any_family_by_changing_model_name(defaults, name):
+    """Changing only model.name validates: kwargs of another family do not apply, ViT/Swin get img_size from
+    data.image_size, the sweep's splits follow the model's stage depths (the paper's rule first)."""
+    from adaskip.models import candidate_splits, default_split
+
+    p = parse_params(_with(defaults, "model.name", name))
+    kwargs = p.model.timm_kwargs(p.data.image_size)
+    assert ("channels" in kwargs) == name.startswith("resnet")
+    assert kwargs.get("img_size") == (p.data.image_size if name.startswith(("deit", "swin")) else None)
+    net = p.build_model()
+    assert net.stage_depths == FAMILIES[name]
+    assert p.tune_splits() == candidate_splits(FAMILIES[name]) and p.tune_splits()[0] == default_split(FAMILIES[name])
+
+
+def test_a_model_that_cannot_run_on_the_data_fails_validation_fast(defaults):
+    """A forward pass at data.image_size is part of validation: seconds, not a failure in every Ray worker."""
+    import time
+
+    parse_params(defaults)  # imports done
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="model.name / data.image_size: VisionTransformer cannot run on 3x8x8"):
+        parse_params(_with(_with(defaults, "model.name", "vit_base_patch16_224"), "data.image_size", 8))
+    assert time.monotonic() - start < 10
+
+
+def test_tune_splits_null_searches_model_split_only(defaults):
+    assert parse_params(_with(defaults, "tune.splits", None)).tune_splits() is None
+    assert parse_params(_with(defaults, "tune.splits", [[1, 1, 1, 1]])).tune_splits() == [[1, 1, 1, 1]]
 
 
 def test_missing_dataset_path(defaults, tmp_path):

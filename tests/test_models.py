@@ -741,3 +741,14 @@ def test_count_params(model_224, name):
     # the skip-aware model stores one extra norm set, which no single sub-network uses
     extra = sum(_numel([n.skipped for n in aware.skip_aware_norms(i)]) for i in range(s))
     assert extra > 0 and sum(p.numel() for p in aware.parameters()) == plain_count + extra
+
+
+@pytest.mark.parametrize("depths, expect", [
+    ([3, 4, 6, 3], [[2, 2, 3, 2], [1, 1, 2, 1], [2, 3, 4, 2]]),
+    ([2, 2, 2, 2], [[1, 1, 1, 1]]),                       # one block each side only
+    ([3, 3, 3, 3], [[2, 2, 2, 2], [1, 1, 1, 1]]),         # the rule already leaves one skippable block
+])
+def test_candidate_splits_follow_stage_depths(depths, expect):
+    from adaskip.models import candidate_splits
+
+    assert candidate_splits(depths) == expect

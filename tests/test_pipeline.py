@@ -97,7 +97,7 @@ def test_contract_files(reproduced: Path):
     assert 0 <= best["alpha"] <= 1 and best["split"] in TINY_SPLITS
 
 
-TINY_SPLITS = [[2, 2, 3, 2], [1, 2, 3, 1]]
+TINY_SPLITS = [[2, 2, 3, 2], [1, 1, 2, 1], [2, 3, 4, 2]]  # tune.splits: auto for resnet34's [3, 4, 6, 3] blocks
 
 
 def test_mlflow_runs(reproduced: Path):
@@ -186,3 +186,23 @@ def test_study_pipeline(reproduced: Path, ray_address: str):
     assert not any(k.startswith("individual_full.") for k in changed), changed  # not re-run: unchanged
     _sh(reproduced, "dvc", "plots", "diff", "HEAD", "alpha09", "-o", "study_plots")
     assert (reproduced / "study_plots" / "index.html").exists()
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2_100", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
+def test_any_family_by_changing_model_name(reproduced: Path, ray_address: str, name: str):
+    """Another family (the ResNet is the run above) by changing model.name only: the sweep's splits follow its stage
+    depths, ViT/Swin get img_size from data.image_size, and every stage runs on it."""
+    from adaskip.config import load_params
+    from adaskip.training import load_model
+
+    r = _sh(reproduced, "dvc", "exp", "run", "-S", f"model.name={name}", RAY_ADDRESS=ray_address)
+    ran = {line.split("'")[1] for line in r.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"tune", "train", "evaluate", "report"}, r.stdout
+    params = load_params(reproduced / "params.yaml")
+    assert params.model.name == name
+    net, _ = load_model(reproduced / "models" / "model.pt")
+    assert net.backbone.default_cfg["architecture"] == name.split(".")[0]
+    trained = json.loads((reproduced / "results" / "train_metrics.json").read_text())["trained_with"]
+    assert trained["split"] == net.split and net.split in params.tune_splits()
+    grid = pd.read_csv(reproduced / "results" / "eval_grid.csv")
+    assert len(grid) == 2 ** net.num_stages and grid.acc1.notna().all()

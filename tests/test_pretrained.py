@@ -27,7 +27,7 @@ from adaskip.training.loop import WorkerEnv, fit
 from conftest import ROOT, TINY, merge
 
 NAME = "resnet34"
-KWARGS = TINY["model"]["kwargs"]  # the TINY architecture: narrow channels, 16 px digits
+KWARGS = TINY["model"]["kwargs"]["resnet"]  # the TINY architecture: narrow channels, 16 px digits
 SIZE = TINY["data"]["image_size"]
 NUM_CLASSES = 10
 

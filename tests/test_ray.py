@@ -102,7 +102,7 @@ def test_parallel_grid_equals_in_process_grid(ray_cluster, tiny_params, tmp_path
     torch.manual_seed(0)
     splits = load_splits(tiny_params.data)
     m = tiny_params.model
-    spec = model_spec(m.name, splits.num_classes, m.split or [], m.skip_aware_norm, m.num_stages, m.kwargs)
+    spec = model_spec(m.name, splits.num_classes, m.split or [], m.skip_aware_norm, m.num_stages, m.timm_kwargs(tiny_params.data.image_size))
     net = build_from_spec({**spec, "split": None})
     spec["split"] = net.split
     grid = evaluate_parallel({"spec": spec, "state_dict": net.state_dict()}, tiny_params, Storage(str(tmp_path)))

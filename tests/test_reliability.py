@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+import ray.train
 import torch
 
 from adaskip.tracking import Tracker, TrackingError
 from adaskip.training import CheckpointError, build_from_spec, load_model, model_spec, save_atomic
 
-from conftest import ROOT
+from conftest import ROOT, merge
 
 
 @pytest.fixture
@@ -134,3 +135,28 @@ def test_local_ray_listens_on_loopback_only(tmp_path: Path):
     listening = [line.split() for line in r.stdout.splitlines() if line.strip()] + [x for x in rank0 if x[0] != "sum"]
     assert any(x[0] == "gcs_server" for x in listening) and len(rank0) > 2, (r.stdout, rank0)  # it sees Ray's servers
     assert all(x[-2] in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for x in listening), (r.stdout, rank0)
+
+
+
+def test_recurring_worker_error_is_not_retried(ray_cluster, tiny_raw, tmp_path: Path):
+    """A worker error that every restart would raise again (here: pretrained weights that are not a state dict;
+    validation only checks the file exists) ends the run after the first failure, with train.max_failures left,
+    as one AdaskipError naming the problem."""
+    from adaskip.config import Params
+    from adaskip.orchestration.storage import Storage
+    from adaskip.orchestration.train import RecurringTrainingError, run_training
+
+    bad = tmp_path / "weights.pth"
+    torch.save({"not": "weights"}, bad)
+    params = Params.model_validate(merge(tiny_raw, {"model": {"pretrained": str(bad)}, "train": {"max_failures": 3}}))
+    failures = tmp_path / "failures.txt"
+
+    class CountFailures(ray.train.UserCallback):  # local: pickled by value into Ray Train's controller
+        def after_exception(self, run_context, worker_exceptions) -> None:
+            with failures.open("a") as f:
+                f.write(" ".join(f"{rank}:{type(e).__name__}" for rank, e in sorted(worker_exceptions.items())) + "\n")
+
+    with pytest.raises(RecurringTrainingError, match="not retried.*model.pretrained") as err:
+        run_training(params, Storage(str(tmp_path / "ray")), "recurring", callbacks=(CountFailures(),))
+    assert "\n" not in str(err.value)
+    assert len(failures.read_text().splitlines()) == 1, failures.read_text()

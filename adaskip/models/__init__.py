@@ -1,9 +1,10 @@
 """Adaptive-depth wrappers over timm models."""
-from .adaptive import AdaptiveDepthNet, create_model, default_split, load_timm_weights, supported_models
+from .adaptive import (AdaptiveDepthNet, candidate_splits, check_input_size, create_model, default_split, find_family,
+                       load_timm_weights, supported_models)
 from .complexity import count_macs, count_params
 from .norm import SkipAwareNorm
 from .pretrained import PretrainedError, load_pretrained
 from .skip import SkipConfig
 
-__all__ = ["AdaptiveDepthNet", "SkipAwareNorm", "SkipConfig", "count_macs", "count_params", "create_model",
-           "default_split", "load_pretrained", "load_timm_weights", "PretrainedError", "supported_models"]
+__all__ = ["AdaptiveDepthNet", "SkipAwareNorm", "SkipConfig", "candidate_splits", "check_input_size", "count_macs",
+           "count_params", "create_model", "default_split", "find_family", "load_pretrained", "load_timm_weights", "PretrainedError", "supported_models"]

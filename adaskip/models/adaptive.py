@@ -22,6 +22,18 @@ def default_split(blocks_per_stage: Sequence[int]) -> list[int]:
     return [min(n - 1, (n + 1) // 2) for n in blocks_per_stage]
 
 
+def candidate_splits(blocks_per_stage: Sequence[int]) -> list[list[int]]:
+    """Split points for a sweep, derived from the stage depths: the paper's rule, then one mandatory block fewer
+    and one more in every stage (kept in [1, n - 1]), without repeats."""
+    rule = default_split(blocks_per_stage)
+    out: list[list[int]] = []
+    for delta in (0, -1, 1):
+        split = [min(n - 1, max(1, m + delta)) for m, n in zip(rule, blocks_per_stage)]
+        if split not in out:
+            out.append(split)
+    return out
+
+
 @dataclass
 class _Stage:
     pre: Optional[nn.Module]
@@ -68,6 +80,11 @@ class AdaptiveDepthNet(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.backbone.num_classes
+
+    @property
+    def stage_depths(self) -> list[int]:
+        """Blocks per stage (mandatory + skippable)."""
+        return [m + s for m, s in self.blocks_per_stage]
 
     def configs(self) -> list[SkipConfig]:
         """All sub-networks in canonical order (super-net first, base-net last)."""
@@ -121,6 +138,22 @@ class AdaptiveDepthNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"family={self.family}, split={self.split}, blocks={self.blocks_per_stage}, skip_aware_norm={self.skip_aware_norm}"
+
+
+@torch.no_grad()
+def check_input_size(model: AdaptiveDepthNet, image_size: int, in_chans: int = 3) -> None:
+    """One forward pass of the super-net on a zero batch of ``image_size`` images, in eval mode (no state changes):
+    a ValueError says why the model cannot run on them (a shape that does not fit, a feature map gone to zero)."""
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(2, in_chans, image_size, image_size))
+    except (RuntimeError, AssertionError, ValueError, IndexError) as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise ValueError(f"{model.backbone.__class__.__name__} cannot run on {in_chans}x{image_size}x{image_size} "
+                         f"images: {first[:200]}") from None
+    finally:
+        model.train(was_training)
 
 
 def _check_split(split: Sequence[int], sizes: Sequence[int]) -> None:

@@ -31,6 +31,8 @@ class Family:
     stem: Callable[[nn.Module, Tensor], Tensor]
     stages: Callable[[nn.Module, int], list[StageBlocks]]
     head: Callable[[nn.Module, Tensor], Tensor]
+    fixed_size: bool = False  # built for one input size: timm's img_size argument must match the data's
+
 
 
 def _seq(modules: list[nn.Module]) -> Optional[nn.Module]:
@@ -102,6 +104,6 @@ def _swin_head(m: SwinTransformer, x: Tensor) -> Tensor:
 FAMILIES: tuple[Family, ...] = (
     Family("resnet", ("resnet*", "resnext*", "wide_resnet*"), ResNet, _resnet_stem, _resnet_stages, lambda m, x: m.forward_head(x)),
     Family("mobilenetv2", ("mobilenetv2_*",), EfficientNet, _mbv2_stem, _mbv2_stages, _mbv2_head),
-    Family("vit", ("vit_*", "deit_*"), VisionTransformer, _vit_stem, _vit_stages, _vit_head),
-    Family("swin", ("swin_*",), SwinTransformer, lambda m, x: m.patch_embed(x), _swin_stages, _swin_head),
+    Family("vit", ("vit_*", "deit_*"), VisionTransformer, _vit_stem, _vit_stages, _vit_head, fixed_size=True),
+    Family("swin", ("swin_*",), SwinTransformer, lambda m, x: m.patch_embed(x), _swin_stages, _swin_head, fixed_size=True),
 )

@@ -13,11 +13,13 @@ from types import ModuleType
 from typing import Any, Optional
 
 import ray.train
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer, get_device, prepare_model
 from ray.train.torch.config import _TorchBackend  # no public hook runs in the workers before the process group
+from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy  # nor one chooses the policy
 
 from ..config import Params
+from ..errors import AdaskipError, describe
 from .preflight import use_node_interface
 from .storage import Storage
 
@@ -78,6 +80,34 @@ class LoopbackTorchConfig(TorchConfig):
     @property
     def backend_cls(self):
         return _LoopbackTorchBackend
+
+
+class RecurringTrainingError(AdaskipError):
+    """A Train worker failed with an error that every restart would raise again, so it was not retried."""
+
+
+def recurring_error(error: BaseException) -> Optional[BaseException]:
+    """The first worker error in Ray Train's ``error`` that a restart from the latest checkpoint would raise again:
+    a bad value or shape (ValueError, TypeError) or an AdaskipError that recurs (a diverged loss, a corrupt file)."""
+    for failure in getattr(error, "worker_failures", {}).values():
+        cause = getattr(failure, "_base_exc", failure)  # Ray's UserExceptionWithTraceback wraps the worker's error
+        if isinstance(cause, (ValueError, TypeError)) or getattr(cause, "recurs", False):
+            return cause
+    return None
+
+
+class _RecurringErrorsFinal(DefaultFailurePolicy):
+    """Ray Train's failure policy, except that a recurring worker error (see recurring_error) ends the run at once
+    instead of using up train.max_failures restarts."""
+
+    def _is_retryable_error(self, training_failed_error: TrainingFailedError) -> bool:
+        return recurring_error(training_failed_error) is None and super()._is_retryable_error(training_failed_error)
+
+
+class _Trainer(TorchTrainer):
+    def _initialize_and_run_controller(self, **controller_init_kwargs):
+        controller_init_kwargs["failure_policy"] = _RecurringErrorsFinal(self.run_config.failure_config)
+        return super()._initialize_and_run_controller(**controller_init_kwargs)
 
 
 def epoch_reporter(tracking: Optional[TrackingTarget], rank: int, api: ModuleType = ray.train):
@@ -154,13 +184,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def make_trainer(params: Params, storage: Storage, name: str, tracking: Optional[TrackingTarget] = None,
                  epochs: Optional[int] = None, workers: Optional[int] = None, callbacks: tuple = (),
                  distill: bool = True, fixed_skip: Optional[str] = None) -> TorchTrainer:
-    """A TorchTrainer whose ``(storage, name)`` is deterministic, so re-running resumes it."""
+    """A TorchTrainer whose ``(storage, name)`` is deterministic, so re-running resumes it, and which does not
+    retry recurring errors."""
     t = params.train
     n = workers or t.workers
     resources = {"GPU": 1} if t.use_gpu else {"CPU": t.cpus_per_worker}
     config = {"params": params.model_dump(mode="json"), "tracking": tracking, "epochs": epochs,
               "threads": max(1, round(t.cpus_per_worker)), "distill": distill, "fixed_skip": fixed_skip}
-    return TorchTrainer(
+    return _Trainer(
         train_loop_per_worker, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=n, use_gpu=t.use_gpu, resources_per_worker=resources,
                                      placement_strategy=t.placement.upper()),
@@ -181,6 +212,11 @@ def run_training(params: Params, storage: Storage, name: str, tracking: Optional
         result = make_trainer(params, storage, name, tracking, **kwargs).fit()
     except SystemExit:  # Ray Train's own Ctrl-C handler aborts the run, then calls sys.exit(0): not a success
         raise KeyboardInterrupt("Ray Train run aborted by Ctrl-C") from None
+    except TrainingFailedError as e:
+        if (cause := recurring_error(e)) is None:
+            raise
+        raise RecurringTrainingError(f"training failed and was not retried (every restart would fail the same way): "
+                                     f"{describe(cause)}") from None
     if result.error is not None:
         raise result.error
     with result.checkpoint.as_directory() as d:

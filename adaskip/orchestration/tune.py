@@ -90,7 +90,7 @@ def run_sweep(params: Params, storage: Storage, name: str, uri: str, experiment:
     space = {
         "alpha": tune.uniform(*t.alpha),
         "temperature": tune.uniform(*t.temperature),
-        "split": tune.choice(t.splits) if t.splits else params.model.split,
+        "split": tune.choice(splits) if (splits := params.tune_splits()) else params.model.split,
         "base": params.model_dump(mode="json"),
         "setup": {"uri": uri, "experiment": experiment, "parent_run_id": parent_run_id, "epochs": t.epochs,
                   "workers": t.workers, "storage": storage},

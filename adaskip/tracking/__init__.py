@@ -19,6 +19,8 @@ RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 class TrackingError(AdaskipError, RuntimeError):
     """The MLflow tracking store cannot be reached or used."""
 
+    recurs = False  # the tracking server may be back by the next attempt
+
 
 def resolve_uri(configured: Optional[str], root: str | os.PathLike) -> str:
     """``MLFLOW_TRACKING_URI`` wins, then params.yaml's ``mlflow.tracking_uri``, then an absolute

@@ -9,14 +9,16 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import pandas as pd
+import timm.data
 import timm.optim
 import timm.scheduler
+import timm.utils
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..config import Params
+from ..config import ConfigError, Params
 from ..data import load_splits, make_loader
 from ..data.loader import resolve_workers
 from ..errors import AdaskipError
@@ -28,6 +30,7 @@ from .loss import DistillConfig
 from .step import Precision, distill_step, kd_step, plain_step, unwrap
 
 log = logging.getLogger(__name__)
+CONV_FAMILIES = ("resnet", "mobilenetv2")  # families whose convolutions train faster channels-last
 
 ReportFn = Callable[[dict[str, float], Optional[dict[str, Any]]], None]
 
@@ -73,6 +76,61 @@ def _optimizer_and_scheduler(model: nn.Module, params: Params, epochs: int):
     return optimizer, scheduler
 
 
+def memory_format(params: Params, net: AdaptiveDepthNet) -> torch.memory_format:
+    """channels-last for a convolutional family when train.channels_last is on, else contiguous (vit/swin)."""
+    conv = params.train.channels_last and net.family in CONV_FAMILIES
+    return torch.channels_last if conv else torch.contiguous_format
+
+
+def make_mixup(params: Params, num_classes: int, batch_size: int) -> Optional[timm.data.Mixup]:
+    """timm Mixup/CutMix per train.mixup and train.cutmix (None when both are 0). Its soft targets carry
+    train.label_smoothing, which ``cross_entropy`` then leaves alone (it smooths hard labels only)."""
+    t = params.train
+    if t.mixup <= 0 and t.cutmix <= 0:
+        return None
+    if batch_size % 2:
+        raise ConfigError(f"train.batch_size: mixup/cutmix need an even batch per worker, got {batch_size}")
+    return timm.data.Mixup(mixup_alpha=t.mixup, cutmix_alpha=t.cutmix, prob=t.mixup_prob,
+                           switch_prob=t.mixup_switch_prob, label_smoothing=t.label_smoothing, num_classes=num_classes)
+
+
+def make_ema(net: AdaptiveDepthNet, params: Params,
+             resume_state: Optional[dict[str, Any]]) -> Optional[timm.utils.ModelEmaV3]:
+    """timm ModelEmaV3 of ``net`` per train.ema (None when off), restored from a resumed checkpoint's ``"ema"``."""
+    t = params.train
+    if not t.ema:
+        return None
+    ema = timm.utils.ModelEmaV3(net, decay=t.ema_decay, use_warmup=t.ema_warmup)
+    if resume_state is not None and resume_state.get("ema") is not None:
+        load_state(ema.module, resume_state["ema"], "resume checkpoint (ema)")
+    elif resume_state is not None:
+        log.warning("the resume checkpoint holds no EMA weights: the EMA restarts from the resumed weights")
+    log.info("train.ema: validation metrics and the final model are the EMA weights' (decay %g%s)", t.ema_decay,
+             ", warm-up" if t.ema_warmup else "")
+    return ema
+
+
+def _step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, params: Params, precision: Precision,
+             scaler: Optional[torch.amp.GradScaler], distill: bool, fixed_skip: Optional[str],
+             teacher: Optional[Callable[[Tensor], Tensor]]) -> Callable[[Tensor, Tensor], tuple[dict[str, float], float]]:
+    """The step ``fit`` runs on each batch, returning (its metrics, its loss): self-distillation, or sub-network
+    ``fixed_skip`` alone with KD from ``teacher`` or with CE (the baselines get the same recipe)."""
+    cfg = distill_config(params)
+
+    def step(images: Tensor, targets: Tensor) -> tuple[dict[str, float], float]:
+        if distill:
+            out = distill_step(model, images, targets, optimizer, cfg, precision, scaler)
+            return out, out["total"]
+        if teacher is not None:
+            out = kd_step(model, teacher, images, targets, optimizer, cfg, fixed_skip, precision, scaler)
+        else:
+            out = plain_step(model, images, targets, optimizer, precision, scaler, skip=fixed_skip,
+                             label_smoothing=cfg.label_smoothing)
+        return out, out["loss"]
+
+    return step
+
+
 def _all_sum(values: list[float], env: WorkerEnv) -> list[float]:
     if env.world_size == 1 or not dist.is_initialized():
         return values
@@ -107,17 +165,20 @@ def diagnostics(net: AdaptiveDepthNet, loader, env: WorkerEnv, skip: Optional[st
 def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: bool = True,
         fixed_skip: Optional[str] = None, teacher: Optional[Callable[[Tensor], Tensor]] = None) -> dict[str, float]:
     """Train per ``params`` for ``epochs`` (default train.epochs), reporting metrics and a checkpoint
-    state each epoch through ``env.report``. ``distill=False`` trains only sub-network ``fixed_skip``
+    state each epoch through ``env.report`` (``"model"``: the raw weights; with train.ema also ``"ema"``, the
+    weights validated and to ship). ``distill=False`` trains only sub-network ``fixed_skip``
     (an individually trained baseline): with CE, or distilled from ``teacher``'s logits when given."""
     epochs = epochs or params.train.epochs
     seed_everything(params.train.seed)
     splits = load_splits(params.data)
     m = params.model
-    spec = model_spec(m.name, splits.num_classes, m.split or [], m.skip_aware_norm, m.num_stages, m.kwargs)
+    timm_kwargs = m.timm_kwargs(params.data.image_size)
+    spec = model_spec(m.name, splits.num_classes, m.split or [], m.skip_aware_norm, m.num_stages, timm_kwargs)
     net = build_from_spec({**spec, "split": m.split})
     spec["split"] = net.split
     macs = {str(c): count_macs(net, c, (splits.in_chans, params.data.image_size, params.data.image_size)) for c in net.configs()}
-    net.to(env.device)
+    fmt = memory_format(params, net)
+    net.to(env.device, memory_format=fmt)
     optimizer, scheduler = _optimizer_and_scheduler(net, params, epochs)
     start = 0
     if env.resume_state is not None:
@@ -128,7 +189,8 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: b
         start = int(env.resume_state["epoch"]) + 1
         log.info("resuming from epoch %d", start)
     elif m.pretrained:  # a fresh start only: a resumed run's checkpoint wins; every rank loads the same file
-        load_pretrained(net, m.pretrained, log, **m.kwargs)
+        load_pretrained(net, m.pretrained, log, **timm_kwargs)
+    ema = make_ema(net, params, env.resume_state)  # after the resumed or pretrained weights are in
     model = env.wrap(net)
     bs = max(1, params.train.batch_size // env.world_size)
     shard = (env.rank, env.world_size) if env.world_size > 1 else None
@@ -139,9 +201,11 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: b
                                distributed=shard, num_workers=workers, device=env.device)
     val_loader = make_loader(splits.val, params.evaluate.batch_size, shuffle=False, seed=0, distributed=shard,
                              num_workers=workers, device=env.device)
+    mixup = make_mixup(params, splits.num_classes, bs)
     precision = Precision(params.train.precision)
-    scaler = precision.scaler(env.device)
-    cfg = distill_config(params)
+    step = _step_fn(model, optimizer, params, precision, precision.scaler(env.device), distill, fixed_skip, teacher)
+    eval_net = ema.module if ema is not None else net
+    global_step = start * len(train_loader)
     metrics: dict[str, float] = {}
     for epoch in range(start, epochs):
         if shard:
@@ -151,15 +215,14 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: b
         seen = 0
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=env.rank != 0, leave=False)
         for images, targets in bar:
-            images, targets = images.to(env.device, non_blocking=True), targets.to(env.device, non_blocking=True)
-            if distill:
-                out = distill_step(model, images, targets, optimizer, cfg, precision, scaler)
-            elif teacher is not None:
-                out = kd_step(model, teacher, images, targets, optimizer, cfg, fixed_skip, precision, scaler)
-            else:
-                out = plain_step(model, images, targets, optimizer, precision, scaler, skip=fixed_skip,
-                                 label_smoothing=cfg.label_smoothing)
-            loss = out["total"] if distill else out["loss"]
+            images = images.to(env.device, non_blocking=True, memory_format=fmt)
+            targets = targets.to(env.device, non_blocking=True)
+            if mixup is not None:
+                images, targets = mixup(images, targets)  # soft targets
+            out, loss = step(images, targets)
+            global_step += 1
+            if ema is not None:
+                ema.update(net, step=global_step)
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"loss is {loss} at epoch {epoch + 1}: lower train.lr or check train.alpha")
             for k, v in out.items():
@@ -170,12 +233,14 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: b
             scheduler.step(epoch + 1)
         metrics = {("train_acc_" + k.split("_")[0] if k.endswith("correct") else "train_" + k): v / seen * (100 if k.endswith("correct") else 1)
                    for k, v in sums.items()}
-        metrics.update(validate(net, val_loader, env, macs))
-        metrics.update(diagnostics(net, val_loader, env, fixed_skip))
+        metrics.update(validate(eval_net, val_loader, env, macs))
+        metrics.update(diagnostics(eval_net, val_loader, env, fixed_skip))
         metrics.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"])
         log.info("epoch %d/%d %s", epoch + 1, epochs, {k: round(v, 4) for k, v in metrics.items()})
         state = {"epoch": epoch, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict() if scheduler is not None else None, "spec": spec,
                  "macs": macs} if env.rank == 0 else None
+        if state is not None and ema is not None:
+            state["ema"] = ema.module.state_dict()
         env.report(metrics, state)
     return metrics
