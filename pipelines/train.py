@@ -2,6 +2,7 @@
 (results/best_config.json: alpha, temperature, split) for train.epochs; resumes an interrupted run of the same
 params."""
 import json
+import logging
 from pathlib import Path
 
 from adaskip.config import apply_tuned
@@ -31,7 +32,10 @@ def run(params, args) -> None:
         mlflow.log_params(run_id, params.model_dump(mode="json", include={"data", "model", "train"}))
         metrics, state = run_training(params, store, f"train-{h}",
                                       TrackingTarget(mlflow.uri, params.mlflow.experiment, run_id))
-        save_atomic({"spec": state["spec"], "state_dict": state["model"], "macs": state["macs"], "metrics": metrics}, MODEL)
+        weights = "EMA" if state.get("ema") else "raw"  # train.ema: the EMA weights are the ones validated and shipped
+        logging.getLogger("adaskip.train").info("saving the %s weights -> %s", weights, MODEL)
+        save_atomic({"spec": state["spec"], "state_dict": state.get("ema") or state["model"], "macs": state["macs"],
+                     "metrics": metrics, "weights": weights.lower(), "image_size": params.data.image_size}, MODEL)
         mlflow.log_artifact(run_id, MODEL, "model")
         trained_with = {"alpha": params.train.alpha, "temperature": params.train.temperature,
                         "split": list(state["spec"]["split"])}

@@ -100,7 +100,7 @@ def _fit(cell: Cell, tracker: Optional["Tracker"], run_id: Optional[str], prefix
 
     metrics = fit(cell.params, WorkerEnv(report=report), **kwargs)
     model = build_from_spec(final["spec"])
-    load_state(model, final["model"], f"{cell.key} {prefix}".strip())
+    load_state(model, final.get("ema") or final["model"], f"{cell.key} {prefix}".strip())
     return metrics, model.eval()
 
 
