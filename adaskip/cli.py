@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import AdaskipError
+from .export import add_parser as export_parser
 from .stage import exit_now
 
 
@@ -79,6 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     d.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each node (default: %(default)s)")
     d.set_defaults(func=doctor)
     _recipe_parser(sub)
+    export_parser(sub)
     args = parser.parse_args(argv)
     try:
         code = args.func(args)
