@@ -67,6 +67,40 @@ def _recipe_parser(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=recipe)
 
 
+def _select_parser(sub: argparse._SubParsersAction) -> None:
+    from .export import FORMATS
+    from .select import GRID, run_cli
+
+    s = sub.add_parser("select", help="choose the best sub-network under a latency / MACs / accuracy budget",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Read the evaluation grid (results/eval_grid.csv, or an MLflow evaluate run's "
+                       "eval_grid.json)\nand print the most accurate Pareto-front sub-network within every budget "
+                       "given (ties: fewer MACs),\nwith its figures. Latency is the p50 in ms per forward of one "
+                       "batch, measured by evaluate at\nevaluate.latency_batch_sizes on the grid's device.\n"
+                       "exit 0: chosen; 1: none fits (one line: what the cheapest costs); 2: bad arguments (one line)",
+                       epilog="examples:\n"
+                       "  adaskip select --max-latency-ms 2.5                 # batch: the first measured\n"
+                       "  adaskip select --max-latency-ms 20 --batch 32 --device cpu --min-acc 80\n"
+                       "  adaskip select --max-macs 3e6 --export onnx --out small.onnx   # then export it, verified\n"
+                       "  adaskip select --run 3f2c...e1 --min-acc 85          # the grid of an MLflow evaluate run")
+    s.add_argument("--grid", default=GRID, metavar="CSV", help="evaluation grid (default: %(default)s)")
+    s.add_argument("--run", metavar="RUN_ID", help="MLflow evaluate run whose eval_grid.json to read instead")
+    s.add_argument("--params", default="params.yaml", help="for --run: its mlflow.tracking_uri (default: %(default)s)")
+    s.add_argument("--max-latency-ms", type=float, metavar="X", help="p50 ms per batch at most")
+    s.add_argument("--batch", type=int, metavar="B", help="batch size --max-latency-ms refers to (default: the "
+                   "first of evaluate.latency_batch_sizes)")
+    s.add_argument("--device", metavar="D", help="the grid's device whose latency counts (exact, or a unique part: "
+                   "cpu, H100); needed when the grid holds several")
+    s.add_argument("--max-macs", type=float, metavar="M", help="multiply-accumulates per image at most (3.5e8)")
+    s.add_argument("--min-acc", type=float, metavar="A", help="test top-1 accuracy at least, in %%")
+    s.add_argument("--export", choices=FORMATS, metavar="FORMAT", help=f"export the choice ({', '.join(FORMATS)}), "
+                   "as `adaskip export` does")
+    s.add_argument("--out", type=Path, metavar="FILE", help="the export's output file")
+    s.add_argument("--model", default="models/model.pt", help="model file to export from (default: %(default)s)")
+    s.add_argument("--image-size", type=int, metavar="N", help="export input resolution (default: the model file's)")
+    s.set_defaults(func=run_cli)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="adaskip", description="adaptive-depth networks: cluster and model tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,10 +115,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     d.set_defaults(func=doctor)
     _recipe_parser(sub)
     export_parser(sub)
+    _select_parser(sub)
     args = parser.parse_args(argv)
     try:
         code = args.func(args)
     except AdaskipError as e:
         print(f"error: {e}", file=sys.stderr)
         code = 2
-    exit_now(code)
+    if args.func is doctor:  # the one command that starts Ray: stop it and exit without a slow finalisation
+        exit_now(code)
+    sys.exit(code)

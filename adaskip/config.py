@@ -136,10 +136,26 @@ class TuneParams(_Section):
 class EvaluateParams(_Section):
     batch_size: int = Field(128, ge=1)
     parallelism: int = Field(2, ge=1, description="parallel Ray tasks; each takes a subtree of stage prefixes")
-    latency_batch_size: int = Field(1, ge=1)
+    latency_batch_sizes: list[int] = Field([1, 32], min_length=1, description="batch sizes latency is measured "
+                                           "at (ms per forward of one batch); latency_ms is at the first")
+    latency_threads: list[Optional[int]] = Field([None], min_length=1, description="torch intra-op threads latency "
+                                                 "is measured with; null = the CPUs each evaluation task holds (1 "
+                                                 "unless a count here asks for more)")
+    latency_warmup: int = Field(2, ge=0, description="untimed forwards before each latency measurement")
     latency_reps: int = Field(10, ge=1)
     recalibrate_bn: bool = Field(False, description="re-estimate BatchNorm statistics per intermediate sub-network")
     recalibrate_batches: int = Field(10, ge=1)
+
+    @field_validator("latency_batch_sizes", "latency_threads")
+    @classmethod
+    def _positive_unique(cls, v: list[Optional[int]]) -> list[Optional[int]]:
+        if any(x is not None and x < 1 for x in v) or len(set(v)) != len(v):
+            raise ValueError(f"must be distinct positive integers, got {v}")
+        return v
+
+    def task_cpus(self) -> int:
+        """CPUs each evaluation task holds: the largest latency thread count, at least 1."""
+        return max([1] + [t for t in self.latency_threads if t is not None])
 
 
 class MlflowParams(_Section):

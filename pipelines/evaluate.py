@@ -1,18 +1,22 @@
 """DVC stage `evaluate`: every sub-network on the test split in parallel Ray tasks; one MLflow child run each.
+results/eval_grid.csv has one row per sub-network (latency columns per batch size, the device and threads), and
+results/latency.csv the same latencies in long form (skip x batch size x threads).
 Interrupted, it resumes: grid subtrees already evaluated for this model file and these params are kept."""
 import hashlib
 
 from adaskip.files import write_csv
 from adaskip.stage import main, params_hash, remove_outputs, start_ray, storage, tracker
 
-MODEL, GRID = "models/model.pt", "results/eval_grid.csv"
+MODEL, GRID, LATENCY = "models/model.pt", "results/eval_grid.csv", "results/latency.csv"
+METRICS = ("acc1", "acc5", "macs", "params", "latency_ms", "skipped_stages", "threads")
 
 
 def run(params, args) -> None:
+    from adaskip.evaluation.latency import latency_long
     from adaskip.orchestration.grid import evaluate_parallel
     from adaskip.training import load_model
 
-    remove_outputs(GRID)
+    remove_outputs(GRID, LATENCY)
     _, model_file = load_model(MODEL)  # rebuilt and loaded here: a wrong or corrupt file fails before Ray starts
     with open(MODEL, "rb") as f:  # finished subtrees are reused only for the same weights and evaluation params
         h = hashlib.sha256(hashlib.file_digest(f, "sha256").digest() + params_hash(params, "data", "evaluate").encode()).hexdigest()[:10]
@@ -23,12 +27,17 @@ def run(params, args) -> None:
     done = storage(params).child(f"evaluate-{h}")
     with mlflow.run(f"evaluate-{h}", tags, run_id=resume) as parent:
         grid = evaluate_parallel(model_file, params, done)
-        for row in grid.itertuples(index=False):
-            cell = {"skip": row.skip, "pareto": str(row.pareto)}  # a child left by an interrupted run is continued
-            with mlflow.run(row.skip, cell, parent, mlflow.find_run(cell, parent)) as child:
-                mlflow.log_metrics(child, {k: getattr(row, k) for k in ("acc1", "acc5", "macs", "params", "latency_ms", "skipped_stages")})
+        keys = METRICS + tuple(c for c in grid.columns if c.startswith(("latency_p50_ms_", "latency_p90_ms_")))
+        for row in grid.to_dict("records"):
+            cell = {"skip": row["skip"], "pareto": str(row["pareto"])}  # an interrupted run's child is continued
+            with mlflow.run(row["skip"], cell, parent, mlflow.find_run(cell, parent)) as child:
+                mlflow.log_metrics(child, {k: row[k] for k in keys})
+                mlflow.set_tags(child, {"device": row["device"]})
+        latency = latency_long(grid)
         mlflow.log_table(parent, grid, "eval_grid.json")
+        mlflow.log_table(parent, latency, "latency.json")
         write_csv(grid, GRID)
+        write_csv(latency, LATENCY)
     done.remove()  # finished: nothing left to resume
     print(grid.to_string(index=False))
 

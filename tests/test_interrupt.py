@@ -138,7 +138,8 @@ def test_ctrl_c_during_evaluate_keeps_finished_subtrees(tmp_path: Path, tiny_raw
 
     # 4 subtrees on 2 CPUs, two at a time, each a few seconds (latency reps at 32 px): Ctrl-C after the first ones
     # lands while others are running
-    params = _project(tmp_path, tiny_raw, {"data": {"image_size": 32}, "evaluate": {"parallelism": 4, "latency_reps": 1000}})
+    params = _project(tmp_path, tiny_raw, {"data": {"image_size": 32}, "evaluate": {"parallelism": 4, "latency_reps": 1000,
+                                                                                      "latency_batch_sizes": [1]}})
     m = Params.model_validate(params).model
     spec = model_spec(m.name, 10, m.split or [], m.skip_aware_norm, m.num_stages, m.kwargs)  # untrained weights do
     net = build_from_spec({**spec, "split": m.split})

@@ -87,6 +87,12 @@ def test_contract_files(reproduced: Path):
     by = grid.set_index("skip")
     assert by.macs["FFFF"] > by.macs["TFFF"] > by.macs["TTFF"] > by.macs["TTTF"] > by.macs["TTTT"]
     assert (by.latency_ms > 0).all()
+    for b in (1, 32):  # params.yaml's evaluate.latency_batch_sizes
+        assert (by[f"latency_p50_ms_b{b}"] <= by[f"latency_p90_ms_b{b}"]).all()
+    assert (by.latency_ms == by.latency_p50_ms_b1).all() and by.device.str.startswith("cpu:").all()
+    latency = pd.read_csv(reproduced / "results" / "latency.csv", dtype={"skip": str})
+    assert list(latency.columns) == ["skip", "device", "batch_size", "threads", "p50_ms", "p90_ms"]
+    assert len(latency) == 2 * 16 and set(latency.skip) == set(grid.skip)
     metrics = json.loads((reproduced / "results" / "metrics.json").read_text())
     for key in ("super_acc1", "base_acc1", "val_acc_super", "val_acc_base", "tune_best_objective"):
         assert metrics.get(key) is not None, (key, metrics)
@@ -116,7 +122,7 @@ def test_mlflow_runs(reproduced: Path):
     assert stages["tune"].info.start_time < train.info.start_time
     grid_children = tracker.children(stages["evaluate"].info.run_id)
     assert sorted(r.data.tags["skip"] for r in grid_children) == sorted(pd.read_csv(reproduced / "results" / "eval_grid.csv").skip)
-    assert all({"acc1", "macs", "latency_ms"} <= set(r.data.metrics) for r in grid_children)
+    assert all({"acc1", "macs", "latency_ms", "latency_p50_ms_b32"} <= set(r.data.metrics) for r in grid_children)
     assert len(tracker.children(stages["tune"].info.run_id)) == 2  # one per trial
 
 

@@ -15,8 +15,8 @@ from ..config import Params
 from ..data import load_splits, make_loader
 from ..data.base import Splits
 from ..data.loader import resolve_workers
-from ..evaluation import (complexity_table, evaluate_grid, latency_table, recalibrated_grid, select_configs,
-                          summarise)
+from ..evaluation import (complexity_table, evaluate_grid, latency_long_table, latency_wide, recalibrated_grid,
+                          select_configs, summarise)
 from ..models import AdaptiveDepthNet
 from .storage import Storage
 
@@ -40,11 +40,12 @@ def grid_accuracy(model: AdaptiveDepthNet, splits: Splits, p: Params, configs: O
 
 
 def _evaluate_subtree(model_file: dict[str, Any], params: dict[str, Any], prefix: str) -> pd.DataFrame:
-    """One task: accuracy (prefix-shared), MACs, params and latency of the configurations under ``prefix``."""
+    """One task: accuracy (prefix-shared), MACs, params and latency of the configurations under ``prefix``; one
+    row per configuration, the latency columns as :func:`adaskip.evaluation.latency_wide` names them."""
     from ..training import build_from_spec
 
-    torch.set_num_threads(1)
     p = Params.model_validate(params)
+    torch.set_num_threads(p.evaluate.task_cpus())
     model = build_from_spec(model_file["spec"])
     model.load_state_dict(model_file["state_dict"])
     splits = load_splits(p.data)
@@ -52,8 +53,17 @@ def _evaluate_subtree(model_file: dict[str, Any], params: dict[str, Any], prefix
     size = (splits.in_chans, p.data.image_size, p.data.image_size)
     acc = grid_accuracy(model, splits, p, configs, p.evaluate.recalibrate_bn)
     cost = complexity_table(model, configs, size)
-    lat = latency_table(model, configs, size, batch_size=p.evaluate.latency_batch_size, reps=p.evaluate.latency_reps)
-    return acc.merge(cost, on="skip").merge(lat, on="skip")
+    return acc.merge(cost, on="skip").merge(subtree_latency(model, configs, size, p), on="skip")
+
+
+def subtree_latency(model: AdaptiveDepthNet, configs: list, size: tuple[int, ...], p: Params) -> pd.DataFrame:
+    """Wide latency columns of ``configs`` measured in this process, on the GPU when this task sees one."""
+    e = p.evaluate
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    long = latency_long_table(model, configs, size, e.latency_batch_sizes, e.latency_threads, e.latency_warmup,
+                              e.latency_reps)
+    return latency_wide(long)
 
 
 def evaluate_parallel(model_file: dict[str, Any], params: Params, done: Optional[Storage] = None) -> pd.DataFrame:
@@ -63,7 +73,8 @@ def evaluate_parallel(model_file: dict[str, Any], params: Params, done: Optional
     saved = {p: f"{p or 'all'}.csv" for p in subtrees} if done else {}
     kept = [p for p, f in saved.items() if done.exists(f)]
     finished = [done.read_csv(saved[p]) for p in kept]
-    task, ref, config = ray.remote(num_cpus=1)(_evaluate_subtree), ray.put(model_file), params.model_dump(mode="json")
+    task = ray.remote(num_cpus=params.evaluate.task_cpus())(_evaluate_subtree)
+    ref, config = ray.put(model_file), params.model_dump(mode="json")
     pending = {task.remote(ref, config, p): p for p in subtrees if p not in kept}
     with tqdm(total=len(subtrees), initial=len(finished), desc="evaluation grid", unit="subtree") as bar:
         while pending:

@@ -78,6 +78,24 @@ def provenance_tags() -> dict[str, str]:
     return tags
 
 
+def load_table(uri: str, run_id: str, name: str) -> pd.DataFrame:
+    """The table ``name`` (``eval_grid.json``) that :meth:`Tracker.log_table` logged to run ``run_id``; a missing
+    run or table is one TrackingError line."""
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    check_reachable(uri)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = MlflowClient(tracking_uri=uri).download_artifacts(run_id, name, tmp)
+            return pd.read_json(path, orient="split", dtype={"skip": str})
+    except (MlflowException, OSError, ValueError) as e:
+        lines = [line for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        raise TrackingError(f"run {run_id} in {uri}: cannot load its table {name} ({lines[0][:200]})") from None
+
+
 class Tracker:
     """A thin handle on one experiment in one tracking store."""
 

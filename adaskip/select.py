@@ -1,0 +1,203 @@
+"""Choose a sub-network under a budget (``adaskip select``).
+
+The grid is the evaluate stage's: ``results/eval_grid.csv``, or the ``eval_grid.json`` table of an MLflow evaluate
+run. Among its Pareto-front rows (fewer MACs vs higher top-1) those within every budget given (latency, MACs,
+top-1) are candidates; the most accurate wins, ties going to fewer MACs. Latency is milliseconds per forward of
+one batch (p50), at the first measured batch size unless ``batch`` names another, on the grid's device (``device``
+picks one when the grid holds several machines' rows). Exit codes of the command: 0 chosen, 1 nothing fits,
+2 bad arguments (an :class:`AdaskipError`, one line).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from .errors import AdaskipError
+from .evaluation.latency import latency_column, wide_columns
+from .evaluation.pareto import pareto_front
+
+GRID = "results/eval_grid.csv"
+TABLE = "eval_grid.json"  # the evaluate run's artifact
+
+
+class SelectError(AdaskipError, ValueError):
+    """The selection cannot be made as asked: no budget, a negative one, an unknown device or batch size, no grid."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_latency_ms: Optional[float] = None
+    max_macs: Optional[float] = None
+    min_acc: Optional[float] = None
+    batch: Optional[int] = None  # which measured batch size max_latency_ms refers to (default: the first)
+    device: Optional[str] = None  # which machine's latency (default: the grid's only one)
+
+    def check(self) -> "Budget":
+        limits = {"--max-latency-ms": self.max_latency_ms, "--max-macs": self.max_macs, "--min-acc": self.min_acc}
+        if all(v is None for v in limits.values()):
+            raise SelectError("no budget given: pass --max-latency-ms, --max-macs and/or --min-acc")
+        for flag, v in {**limits, "--batch": self.batch}.items():
+            if v is not None and (not math.isfinite(v) or v < (1 if flag == "--batch" else 0)):
+                raise SelectError(f"{flag} must be {'a positive integer' if flag == '--batch' else 'a number >= 0'}, "
+                                  f"got {v:g}")
+        return self
+
+    def describe(self, batch: Optional[int]) -> str:
+        at = f" at batch {batch}" if batch else ""
+        parts = [f"latency <= {self.max_latency_ms:g} ms{at}" if self.max_latency_ms is not None else "",
+                 f"MACs <= {_si(self.max_macs)}" if self.max_macs is not None else "",
+                 f"top-1 >= {self.min_acc:g} %" if self.min_acc is not None else ""]
+        return ", ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class Choice:
+    chosen: Optional[pd.Series]  # None: nothing fits
+    front: pd.DataFrame  # the Pareto-front rows considered
+    fitting: int  # how many of them fit
+    p50: str  # the latency column used
+    batch: Optional[int]
+
+
+def read_grid(path: str | Path = GRID) -> pd.DataFrame:
+    """An evaluation grid CSV; a missing file or one without skip/macs/acc1 is one SelectError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelectError(f"no evaluation grid at {path}: run the evaluate stage (dvc repro), pass --grid CSV or "
+                          "--run RUN_ID")
+    return _checked(pd.read_csv(path, dtype={"skip": str}), str(path))
+
+
+def grid_from_run(run_id: str, params: str | Path = "params.yaml") -> pd.DataFrame:
+    """The ``eval_grid.json`` table of MLflow evaluate run ``run_id``; the tracking store is params.yaml's
+    (``MLFLOW_TRACKING_URI`` wins; no params file: the project's default store)."""
+    from .config import load_params
+    from .tracking import load_table, resolve_uri
+
+    configured = load_params(params, check_model=False).mlflow.tracking_uri if Path(params).is_file() else None
+    uri = resolve_uri(configured, Path.cwd())
+    return _checked(load_table(uri, run_id, TABLE), f"run {run_id}")
+
+
+def _checked(grid: pd.DataFrame, source: str) -> pd.DataFrame:
+    missing = [c for c in ("skip", "macs", "acc1") if c not in grid.columns]
+    if missing or grid.empty:
+        why = f"no column {', '.join(missing)}" if missing else "no rows"
+        raise SelectError(f"{source} is not an evaluation grid ({why})")
+    return grid
+
+
+def on_device(grid: pd.DataFrame, device: Optional[str], need: bool) -> pd.DataFrame:
+    """The rows of one device: ``device`` matched exactly or as a unique case-insensitive part (``cpu``, ``H100``);
+    without it the grid must hold one device when ``need`` (a latency budget)."""
+    present = list(dict.fromkeys(grid["device"])) if "device" in grid.columns else []
+    if device is None:
+        if need and len(present) > 1:
+            raise SelectError(f"the grid holds {len(present)} devices: pass --device (one of {_listing(present)})")
+        return grid.drop_duplicates("skip")
+    matches = [d for d in present if d == device] or [d for d in present if device.lower() in str(d).lower()]
+    if len(matches) != 1:
+        what = "matches several" if matches else "is not one"
+        raise SelectError(f"--device {device!r} {what} of the grid's devices: {_listing(present) or 'none recorded'}")
+    return grid[grid["device"] == matches[0]]
+
+
+def latency_of(grid: pd.DataFrame, batch: Optional[int]) -> tuple[str, Optional[int]]:
+    """The p50 latency column for ``batch`` (default: the first measured, as ``latency_ms``) and its batch size."""
+    pairs = wide_columns(list(grid.columns))
+    if batch is None:
+        if pairs:
+            return latency_column(*pairs[0]), pairs[0][0]
+        if "latency_ms" in grid.columns:
+            return "latency_ms", None
+        raise SelectError("the grid has no latency columns: a --max-latency-ms budget cannot be checked")
+    found = [(b, t) for b, t in pairs if b == batch]
+    if not found:
+        sizes = sorted({b for b, _ in pairs})
+        raise SelectError(f"--batch {batch}: no latency measured at that batch size; the grid has batch sizes "
+                          f"{_listing(sizes) or 'none'} (evaluate.latency_batch_sizes)")
+    return latency_column(*found[0]), batch
+
+
+def choose(grid: pd.DataFrame, budget: Budget) -> Choice:
+    """The most accurate Pareto-front row within ``budget`` (ties: fewer MACs, then skip string)."""
+    budget.check()
+    rows = on_device(grid, budget.device, need=budget.max_latency_ms is not None)
+    wants = budget.max_latency_ms is not None or budget.batch is not None
+    has = "latency_ms" in rows.columns or bool(wide_columns(list(rows.columns)))
+    p50, batch = latency_of(rows, budget.batch) if wants or has else ("", None)
+    on_front = rows["pareto"].astype(bool) if "pareto" in rows.columns else pareto_front(rows["macs"], rows["acc1"])
+    front = rows[list(on_front)]
+    ok = pd.Series(True, front.index)
+    if budget.max_latency_ms is not None:
+        ok &= front[p50] <= budget.max_latency_ms
+    if budget.max_macs is not None:
+        ok &= front["macs"] <= budget.max_macs
+    if budget.min_acc is not None:
+        ok &= front["acc1"] >= budget.min_acc
+    fit = front[ok].sort_values(["acc1", "macs", "skip"], ascending=[False, True, True], kind="stable")
+    return Choice(fit.iloc[0] if len(fit) else None, front, len(fit), p50, batch)
+
+
+def figures(row: pd.Series, p50: str) -> str:
+    """``top-1 76.50 %, top-5 93.10 %, 3.460 GMACs, 21.300 Mparams, p50 1.23 ms / p90 1.4 ms per batch of 1 on ...``"""
+    parts = [f"top-1 {row['acc1']:.2f} %"] + ([f"top-5 {row['acc5']:.2f} %"] if "acc5" in row else [])
+    parts += [f"{_si(row['macs'])}MACs"] + ([f"{_si(row['params'])}params"] if "params" in row else [])
+    return ", ".join(parts + ([_latency(row, p50)] if p50 in row else []))
+
+
+def _latency(row: pd.Series, p50: str) -> str:
+    (batch, suffix), = wide_columns([p50]) or [(None, None)]
+    threads = suffix or (int(row["threads"]) if "threads" in row else None)
+    p90 = latency_column(batch, suffix, "p90") if batch else ""
+    text = f"p50 {row[p50]:.3g} ms" + (f" / p90 {row[p90]:.3g} ms" if p90 in row else "")
+    text += (f" per batch of {batch}" if batch else " per batch") + (f" on {row['device']}" if "device" in row else "")
+    return text + (f", {threads} thread{'s' if threads > 1 else ''}" if threads else "")
+
+
+def verdict(choice: Choice, budget: Budget) -> str:
+    """One line: the chosen configuration with its figures, or that none fits and what the cheapest costs."""
+    limits = budget.describe(choice.batch)
+    if choice.chosen is not None:
+        return (f"{choice.chosen['skip']}: {figures(choice.chosen, choice.p50)} (the most accurate of the "
+                f"{choice.fitting} Pareto-front sub-networks within {limits}; {len(choice.front)} on the front)")
+    key = choice.p50 if budget.max_latency_ms is not None else "macs"
+    cheapest = choice.front.sort_values([key, "macs"], kind="stable").iloc[0]
+    best = choice.front.sort_values("acc1", ascending=False, kind="stable").iloc[0]
+    most = f"; the most accurate, {best['skip']}, reaches {best['acc1']:.2f} %" if budget.min_acc is not None else ""
+    return (f"no sub-network fits {limits}: the cheapest on the Pareto front is {cheapest['skip']}: "
+            f"{figures(cheapest, choice.p50)}{most}")
+
+
+def _listing(values: list) -> str:
+    return ", ".join(map(str, values))
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3f} {unit}"
+    return f"{n:.0f} "
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Handler of ``adaskip select``: the verdict line (and the export's line); 0 chosen, 1 nothing fits."""
+    if (args.export is None) != (args.out is None):
+        raise SelectError("--export FORMAT and --out FILE go together")
+    budget = Budget(args.max_latency_ms, args.max_macs, args.min_acc, args.batch, args.device).check()
+    grid = grid_from_run(args.run, args.params) if args.run else read_grid(args.grid)
+    choice = choose(grid, budget)
+    print(verdict(choice, budget))
+    if choice.chosen is None:
+        return 1
+    if args.export:
+        from .export import export_subnetwork
+
+        print(export_subnetwork(args.model, choice.chosen["skip"], args.export, args.out,
+                                image_size=args.image_size).line())
+    return 0
