@@ -130,7 +130,7 @@ def test_cli_keeps_comments_and_order(params_file, tmp_path, capsys):
     p = load_params(params_file, check_model=False)
     assert (p.data.name, p.train.epochs, p.model.kwargs) == ("cifar100", 7, {"output_stride": 8})
     out = capsys.readouterr().out
-    assert "data.name: digits -> cifar100" in out and "train.epochs: 4 -> 7" in out
+    assert "data.name: digits -> cifar100" in out and "train.epochs: 15 -> 7" in out
 
 
 @pytest.mark.parametrize("argv, message", [
