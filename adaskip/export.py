@@ -25,9 +25,7 @@ import argparse
 import copy
 import logging
 import os
-import pickle
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -184,16 +182,9 @@ def build_exported(config: dict[str, Any]) -> SubNetwork:
 
 def load_exported(path: str | os.PathLike) -> SubNetwork:
     """Rebuild a torch-format export (in eval mode); a missing, corrupt or foreign file is a CheckpointError."""
-    from .training.checkpoint import CheckpointError
+    from .training.checkpoint import CheckpointError, read_torch_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"exported network {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"exported network {path} is truncated or corrupt ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    obj = read_torch_file(path, "exported network")
     if not isinstance(obj, dict) or obj.get("format") != FILE_FORMAT or "config" not in obj or "state_dict" not in obj:
         raise CheckpointError(f"{path} is not an adaskip torch-format export (expected format {FILE_FORMAT!r} with "
                               "'config' and 'state_dict'; TorchScript files load with torch.jit.load)")

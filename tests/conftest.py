@@ -38,6 +38,18 @@ def checkpoint_recorded(root: Path, run_glob: str) -> bool:
         return False
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op torch thread for a module of tiny models: as fast, and no OpenMP spin-waiting that costs seconds
+    per step on a busy 2-core machine (modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_raw() -> dict[str, Any]:
     """The shipped params.yaml with TINY applied (a plain dict: tests tweak it further)."""

@@ -14,14 +14,7 @@ from adaskip.evaluation import (complexity_table, evaluate_grid, grid_logits, me
                                 summarise, tradeoff_auc)
 from adaskip.models import SkipAwareNorm
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast and avoids OpenMP oversubscription on busy CI hosts."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 def _randomise_norms(model: torch.nn.Module, seed: int = 0) -> None:

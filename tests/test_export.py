@@ -34,7 +34,8 @@ MODELS = {
     "swin": ("swin_tiny_patch4_window7_224", {"img_size": SIZE, "embed_dim": 24}),
 }
 FORMATS = ["torch", "torchscript", "onnx"]
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 def _configs(family: str) -> list[str]:
@@ -45,14 +46,6 @@ def _configs(family: str) -> list[str]:
 
 
 CASES = [(f, c, fmt) for f in MODELS for c in _configs(f) for fmt in FORMATS]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _scramble_norms(net: nn.Module, seed: int) -> None:

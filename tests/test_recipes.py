@@ -18,16 +18,10 @@ from adaskip.data import load_splits, make_loader
 from adaskip.recipes import RECIPES_DIR, apply_recipe, load_overlay, parse_sets, recipe_overlay, shipped
 from adaskip.training import DistillConfig, build_from_spec, cross_entropy, distill_step, loop
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(shipped())
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -19,15 +19,9 @@ from adaskip.select import Budget, SelectError, choose
 
 from conftest import ROOT, TINY, merge
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
+
 BATCHES = [1, 4]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _cli(*argv: str) -> int:

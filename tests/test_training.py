@@ -19,17 +19,9 @@ import adaskip
 from adaskip.training import (DistillConfig, Precision, cross_entropy, distill_step, distillation_terms,
                               feature_loss, kd_loss, kd_step, plain_step, unwrap)
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
+
 NUM_CLASSES = 5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The models here are tiny: one intra-op thread is as fast, and avoids OpenMP spin-waiting that
-    costs seconds per step on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -36,16 +36,23 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, tmp)
 
 
-def load_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``); errors say what is wrong with the file."""
+def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """``torch.load`` with ``weights_only=True`` on CPU; a missing, truncated or corrupt file is a CheckpointError
+    naming ``what`` it is."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"{what} {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                              "delete it and re-run the stage that writes it") from None
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        raise CheckpointError(f"{what} {path} is truncated or corrupt ({type(e).__name__}: {first}); "
+                              "delete it and re-run what wrote it") from None
+
+
+def load_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``); errors say what is wrong with the file."""
+    obj = read_torch_file(path)
     if not isinstance(obj, dict) or "state_dict" not in obj or "spec" not in obj:
         raise CheckpointError(f"checkpoint {path} is not an adaskip model file (expected keys 'spec' and 'state_dict')")
     return obj
