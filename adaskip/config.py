@@ -161,6 +161,8 @@ class EvaluateParams(_Section):
 class MlflowParams(_Section):
     experiment: str = "adaskip"
     tracking_uri: Optional[str] = Field(None, description="default: sqlite:///<project>/mlflow.db; env MLFLOW_TRACKING_URI wins")
+    registered_model: Optional[str] = Field("adaskip", description="Model Registry name the train stage registers the "
+                                            "model under (a new version per run); null: not registered")
 
 
 class ClusterParams(_Section):

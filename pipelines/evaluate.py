@@ -14,6 +14,7 @@ METRICS = ("acc1", "acc5", "macs", "params", "latency_ms", "skipped_stages", "th
 def run(params, args) -> None:
     from adaskip.evaluation.latency import latency_long
     from adaskip.orchestration.grid import evaluate_parallel
+    from adaskip.tracking import pareto_tags, skip_params
     from adaskip.training import load_model
 
     remove_outputs(GRID, LATENCY)
@@ -26,16 +27,22 @@ def run(params, args) -> None:
     start_ray(params, mlflow.uri)
     done = storage(params).child(f"evaluate-{h}")
     with mlflow.run(f"evaluate-{h}", tags, run_id=resume) as parent:
+        mlflow.log_dataset(parent, params.data.model_dump(mode="json"), "evaluation")
         grid = evaluate_parallel(model_file, params, done)
         keys = METRICS + tuple(c for c in grid.columns if c.startswith(("latency_p50_ms_", "latency_p90_ms_")))
         for row in grid.to_dict("records"):
             cell = {"skip": row["skip"], "pareto": str(row["pareto"])}  # an interrupted run's child is continued
             with mlflow.run(row["skip"], cell, parent, mlflow.find_run(cell, parent)) as child:
+                mlflow.log_params(child, skip_params(row["skip"]))  # per-stage flags: plottable in the compare view
                 mlflow.log_metrics(child, {k: row[k] for k in keys})
                 mlflow.set_tags(child, {"device": row["device"]})
         latency = latency_long(grid)
         mlflow.log_table(parent, grid, "eval_grid.json")
         mlflow.log_table(parent, latency, "latency.json")
+        name = params.mlflow.registered_model
+        version = name and mlflow.model_version(name, MODEL)  # the version the train stage registered for this file
+        if version:
+            mlflow.tag_model_version(name, version, {**pareto_tags(grid), "adaskip.evaluate_run": parent})
         write_csv(grid, GRID)
         write_csv(latency, LATENCY)
     done.remove()  # finished: nothing left to resume

@@ -30,6 +30,7 @@ def run(params, args) -> None:
     start_ray(params, mlflow.uri)
     with mlflow.run(f"train-{h}", tags, run_id=resume) as run_id:
         mlflow.log_params(run_id, params.model_dump(mode="json", include={"data", "model", "train"}))
+        mlflow.log_dataset(run_id, params.data.model_dump(mode="json"), "training")
         metrics, state = run_training(params, store, f"train-{h}",
                                       TrackingTarget(mlflow.uri, params.mlflow.experiment, run_id))
         weights = "EMA" if state.get("ema") else "raw"  # train.ema: the EMA weights are the ones validated and shipped
@@ -37,13 +38,16 @@ def run(params, args) -> None:
         save_atomic({"spec": state["spec"], "state_dict": state.get("ema") or state["model"], "macs": state["macs"],
                      "metrics": metrics, "weights": weights.lower(), "image_size": params.data.image_size}, MODEL)
         mlflow.log_artifact(run_id, MODEL, "model")
+        # the MLflow Model (pyfunc, skip as an inference parameter), registered as a new version
+        version = mlflow.log_model(run_id, MODEL, params.mlflow.registered_model, params.data.image_size)
         trained_with = {"alpha": params.train.alpha, "temperature": params.train.temperature,
                         "split": list(state["spec"]["split"])}
         write_json({**{k: metrics[k] for k in sorted(metrics) if isinstance(metrics[k], (int, float))},
-                    "trained_with": trained_with}, METRICS)
+                    "trained_with": trained_with, **({"registered_model_version": version} if version else {})}, METRICS)
     store.remove(f"train-{h}")  # finished: nothing left to resume
     print(f"trained {trained_with} for {params.train.epochs} epochs: val super-net {metrics['val_acc_super']:.1f}%, "
-          f"base-net {metrics['val_acc_base']:.1f}% -> {MODEL}")
+          f"base-net {metrics['val_acc_base']:.1f}% -> {MODEL}"
+          + (f" (registered {params.mlflow.registered_model} version {version})" if version else ""))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,10 @@ import pandas as pd
 from ..errors import AdaskipError
 
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
+# MLflow 3's experiment kind: model training opens the UI on the runs table (not the GenAI traces overview)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+MODEL_NAME = "adaptive_net"  # the MLflow Model's name in the train run (model/model.pt is the raw file artifact)
+SHA_TAG = "adaskip.model_sha256"  # on the registered version: which models/model.pt it serves
 
 
 class TrackingError(AdaskipError, RuntimeError):
@@ -107,7 +111,13 @@ class Tracker:
         self.experiment = experiment
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        key, kind = EXPERIMENT_KIND
+        if exp is None:
+            self.experiment_id = self.client.create_experiment(experiment, tags={key: kind})
+        else:
+            self.experiment_id = exp.experiment_id
+            if key not in exp.tags:  # an experiment created before: a user's own kind is kept
+                self.client.set_experiment_tag(self.experiment_id, key, kind)
 
     def start_run(self, name: str, tags: Optional[Mapping[str, str]] = None, parent_run_id: Optional[str] = None) -> str:
         tags = {**provenance_tags(), **(tags or {})}
@@ -204,3 +214,93 @@ class Tracker:
             raise
         else:
             self.end_run(run_id, FINISHED)
+
+    def log_dataset(self, run_id: str, data: Mapping[str, Any], context: str) -> None:
+        """Log the data set as the run's input: a one-row descriptor table (``data`` params: name, path, image size,
+        split fractions, seed) named ``data["name"]``, its digest a hash of the descriptor; ``context``: training or
+        evaluation."""
+        import hashlib
+        import json
+
+        import warnings
+
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        row = {k: v for k, v in flatten(data).items() if k != "workers"}  # loader processes: not the data
+        blob = json.dumps(row, sort_keys=True, default=str)
+        df = pd.DataFrame([{k: ("" if v is None else v) for k, v in row.items()}])
+        name = str(data.get("name") or "data")
+        source = str(Path(data["path"]).resolve()) if data.get("path") else None  # None: a code source
+        with warnings.catch_warnings():  # "integer columns cannot represent missing values": a descriptor has none;
+            warnings.simplefilter("ignore", UserWarning)  # "the source can be interpreted in multiple ways"
+            ds = mlflow.data.from_pandas(df, source=source, name=name, digest=hashlib.sha256(blob.encode()).hexdigest()[:8])
+        self.client.log_inputs(run_id, [DatasetInput(ds._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])])
+
+    def log_model(self, run_id: str, path: str | os.PathLike, registered_model: Optional[str],
+                  image_size: Optional[int] = None) -> Optional[int]:
+        """Log the model file ``path`` as an MLflow Model (pyfunc :class:`.model.AdaptiveDepthModel`, with input
+        signature and a ``skip`` inference parameter) in run ``run_id``, and register it as a new version of
+        ``registered_model`` (None: not registered). Returns the version, tagged with the file's sha256 so that
+        :meth:`tag_model_version` finds it from the file alone."""
+        import hashlib
+
+        import mlflow
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        from ..training import build_from_spec, load_file
+        from .model import AdaptiveDepthModel, requirements, signature
+
+        obj = load_file(path)
+        spec = obj["spec"]
+        size = int(image_size or obj.get("image_size") or 224)
+        with open(path, "rb") as f:
+            sha = hashlib.file_digest(f, "sha256").hexdigest()
+        num_stages = build_from_spec(spec).num_stages
+        with _use_tracking_uri(self.uri):
+            info = mlflow.models.Model.log(
+                None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, registered_model_name=registered_model,
+                python_model=AdaptiveDepthModel(), artifacts={"model": str(Path(path).resolve())},
+                signature=signature(size, int(spec["num_classes"]), num_stages), pip_requirements=requirements(),
+                tags={SHA_TAG: sha})
+        if not registered_model:
+            return None
+        version = int(info.registered_model_version)
+        self.client.set_model_version_tag(registered_model, str(version), SHA_TAG, sha)
+        self.set_tags(run_id, {"adaskip.registered_model": f"{registered_model}/{version}"})
+        return version
+
+    def model_version(self, registered_model: str, path: str | os.PathLike) -> Optional[str]:
+        """The newest registered version of ``registered_model`` that serves the model file ``path`` (by sha256)."""
+        import hashlib
+
+        from mlflow.exceptions import MlflowException
+
+        with open(path, "rb") as f:
+            sha = hashlib.file_digest(f, "sha256").hexdigest()
+        try:
+            versions = self.client.search_model_versions(f"name = '{registered_model}'")
+        except MlflowException:
+            return None
+        hits = [v for v in versions if v.tags.get(SHA_TAG) == sha]
+        return str(max(int(v.version) for v in hits)) if hits else None
+
+    def tag_model_version(self, registered_model: str, version: str, tags: Mapping[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_model_version_tag(registered_model, version, k, str(v))
+
+
+def skip_params(skip: str) -> dict[str, str]:
+    """A sub-network's params: ``skip`` and one ``skip_stage<i>`` = true/false per stage (plottable per stage)."""
+    return {"skip": skip, **{f"skip_stage{i}": str(c == "T").lower() for i, c in enumerate(skip, 1)}}
+
+
+def pareto_tags(grid: pd.DataFrame) -> dict[str, str]:
+    """Compact tags of the Pareto configurations: ``pareto`` = "FFFF:98.5@12.3M,..." (top-1 @ MACs, by MACs) and
+    ``acc1.<skip>`` / ``macs.<skip>`` each."""
+    front = grid[grid["pareto"].astype(str).str.lower() == "true"].sort_values("macs")
+    tags = {"pareto": ",".join(f"{r.skip}:{r.acc1:.1f}@{r.macs / 1e6:.3g}M" for r in front.itertuples())}
+    for r in front.itertuples():
+        tags[f"acc1.{r.skip}"] = f"{r.acc1:.2f}"
+        tags[f"macs.{r.skip}"] = str(int(r.macs))
+    return tags
