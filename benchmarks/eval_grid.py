@@ -50,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _randomise_norms(model: torch.nn.Module, seed: int) -> None:
+def randomise_norms(model: torch.nn.Module, seed: int) -> None:
     """Random BN statistics and affines: timm zero-initialises the last BN of each residual block,
     which would make skipping a no-op and the output check vacuous."""
     g = torch.Generator().manual_seed(seed)
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = adaskip.create_model(args.model, num_classes=args.num_classes)
-    _randomise_norms(model, args.seed)
+    randomise_norms(model, args.seed)
     model.eval()
     s = model.num_stages
     g = torch.Generator().manual_seed(args.seed)

@@ -29,6 +29,7 @@ import torch  # noqa: E402
 import adaskip  # noqa: E402
 from adaskip.export import export_subnetwork, load_exported  # noqa: E402
 from adaskip.training import model_spec, save_atomic  # noqa: E402
+from eval_grid import randomise_norms  # noqa: E402  (this script's folder is on sys.path)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,26 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _randomise_norms(model: torch.nn.Module, seed: int) -> None:
-    """Random BN statistics and affines: timm zero-initialises the last BN of each residual block, which would
-    make skipping a no-op and the output check vacuous."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-                m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                m.bias.copy_(0.1 * torch.randn(n, generator=g))
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = adaskip.create_model(args.model, num_classes=args.num_classes)
-    _randomise_norms(model, args.seed)
+    randomise_norms(model, args.seed)
     model.eval()
     skip = args.skip or "T" * model.num_stages
     with tempfile.TemporaryDirectory() as tmp:
