@@ -208,7 +208,7 @@ class Params(_Section):
                 check_source(self.model.pretrained)
             except PretrainedError as e:
                 raise ValueError(str(e)) from None
-        for split in self.tune_splits() or []:
+        for split in self.tune.splits if isinstance(self.tune.splits, list) else []:  # auto: valid by construction
             try:
                 self.build_model(split=split)
             except ValueError as e:
