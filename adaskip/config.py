@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
@@ -240,7 +242,8 @@ class Params(_Section):
         return candidate_splits(self.build_model().stage_depths)
 
 
-def _format(err: ValidationError, source: str) -> str:
+def format_errors(err: ValidationError, source: str) -> str:
+    """One line per bad key of a pydantic error: ``source: key: what is wrong (got value)``."""
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
@@ -250,6 +253,13 @@ def _format(err: ValidationError, source: str) -> str:
             msg = "unknown key (misspelled? see params.yaml for the valid keys)"
         lines.append(f"{source}: {key + ': ' if key else ''}{msg}{got}")
     return "\n".join(lines)
+
+
+def params_hash(params: Params, *sections: str) -> str:
+    """Short stable hash of the named params sections (deterministic Ray run names: re-runs resume)."""
+    dump = params.model_dump(mode="json")
+    blob = json.dumps({s: dump[s] for s in sections}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 def merge_params(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -271,7 +281,7 @@ def parse_params(raw: Any, source: str = "params", check_model: bool = True) -> 
     try:
         return Params.model_validate(raw, context={"check_model": check_model})
     except ValidationError as e:
-        raise ConfigError(_format(e, source)) from None
+        raise ConfigError(format_errors(e, source)) from None
 
 
 def apply_tuned(params: Params, best: dict[str, Any], source: str = "results/best_config.json") -> Params:

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -16,13 +14,6 @@ from .config import Params, load_params
 from .errors import AdaskipError
 
 log = logging.getLogger("adaskip")
-
-
-def params_hash(params: Params, *sections: str) -> str:
-    """Short stable hash of the named params sections (deterministic Ray run names: re-runs resume)."""
-    dump = params.model_dump(mode="json")
-    blob = json.dumps({s: dump[s] for s in sections}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 def remove_outputs(*paths: str | os.PathLike) -> None:

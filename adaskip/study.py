@@ -18,8 +18,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from .config import ConfigError, Params, _format, merge_params, parse_params
-from .stage import params_hash
+from .config import ConfigError, Params, format_errors, merge_params, params_hash, parse_params
 
 METRICS = ("acc1", "acc5")
 
@@ -100,7 +99,7 @@ def load_study(path: str | Path) -> StudySpec:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     except ValidationError as e:
-        raise ConfigError(_format(e, str(path))) from None
+        raise ConfigError(format_errors(e, str(path))) from None
 
 
 def cells_file(study_file: str | Path, variant: str) -> Path:

@@ -4,8 +4,9 @@ results/latency.csv the same latencies in long form (skip x batch size x threads
 Interrupted, it resumes: grid subtrees already evaluated for this model file and these params are kept."""
 import hashlib
 
+from adaskip.config import params_hash
 from adaskip.files import write_csv
-from adaskip.stage import main, params_hash, remove_outputs, start_ray, storage, tracker
+from adaskip.stage import main, remove_outputs, start_ray, storage, tracker
 
 MODEL, GRID, LATENCY = "models/model.pt", "results/eval_grid.csv", "results/latency.csv"
 METRICS = ("acc1", "acc5", "macs", "params", "latency_ms", "skipped_stages", "threads")

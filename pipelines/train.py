@@ -5,10 +5,10 @@ import json
 import logging
 from pathlib import Path
 
-from adaskip.config import apply_tuned
 from adaskip.errors import AdaskipError
 from adaskip.files import write_json
-from adaskip.stage import main, params_hash, remove_outputs, start_ray, storage, tracker
+from adaskip.config import apply_tuned, params_hash
+from adaskip.stage import main, remove_outputs, start_ray, storage, tracker
 
 MODEL, METRICS, BEST = "models/model.pt", "results/train_metrics.json", "results/best_config.json"
 

@@ -5,9 +5,10 @@ import json
 
 import pandas as pd
 
+from adaskip.config import params_hash
 from adaskip.errors import AdaskipError
 from adaskip.files import write_csv, write_json
-from adaskip.stage import main, params_hash, remove_outputs, start_ray, storage, tracker
+from adaskip.stage import main, remove_outputs, start_ray, storage, tracker
 
 TRIALS, BEST = "results/tune_trials.csv", "results/best_config.json"
 
