@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from adaskip import study
+from adaskip.ablation import stats
+from adaskip.ablation.spec import cells_file, load_study, mlflow_tags
 from adaskip.config import ConfigError
 from adaskip.files import atomic_path, write_csv, write_json
 from adaskip.stage import main, remove_outputs, tracker
@@ -16,32 +17,32 @@ def configure(parser) -> None:
 
 
 def run(params, args) -> None:
-    spec = study.load_study(args.study)
+    spec = load_study(args.study)
     res = Path(args.study).parent / "results"
     outs = {k: res / f for k, f in (("agg", "curves.csv"), ("cmp", "comparison.csv"), ("md", "comparison.md"),
                                     ("png", "tradeoff.png"), ("json", "summary.json"))}
     remove_outputs(*outs.values())
     rows = pd.concat([_variant_rows(args.study, v) for v in spec.variants], ignore_index=True)
-    agg, cmp = study.aggregate(rows), study.compare(rows, spec.reference)
+    agg, cmp = stats.aggregate(rows), stats.compare(rows, spec.reference)
     write_csv(agg, outs["agg"])
     write_csv(cmp, outs["cmp"])
     with atomic_path(outs["md"]) as tmp:
-        Path(tmp).write_text(study.markdown(cmp, agg, spec))
+        Path(tmp).write_text(stats.markdown(cmp, agg, spec))
     with atomic_path(outs["png"]) as tmp:
-        study.tradeoff_plot(agg, tmp, f"study {spec.name}: {params.model.name} on {params.data.name}")
+        stats.tradeoff_plot(agg, tmp, f"study {spec.name}: {params.model.name} on {params.data.name}")
     mlflow = tracker(params)
-    parent = mlflow.find_run(study.mlflow_tags(spec, params))
+    parent = mlflow.find_run(mlflow_tags(spec, params))
     if parent:  # the study's parent run: its children are the cells, compared side by side in the MLflow UI
         mlflow.log_table(parent, agg, "curves.json")
         mlflow.log_table(parent, cmp, "comparison.json")
         for key in ("md", "png"):
             mlflow.log_artifact(parent, outs[key])
-    write_json(study.summary(agg, rows), outs["json"])
+    write_json(stats.summary(agg, rows), outs["json"])
     print(outs["md"].read_text())
 
 
 def _variant_rows(study_file: str, variant: str) -> pd.DataFrame:
-    path = study.cells_file(study_file, variant)
+    path = cells_file(study_file, variant)
     if not path.is_file():
         raise ConfigError(f"{path}: no results for variant {variant!r}; run the study first "
                           f"(dvc repro {Path(study_file).parent / 'dvc.yaml'})")

@@ -225,7 +225,7 @@ def test_study_variants_run_at_once(cluster):
             (project / path).write_text(yaml.safe_dump(study))
         start = time.time()
         for v in variants:  # what DVC's matrix runs, one stage after another
-            cmd = ["python", "pipelines/study.py", "--study", path, "--variant", v] + (["--alone"] if mode == "alone" else [])
+            cmd = ["python", "pipelines/cells.py", "--study", path, "--variant", v] + (["--alone"] if mode == "alone" else [])
             t = time.time()
             r = th.host1_run(cmd, env=env, timeout=1800)
             assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]

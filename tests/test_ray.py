@@ -131,8 +131,8 @@ def test_study_cells_run_fail_and_resume(ray_cluster, tiny_params, mlflow_uri, t
     configuration, one MLflow child each; a diverging variant fails alone and names itself; re-running after
     dropping it trains nothing again (finished cells are kept) and returns the same rows."""
     from adaskip.errors import AdaskipError
-    from adaskip.orchestration.study import run_cells
-    from adaskip.study import StudySpec, cells
+    from adaskip.orchestration.cells import run_cells
+    from adaskip.ablation.spec import StudySpec, cells
 
     spec = StudySpec(name="s", seeds=[0, 1], epochs=1, variants={
         "adn": {}, "ind_full": {"baseline": "super"}, "bad": {"overrides": {"train": {"lr": 1e30}}}})

@@ -16,7 +16,7 @@ from adaskip.config import ConfigError, Params
 from adaskip.models import create_model
 from conftest import ROOT
 
-from adaskip import study
+from adaskip.ablation import spec as study, stats
 
 
 def _rows() -> pd.DataFrame:
@@ -33,7 +33,7 @@ def _rows() -> pd.DataFrame:
 
 
 def test_aggregate_mean_and_std_over_seeds():
-    agg = study.aggregate(_rows()).set_index(["variant", "skip"])
+    agg = stats.aggregate(_rows()).set_index(["variant", "skip"])
     assert agg.loc[("adn", "FF"), "acc1_mean"] == 91.0
     assert agg.loc[("adn", "FF"), "acc1_std"] == pytest.approx(2 ** 0.5)  # sample std of 90, 92
     assert agg.loc[("adn", "TT"), "acc1_mean"] == 82.0 and agg.loc[("adn", "TT"), "seeds"] == 2
@@ -42,7 +42,7 @@ def test_aggregate_mean_and_std_over_seeds():
 
 
 def test_compare_joins_per_configuration_paired_by_seed():
-    cmp = study.compare(_rows(), "adn").set_index("skip")
+    cmp = stats.compare(_rows(), "adn").set_index("skip")
     assert list(cmp.index) == ["FF", "TT"]  # only configurations a baseline was trained for, by MACs
     ff = cmp.loc["FF"]
     assert ff.baseline == "ind_full" and ff.seeds == 2
@@ -56,7 +56,7 @@ def test_compare_joins_per_configuration_paired_by_seed():
 
 def test_markdown_does_not_decide_the_claim():
     spec = study.StudySpec(name="s", seeds=[0, 1], variants={"adn": {}, "ind_full": {"baseline": "super"}})
-    text = study.markdown(study.compare(_rows(), "adn"), study.aggregate(_rows()), spec)
+    text = stats.markdown(stats.compare(_rows(), "adn"), stats.aggregate(_rows()), spec)
     # FF: deltas -1, +3 over 2 seeds: mean 1, t(0.975, 1) = 12.706, sd/sqrt(2) = 2: CI 1 +- 25.41
     assert "| FF |" in text and "| +1.00 [-24.41, +26.41] |" in text and "| inconclusive (detectable:" in text
     assert "inconclusive (one seed: no confidence interval)" in text  # TT pairs on one seed only
@@ -75,34 +75,34 @@ def _paired(deltas, n=10000, acc=90.0):
 
 def test_a_clear_difference_is_called_and_a_noisy_one_is_not():
     spec = study.StudySpec(name="s", seeds=[0, 1, 2, 3, 4], variants={"adn": {}, "ind": {"baseline": "super"}})
-    clear = study.compare(_paired([3.0, 3.2, 2.8, 3.1, 2.9]), "adn")
+    clear = stats.compare(_paired([3.0, 3.2, 2.8, 3.1, 2.9]), "adn")
     assert clear.loc[0, "ci_low"] > 0 and clear.loc[0, "test_images"] == 10000
-    text = study.markdown(clear, study.aggregate(_paired([3.0] * 5)), spec)
+    text = stats.markdown(clear, stats.aggregate(_paired([3.0] * 5)), spec)
     assert "| better |" in text and "Test set: 10000 images per seed" in text
-    worse = study.compare(_paired([-3.0, -3.2, -2.8, -3.1, -2.9]), "adn")
-    assert study.verdict(worse.loc[0, "ci_low"], worse.loc[0, "ci_high"], worse.loc[0, "detectable"], 5) == "worse"
-    noisy = study.compare(_paired([-4.0, 5.0, -3.0, 6.0, 1.0]), "adn").iloc[0]
+    worse = stats.compare(_paired([-3.0, -3.2, -2.8, -3.1, -2.9]), "adn")
+    assert stats.verdict(worse.loc[0, "ci_low"], worse.loc[0, "ci_high"], worse.loc[0, "detectable"], 5) == "worse"
+    noisy = stats.compare(_paired([-4.0, 5.0, -3.0, 6.0, 1.0]), "adn").iloc[0]
     assert noisy.ci_low < 0 < noisy.ci_high
-    call = study.verdict(noisy.ci_low, noisy.ci_high, noisy.detectable, noisy.seeds)
+    call = stats.verdict(noisy.ci_low, noisy.ci_high, noisy.detectable, noisy.seeds)
     assert call == f"inconclusive (detectable: {noisy.detectable:.1f} %p)" and noisy.detectable > abs(noisy.delta_acc1_mean)
-    assert f"| {call} |" in study.markdown(study.compare(_paired([-4.0, 5.0, -3.0, 6.0, 1.0]), "adn"),
-                                           study.aggregate(_paired([1.0])), spec)
+    assert f"| {call} |" in stats.markdown(stats.compare(_paired([-4.0, 5.0, -3.0, 6.0, 1.0]), "adn"),
+                                           stats.aggregate(_paired([1.0])), spec)
 
 
 def test_confidence_interval_and_detectable_difference_by_hand():
     # deltas 1, 2, 3: mean 2, sd 1, k 3; t(0.975, 2) = 4.302653, t(0.80, 2) = 1.060660
-    lo, hi, det = study.paired_stats([1.0, 2.0, 3.0])
+    lo, hi, det = stats.paired_stats([1.0, 2.0, 3.0])
     assert (lo, hi) == (pytest.approx(2 - 4.302653 / 3 ** 0.5, abs=1e-5), pytest.approx(2 + 4.302653 / 3 ** 0.5, abs=1e-5))
     assert det == pytest.approx((4.302653 + 1.060660) / 3 ** 0.5, abs=1e-5)  # 3.0965 %p: seed spread dominates
     # 100 test images at 90 %: (1.959964 + 0.841621) * sqrt(2 * 0.9 * 0.1 / 100) * 100 = 11.886 %p > 3.10
-    assert study.paired_stats([1.0, 2.0, 3.0], 100, 90.0)[2] == pytest.approx(2.801585 * 0.0018 ** 0.5 * 100, abs=1e-4)
-    assert study.paired_stats([1.0, 2.0, 3.0], 100, 90.0)[2] == pytest.approx(11.8860, abs=1e-3)
-    lo, hi, det = study.paired_stats([2.5], 100, 90.0)  # one seed: no interval, only the test-set floor
+    assert stats.paired_stats([1.0, 2.0, 3.0], 100, 90.0)[2] == pytest.approx(2.801585 * 0.0018 ** 0.5 * 100, abs=1e-4)
+    assert stats.paired_stats([1.0, 2.0, 3.0], 100, 90.0)[2] == pytest.approx(11.8860, abs=1e-3)
+    lo, hi, det = stats.paired_stats([2.5], 100, 90.0)  # one seed: no interval, only the test-set floor
     assert lo != lo and hi != hi and det == pytest.approx(11.8860, abs=1e-3)
 
 
 def test_summary_per_variant():
-    s = study.summary(study.aggregate(_rows()), _rows())
+    s = stats.summary(stats.aggregate(_rows()), _rows())
     assert s["adn"]["acc1_super"] == 91.0 and s["adn"]["acc1_base"] == 82.0 and s["adn"]["configs"] == 4
     assert s["ind_full"]["configs"] == 1
 
@@ -150,7 +150,7 @@ def test_cells_validate_each_variant(tiny_params):
 def test_kd_baseline_cell_trains_its_teacher_then_distils(tiny_params, mlflow_uri):
     """A KD baseline cell (no Ray): its teacher is trained alone first (epochs logged as teacher_*), then the
     baseline sub-network learns from it; it is another cell than the CE baseline (another hash, other weights)."""
-    from adaskip.orchestration.study import cell_hash, run_cell
+    from adaskip.orchestration.cells import cell_hash, run_cell
     from adaskip.tracking import Tracker
 
     spec = study.StudySpec(name="s", seeds=[0], epochs=1, variants={
@@ -170,7 +170,7 @@ def test_kd_baseline_cell_trains_its_teacher_then_distils(tiny_params, mlflow_ur
 def test_cell_hash_follows_what_a_cell_trains_with(tiny_params):
     """Moving the storage, the tracking store or the sweep's settings keeps every finished cell; a training knob
     or another seed makes a new cell."""
-    from adaskip.orchestration.study import cell_hash
+    from adaskip.orchestration.cells import cell_hash
 
     spec = study.StudySpec(name="s", seeds=[0], epochs=1, variants={"adn": {}})
     [cell] = study.cells(spec, tiny_params)
@@ -189,7 +189,7 @@ def test_run_ahead_picks_the_cells_later_stages_need(tiny_params, tmp_path):
     """The first variant stage of a study also starts the cells that the other variants' results files lack (by
     cell hash): a missing file, or one holding other cells; a file written before hashes were recorded is left to
     DVC. (ray is imported by the module, but nothing here starts it.)"""
-    from adaskip.orchestration.study import cell_hash, run_ahead
+    from adaskip.orchestration.cells import cell_hash, run_ahead
 
     spec = study.StudySpec(name="s", seeds=[0, 1], epochs=1, reference="current", variants={
         "current": {}, "missing": {"baseline": "super"}, "changed": {"overrides": {"train": {"alpha": 0.7}}},

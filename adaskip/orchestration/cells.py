@@ -18,7 +18,7 @@ import ray
 from tqdm.auto import tqdm
 
 from ..errors import AdaskipError, describe
-from ..study import Cell
+from ..ablation.spec import Cell
 from .grid import grid_accuracy
 from .storage import Storage
 from .train import TrackingTarget

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from adaskip.files import write_csv
 from adaskip.stage import main, remove_outputs, start_ray, storage, tracker
-from adaskip.study import cells, cells_file, load_study, mlflow_tags
+from adaskip.ablation.spec import cells, cells_file, load_study, mlflow_tags
 
 
 def configure(parser) -> None:
@@ -26,7 +26,7 @@ def run(params, args) -> None:
     every = cells(spec, params)  # every variant's params validated before Ray starts
     outs = {v: cells_file(args.study, v) for v in names}
     remove_outputs(*outs.values())
-    from adaskip.orchestration.study import run_ahead, run_cells, unfinished
+    from adaskip.orchestration.cells import run_ahead, run_cells, unfinished
 
     ahead = [] if args.alone else run_ahead(every, {v: cells_file(args.study, v) for v in spec.variants if v not in names})
     todo = [c for c in every if c.variant in names] + ahead
