@@ -14,6 +14,9 @@ from .stage import exit_now
 
 def doctor(args: argparse.Namespace) -> int:
     """Preflight every alive node of the cluster ``RAY_ADDRESS`` names (or this machine); 1 when one fails."""
+    from .orchestration.cluster import configure_ray_env
+
+    configure_ray_env()  # before anything imports ray
     from .config import load_params
     from .stage import storage
     from .tracking import resolve_uri

@@ -60,6 +60,9 @@ def _sigterm(*_: Any) -> None:
 def main(description: str, run: Callable[[Params, argparse.Namespace], None],
          configure: Callable[[argparse.ArgumentParser], None] = lambda p: None, check_model: bool = True) -> None:
     """Parse ``--params``, validate them, run the stage; known errors print one line and exit non-zero."""
+    from .orchestration.cluster import configure_ray_env
+
+    configure_ray_env()  # before anything imports ray
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

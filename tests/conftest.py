@@ -13,7 +13,9 @@ import yaml
 
 # adaskip's Ray env defaults (token auth, no usage stats, ...) before anything imports ray: Ray reads some of them
 # once, at its first use in a process, and `ray start` heads and stage subprocesses inherit them from here.
-from adaskip.orchestration import cluster  # noqa: F401,E402
+from adaskip.orchestration.cluster import configure_ray_env  # noqa: E402
+
+configure_ray_env()
 from adaskip.config import merge_params as merge  # noqa: E402  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -93,7 +93,8 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path):
 
 LISTENERS = """
 import psutil, sys
-from adaskip.orchestration import init_ray  # before ray: it sets Ray's environment
+from adaskip.orchestration import configure_ray_env, init_ray
+configure_ray_env()  # before ray: Ray reads its environment once
 import ray, ray.train
 from adaskip.orchestration.train import LoopbackTorchConfig, TorchTrainer
 
@@ -135,6 +136,26 @@ def test_local_ray_listens_on_loopback_only(tmp_path: Path):
     listening = [line.split() for line in r.stdout.splitlines() if line.strip()] + [x for x in rank0 if x[0] != "sum"]
     assert any(x[0] == "gcs_server" for x in listening) and len(rank0) > 2, (r.stdout, rank0)  # it sees Ray's servers
     assert all(x[-2] in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for x in listening), (r.stdout, rank0)
+
+
+ENV_ON_IMPORT = """
+import os
+before = dict(os.environ)
+import adaskip.orchestration, adaskip.orchestration.cluster, adaskip.stage, adaskip.cli
+assert dict(os.environ) == before, sorted(set(os.environ.items()) ^ set(before.items()))
+adaskip.orchestration.configure_ray_env()
+print(os.environ["RAY_USAGE_STATS_ENABLED"], os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"], os.environ["RAY_AUTH_MODE"])
+"""
+
+
+def test_importing_adaskip_leaves_the_environment_alone():
+    """Ray's environment is set by configure_ray_env, called by the stage harness and the CLI, not on import;
+    what the user set wins."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TUNE_"))}
+    r = subprocess.run([sys.executable, "-c", ENV_ON_IMPORT], capture_output=True, text=True, timeout=300,
+                       env={**env, "RAY_AUTH_MODE": "disabled"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["0", "0", "disabled"]
 
 
 

@@ -1,4 +1,4 @@
 """The only layer that imports ray.train / ray.tune: distributed training, the sweep, the parallel grid."""
-from .cluster import init_ray
+from .cluster import configure_ray_env, init_ray
 
-__all__ = ["init_ray"]
+__all__ = ["configure_ray_env", "init_ray"]

@@ -8,21 +8,31 @@ import threading
 
 log = logging.getLogger(__name__)
 
-# Offline machines: no usage stats. A local Ray (no RAY_ADDRESS) listens on loopback only: Ray binds its servers to
-# 127.0.0.1 when it treats the machine as "no cluster", its default on macOS and Windows, which
-# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 selects on Linux (otherwise every server listens on all interfaces and
-# --node-ip-address=127.0.0.1 is overridden). Not when joining a cluster: its nodes must reach this driver. Token
-# authentication stays on too: a new local cluster writes ~/.ray/auth_token and a stage joining a cluster sends it
-# (RAY_AUTH_MODE=disabled to join an unauthenticated cluster). Ray Train's 60 s
-# worker-group start timeout is too short when a few workers import torch at once on 2 cores (then it retries
-# forever): allow 10 minutes. Tune's own Ctrl-C handler stops the sweep and returns the finished trials as if it
-# had completed: disabled, so Ctrl-C interrupts the stage (outputs not written, runs KILLED). setdefault keeps what
-# the user set; Ray Train propagates these to its controller.
-for _k, _v in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AUTH_MODE", "token"), ("RAY_DEDUP_LOGS", "1"),
-               ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600"), ("TUNE_DISABLE_SIGINT_HANDLER", "1")):
-    os.environ.setdefault(_k, _v)
-if not os.environ.get("RAY_ADDRESS"):
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read once, when ray is first imported
+# The environment Ray reads, which configure_ray_env sets.
+RAY_ENV = (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AUTH_MODE", "token"), ("RAY_DEDUP_LOGS", "1"),
+           ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600"), ("TUNE_DISABLE_SIGINT_HANDLER", "1"))
+
+
+def configure_ray_env() -> None:
+    """Set adaskip's defaults of Ray's environment variables in ``os.environ`` (what the user set wins); call it
+    before anything imports ray: Ray reads some of them once, when first imported or used in a process, and its
+    workers, `ray start` heads and stage subprocesses inherit them from the caller.
+
+    Offline machines: no usage stats. A local Ray (no RAY_ADDRESS) listens on loopback only: Ray binds its servers to
+    127.0.0.1 when it treats the machine as "no cluster", its default on macOS and Windows, which
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 selects on Linux (otherwise every server listens on all interfaces and
+    --node-ip-address=127.0.0.1 is overridden). Not when joining a cluster: its nodes must reach this driver. Token
+    authentication stays on too: a new local cluster writes ~/.ray/auth_token and a stage joining a cluster sends it
+    (RAY_AUTH_MODE=disabled to join an unauthenticated cluster). Ray Train's 60 s
+    worker-group start timeout is too short when a few workers import torch at once on 2 cores (then it retries
+    forever): allow 10 minutes. Tune's own Ctrl-C handler stops the sweep and returns the finished trials as if it
+    had completed: disabled, so Ctrl-C interrupts the stage (outputs not written, runs KILLED). setdefault keeps what
+    the user set; Ray Train propagates these to its controller.
+    """
+    for k, v in RAY_ENV:
+        os.environ.setdefault(k, v)
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read once, when ray is first imported
 
 
 # What the driver's environment says about the tracking server and the storage, passed on to every task and worker

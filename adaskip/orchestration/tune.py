@@ -19,6 +19,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from ..config import Params
 from ..errors import describe
+from .cluster import configure_ray_env
 from .storage import Storage
 from .train import TrackingTarget, epoch_reporter, latest_state, make_trainer
 
@@ -59,6 +60,7 @@ def _trial(config: dict[str, Any]) -> None:
         if s["workers"] == 0:
             _train_in_process(params, s["epochs"], target)
         else:
+            configure_ray_env()  # this trial drives a Ray Train run of its own (its controller reads them)
             result = make_trainer(params, s["storage"], f"train-{ctx.get_trial_id()}", target, epochs=s["epochs"],
                                   workers=s["workers"], callbacks=(TuneReportCallback(),)).fit()
             if result.error is not None:
