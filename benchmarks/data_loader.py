@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from adaskip.data import DataConfig, load_splits, make_loader  # noqa: E402
+from adaskip.data import DataConfig, load_subsets, make_loader  # noqa: E402
 from adaskip.data.loader import available_cpus, default_workers  # noqa: E402
 
 
@@ -72,7 +72,7 @@ def epoch_seconds(loader) -> tuple[float, int]:
 def run(args: argparse.Namespace, root: Path) -> None:
     write_tree(root, args.images, args.classes, args.source_size)
     cfg = DataConfig(name="imagefolder", path=str(root), image_size=args.image_size, val_fraction=0.05)
-    train = load_splits(cfg).train
+    train = load_subsets(cfg).train
     counts = [0, *[w for w in args.workers if w != 0]]
     loaders = {w: make_loader(train, args.batch_size, shuffle=True, seed=0, num_workers=w) for w in counts}
     first = {}

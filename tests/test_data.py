@@ -1,4 +1,4 @@
-"""Tests of adaskip.data: digits splits, loaders, manifests, ImageFolder and CIFAR from local folders."""
+"""Tests of adaskip.data: digits subsets, loaders, manifests, ImageFolder and CIFAR from local folders."""
 from __future__ import annotations
 
 import json
@@ -13,19 +13,19 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from adaskip.data import DataConfig, DataError, Splits, load_splits, make_loader, prepare
+from adaskip.data import DataConfig, DataError, Subsets, load_subsets, make_loader, prepare
 from adaskip.data.loader import default_workers, resolve_workers
 
 N_DIGITS = 1797
 
 
 @pytest.fixture(scope="module")
-def digits() -> Splits:
-    return load_splits(DataConfig())
+def digits() -> Subsets:
+    return load_subsets(DataConfig())
 
 
-def _rows(splits: Splits) -> dict[str, set[int]]:
-    return {k: set(getattr(splits, k).source_index.tolist()) for k in ("train", "val", "test")}
+def _rows(subsets: Subsets) -> dict[str, set[int]]:
+    return {k: set(getattr(subsets, k).source_index.tolist()) for k in ("train", "val", "test")}
 
 
 # --- config -------------------------------------------------------------------------------------------
@@ -50,7 +50,7 @@ def test_config_requires_path_except_for_digits() -> None:
 
 # --- digits -------------------------------------------------------------------------------------------
 
-def test_digits_splits_disjoint_complete_and_stratified(digits: Splits) -> None:
+def test_digits_subsets_disjoint_complete_and_stratified(digits: Subsets) -> None:
     rows = _rows(digits)
     assert sum(len(v) for v in rows.values()) == N_DIGITS
     assert set().union(*rows.values()) == set(range(N_DIGITS))
@@ -64,30 +64,30 @@ def test_digits_splits_disjoint_complete_and_stratified(digits: Splits) -> None:
     assert digits.num_classes == 10 and digits.in_chans == 3 and digits.class_names == [str(i) for i in range(10)]
 
 
-def test_digits_deterministic_per_seed(digits: Splits) -> None:
-    again = load_splits(DataConfig())
+def test_digits_deterministic_per_seed(digits: Subsets) -> None:
+    again = load_subsets(DataConfig())
     assert _rows(again) == _rows(digits)
     assert torch.equal(again.val[5][0], digits.val[5][0])
-    other = load_splits(DataConfig(seed=1))
+    other = load_subsets(DataConfig(seed=1))
     assert _rows(other)["test"] != _rows(digits)["test"]
 
 
 def test_digits_shapes_labels_and_augmentation() -> None:
-    splits = load_splits(DataConfig(image_size=16, seed=3))
-    for ds in (splits.train, splits.val, splits.test):
+    subsets = load_subsets(DataConfig(image_size=16, seed=3))
+    for ds in (subsets.train, subsets.val, subsets.test):
         x, y = ds[0]
         assert x.shape == (3, 16, 16) and x.dtype == torch.float32
         assert all(0 <= t < 10 for t in ds.targets) and isinstance(y, int)
-    assert torch.equal(splits.val[0][0], splits.val[0][0])  # eval is deterministic
+    assert torch.equal(subsets.val[0][0], subsets.val[0][0])  # eval is deterministic
     torch.manual_seed(0)
-    assert not torch.equal(splits.train[0][0], splits.train[0][0])  # train is augmented
-    plain = load_splits(DataConfig(image_size=16, seed=3, augment=False))
+    assert not torch.equal(subsets.train[0][0], subsets.train[0][0])  # train is augmented
+    plain = load_subsets(DataConfig(image_size=16, seed=3, augment=False))
     assert torch.equal(plain.train[0][0], plain.train[0][0])
 
 
 # --- loaders ------------------------------------------------------------------------------------------
 
-def test_loader_batches_and_seeded_order(digits: Splits) -> None:
+def test_loader_batches_and_seeded_order(digits: Subsets) -> None:
     loader = make_loader(digits.val, batch_size=64, shuffle=True, seed=0)
     batches = list(loader)
     assert len(batches) == 5 and batches[0][0].shape == (64, 3, 32, 32) and batches[0][1].shape == (64,)
@@ -98,7 +98,7 @@ def test_loader_batches_and_seeded_order(digits: Splits) -> None:
     assert len(make_loader(digits.val, 64, False, 0, drop_last=True)) == len(digits.val) // 64
 
 
-def test_distributed_sampler_shards_disjointly(digits: Splits) -> None:
+def test_distributed_sampler_shards_disjointly(digits: Subsets) -> None:
     loaders = [make_loader(digits.test, 16, shuffle=True, seed=7, distributed=(r, 2)) for r in range(2)]
     shards = [list(loader.sampler) for loader in loaders]
     assert len(shards[0]) == len(shards[1]) == len(digits.test) // 2
@@ -156,34 +156,34 @@ def folder(tmp_path: Path) -> Path:
 
 def test_imagefolder_loads(folder: Path, tmp_path: Path) -> None:
     cfg = DataConfig(name="imagefolder", path=str(folder), image_size=16)
-    splits = load_splits(cfg)
-    assert splits.class_names == CLASSES and splits.num_classes == 3 and splits.in_chans == 3
-    assert len(splits.train) + len(splits.val) == 15 and len(splits.val) >= 1 and len(splits.test) == 6
-    for ds in (splits.train, splits.val, splits.test):
+    subsets = load_subsets(cfg)
+    assert subsets.class_names == CLASSES and subsets.num_classes == 3 and subsets.in_chans == 3
+    assert len(subsets.train) + len(subsets.val) == 15 and len(subsets.val) >= 1 and len(subsets.test) == 6
+    for ds in (subsets.train, subsets.val, subsets.test):
         x, y = ds[0]
         assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and 0 <= y < 3
-    xb, yb = next(iter(make_loader(splits.test, 4, shuffle=False, seed=0)))
+    xb, yb = next(iter(make_loader(subsets.test, 4, shuffle=False, seed=0)))
     assert xb.shape == (4, 3, 16, 16) and yb.tolist() == [0, 0, 1, 1]
     info = prepare(cfg, tmp_path / "out")
     assert info["path"] == str(folder.resolve()) and info["sizes"]["test"] == 6
     assert prepare(cfg, tmp_path / "out2")["fingerprint"] == info["fingerprint"]
-    clone = pickle.loads(pickle.dumps(splits.val))  # worker processes may be spawned
-    assert torch.equal(clone[0][0], splits.val[0][0])
+    clone = pickle.loads(pickle.dumps(subsets.val))  # worker processes may be spawned
+    assert torch.equal(clone[0][0], subsets.val[0][0])
     _png(folder / "train" / "dog" / "extra.png", seed=999)
     assert prepare(cfg, tmp_path / "out3")["fingerprint"] != info["fingerprint"]
 
 
 def test_imagefolder_timm_transform_for_large_inputs(folder: Path) -> None:
-    splits = load_splits(DataConfig(name="imagefolder", path=str(folder), image_size=96))
-    assert splits.train[0][0].shape == (3, 96, 96) and splits.test[0][0].shape == (3, 96, 96)
+    subsets = load_subsets(DataConfig(name="imagefolder", path=str(folder), image_size=96))
+    assert subsets.train[0][0].shape == (3, 96, 96) and subsets.test[0][0].shape == (3, 96, 96)
 
 
 def test_imagefolder_corrupt_png_names_the_file(folder: Path, tmp_path: Path) -> None:
     bad = folder / "train" / "dog" / "0-bad.png"
     bad.write_bytes(np.random.default_rng(0).bytes(300))
     cfg = DataConfig(name="imagefolder", path=str(folder), image_size=16)
-    splits = load_splits(cfg)
-    base = splits.train.base
+    subsets = load_subsets(cfg)
+    base = subsets.train.base
     index = [p for p, _ in base.samples].index(str(bad))
     with pytest.raises(DataError, match="0-bad.png"):
         base[index]
@@ -194,30 +194,30 @@ def test_imagefolder_corrupt_png_names_the_file(folder: Path, tmp_path: Path) ->
 
 def test_imagefolder_missing_path(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="data.path"):
-        load_splits(DataConfig(name="imagefolder", path=str(tmp_path / "missing")))
+        load_subsets(DataConfig(name="imagefolder", path=str(tmp_path / "missing")))
 
 
 def test_imagefolder_empty_class_folder(folder: Path) -> None:
     (folder / "train" / "emu").mkdir()
     with pytest.raises(DataError, match="emu"):
-        load_splits(DataConfig(name="imagefolder", path=str(folder)))
+        load_subsets(DataConfig(name="imagefolder", path=str(folder)))
 
 
 def test_imagefolder_empty_or_incomplete_root(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
     with pytest.raises(DataError, match="train/"):
-        load_splits(DataConfig(name="imagefolder", path=str(root)))
+        load_subsets(DataConfig(name="imagefolder", path=str(root)))
     (root / "train").mkdir()
     (root / "val").mkdir()
     with pytest.raises(DataError, match="no class folders"):
-        load_splits(DataConfig(name="imagefolder", path=str(root)))
+        load_subsets(DataConfig(name="imagefolder", path=str(root)))
 
 
 def test_imagefolder_val_class_unknown_to_train(folder: Path) -> None:
     _png(folder / "val" / "yak" / "0.png", seed=5)
     with pytest.raises(DataError, match="yak"):
-        load_splits(DataConfig(name="imagefolder", path=str(folder)))
+        load_subsets(DataConfig(name="imagefolder", path=str(folder)))
 
 
 
@@ -261,19 +261,19 @@ def _same(a: list, b: list) -> bool:
 
 
 def test_imagefolder_workers_same_batches_as_main_process(folder: Path) -> None:
-    splits = load_splits(DataConfig(name="imagefolder", path=str(folder), image_size=16))
-    main, two = _epochs(splits.train, 0), _epochs(splits.train, 2)
+    subsets = load_subsets(DataConfig(name="imagefolder", path=str(folder), image_size=16))
+    main, two = _epochs(subsets.train, 0), _epochs(subsets.train, 2)
     assert [y.tolist() for _, y in two] == [y.tolist() for _, y in main]  # same order and labels, both epochs
     assert [x.shape for x, _ in two] == [x.shape for x, _ in main]
     assert two[0][0].shape == (4, 3, 16, 16) and two[0][0].dtype == torch.float32
-    assert _same(_epochs(splits.train, 2), two)  # augmentation in workers is seeded: same seed, same tensors
-    assert not _same(_epochs(splits.train, 2, shuffle=False, seed=1), _epochs(splits.train, 2, shuffle=False))
-    assert _same(_epochs(splits.test, 2, shuffle=False), _epochs(splits.test, 0, shuffle=False))  # eval: identical
+    assert _same(_epochs(subsets.train, 2), two)  # augmentation in workers is seeded: same seed, same tensors
+    assert not _same(_epochs(subsets.train, 2, shuffle=False, seed=1), _epochs(subsets.train, 2, shuffle=False))
+    assert _same(_epochs(subsets.test, 2, shuffle=False), _epochs(subsets.test, 0, shuffle=False))  # eval: identical
     for rank in range(2):  # sharded: each rank's order follows the sampler, its workers' draws are repeatable
-        shard = _epochs(splits.train, 2, distributed=(rank, 2))
-        main_shard = _epochs(splits.train, 0, distributed=(rank, 2))
+        shard = _epochs(subsets.train, 2, distributed=(rank, 2))
+        main_shard = _epochs(subsets.train, 0, distributed=(rank, 2))
         assert [y.tolist() for _, y in shard] == [y.tolist() for _, y in main_shard]
-        assert _same(_epochs(splits.train, 2, distributed=(rank, 2)), shard)
+        assert _same(_epochs(subsets.train, 2, distributed=(rank, 2)), shard)
 
 
 class _OnlyInWorker:
@@ -289,15 +289,15 @@ class _OnlyInWorker:
 
 
 def test_workers_decode_and_augment(folder: Path) -> None:
-    splits = load_splits(DataConfig(name="imagefolder", path=str(folder), image_size=16))
-    splits.train.transform = _OnlyInWorker(splits.train.transform)
-    loader = make_loader(splits.train, 4, shuffle=True, seed=0, num_workers=2)
+    subsets = load_subsets(DataConfig(name="imagefolder", path=str(folder), image_size=16))
+    subsets.train.transform = _OnlyInWorker(subsets.train.transform)
+    loader = make_loader(subsets.train, 4, shuffle=True, seed=0, num_workers=2)
     assert loader.num_workers == 2 and loader.persistent_workers and loader.prefetch_factor >= 1
-    assert sum(len(y) for _, y in loader) == len(splits.train)
+    assert sum(len(y) for _, y in loader) == len(subsets.train)
     with pytest.raises(RuntimeError, match="main process"):
-        next(iter(make_loader(splits.train, 4, shuffle=True, seed=0, num_workers=0)))
-    assert not loader.pin_memory and not make_loader(splits.train, 4, True, 0, device="cpu").pin_memory
-    assert make_loader(splits.train, 4, True, 0, num_workers=2, device="cuda").pin_memory  # pinned only for CUDA
+        next(iter(make_loader(subsets.train, 4, shuffle=True, seed=0, num_workers=0)))
+    assert not loader.pin_memory and not make_loader(subsets.train, 4, True, 0, device="cpu").pin_memory
+    assert make_loader(subsets.train, 4, True, 0, num_workers=2, device="cuda").pin_memory  # pinned only for CUDA
 
 # --- cifar --------------------------------------------------------------------------------------------
 
@@ -326,30 +326,30 @@ def cifar_root(tmp_path: Path) -> Path:
 
 def test_cifar10_from_local_pickles(cifar_root: Path, tmp_path: Path) -> None:
     cfg = DataConfig(name="cifar10", path=str(cifar_root))
-    splits = load_splits(cfg)
-    assert splits.class_names == CIFAR_NAMES and splits.num_classes == 10 and splits.in_chans == 3
-    assert len(splits.train) + len(splits.val) == 30 and len(splits.val) >= 1 and len(splits.test) == 5
-    x, y = splits.train[0]
+    subsets = load_subsets(cfg)
+    assert subsets.class_names == CIFAR_NAMES and subsets.num_classes == 10 and subsets.in_chans == 3
+    assert len(subsets.train) + len(subsets.val) == 30 and len(subsets.val) >= 1 and len(subsets.test) == 5
+    x, y = subsets.train[0]
     assert x.shape == (3, 32, 32) and 0 <= y < 10
-    assert splits.test.targets == [0, 1, 2, 3, 4]
-    assert torch.equal(pickle.loads(pickle.dumps(splits.test))[2][0], splits.test[2][0])
+    assert subsets.test.targets == [0, 1, 2, 3, 4]
+    assert torch.equal(pickle.loads(pickle.dumps(subsets.test))[2][0], subsets.test[2][0])
     info = prepare(cfg, tmp_path / "out")
-    assert info["sizes"] == {"train": len(splits.train), "val": len(splits.val), "test": 5}
+    assert info["sizes"] == {"train": len(subsets.train), "val": len(subsets.val), "test": 5}
     assert prepare(cfg, tmp_path / "out")["fingerprint"] == info["fingerprint"]
     # data.path may also name the batches folder itself
-    assert len(load_splits(DataConfig(name="cifar10", path=str(cifar_root / "cifar-10-batches-py"))).test) == 5
+    assert len(load_subsets(DataConfig(name="cifar10", path=str(cifar_root / "cifar-10-batches-py"))).test) == 5
 
 
 def test_cifar_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="cifar-10-batches-py"):
-        load_splits(DataConfig(name="cifar10", path=str(tmp_path)))
+        load_subsets(DataConfig(name="cifar10", path=str(tmp_path)))
     with pytest.raises(DataError, match="data.path"):
-        load_splits(DataConfig(name="cifar10", path=str(tmp_path / "absent")))
+        load_subsets(DataConfig(name="cifar10", path=str(tmp_path / "absent")))
     with pytest.raises(DataError, match="cifar-100-python"):
-        load_splits(DataConfig(name="cifar100", path=str(tmp_path)))
+        load_subsets(DataConfig(name="cifar100", path=str(tmp_path)))
 
 
 def test_cifar_corrupt_batch(cifar_root: Path) -> None:
     (cifar_root / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(DataError, match="cifar10"):
-        load_splits(DataConfig(name="cifar10", path=str(cifar_root)))
+        load_subsets(DataConfig(name="cifar10", path=str(cifar_root)))

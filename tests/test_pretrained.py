@@ -17,7 +17,7 @@ import yaml
 from torch import nn
 
 from adaskip.config import ConfigError, Params, parse_params
-from adaskip.data import load_splits, make_loader
+from adaskip.data import load_subsets, make_loader
 from adaskip.errors import AdaskipError
 from adaskip.models import PretrainedError, SkipAwareNorm, create_model, load_pretrained
 from adaskip.models import pretrained as pretrained_mod
@@ -228,11 +228,11 @@ def _pretrain_plain(params: Params, path: Path) -> float:
     """A plain timm model (TINY architecture) trained with CE on the digits train split; saved to ``path``;
     returns its val accuracy."""
     torch.manual_seed(0)
-    splits = load_splits(params.data)
-    model = timm.create_model(NAME, num_classes=splits.num_classes, **KWARGS)
+    subsets = load_subsets(params.data)
+    model = timm.create_model(NAME, num_classes=subsets.num_classes, **KWARGS)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, PRETRAIN_EPOCHS)
-    train = make_loader(splits.train, 128, shuffle=True, seed=0, drop_last=True)
+    train = make_loader(subsets.train, 128, shuffle=True, seed=0, drop_last=True)
     for _ in range(PRETRAIN_EPOCHS):
         model.train()
         for x, y in train:
@@ -243,7 +243,7 @@ def _pretrain_plain(params: Params, path: Path) -> float:
     model.eval()
     correct = n = 0
     with torch.no_grad():
-        for x, y in make_loader(splits.val, 256, shuffle=False, seed=0):
+        for x, y in make_loader(subsets.val, 256, shuffle=False, seed=0):
             correct += (model(x).argmax(1) == y).sum().item()
             n += len(y)
     torch.save(model.state_dict(), path)

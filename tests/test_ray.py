@@ -94,15 +94,15 @@ def test_sweep_survives_a_crashing_trial(ray_cluster, tiny_params, mlflow_uri, t
 def test_parallel_grid_equals_in_process_grid(ray_cluster, tiny_params, tmp_path):
     """Ray tasks over stage-prefix subtrees give the same accuracies as one in-process prefix-shared pass; each
     finished subtree is saved, and a re-run (as after an interruption) evaluates only the missing ones."""
-    from adaskip.data import load_splits, make_loader
+    from adaskip.data import load_subsets, make_loader
     from adaskip.evaluation import evaluate_grid
     from adaskip.orchestration.grid import evaluate_parallel
     from adaskip.training import build_from_spec, model_spec
 
     torch.manual_seed(0)
-    splits = load_splits(tiny_params.data)
+    subsets = load_subsets(tiny_params.data)
     m = tiny_params.model
-    spec = model_spec(m.name, splits.num_classes, m.split or [], m.skip_aware_norm, m.num_stages, m.timm_kwargs(tiny_params.data.image_size))
+    spec = model_spec(m.name, subsets.num_classes, m.split or [], m.skip_aware_norm, m.num_stages, m.timm_kwargs(tiny_params.data.image_size))
     net = build_from_spec({**spec, "split": None})
     spec["split"] = net.split
     grid = evaluate_parallel({"spec": spec, "state_dict": net.state_dict()}, tiny_params, Storage(str(tmp_path)))
@@ -111,7 +111,7 @@ def test_parallel_grid_equals_in_process_grid(ray_cluster, tiny_params, tmp_path
     assert grid.pareto.dtype == bool and grid.pareto.any()
     by_skip = grid.set_index("skip")
     assert by_skip.macs["FFFF"] > by_skip.macs["TFFF"] > by_skip.macs["TTFF"] > by_skip.macs["TTTF"] > by_skip.macs["TTTT"]
-    local = evaluate_grid(net.eval(), make_loader(splits.test, 128, shuffle=False, seed=0), progress=False).set_index("skip")
+    local = evaluate_grid(net.eval(), make_loader(subsets.test, 128, shuffle=False, seed=0), progress=False).set_index("skip")
     pd.testing.assert_series_equal(by_skip.acc1.sort_index(), local.acc1.sort_index(), check_names=False, atol=1e-9)
 
     saved = sorted(tmp_path.glob("*.csv"))

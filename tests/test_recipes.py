@@ -14,7 +14,7 @@ import yaml
 import adaskip
 from adaskip import cli
 from adaskip.config import ConfigError, load_params, merge_params, parse_params
-from adaskip.data import load_splits, make_loader
+from adaskip.data import load_subsets, make_loader
 from adaskip.recipes import RECIPES_DIR, apply_recipe, load_overlay, parse_sets, recipe_overlay, shipped
 from adaskip.training import DistillConfig, build_from_spec, cross_entropy, distill_step, loop
 
@@ -238,8 +238,8 @@ def test_fit_with_ema_validates_and_ships_the_ema_weights(tiny_params):
     assert set(state["ema"]) == set(state["model"])
     assert any(not torch.equal(state["ema"][k], state["model"][k]) for k in state["model"] if k.endswith("weight"))
 
-    splits = load_splits(p.data)
-    val = make_loader(splits.val, p.evaluate.batch_size, shuffle=False, seed=0)
+    subsets = load_subsets(p.data)
+    val = make_loader(subsets.val, p.evaluate.batch_size, shuffle=False, seed=0)
 
     def val_metrics(weights):
         net = build_from_spec(state["spec"])

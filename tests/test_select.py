@@ -37,7 +37,7 @@ def _cli(*argv: str) -> int:
 def tiny(tmp_path_factory) -> dict[str, Any]:
     """A random-weight tiny model saved as the train stage saves models/model.pt, its params and its grid as the
     evaluate stage's Ray task computes it (here in this process)."""
-    from adaskip.data import load_splits
+    from adaskip.data import load_subsets
     from adaskip.orchestration.grid import _evaluate_subtree
     from adaskip.training import build_from_spec, model_spec, save_atomic
 
@@ -47,7 +47,7 @@ def tiny(tmp_path_factory) -> dict[str, Any]:
         "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}, "cluster": {"storage": str(root / "store")}}))
     params = Params.model_validate(raw)
     m, size = params.model, params.data.image_size
-    spec = model_spec(m.name, load_splits(params.data).num_classes, m.split or [], m.skip_aware_norm, m.num_stages,
+    spec = model_spec(m.name, load_subsets(params.data).num_classes, m.split or [], m.skip_aware_norm, m.num_stages,
                       m.timm_kwargs(size))
     torch.manual_seed(0)
     net = build_from_spec({**spec, "split": None})

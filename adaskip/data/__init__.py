@@ -7,8 +7,8 @@ from typing import Any
 from .config import DataConfig, DataError
 
 # Lazy: validating params needs DataConfig only, not torch and timm.
-_LAZY = {"MANIFEST": "api", "fingerprint": "api", "load_splits": "api", "prepare": "api", "validate": "api",
-         "Splits": "base", "TransformSubset": "base", "safe_loader": "imagefolder", "make_loader": "loader",
+_LAZY = {"MANIFEST": "api", "fingerprint": "api", "load_subsets": "api", "prepare": "api", "validate": "api",
+         "Subsets": "base", "TransformSubset": "base", "safe_loader": "imagefolder", "make_loader": "loader",
          "build_transform": "transforms"}
 __all__ = ["DataConfig", "DataError", *sorted(_LAZY)]
 

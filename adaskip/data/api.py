@@ -1,4 +1,4 @@
-"""Entry points: ``load_splits`` for training code and ``prepare`` for the pipeline's data stage."""
+"""Entry points: ``load_subsets`` for training code and ``prepare`` for the pipeline's data stage."""
 from __future__ import annotations
 
 import importlib
@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..files import write_json
-from .base import Splits
+from .base import Subsets
 from .config import DataConfig, DataError
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ def _source(name: str):
     return importlib.import_module(f".{_MODULES[name]}", __package__)
 
 
-def load_splits(cfg: DataConfig) -> Splits:
+def load_subsets(cfg: DataConfig) -> Subsets:
     """Train, val and test datasets for ``cfg``; raises DataError when the data cannot be found or read."""
     return _source(cfg.name).load(cfg)
 
@@ -35,7 +35,7 @@ def fingerprint(cfg: DataConfig) -> str:
     return _source(cfg.name).fingerprint(cfg)
 
 
-def _check_split(name: str, ds: Dataset, num_classes: int, per_class: bool) -> None:
+def _check_subset(name: str, ds: Dataset, num_classes: int, per_class: bool) -> None:
     """Non-empty, labels in range, and one item (one per class if ``per_class``) decodes and transforms."""
     targets: list[int] = list(getattr(ds, "targets"))
     if not targets:
@@ -48,27 +48,27 @@ def _check_split(name: str, ds: Dataset, num_classes: int, per_class: bool) -> N
         ds[i]
 
 
-def validate(splits: Splits) -> None:
+def validate(subsets: Subsets) -> None:
     """Raise DataError unless every split is non-empty and readable (one decoded image per class and split)."""
     with torch.random.fork_rng(devices=[]):  # augmentations must not move the caller's RNG
         for name in ("train", "val", "test"):
-            _check_split(name, getattr(splits, name), splits.num_classes, per_class=True)
+            _check_subset(name, getattr(subsets, name), subsets.num_classes, per_class=True)
 
 
-def manifest(cfg: DataConfig, splits: Splits) -> dict[str, Any]:
+def manifest(cfg: DataConfig, subsets: Subsets) -> dict[str, Any]:
     """The description of the prepared dataset written to ``manifest.json``."""
     return {"name": cfg.name,
             "path": str(Path(cfg.path).expanduser().resolve()) if cfg.path else None,
-            "num_classes": splits.num_classes, "in_chans": splits.in_chans, "class_names": splits.class_names,
-            "sizes": {k: len(getattr(splits, k)) for k in ("train", "val", "test")},
+            "num_classes": subsets.num_classes, "in_chans": subsets.in_chans, "class_names": subsets.class_names,
+            "sizes": {k: len(getattr(subsets, k)) for k in ("train", "val", "test")},
             "image_size": cfg.image_size, "seed": cfg.seed, "fingerprint": fingerprint(cfg)}
 
 
 def prepare(cfg: DataConfig, out_dir: str | Path) -> dict[str, Any]:
     """Check that ``cfg``'s dataset is readable and write ``out_dir/manifest.json``; return the manifest."""
-    splits = load_splits(cfg)
-    validate(splits)
-    info = manifest(cfg, splits)
+    subsets = load_subsets(cfg)
+    validate(subsets)
+    info = manifest(cfg, subsets)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(info, out / MANIFEST)

@@ -1,4 +1,4 @@
-"""Shared pieces: the ``Splits`` tuple, a transforming subset and the stratified train/val carve."""
+"""Shared pieces: the ``Subsets`` tuple, a transforming subset and the stratified train/val carve."""
 from __future__ import annotations
 
 import logging
@@ -13,7 +13,7 @@ from .config import DataError
 log = logging.getLogger(__name__)
 
 
-class Splits(NamedTuple):
+class Subsets(NamedTuple):
     """Train/val/test datasets of one configuration plus what a model needs to know about them."""
 
     train: Dataset
@@ -45,7 +45,7 @@ class TransformSubset(Dataset):
         return image, self.targets[i]
 
 
-def split_indices(labels: Sequence[int], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def holdout_indices(labels: Sequence[int], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split ``range(len(labels))`` into (keep, held_out) with ``fraction`` held out, stratified when possible."""
     idx = np.arange(len(labels))
     if len(idx) < 2:

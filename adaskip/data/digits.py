@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from .base import Splits, split_indices
+from .base import Subsets, holdout_indices
 from .config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -70,29 +70,29 @@ def _augmentation(fill: float) -> Callable[[Tensor], Tensor]:
                            interpolation=v2.InterpolationMode.BILINEAR, fill=fill)
 
 
-def split_digits(cfg: DataConfig) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def partition_digits(cfg: DataConfig) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Stratified train/val/test indices of the digits for ``cfg.seed``, plus images and labels."""
     images, labels = _raw()
-    rest, test = split_indices(labels, cfg.test_fraction, cfg.seed)
+    rest, test = holdout_indices(labels, cfg.test_fraction, cfg.seed)
     val_share = cfg.val_fraction / (1.0 - cfg.test_fraction)
-    keep, val = split_indices(labels[rest], val_share, cfg.seed)
+    keep, val = holdout_indices(labels[rest], val_share, cfg.seed)
     return {"train": rest[keep], "val": rest[val], "test": test}, images, labels
 
 
-def load(cfg: DataConfig) -> Splits:
+def load(cfg: DataConfig) -> Subsets:
     """Digits upscaled to ``cfg.image_size``, normalised with the train split's mean and std."""
-    index, images, labels = split_digits(cfg)
+    index, images, labels = partition_digits(cfg)
     x = _upscale(images, cfg.image_size)
     y = torch.from_numpy(labels)
     train_x = x[index["train"]]
     mean, std = train_x.mean().item(), train_x.std().item()
     x = (x - mean) / std
     aug = _augmentation(fill=-mean / std) if cfg.augment else None
-    log.info("digits: %s", {k: len(v) for k, v in index.items()})
+    log.debug("digits: %s", {k: len(v) for k, v in index.items()})
 
     def part(name: str, transform: Optional[Callable[[Tensor], Tensor]] = None) -> TensorImageDataset:
         rows = torch.from_numpy(index[name])
         return TensorImageDataset(x[rows], y[rows], transform, source_index=rows)
 
-    return Splits(train=part("train", aug), val=part("val"), test=part("test"),
-                  num_classes=10, in_chans=3, class_names=[str(d) for d in range(10)])
+    return Subsets(train=part("train", aug), val=part("val"), test=part("test"),
+                   num_classes=10, in_chans=3, class_names=[str(d) for d in range(10)])

@@ -64,7 +64,7 @@ def run_cell(cell: Cell, tracker: Optional["Tracker"] = None, run_id: Optional[s
     split: every configuration, or the baseline's own. One row per configuration."""
     import torch
 
-    from ..data import load_splits
+    from ..data import load_subsets
     from ..evaluation import complexity_table
 
     torch.set_num_threads(threads)
@@ -74,11 +74,11 @@ def run_cell(cell: Cell, tracker: Optional["Tracker"] = None, run_id: Optional[s
         _, net = _fit(cell, tracker, run_id, "teacher_", distill=False, fixed_skip=cell.teacher)
         teacher = functools.partial(net, skip=cell.teacher)
     metrics, model = _fit(cell, tracker, run_id, distill=cell.baseline is None, fixed_skip=cell.baseline, teacher=teacher)
-    splits = load_splits(p.data)
+    subsets = load_subsets(p.data)
     configs = [cell.baseline] if cell.baseline else None
     # an individually trained baseline keeps the statistics it was trained with
-    grid = grid_accuracy(model, splits, p, configs, p.evaluate.recalibrate_bn and cell.baseline is None)
-    size = (splits.in_chans, p.data.image_size, p.data.image_size)
+    grid = grid_accuracy(model, subsets, p, configs, p.evaluate.recalibrate_bn and cell.baseline is None)
+    size = (subsets.in_chans, p.data.image_size, p.data.image_size)
     grid = grid.merge(complexity_table(model, configs, size), on="skip")
     ratios = {k: metrics[k] for k in ("ratio_mandatory", "ratio_skippable") if k in metrics}
     return grid.assign(variant=cell.variant, seed=cell.seed, baseline=cell.baseline, **ratios, cell_hash=cell_hash(cell))

@@ -12,8 +12,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import Params
-from ..data import load_splits, make_loader
-from ..data.base import Splits
+from ..data import load_subsets, make_loader
+from ..data.base import Subsets
 from ..data.loader import resolve_workers
 from ..evaluation import (complexity_table, evaluate_grid, latency_long_table, latency_wide, recalibrated_grid,
                           select_configs, summarise)
@@ -27,15 +27,15 @@ def prefixes(num_stages: int, parallelism: int) -> list[str]:
     return ["".join(p) for p in itertools.product("FT", repeat=depth)]
 
 
-def grid_accuracy(model: AdaptiveDepthNet, splits: Splits, p: Params, configs: Optional[list],
+def grid_accuracy(model: AdaptiveDepthNet, subsets: Subsets, p: Params, configs: Optional[list],
                   recalibrate: bool) -> pd.DataFrame:
     """Accuracy of ``configs`` on the test split; with ``recalibrate`` every intermediate configuration after
     re-estimating its BN statistics on training batches (``evaluate.recalibrate_bn``)."""
     workers = resolve_workers(p.data, ranks=p.evaluate.parallelism)  # the default shares the CPUs among the tasks
-    loader = make_loader(splits.test, p.evaluate.batch_size, shuffle=False, seed=0, num_workers=workers)
+    loader = make_loader(subsets.test, p.evaluate.batch_size, shuffle=False, seed=0, num_workers=workers)
     if not recalibrate:
         return evaluate_grid(model, loader, configs, progress=False)
-    calibration = make_loader(splits.train, p.evaluate.batch_size, shuffle=True, seed=0, num_workers=workers)
+    calibration = make_loader(subsets.train, p.evaluate.batch_size, shuffle=True, seed=0, num_workers=workers)
     return recalibrated_grid(model, loader, calibration, configs, batches=p.evaluate.recalibrate_batches)
 
 
@@ -48,10 +48,10 @@ def _evaluate_subtree(model_file: dict[str, Any], params: dict[str, Any], prefix
     torch.set_num_threads(p.evaluate.task_cpus())
     model = build_from_spec(model_file["spec"])
     model.load_state_dict(model_file["state_dict"])
-    splits = load_splits(p.data)
+    subsets = load_subsets(p.data)
     configs = select_configs(model, None, prefix or None)
-    size = (splits.in_chans, p.data.image_size, p.data.image_size)
-    acc = grid_accuracy(model, splits, p, configs, p.evaluate.recalibrate_bn)
+    size = (subsets.in_chans, p.data.image_size, p.data.image_size)
+    acc = grid_accuracy(model, subsets, p, configs, p.evaluate.recalibrate_bn)
     cost = complexity_table(model, configs, size)
     return acc.merge(cost, on="skip").merge(subtree_latency(model, configs, size, p), on="skip")
 

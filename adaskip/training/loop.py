@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -19,7 +20,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, Params
-from ..data import load_splits, make_loader
+from ..console import epoch_line, progress_bars
+from ..data import load_subsets, make_loader
 from ..data.loader import resolve_workers
 from ..errors import AdaskipError
 from ..evaluation import evaluate_grid, tradeoff_auc
@@ -170,7 +172,7 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: b
     (an individually trained baseline): with CE, or distilled from ``teacher``'s logits when given."""
     epochs = epochs or params.train.epochs
     seed_everything(params.train.seed)
-    splits = load_splits(params.data)
+    splits = load_subsets(params.data)
     m = params.model
     timm_kwargs = m.timm_kwargs(params.data.image_size)
     spec = model_spec(m.name, splits.num_classes, m.split or [], m.skip_aware_norm, m.num_stages, timm_kwargs)
@@ -213,7 +215,9 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: b
         model.train()
         sums: dict[str, float] = {}
         seen = 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=env.rank != 0, leave=False)
+        started = time.perf_counter()
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=env.rank != 0 or not progress_bars(),
+                   leave=False)
         for images, targets in bar:
             images = images.to(env.device, non_blocking=True, memory_format=fmt)
             targets = targets.to(env.device, non_blocking=True)
@@ -236,7 +240,9 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: b
         metrics.update(validate(eval_net, val_loader, env, macs))
         metrics.update(diagnostics(eval_net, val_loader, env, fixed_skip))
         metrics.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"])
-        log.info("epoch %d/%d %s", epoch + 1, epochs, {k: round(v, 4) for k, v in metrics.items()})
+        if env.rank == 0:  # one line per epoch; every metric (per-block ratios too) goes to MLflow and DEBUG
+            log.info("%s", epoch_line(epoch + 1, epochs, metrics, time.perf_counter() - started))
+        log.debug("epoch %d/%d rank %d %s", epoch + 1, epochs, env.rank, {k: round(v, 4) for k, v in metrics.items()})
         state = {"epoch": epoch, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict() if scheduler is not None else None, "spec": spec,
                  "macs": macs} if env.rank == 0 else None
