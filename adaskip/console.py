@@ -1,0 +1,93 @@
+"""What a person reads while a stage runs: one line per epoch, one per stage, progress bars only on a terminal,
+and Ray's repeated status lines left out (``ADASKIP_VERBOSE=1`` or a stage's ``-v`` brings Ray's output back)."""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Mapping
+
+VERBOSE_ENV = "ADASKIP_VERBOSE"    # "1": Ray's full output (set by a stage's -v, inherited by Ray's local workers)
+PROGRESS_ENV = "ADASKIP_PROGRESS"  # "1" / "0": progress bars on / off; unset: on when stderr is a terminal
+
+
+def verbose() -> bool:
+    """Whether the user asked for everything Ray prints (``ADASKIP_VERBOSE=1``)."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def progress_bars() -> bool:
+    """Whether to draw tqdm bars: ``ADASKIP_PROGRESS`` when set (the stage sets it from its own stderr before it starts
+    Ray, so workers, whose output is never a terminal, follow the driver), else whether stderr is a terminal."""
+    flag = os.environ.get(PROGRESS_ENV)
+    if flag is not None:
+        return flag not in ("", "0")
+    return sys.stderr.isatty()
+
+
+def duration(seconds: float) -> str:
+    """``"12.3 s"``, ``"1 min 12 s"``, ``"1 h 02 min"``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    s = round(seconds)
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def epoch_line(epoch: int, epochs: int, metrics: Mapping[str, float], seconds: float) -> str:
+    """One aligned line per epoch, e.g. ``epoch  3/15  loss 0.812  train  91.2  val super  97.4 base  96.3  lr 0.180
+    12.3 s``. Self-distillation reports the super-net's training accuracy; a baseline (one sub-network) its own."""
+    width = len(str(epochs))
+    loss = metrics.get("train_total", metrics.get("train_loss", float("nan")))
+    train = metrics.get("train_acc_super", metrics.get("train_acc_correct", float("nan")))
+    return (f"epoch {epoch:>{width}}/{epochs}  loss {loss:.3f}  train {train:5.1f}  "
+            f"val super {metrics.get('val_acc_super', float('nan')):5.1f} base {metrics.get('val_acc_base', float('nan')):5.1f}  "
+            f"lr {metrics.get('lr', float('nan')):.3g}  {seconds:5.1f} s")
+
+
+# Lines Ray repeats at INFO/WARNING during every run and that tell a user nothing they can act on. Each pattern is
+# matched against one forwarded worker line (after Ray's "(name pid=...)" prefix is taken off).
+RAY_NOISE = tuple(re.compile(p) for p in (
+    # Ray Train's placement-group watchdog polls the State API, which needs the dashboard adaskip does not start
+    r"Failed to query Ray Train Controller actor state",
+    r"has constructor arguments in the object store and max_restarts > 0",   # Ray Train's PreemptionWatcher
+    r"^Checkpoint successfully created at: ",
+    r"^Reporting training result \d+: ",
+    r"^(Requesting resources|Attempting to start training worker group|Started training worker group)",
+    r"^- \(ip=[^)]*\) world_rank=\d+",                                         # the lines under "Started ..."
+    r"^Setting up process group for: ",
+    r"^(Moving model to device|Wrapping provided model in)",
+    r"^\s*$",
+))
+
+
+def is_ray_noise(line: str) -> bool:
+    """Whether a line forwarded from a Ray worker is one of Ray's repeated status lines (see RAY_NOISE)."""
+    return any(p.search(line) for p in RAY_NOISE)
+
+
+def quiet_ray_output() -> bool:
+    """In a Ray driver: drop RAY_NOISE lines from the worker output Ray forwards to this process (what Ray's own
+    settings cannot turn off: the Train placement-group watchdog runs outside Train's logging config). Ray's
+    ``log_to_driver`` forwarder is one handler of its stdstream dispatcher; it is wrapped so each batch loses the
+    noise lines first. No-op with ``ADASKIP_VERBOSE=1``, or when this Ray has no such handler; True when installed."""
+    if verbose():
+        return False
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return False
+    handler = next((h for name, h in getattr(dispatcher, "handlers", []) if name == "ray_print_logs"), None)
+    if handler is None or getattr(handler, "_adaskip_quiet", False):
+        return False
+
+    def quiet(data: dict) -> None:
+        lines = [line for line in data.get("lines", []) if not is_ray_noise(line)]
+        if lines:
+            handler({**data, "lines": lines})
+
+    quiet._adaskip_quiet = True  # type: ignore[attr-defined]
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", quiet)
+    return True
