@@ -8,6 +8,7 @@ import pandas as pd
 from adaskip.ablation import stats
 from adaskip.ablation.spec import cells_file, load_study, mlflow_tags
 from adaskip.config import ConfigError
+from adaskip.evaluation.report import tradeoff_plot
 from adaskip.files import atomic_path, write_csv, write_json
 from adaskip.stage import main, remove_outputs, tracker
 
@@ -27,9 +28,9 @@ def run(params, args) -> None:
     write_csv(agg, outs["agg"])
     write_csv(cmp, outs["cmp"])
     with atomic_path(outs["md"]) as tmp:
-        Path(tmp).write_text(stats.markdown(cmp, agg, spec))
+        Path(tmp).write_text(stats.comparison_markdown(cmp, agg, spec))
     with atomic_path(outs["png"]) as tmp:
-        stats.tradeoff_plot(agg, tmp, f"study {spec.name}: {params.model.name} on {params.data.name}")
+        tradeoff_plot(agg, tmp, f"study {spec.name}: {params.model.name} on {params.data.name}", group="variant")
     mlflow = tracker(params)
     parent = mlflow.find_run(mlflow_tags(spec, params))
     if parent:  # the study's parent run: its children are the cells, compared side by side in the MLflow UI

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from adaskip.evaluation.report import markdown, summary_metrics, tradeoff_plot
+from adaskip.evaluation.report import report_markdown, summary_metrics, tradeoff_plot
 from adaskip.files import write_json
 from adaskip.stage import main, remove_outputs, tracker
 
@@ -21,7 +21,7 @@ def run(params, args) -> None:
     mlflow = tracker(params)
     with mlflow.run("report", {"adaskip.stage": "report"}) as run_id:
         tradeoff_plot(grid, PLOT, f"{params.model.name} on {params.data.name}")
-        Path(REPORT).write_text(markdown(grid, metrics, best))
+        Path(REPORT).write_text(report_markdown(grid, metrics, best))
         mlflow.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None})
         for path in (PLOT, REPORT):
             mlflow.log_artifact(run_id, path)

@@ -56,7 +56,7 @@ def test_compare_joins_per_configuration_paired_by_seed():
 
 def test_markdown_does_not_decide_the_claim():
     spec = study.StudySpec(name="s", seeds=[0, 1], variants={"adn": {}, "ind_full": {"baseline": "super"}})
-    text = stats.markdown(stats.compare(_rows(), "adn"), stats.aggregate(_rows()), spec)
+    text = stats.comparison_markdown(stats.compare(_rows(), "adn"), stats.aggregate(_rows()), spec)
     # FF: deltas -1, +3 over 2 seeds: mean 1, t(0.975, 1) = 12.706, sd/sqrt(2) = 2: CI 1 +- 25.41
     assert "| FF |" in text and "| +1.00 [-24.41, +26.41] |" in text and "| inconclusive (detectable:" in text
     assert "inconclusive (one seed: no confidence interval)" in text  # TT pairs on one seed only
@@ -77,7 +77,7 @@ def test_a_clear_difference_is_called_and_a_noisy_one_is_not():
     spec = study.StudySpec(name="s", seeds=[0, 1, 2, 3, 4], variants={"adn": {}, "ind": {"baseline": "super"}})
     clear = stats.compare(_paired([3.0, 3.2, 2.8, 3.1, 2.9]), "adn")
     assert clear.loc[0, "ci_low"] > 0 and clear.loc[0, "test_images"] == 10000
-    text = stats.markdown(clear, stats.aggregate(_paired([3.0] * 5)), spec)
+    text = stats.comparison_markdown(clear, stats.aggregate(_paired([3.0] * 5)), spec)
     assert "| better |" in text and "Test set: 10000 images per seed" in text
     worse = stats.compare(_paired([-3.0, -3.2, -2.8, -3.1, -2.9]), "adn")
     assert stats.verdict(worse.loc[0, "ci_low"], worse.loc[0, "ci_high"], worse.loc[0, "detectable"], 5) == "worse"
@@ -85,8 +85,8 @@ def test_a_clear_difference_is_called_and_a_noisy_one_is_not():
     assert noisy.ci_low < 0 < noisy.ci_high
     call = stats.verdict(noisy.ci_low, noisy.ci_high, noisy.detectable, noisy.seeds)
     assert call == f"inconclusive (detectable: {noisy.detectable:.1f} %p)" and noisy.detectable > abs(noisy.delta_acc1_mean)
-    assert f"| {call} |" in stats.markdown(stats.compare(_paired([-4.0, 5.0, -3.0, 6.0, 1.0]), "adn"),
-                                           stats.aggregate(_paired([1.0])), spec)
+    assert f"| {call} |" in stats.comparison_markdown(stats.compare(_paired([-4.0, 5.0, -3.0, 6.0, 1.0]), "adn"),
+                                                      stats.aggregate(_paired([1.0])), spec)
 
 
 def test_confidence_interval_and_detectable_difference_by_hand():

@@ -5,8 +5,6 @@ pandas and scipy only: nothing here builds a model or trains.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
 from .spec import StudySpec
@@ -110,7 +108,7 @@ def summary(agg: pd.DataFrame, rows: pd.DataFrame) -> dict[str, dict[str, float]
     return out
 
 
-def markdown(comparison: pd.DataFrame, agg: pd.DataFrame, spec: StudySpec) -> str:
+def comparison_markdown(comparison: pd.DataFrame, agg: pd.DataFrame, spec: StudySpec) -> str:
     """The comparison table: each difference with its 95 % confidence interval and the smallest difference the
     study could detect; "better"/"worse" only where the interval excludes zero, "inconclusive" otherwise."""
     lines = [f"# Study `{spec.name}`: {len(spec.variants)} variants x {len(spec.seeds)} seeds", ""]
@@ -151,24 +149,3 @@ def verdict(ci_low: float, ci_high: float, detectable: float, seeds: int) -> str
     if ci_high < 0:
         return "worse"
     return f"inconclusive (detectable: {detectable:.1f} %p)"
-
-
-def tradeoff_plot(agg: pd.DataFrame, path: str | Path, title: str) -> None:
-    """Every variant's accuracy-vs-MACs curve (mean +- std over seeds) on one plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for variant, a in agg.groupby("variant", sort=False):
-        a = a.sort_values("macs")
-        # markers only: several configurations share a MACs value, so a line through them would zigzag
-        ax.errorbar(a.macs / 1e6, a.acc1_mean, yerr=a.acc1_std, label=variant, capsize=3, linestyle="none",
-                    marker="s" if len(a) == 1 else "o", markersize=8 if len(a) == 1 else 4, alpha=0.85)
-    ax.set(xlabel="MMACs per image", ylabel="test top-1 accuracy (%)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")  # the path may be a temporary name without .png
-    plt.close(fig)

@@ -1,4 +1,5 @@
-"""The trade-off plot and the markdown summary of one pipeline run."""
+"""The accuracy-vs-MACs trade-off plot (one run's grid, or a study's per-variant curves) and the markdown
+summary of one pipeline run."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,25 +10,39 @@ import pandas as pd
 from .pareto import tradeoff_auc
 
 
-def tradeoff_plot(grid: pd.DataFrame, path: str | Path, title: str = "accuracy vs MACs") -> None:
-    """Top-1 accuracy against MACs of every sub-network, Pareto front joined, skip strings labelled."""
+def tradeoff_plot(table: pd.DataFrame, path: str | Path, title: str = "accuracy vs MACs",
+                  group: Optional[str] = None) -> None:
+    """Test top-1 accuracy against MACs, saved as a PNG at ``path`` (which may be a temporary name without .png).
+
+    Without ``group``: one point per sub-network of an evaluation grid (columns ``skip, macs, acc1, pareto``),
+    the Pareto front joined and the skip strings labelled (the pipeline's report). With ``group``: one curve per
+    value of that column (the study's ``variant``) over aggregated rows (columns ``macs, acc1_mean, acc1_std``),
+    mean +- std over seeds as error bars.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    mmacs = grid.macs / 1e6
-    ax.scatter(mmacs, grid.acc1, c=["tab:red" if p else "tab:gray" for p in grid.pareto], zorder=3)
-    front = grid[grid.pareto].sort_values("macs")
-    ax.plot(front.macs / 1e6, front.acc1, color="tab:red", label="Pareto front")
-    for x, y, s in zip(mmacs, grid.acc1, grid.skip):
-        ax.annotate(s, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    fig, ax = plt.subplots(figsize=(7, 4.5) if group is None else (7.5, 4.8))
+    if group is None:
+        mmacs = table.macs / 1e6
+        ax.scatter(mmacs, table.acc1, c=["tab:red" if p else "tab:gray" for p in table.pareto], zorder=3)
+        front = table[table.pareto].sort_values("macs")
+        ax.plot(front.macs / 1e6, front.acc1, color="tab:red", label="Pareto front")
+        for x, y, s in zip(mmacs, table.acc1, table.skip):
+            ax.annotate(s, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    else:
+        for name, a in table.groupby(group, sort=False):
+            a = a.sort_values("macs")
+            # markers only: several configurations share a MACs value, so a line through them would zigzag
+            ax.errorbar(a.macs / 1e6, a.acc1_mean, yerr=a.acc1_std, label=name, capsize=3, linestyle="none",
+                        marker="s" if len(a) == 1 else "o", markersize=8 if len(a) == 1 else 4, alpha=0.85)
     ax.set(xlabel="MMACs per image", ylabel="test top-1 accuracy (%)", title=title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(fontsize=None if group is None else 8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -42,7 +57,8 @@ def summary_metrics(grid: pd.DataFrame, trained: dict[str, Any], best: Optional[
             "tune_best_objective": None if best is None else best.get("objective")}
 
 
-def markdown(grid: pd.DataFrame, metrics: dict[str, Any], best: Optional[dict[str, Any]]) -> str:
+def report_markdown(grid: pd.DataFrame, metrics: dict[str, Any], best: Optional[dict[str, Any]]) -> str:
+    """results/report.md of one pipeline run: super-/base-net accuracy, what tune chose, the evaluation grid."""
     lines = ["# adaskip report", "",
              f"Super-net test top-1 **{metrics['super_acc1']:.1f}%**, base-net **{metrics['base_acc1']:.1f}%** "
              f"at {100 * metrics['base_macs_ratio']:.0f}% of the super-net's MACs; "
