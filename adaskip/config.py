@@ -147,6 +147,8 @@ class EvaluateParams(_Section):
     latency_reps: int = Field(10, ge=1)
     recalibrate_bn: bool = Field(False, description="re-estimate BatchNorm statistics per intermediate sub-network")
     recalibrate_batches: int = Field(10, ge=1)
+    use_gpu: bool = Field(False, description="each evaluation task holds one GPU: accuracy and latency are measured "
+                          "on it (device column: the GPU's name); false: on the CPUs the task holds")
 
     @field_validator("latency_batch_sizes", "latency_threads")
     @classmethod

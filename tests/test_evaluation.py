@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 
 import pandas as pd
@@ -13,6 +14,7 @@ import adaskip
 from adaskip.evaluation import (complexity_table, evaluate_grid, grid_logits, measure_latency, pareto_front,
                                 summarise, tradeoff_auc)
 from adaskip.models import SkipAwareNorm
+from conftest import merge
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
@@ -224,3 +226,18 @@ def test_measure_latency(resnet18):
     assert isinstance(ms, float) and ms > 0 and math.isfinite(ms)
     with pytest.raises(ValueError):
         measure_latency(resnet18, "TTTT", (3, 32, 32), reps=0)
+
+
+@pytest.mark.ray
+def test_grid_on_gpus_the_cluster_lacks_fails_at_once(ray_cluster, tiny_raw, tmp_path):
+    """evaluate.use_gpu on a cluster without GPUs: a clear error before any task is queued (the tasks would wait
+    for a GPU forever), and nothing saved."""
+    from adaskip.config import Params
+    from adaskip.orchestration.storage import Storage
+    from adaskip.orchestration.grid import EvaluationError, evaluate_parallel
+
+    params = Params.model_validate(merge(tiny_raw, {"evaluate": {"use_gpu": True}}))
+    t = time.time()
+    with pytest.raises(EvaluationError, match="evaluate.use_gpu is true but the Ray cluster has no GPU"):
+        evaluate_parallel({"spec": {"split": [1, 1, 1, 1]}, "state_dict": {}}, params, Storage(str(tmp_path)))
+    assert time.time() - t < 10 and not list(tmp_path.iterdir())

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import Params
+from ..errors import AdaskipError
 from ..data import load_subsets, make_loader
 from ..data.base import Subsets
 from ..data.loader import resolve_workers
@@ -19,6 +20,10 @@ from ..evaluation import (complexity_table, evaluate_grid, latency_long_table, l
                           select_configs, summarise)
 from ..models import AdaptiveDepthNet
 from .storage import Storage
+
+
+class EvaluationError(AdaskipError):
+    """The evaluation grid cannot run as configured (e.g. GPUs asked for on a cluster without any)."""
 
 
 def prefixes(num_stages: int, parallelism: int) -> list[str]:
@@ -31,12 +36,14 @@ def grid_accuracy(model: AdaptiveDepthNet, subsets: Subsets, p: Params, configs:
                   recalibrate: bool) -> pd.DataFrame:
     """Accuracy of ``configs`` on the test split; with ``recalibrate`` every intermediate configuration after
     re-estimating its BN statistics on training batches (``evaluate.recalibrate_bn``)."""
+    device = next(model.parameters()).device  # the GPU with evaluate.use_gpu
     workers = resolve_workers(p.data, ranks=p.evaluate.parallelism)  # the default shares the CPUs among the tasks
     loader = make_loader(subsets.test, p.evaluate.batch_size, shuffle=False, seed=0, num_workers=workers)
     if not recalibrate:
-        return evaluate_grid(model, loader, configs, progress=False)
+        return evaluate_grid(model, loader, configs, device=device, progress=False)
     calibration = make_loader(subsets.train, p.evaluate.batch_size, shuffle=True, seed=0, num_workers=workers)
-    return recalibrated_grid(model, loader, calibration, configs, batches=p.evaluate.recalibrate_batches)
+    return recalibrated_grid(model, loader, calibration, configs, batches=p.evaluate.recalibrate_batches,
+                             device=device)
 
 
 def _evaluate_subtree(model_file: dict[str, Any], params: dict[str, Any], prefix: str) -> pd.DataFrame:
@@ -51,16 +58,16 @@ def _evaluate_subtree(model_file: dict[str, Any], params: dict[str, Any], prefix
     subsets = load_subsets(p.data)
     configs = select_configs(model, None, prefix or None)
     size = (subsets.in_chans, p.data.image_size, p.data.image_size)
+    cost = complexity_table(model, configs, size)  # counted on the CPU
+    if p.evaluate.use_gpu:
+        model = model.to("cuda")  # Ray gave this task one GPU (evaluate.use_gpu)
     acc = grid_accuracy(model, subsets, p, configs, p.evaluate.recalibrate_bn)
-    cost = complexity_table(model, configs, size)
     return acc.merge(cost, on="skip").merge(subtree_latency(model, configs, size, p), on="skip")
 
 
 def subtree_latency(model: AdaptiveDepthNet, configs: list, size: tuple[int, ...], p: Params) -> pd.DataFrame:
-    """Wide latency columns of ``configs`` measured in this process, on the GPU when this task sees one."""
+    """Wide latency columns of ``configs`` measured in this process, on the model's device."""
     e = p.evaluate
-    if torch.cuda.is_available():
-        model = model.to("cuda")
     long = latency_long_table(model, configs, size, e.latency_batch_sizes, e.latency_threads, e.latency_warmup,
                               e.latency_reps)
     return latency_wide(long)
@@ -73,7 +80,11 @@ def evaluate_parallel(model_file: dict[str, Any], params: Params, done: Optional
     saved = {p: f"{p or 'all'}.csv" for p in subtrees} if done else {}
     kept = [p for p, f in saved.items() if done.exists(f)]
     finished = [done.read_csv(saved[p]) for p in kept]
-    task = ray.remote(num_cpus=params.evaluate.task_cpus())(_evaluate_subtree)
+    gpus = 1 if params.evaluate.use_gpu else 0
+    if gpus and ray.cluster_resources().get("GPU", 0) < 1:  # the tasks would wait for a GPU forever
+        raise EvaluationError("evaluate.use_gpu is true but the Ray cluster has no GPU: attach GPU nodes "
+                              "(RAY_ADDRESS) or set evaluate.use_gpu: false")
+    task = ray.remote(num_cpus=params.evaluate.task_cpus(), num_gpus=gpus)(_evaluate_subtree)
     ref, config = ray.put(model_file), params.model_dump(mode="json")
     pending = {task.remote(ref, config, p): p for p in subtrees if p not in kept}
     with tqdm(total=len(subtrees), initial=len(finished), desc="evaluation grid", unit="subtree") as bar:
