@@ -30,20 +30,20 @@ def run(params, args) -> None:
 
     ahead = [] if args.alone else run_ahead(every, {v: cells_file(args.study, v) for v in spec.variants if v not in names})
     todo = [c for c in every if c.variant in names] + ahead
-    mlflow = tracker(params)
+    tracking = tracker(params)
     tags = mlflow_tags(spec, params)
     cache = storage(params).child(f"study-{spec.name}")
     if unfinished(todo, cache):  # a stage whose cells an earlier stage ran ahead only collects them: no Ray
-        start_ray(params, mlflow.uri)
-    with mlflow.run(f"study-{spec.name}", tags, run_id=mlflow.find_run(tags)) as parent:
+        start_ray(params, tracking.uri)
+    with tracking.run(f"study-{spec.name}", tags, run_id=tracking.find_run(tags)) as parent:
         # what every cell shares (the parent's key); each cell logs its own full params
-        mlflow.log_params(parent, {"study": spec.model_dump(mode="json", include={"name", "epochs"}),
-                                   **params.model_dump(mode="json", include={"data", "model", "train", "evaluate"})})
+        tracking.log_params(parent, {"study": spec.model_dump(mode="json", include={"name", "epochs"}),
+                                     **params.model_dump(mode="json", include={"data", "model", "train", "evaluate"})})
         try:
-            rows = run_cells(todo, cache, mlflow, parent, spec.cpus_per_cell,
+            rows = run_cells(todo, cache, tracking, parent, spec.cpus_per_cell,
                              optional={c.variant for c in ahead})
         finally:
-            mlflow.end_leftovers(parent)
+            tracking.end_leftovers(parent)
         for variant, out in outs.items():
             write_csv(rows[rows.variant == variant], out)
     extra = f", and {len(ahead)} cells of later stages ahead" if ahead else ""

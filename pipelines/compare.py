@@ -31,13 +31,13 @@ def run(params, args) -> None:
         Path(tmp).write_text(stats.comparison_markdown(cmp, agg, spec))
     with atomic_path(outs["png"]) as tmp:
         tradeoff_plot(agg, tmp, f"study {spec.name}: {params.model.name} on {params.data.name}", group="variant")
-    mlflow = tracker(params)
-    parent = mlflow.find_run(mlflow_tags(spec, params))
+    tracking = tracker(params)
+    parent = tracking.find_run(mlflow_tags(spec, params))
     if parent:  # the study's parent run: its children are the cells, compared side by side in the MLflow UI
-        mlflow.log_table(parent, agg, "curves.json")
-        mlflow.log_table(parent, cmp, "comparison.json")
+        tracking.log_table(parent, agg, "curves.json")
+        tracking.log_table(parent, cmp, "comparison.json")
         for key in ("md", "png"):
-            mlflow.log_artifact(parent, outs[key])
+            tracking.log_artifact(parent, outs[key])
     write_json(stats.summary(agg, rows), outs["json"])
     print(outs["md"].read_text())
 
