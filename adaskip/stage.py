@@ -7,10 +7,12 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from .config import Params, load_params
+from .console import VERBOSE_ENV, duration, verbose
 from .errors import AdaskipError
 
 log = logging.getLogger("adaskip")
@@ -57,22 +59,33 @@ def _sigterm(*_: Any) -> None:
     raise KeyboardInterrupt("SIGTERM")
 
 
-def main(description: str, run: Callable[[Params, argparse.Namespace], None],
+def main(description: str, run: Callable[[Params, argparse.Namespace], Optional[str]],
          configure: Callable[[argparse.ArgumentParser], None] = lambda p: None, check_model: bool = True) -> None:
-    """Parse ``--params``, validate them, run the stage; known errors print one line and exit non-zero."""
+    """Parse ``--params``, validate them, run the stage; known errors print one line and exit non-zero. The summary
+    ``run`` returns ends the stage's output as one line: ``<stage>: <summary> in <time>``."""
     from .orchestration.cluster import configure_ray_env
 
     configure_ray_env()  # before anything imports ray
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help=f"debug logging and Ray's full output (as {VERBOSE_ENV}=1 does, e.g. under dvc repro)")
     configure(parser)
     args = parser.parse_args()
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # before Ray starts: its local workers inherit it
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not verbose():  # Ray's start-up and MLflow's database/registry notices: WARNING and above only
+        logging.getLogger("ray").setLevel(logging.WARNING)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers' level when imported
     signal.signal(signal.SIGTERM, _sigterm)
+    started = time.perf_counter()
     try:
-        run(load_params(args.params, check_model), args)
+        summary = run(load_params(args.params, check_model), args)
+        if summary:
+            stage = os.environ.get("DVC_STAGE") or Path(sys.argv[0]).stem
+            print(f"{stage}: {summary} in {duration(time.perf_counter() - started)}", flush=True)
     except AdaskipError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

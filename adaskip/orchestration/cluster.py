@@ -40,7 +40,8 @@ def configure_ray_env() -> None:
 # from anyone outside the cluster).
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
                  "ADASKIP_STORAGE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-                 "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+                 "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "ADASKIP_VERBOSE", "ADASKIP_PROGRESS",
+                 "MLFLOW_LOGGING_LEVEL")
 
 
 def joins_cluster() -> bool:
@@ -52,9 +53,13 @@ def init_ray(num_cpus: int | None = None) -> None:
     """Join the cluster named by ``RAY_ADDRESS`` if set, else start a local one sized to this machine."""
     import ray
 
+    from ..console import PROGRESS_ENV, progress_bars, quiet_ray_output
+
     if ray.is_initialized():
         return
     on_sigterm = signal.getsignal(signal.SIGTERM)
+    # workers' output is never a terminal: they draw progress bars when this driver's stderr is one
+    os.environ.setdefault(PROGRESS_ENV, "1" if progress_bars() else "0")
     if joins_cluster():
         log.info("joining the Ray cluster at %s", os.environ["RAY_ADDRESS"])
         env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
@@ -62,6 +67,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, object_store_memory=300 * 2**20,
                  log_to_driver=True, configure_logging=False)
+    quiet_ray_output()  # Ray's repeated status lines out of the forwarded worker output (ADASKIP_VERBOSE=1: all)
     # Ray's core worker installs a C-level SIGTERM handler that aborts the process; put the stage's own back, so
     # SIGTERM still ends MLflow runs as KILLED and exits 130 like Ctrl-C.
     if callable(on_sigterm) and threading.current_thread() is threading.main_thread():

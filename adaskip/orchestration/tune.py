@@ -18,6 +18,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from ..config import Params
+from ..console import verbose
 from ..errors import describe
 from .cluster import configure_ray_env
 from .storage import Storage
@@ -114,7 +115,8 @@ def run_sweep(params: Params, storage: Storage, name: str, uri: str, experiment:
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True, restart_errored=False, storage_filesystem=fs)
     else:
         tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config,
-                           run_config=tune.RunConfig(name=name, storage_path=storage.path, storage_filesystem=fs, verbose=1,
+                           run_config=tune.RunConfig(name=name, storage_path=storage.path, storage_filesystem=fs,
+                                                     verbose=1 if verbose() else 0,  # no per-trial tables
                                                      failure_config=tune.FailureConfig(max_failures=0)))
     grid = tuner.fit()
     table = trials_table(grid)
