@@ -1,4 +1,5 @@
-"""Diagnostics of the method's rationale (the paper's Figure 3): how much each residual block changes its input.
+"""Diagnostics of the method's rationale (docs/method.md section 5, the paper's Figure 3): how much each residual
+block changes its input.
 
 Skipping a block replaces its output by its input, so the quantity that matters is ``||block(h) - h|| / ||h||``:
 the paper argues that self-distillation makes skippable blocks *refine* (small ratio) while mandatory blocks

@@ -1,4 +1,4 @@
-"""Self-distillation loss as pure functions (DESIGN.md section 1)."""
+"""Self-distillation loss as pure functions (docs/method.md section 4)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
