@@ -13,7 +13,7 @@ import pytest
 
 from multihost import TwoHosts, two_hosts  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.ray, pytest.mark.ddp, pytest.mark.subprocess]
 
 # On host1: writes a marker into P and into the shared folder, then a task on each host reports where it runs,
 # which adaskip it imports and which markers it sees.

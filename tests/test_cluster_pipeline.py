@@ -16,7 +16,7 @@ import yaml
 from conftest import checkpoint_recorded
 from multihost import TwoHosts, two_hosts  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.ray, pytest.mark.subprocess]
 USER, PASSWORD = "adaskip", "cluster-test-password-1"  # MLflow wants 12+ characters
 STUDY = {"name": "cluster", "seeds": [0, 1], "epochs": 2, "reference": "adn", "cpus_per_cell": 1,
          "variants": {"adn": {}, "individual_full": {"baseline": "super"}}}
@@ -117,6 +117,7 @@ def test_clients_without_credentials_or_token_are_refused(cluster):
     assert r.returncode != 0 and "CONNECTED" not in r.stdout
 
 
+@pytest.mark.ddp
 def test_pipeline_and_study_run_on_both_hosts(cluster):
     th, env = cluster
     seen: set[str] = set()
@@ -154,6 +155,7 @@ def test_pipeline_and_study_run_on_both_hosts(cluster):
     assert {"tune", "evaluate", "report", "study"} <= set(by_stage)
 
 
+@pytest.mark.ddp
 def test_a_dead_worker_host_during_training_resumes_on_the_other(cluster):
     """Killing host2's Ray node after the first recorded checkpoint: Ray Train restarts the worker group on host1
     from that checkpoint and finishes; one MLflow run, each epoch logged once."""

@@ -10,10 +10,10 @@ import pytest
 
 from adaskip.orchestration.storage import Storage
 
-pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.ray
 def test_a_ready_node_passes(ray_cluster, mlflow_uri, tmp_path):
     from adaskip.orchestration.preflight import require_ready
 
@@ -22,6 +22,7 @@ def test_a_ready_node_passes(ray_cluster, mlflow_uri, tmp_path):
     assert not list((tmp_path / "store").rglob("*-*")), "the probe files are removed"
 
 
+@pytest.mark.ray
 def test_each_problem_is_named_with_its_fix(ray_cluster, tmp_path):
     from adaskip.orchestration.preflight import PreflightError, require_ready
 
@@ -36,6 +37,7 @@ def test_each_problem_is_named_with_its_fix(ray_cluster, tmp_path):
     assert f"data.path {tmp_path / 'no-such-data'} is not readable here" in text
 
 
+@pytest.mark.ray
 def test_storage_not_shared_and_local_tracking_on_another_host(ray_cluster, tmp_path):
     """What a node on another host sees: the driver's probe file missing (a folder private to each host) and a
     SQLite store that lives on the driver's host."""
@@ -56,6 +58,8 @@ def test_gloo_interface_is_the_one_holding_the_node_address():
     assert interface_of("203.0.113.77") is None  # TEST-NET-3: on no interface here
 
 
+@pytest.mark.ray
+@pytest.mark.subprocess
 def test_doctor_command_reports_and_exits_nonzero(tmp_path):
     """`adaskip doctor` as a user runs it: one line per node, exit 1 when a node fails, 2 on bad params."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
@@ -70,6 +74,7 @@ def test_doctor_command_reports_and_exits_nonzero(tmp_path):
     assert out.returncode == 2 and "cluster.storage: unsupported scheme 'ftp'" in out.stderr
 
 
+@pytest.mark.ray
 def test_other_code_or_packages_on_a_node_are_named(ray_cluster, tmp_path):
     """A node whose adaskip sources or package versions differ from the driver's (the git commit alone decides
     nothing: a commit may change only documentation)."""

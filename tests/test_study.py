@@ -246,6 +246,7 @@ def test_residual_ratios_measure_what_each_block_changes():
     assert set(ratio_summary(base_only)) == {"ratio_mandatory"}
 
 
+@pytest.mark.subprocess
 def test_compare_stage_writes_every_output(tmp_path):
     """The compare stage on real per-variant cells files: tables, plot, summary metrics; a variant without
     results and a bad study file exit 2, naming the problem."""

@@ -35,7 +35,7 @@ def _postgres_missing() -> Optional[str]:
 
 
 MISSING = _postgres_missing()
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(MISSING is not None, reason=str(MISSING))]
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess, pytest.mark.skipif(MISSING is not None, reason=str(MISSING))]
 
 
 @pytest.fixture
