@@ -36,14 +36,14 @@ def duration(seconds: float) -> str:
 
 
 def epoch_line(epoch: int, epochs: int, metrics: Mapping[str, float], seconds: float) -> str:
-    """One aligned line per epoch, e.g. ``epoch  3/15  loss 0.812  train  91.2  val super  97.4 base  96.3  lr 0.180
+    """One aligned line per epoch, e.g. ``epoch  3/15  loss 0.812  train  91.2  val super  97.4 base  96.3  lr 0.18
     12.3 s``. Self-distillation reports the super-net's training accuracy; a baseline (one sub-network) its own."""
     width = len(str(epochs))
     loss = metrics.get("train_total", metrics.get("train_loss", float("nan")))
     train = metrics.get("train_acc_super", metrics.get("train_acc_correct", float("nan")))
     return (f"epoch {epoch:>{width}}/{epochs}  loss {loss:.3f}  train {train:5.1f}  "
             f"val super {metrics.get('val_acc_super', float('nan')):5.1f} base {metrics.get('val_acc_base', float('nan')):5.1f}  "
-            f"lr {metrics.get('lr', float('nan')):.3g}  {seconds:5.1f} s")
+            f"lr {metrics.get('lr', float('nan')):<7.3g}{seconds:5.1f} s")
 
 
 # Lines Ray repeats at INFO/WARNING during every run and that tell a user nothing they can act on. Each pattern is

@@ -15,11 +15,11 @@ METRICS = {"train_total": 0.81234, "train_acc_super": 91.24, "train_acc_base": 9
 
 def test_epoch_line_is_compact_and_aligned():
     line = console.epoch_line(3, 15, METRICS, 12.34)
-    assert line == "epoch  3/15  loss 0.812  train  91.2  val super  97.4 base  96.3  lr 0.18   12.3 s"
+    assert line == "epoch  3/15  loss 0.812  train  91.2  val super  97.4 base  96.3  lr 0.18    12.3 s"
     assert "ratio" not in line
     # every epoch of a run has the same width, so the columns line up
-    assert len({len(console.epoch_line(e, 15, {**METRICS, "val_acc_base": v}, s))
-                for e, v, s in [(1, 9.0, 1.0), (9, 100.0, 99.9), (15, 55.5, 5.0)]}) == 1
+    assert len({len(console.epoch_line(e, 15, {**METRICS, "val_acc_base": v, "lr": lr}, s))
+                for e, v, lr, s in [(1, 9.0, 0.2, 1.0), (9, 100.0, 0.0895, 99.9), (15, 55.5, 1e-05, 5.0)]}) == 1
 
 
 def test_epoch_line_of_a_baseline_uses_its_own_loss_and_accuracy():

@@ -72,5 +72,5 @@ def prepare(cfg: DataConfig, out_dir: str | Path) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(info, out / MANIFEST)
-    log.info("prepared %s: %s -> %s", cfg.name, info["sizes"], out / MANIFEST)
+    log.debug("prepared %s: %s -> %s", cfg.name, info["sizes"], out / MANIFEST)
     return info

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -118,7 +119,15 @@ def run_sweep(params: Params, storage: Storage, name: str, uri: str, experiment:
                            run_config=tune.RunConfig(name=name, storage_path=storage.path, storage_filesystem=fs,
                                                      verbose=1 if verbose() else 0,  # no per-trial tables
                                                      failure_config=tune.FailureConfig(max_failures=0)))
-    grid = tuner.fit()
+    # Tune's default output engine prints its experiment header and paths at any verbosity; the legacy one at
+    # verbose=0 prints nothing (RAY_AIR_NEW_OUTPUT is read when fit starts)
+    quiet = {} if verbose() or "RAY_AIR_NEW_OUTPUT" in os.environ else {"RAY_AIR_NEW_OUTPUT": "0"}
+    os.environ.update(quiet)
+    try:
+        grid = tuner.fit()
+    finally:
+        for k in quiet:
+            os.environ.pop(k, None)
     table = trials_table(grid)
     _close_trial_runs(table, uri, experiment, parent_run_id, t.epochs)
     return table

@@ -6,11 +6,13 @@ import contextlib
 import os
 import subprocess
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 import pandas as pd
 
+from ..console import verbose
 from ..errors import AdaskipError
 
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
@@ -24,6 +26,34 @@ class TrackingError(AdaskipError, RuntimeError):
     """The MLflow tracking store cannot be reached or used."""
 
     recurs = False  # the tracking server may be back by the next attempt
+
+
+@contextlib.contextmanager
+def _quiet_model_logging() -> Iterator[None]:
+    """Logging an MLflow Model prints hints (type hints, input example, integer columns, CloudPickle), an artifact
+    download bar and "Successfully registered ..." lines, none of which a run can act on (its signature is explicit,
+    the version is in the stage's summary): left out unless ADASKIP_VERBOSE=1. Errors still raise."""
+    if verbose():
+        yield
+        return
+    import io
+    import logging
+
+    pyfunc, level = logging.getLogger("mlflow.pyfunc"), logging.getLogger("mlflow.pyfunc").level
+    saved = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    pyfunc.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        pyfunc.setLevel(level)
+        if saved is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = saved
 
 
 def resolve_uri(configured: Optional[str], root: str | os.PathLike) -> str:
@@ -257,7 +287,7 @@ class Tracker:
         with open(path, "rb") as f:
             sha = hashlib.file_digest(f, "sha256").hexdigest()
         num_stages = build_from_spec(spec).num_stages
-        with _use_tracking_uri(self.uri):
+        with _use_tracking_uri(self.uri), _quiet_model_logging():
             info = mlflow.models.Model.log(
                 None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, registered_model_name=registered_model,
                 python_model=AdaptiveDepthModel(), artifacts={"model": str(Path(path).resolve())},
