@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 import adaskip  # noqa: E402
 from adaskip.export import export_subnetwork, load_exported  # noqa: E402
-from adaskip.training import model_spec, save_atomic  # noqa: E402
+from adaskip.training import save_atomic  # noqa: E402
 from eval_grid import randomise_norms  # noqa: E402  (this script's folder is on sys.path)
 
 
@@ -62,8 +62,7 @@ def main(argv=None) -> int:
     skip = args.skip or "T" * model.num_stages
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.pt"
-        spec = model_spec(args.model, args.num_classes, model.split, model.skip_aware_norm, model.num_stages, {})
-        save_atomic({"spec": spec, "state_dict": model.state_dict(), "macs": {}, "metrics": {}}, path)
+        save_atomic({"spec": model.spec, "state_dict": model.state_dict(), "macs": {}, "metrics": {}}, path)
         result = export_subnetwork(path, skip, "torch", Path(tmp) / "sub.pt", image_size=args.image_size)
         sub = load_exported(result.path)
     print(f"model {args.model} ({model.family}, blocks {model.blocks_per_stage}), sub-network {result.skip}: "

@@ -134,16 +134,14 @@ def test_ctrl_c_during_tune_keeps_finished_trials(tmp_path: Path, tiny_raw: dict
 
 def test_ctrl_c_during_evaluate_keeps_finished_subtrees(tmp_path: Path, tiny_raw: dict[str, Any]):
     from adaskip.config import Params
-    from adaskip.training import build_from_spec, model_spec, save_atomic
+    from adaskip.training import save_atomic
 
     # 4 subtrees on 2 CPUs, two at a time, each a few seconds (latency reps at 32 px): Ctrl-C after the first ones
     # lands while others are running
     params = _project(tmp_path, tiny_raw, {"data": {"image_size": 32}, "evaluate": {"parallelism": 4, "latency_reps": 1000,
                                                                                       "latency_batch_sizes": [1]}})
-    m = Params.model_validate(params).model
-    spec = model_spec(m.name, 10, m.split or [], m.skip_aware_norm, m.num_stages, m.kwargs)  # untrained weights do
-    net = build_from_spec({**spec, "split": m.split})
-    save_atomic({"spec": {**spec, "split": net.split}, "state_dict": net.state_dict()}, tmp_path / "models" / "model.pt")
+    net = Params.model_validate(params).build_model(num_classes=10)  # untrained weights do
+    save_atomic({"spec": net.spec, "state_dict": net.state_dict()}, tmp_path / "models" / "model.pt")
     proc = _stage(tmp_path, "evaluate")
     deadline = time.time() + 600
     while not list(tmp_path.glob(".ray_results/evaluate-*/*.csv")):

@@ -198,6 +198,20 @@ def test_custom_split_honoured():
     assert vit.blocks_per_stage == [(1, 2), (2, 1), (1, 2), (2, 1)]
 
 
+@pytest.mark.parametrize("name, kwargs, split", [("resnet18", {"channels": [8, 8, 16, 16]}, None),
+                                                 ("deit_tiny_patch16_224", {"img_size": 32}, [1, 2, 1, 2])])
+def test_model_carries_its_spec(name, kwargs, split):
+    """create_model records what rebuilds the model (the split as resolved), the "spec" a model file saves."""
+    from adaskip.training import build_from_spec
+
+    net = create_model(name, num_classes=3, split=split, num_stages=4, **kwargs)
+    assert net.spec == {"name": name, "num_classes": 3, "split": net.split, "skip_aware_norm": True,
+                        "num_stages": 4, "kwargs": kwargs}
+    again = build_from_spec(net.spec)
+    assert again.spec == net.spec and again.blocks_per_stage == net.blocks_per_stage
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in net.state_dict().items()}
+
+
 @pytest.mark.parametrize("split, pattern", [
     ([0, 2, 3, 2], r"stage 0 has 3 blocks.*\[1, 2\]"),      # no mandatory block
     ([2, 2, 3, 3], r"stage 3 has 3 blocks.*\[1, 2\]"),      # no skippable block

@@ -97,15 +97,11 @@ def test_parallel_grid_equals_in_process_grid(ray_cluster, tiny_params, tmp_path
     from adaskip.data import load_subsets, make_loader
     from adaskip.evaluation import evaluate_grid
     from adaskip.orchestration.grid import evaluate_parallel
-    from adaskip.training import build_from_spec, model_spec
 
     torch.manual_seed(0)
     subsets = load_subsets(tiny_params.data)
-    m = tiny_params.model
-    spec = model_spec(m.name, subsets.num_classes, m.split or [], m.skip_aware_norm, m.num_stages, m.timm_kwargs(tiny_params.data.image_size))
-    net = build_from_spec({**spec, "split": None})
-    spec["split"] = net.split
-    grid = evaluate_parallel({"spec": spec, "state_dict": net.state_dict()}, tiny_params, Storage(str(tmp_path)))
+    net = tiny_params.build_model(num_classes=subsets.num_classes)
+    grid = evaluate_parallel({"spec": net.spec, "state_dict": net.state_dict()}, tiny_params, Storage(str(tmp_path)))
     assert len(grid) == 2 ** net.num_stages
     assert set(grid.columns) >= {"skip", "macs", "params", "acc1", "acc5", "latency_ms", "pareto"}
     assert grid.pareto.dtype == bool and grid.pareto.any()

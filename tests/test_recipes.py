@@ -222,8 +222,8 @@ def test_fit_trains_on_mixed_soft_targets(tiny_params, monkeypatch, distill):
 
     monkeypatch.setattr(loop, "distill_step" if distill else "plain_step", record)
     with pytest.raises(Stop):
-        loop.fit(_train(tiny_params, mixup=0.8, cutmix=1.0), loop.WorkerEnv(), epochs=1, distill=distill,
-                 fixed_skip=None if distill else "TTTT")
+        loop.fit(_train(tiny_params, mixup=0.8, cutmix=1.0), loop.WorkerEnv(), epochs=1,
+                 mode=loop.SELF_DISTILLATION if distill else loop.FitMode(alone="TTTT"))
     assert seen[0].dim() == 2 and seen[0].shape[1] == 10
 
 

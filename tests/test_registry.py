@@ -36,18 +36,17 @@ def test_registered_model_serves_every_subnetwork(tmp_path: Path, tiny_params, m
     import torch
 
     from adaskip.tracking import EXPERIMENT_KIND, Tracker, pareto_tags, skip_params
-    from adaskip.training import build_from_spec, model_spec, save_atomic
+    from adaskip.training import save_atomic
 
     monkeypatch.chdir(tmp_path)  # the store's default artifact root (./mlruns) lands in tmp_path
-    size, m = 16, tiny_params.model
-    spec = model_spec(m.name, 10, m.split or [], m.skip_aware_norm, m.num_stages, m.timm_kwargs(size))
-    net = build_from_spec({**spec, "split": None})
+    size = 16
+    net = tiny_params.build_model(num_classes=10)
     torch.manual_seed(0)
     with torch.no_grad():  # timm zero-inits each block's last norm: untrained, every sub-network would agree
         for p in net.parameters():
             if p.dim() == 1 and not p.any():
                 p.uniform_(0.5, 1.5)
-    save_atomic({"spec": {**spec, "split": net.split}, "state_dict": net.state_dict(), "image_size": size},
+    save_atomic({"spec": net.spec, "state_dict": net.state_dict(), "image_size": size},
                 tmp_path / "models" / "model.pt")
     model_file = "models/model.pt"
     S = net.num_stages

@@ -12,20 +12,19 @@ import pytest
 import ray.train
 import torch
 
+from adaskip.models import create_model
 from adaskip.tracking import Tracker, TrackingError
-from adaskip.training import CheckpointError, build_from_spec, load_model, model_spec, save_atomic
+from adaskip.training import CheckpointError, load_model, save_atomic
 
 from conftest import ROOT, merge
 
 
 @pytest.fixture
 def model_file(tmp_path: Path) -> Path:
-    spec = model_spec("resnet18", 10, [], True, 4, {"channels": [8, 8, 16, 16]})
-    net = build_from_spec({**spec, "split": None})
-    spec["split"] = net.split
+    net = create_model("resnet18", 10, channels=[8, 8, 16, 16])
     path = tmp_path / "models" / "model.pt"
     path.parent.mkdir()
-    save_atomic({"spec": spec, "state_dict": net.state_dict(), "macs": {}, "metrics": {}}, path)
+    save_atomic({"spec": net.spec, "state_dict": net.state_dict(), "macs": {}, "metrics": {}}, path)
     return path
 
 

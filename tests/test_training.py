@@ -382,8 +382,8 @@ def test_fit_gives_baselines_the_recipes_label_smoothing(tiny_params, monkeypatc
     monkeypatch.setattr(loop, "kd_step", record("kd"))
     p = tiny_params.model_copy(update={"train": tiny_params.train.model_copy(update={"label_smoothing": 0.1})})
     with pytest.raises(Seen) as seen:
-        loop.fit(p, loop.WorkerEnv(), epochs=1, distill=False, fixed_skip="TTTT",
-                 teacher=(lambda images: torch.zeros(len(images), 10)) if teacher else None)
+        loop.fit(p, loop.WorkerEnv(), epochs=1, mode=loop.FitMode(
+            alone="TTTT", teacher=(lambda images: torch.zeros(len(images), 10)) if teacher else None))
     assert seen.value.args == ("kd" if teacher else "plain", 0.1)
 
 

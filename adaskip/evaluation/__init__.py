@@ -9,7 +9,7 @@ from typing import Any
 _LAZY = {"complexity_table": "complexity", "latency_table": "complexity", "measure_latency": "complexity",
          "measure_latencies": "complexity", "latency_long_table": "complexity", "latency_wide": "latency",
          "latency_long": "latency", "latency_column": "latency", "device_name": "complexity",
-         "evaluate_grid": "grid", "grid_logits": "grid", "select_configs": "grid",
+         "evaluate_grid": "grid", "grid_logits": "grid", "select_configs": "grid", "topk_correct": "grid",
          "pareto_front": "pareto", "recalibrate_bn": "recalibrate", "recalibrated_grid": "recalibrate",
          "summarise": "pareto", "tradeoff_auc": "pareto"}
 __all__ = sorted(_LAZY)

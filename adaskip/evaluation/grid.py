@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 GRID_COLUMNS = ["skip", "acc1", "acc5", "loss", "n"]
 
 
-def _topk_correct(logits: Tensor, targets: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
-    """Same count as ``adaskip.training.topk_correct`` (k capped at #classes). Kept local: the training
-    loop imports this package, so importing ``adaskip.training`` here would be circular."""
+@torch.no_grad()
+def topk_correct(logits: Tensor, targets: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+    """Number of samples whose label is among the top-k predictions, for each k (k capped at #classes)."""
     top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
     hits = top == targets.unsqueeze(1)
     return [int(hits[:, :k].any(1).sum()) for k in ks]
@@ -135,7 +135,7 @@ def evaluate_grid(model: nn.Module, loader: Iterable, configs: Optional[Iterable
                 images = images.to(device, non_blocking=True)
                 targets = targets.to(device, non_blocking=True)
                 for key, logits in grid_logits(net, images, selected).items():
-                    c1, c5 = _topk_correct(logits, targets, ks=(1, 5))
+                    c1, c5 = topk_correct(logits, targets, ks=(1, 5))
                     hits1[key] += c1
                     hits5[key] += c5
                     loss_sum[key] += float(F.cross_entropy(logits.float(), targets, reduction="sum"))

@@ -61,6 +61,9 @@ class AdaptiveDepthNet(nn.Module):
         _check_split(split, sizes)
         self.split = split
         self.skip_aware_norm = skip_aware_norm
+        # What rebuilds this model (as timm's pretrained_cfg describes a timm model): set by create_model, saved as a
+        # model file's "spec"; ``adaskip.training.build_from_spec(net.spec)`` builds the same architecture.
+        self.spec: Optional[dict] = None
         self._stages = [
             _Stage(s.pre, s.blocks[:m], s.blocks[m:],
                    [n for b in s.blocks[:m] for n in wrap_block_norms(b)] if skip_aware_norm else [])
@@ -188,7 +191,8 @@ def create_model(name: str, num_classes: int = 1000, split: Optional[Sequence[in
     """Create timm model ``name`` (never pretrained: nothing downloads) as an AdaptiveDepthNet.
 
     ``split``: mandatory blocks per stage (default: the paper's rule). ``num_stages``: only for ViT/DeiT,
-    how many groups of consecutive blocks form the stages.
+    how many groups of consecutive blocks form the stages. The model's ``spec`` holds these arguments (``split``
+    as resolved), what a model file saves to rebuild it.
     """
     family = find_family(name)
     if not timm.is_model(name):
@@ -198,7 +202,10 @@ def create_model(name: str, num_classes: int = 1000, split: Optional[Sequence[in
     backbone = timm.create_model(name, pretrained=False, num_classes=num_classes, **timm_kwargs)
     if not isinstance(backbone, family.cls):
         raise ValueError(f"model {name!r} is a {type(backbone).__name__}, not the {family.cls.__name__} that family {family.name} wraps")
-    return AdaptiveDepthNet(backbone, family, split=split, skip_aware_norm=skip_aware_norm, num_stages=num_stages)
+    net = AdaptiveDepthNet(backbone, family, split=split, skip_aware_norm=skip_aware_norm, num_stages=num_stages)
+    net.spec = {"name": name, "num_classes": num_classes, "split": list(net.split), "skip_aware_norm": skip_aware_norm,
+                "num_stages": num_stages, "kwargs": dict(timm_kwargs)}  # split: as resolved (null: the paper's rule)
+    return net
 
 
 def timm_key(model: AdaptiveDepthNet, key: str) -> str:

@@ -11,12 +11,13 @@ import hashlib
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Collection, Mapping, Optional
+from typing import TYPE_CHECKING, Collection, Mapping, Optional
 
 import pandas as pd
 import ray
 from tqdm.auto import tqdm
 
+from ..console import progress_bars
 from ..errors import AdaskipError, describe
 from ..ablation.spec import Cell
 from .grid import grid_accuracy
@@ -25,6 +26,7 @@ from .train import TrackingTarget
 
 if TYPE_CHECKING:
     from ..tracking import Tracker
+    from ..training import FitMode
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +68,15 @@ def run_cell(cell: Cell, tracker: Optional["Tracker"] = None, run_id: Optional[s
 
     from ..data import load_subsets
     from ..evaluation import complexity_table
+    from ..training import FitMode
 
     torch.set_num_threads(threads)
     p = cell.params
     teacher = None
     if cell.teacher:
-        _, net = _fit(cell, tracker, run_id, "teacher_", distill=False, fixed_skip=cell.teacher)
+        _, net = _fit(cell, tracker, run_id, FitMode(alone=cell.teacher), "teacher_")
         teacher = functools.partial(net, skip=cell.teacher)
-    metrics, model = _fit(cell, tracker, run_id, distill=cell.baseline is None, fixed_skip=cell.baseline, teacher=teacher)
+    metrics, model = _fit(cell, tracker, run_id, FitMode(alone=cell.baseline, teacher=teacher))
     subsets = load_subsets(p.data)
     configs = [cell.baseline] if cell.baseline else None
     # an individually trained baseline keeps the statistics it was trained with
@@ -84,7 +87,7 @@ def run_cell(cell: Cell, tracker: Optional["Tracker"] = None, run_id: Optional[s
     return grid.assign(variant=cell.variant, seed=cell.seed, baseline=cell.baseline, **ratios, cell_hash=cell_hash(cell))
 
 
-def _fit(cell: Cell, tracker: Optional["Tracker"], run_id: Optional[str], prefix: str = "", **kwargs: Any):
+def _fit(cell: Cell, tracker: Optional["Tracker"], run_id: Optional[str], mode: "FitMode", prefix: str = ""):
     """``fit`` in this process with each epoch's metrics logged to ``run_id`` (names prefixed); returns the last
     epoch's metrics and the trained model in eval mode."""
     from ..training import WorkerEnv, build_from_spec, fit
@@ -98,7 +101,7 @@ def _fit(cell: Cell, tracker: Optional["Tracker"], run_id: Optional[str], prefix
         if state is not None:
             final.update(state)
 
-    metrics = fit(cell.params, WorkerEnv(report=report), **kwargs)
+    metrics = fit(cell.params, WorkerEnv(report=report), mode=mode)
     model = build_from_spec(final["spec"])
     load_state(model, final.get("ema") or final["model"], f"{cell.key} {prefix}".strip())
     return metrics, model.eval()
@@ -157,7 +160,8 @@ def run_cells(cells: list[Cell], cache: Storage, tracker=None, parent_run_id: Op
             target = TrackingTarget(tracker.uri, tracker.experiment, run_id)
         pending[task.remote(c, target, cache, files[c.key], max(1, round(cpus_per_cell)))] = c
     errors, failed = [], set()
-    with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="study cells", unit="cell") as bar:
+    with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="study cells", unit="cell",
+              disable=not progress_bars()) as bar:
         while pending:
             done, _ = ray.wait(list(pending))
             for ref in done:

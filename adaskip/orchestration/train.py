@@ -178,19 +178,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     env = WorkerEnv(rank=rank, world_size=world, device=get_device(),
                     wrap=lambda m: prepare_model(m, parallel_strategy_kwargs={"find_unused_parameters": True}),
                     report=epoch_reporter(config.get("tracking"), rank), resume_state=latest_state())
-    fit(params, env, epochs=config.get("epochs"), distill=config.get("distill", True), fixed_skip=config.get("fixed_skip"))
+    fit(params, env, epochs=config.get("epochs"))
 
 
 def make_trainer(params: Params, storage: Storage, name: str, tracking: Optional[TrackingTarget] = None,
-                 epochs: Optional[int] = None, workers: Optional[int] = None, callbacks: tuple = (),
-                 distill: bool = True, fixed_skip: Optional[str] = None) -> TorchTrainer:
+                 epochs: Optional[int] = None, workers: Optional[int] = None, callbacks: tuple = ()) -> TorchTrainer:
     """A TorchTrainer whose ``(storage, name)`` is deterministic, so re-running resumes it, and which does not
     retry recurring errors."""
     t = params.train
     n = workers or t.workers
     resources = {"GPU": 1} if t.use_gpu else {"CPU": t.cpus_per_worker}
     config = {"params": params.model_dump(mode="json"), "tracking": tracking, "epochs": epochs,
-              "threads": max(1, round(t.cpus_per_worker)), "distill": distill, "fixed_skip": fixed_skip}
+              "threads": max(1, round(t.cpus_per_worker))}
     return _Trainer(
         train_loop_per_worker, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=n, use_gpu=t.use_gpu, resources_per_worker=resources,

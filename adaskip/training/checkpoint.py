@@ -20,7 +20,8 @@ class CheckpointError(AdaskipError, ValueError):
 
 def model_spec(name: str, num_classes: int, split: list[int], skip_aware_norm: bool, num_stages: int,
                kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Everything needed to rebuild the architecture of a saved model."""
+    """Everything needed to rebuild the architecture of a saved model (the format of ``AdaptiveDepthNet.spec``,
+    which ``create_model`` sets: prefer ``net.spec``)."""
     return {"name": name, "num_classes": num_classes, "split": list(split), "skip_aware_norm": skip_aware_norm,
             "num_stages": num_stages, "kwargs": dict(kwargs)}
 

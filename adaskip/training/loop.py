@@ -27,7 +27,7 @@ from ..errors import AdaskipError
 from ..evaluation import evaluate_grid, tradeoff_auc
 from ..models import AdaptiveDepthNet, SkipConfig, count_macs, load_pretrained
 from ..models.diagnostics import ratio_summary, residual_ratios
-from .checkpoint import build_from_spec, load_state, model_spec
+from .checkpoint import load_state
 from .loss import DistillConfig
 from .step import Precision, distill_step, kd_step, plain_step, unwrap
 
@@ -51,6 +51,23 @@ class WorkerEnv:
     wrap: Callable[[nn.Module], nn.Module] = lambda m: m
     report: ReportFn = lambda metrics, state: None
     resume_state: Optional[dict[str, Any]] = None
+
+
+@dataclass(frozen=True)
+class FitMode:
+    """What ``fit`` trains. The default: every sub-network at once, by self-distillation (the method). With
+    ``alone``: only sub-network ``alone`` (a skip string; an individually trained baseline), with cross-entropy,
+    or, with ``teacher``, distilled from ``teacher``'s logits (KD)."""
+
+    alone: Optional[str] = None
+    teacher: Optional[Callable[[Tensor], Tensor]] = None
+
+    def __post_init__(self) -> None:
+        if self.teacher is not None and self.alone is None:
+            raise ValueError("FitMode: a teacher distils into one sub-network trained alone: set alone too")
+
+
+SELF_DISTILLATION = FitMode()
 
 
 def distill_config(params: Params) -> DistillConfig:
@@ -113,20 +130,20 @@ def make_ema(net: AdaptiveDepthNet, params: Params,
 
 
 def _step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, params: Params, precision: Precision,
-             scaler: Optional[torch.amp.GradScaler], distill: bool, fixed_skip: Optional[str],
-             teacher: Optional[Callable[[Tensor], Tensor]]) -> Callable[[Tensor, Tensor], tuple[dict[str, float], float]]:
+             scaler: Optional[torch.amp.GradScaler],
+             mode: FitMode) -> Callable[[Tensor, Tensor], tuple[dict[str, float], float]]:
     """The step ``fit`` runs on each batch, returning (its metrics, its loss): self-distillation, or sub-network
-    ``fixed_skip`` alone with KD from ``teacher`` or with CE (the baselines get the same recipe)."""
+    ``mode.alone`` alone with KD from ``mode.teacher`` or with CE (the baselines get the same recipe)."""
     cfg = distill_config(params)
 
     def step(images: Tensor, targets: Tensor) -> tuple[dict[str, float], float]:
-        if distill:
+        if mode.alone is None:
             out = distill_step(model, images, targets, optimizer, cfg, precision, scaler)
             return out, out["total"]
-        if teacher is not None:
-            out = kd_step(model, teacher, images, targets, optimizer, cfg, fixed_skip, precision, scaler)
+        if mode.teacher is not None:
+            out = kd_step(model, mode.teacher, images, targets, optimizer, cfg, mode.alone, precision, scaler)
         else:
-            out = plain_step(model, images, targets, optimizer, precision, scaler, skip=fixed_skip,
+            out = plain_step(model, images, targets, optimizer, precision, scaler, skip=mode.alone,
                              label_smoothing=cfg.label_smoothing)
         return out, out["loss"]
 
@@ -164,20 +181,18 @@ def diagnostics(net: AdaptiveDepthNet, loader, env: WorkerEnv, skip: Optional[st
     return {**ratio_summary(ratios), **{f"ratio.{k}": v for k, v in ratios.items()}}
 
 
-def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: bool = True,
-        fixed_skip: Optional[str] = None, teacher: Optional[Callable[[Tensor], Tensor]] = None) -> dict[str, float]:
+def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None,
+        mode: FitMode = SELF_DISTILLATION) -> dict[str, float]:
     """Train per ``params`` for ``epochs`` (default train.epochs), reporting metrics and a checkpoint
     state each epoch through ``env.report`` (``"model"``: the raw weights; with train.ema also ``"ema"``, the
-    weights validated and to ship). ``distill=False`` trains only sub-network ``fixed_skip``
-    (an individually trained baseline): with CE, or distilled from ``teacher``'s logits when given."""
+    weights validated and to ship; ``"spec"``: the model's spec, its split as resolved). ``mode`` says what is
+    trained: every sub-network by self-distillation (default), or one sub-network alone (see FitMode)."""
     epochs = epochs or params.train.epochs
     seed_everything(params.train.seed)
     splits = load_subsets(params.data)
     m = params.model
-    timm_kwargs = m.timm_kwargs(params.data.image_size)
-    spec = model_spec(m.name, splits.num_classes, m.split or [], m.skip_aware_norm, m.num_stages, timm_kwargs)
-    net = build_from_spec({**spec, "split": m.split})
-    spec["split"] = net.split
+    net = params.build_model(num_classes=splits.num_classes)
+    spec = net.spec
     macs = {str(c): count_macs(net, c, (splits.in_chans, params.data.image_size, params.data.image_size)) for c in net.configs()}
     fmt = memory_format(params, net)
     net.to(env.device, memory_format=fmt)
@@ -191,7 +206,7 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: b
         start = int(env.resume_state["epoch"]) + 1
         log.info("resuming from epoch %d", start)
     elif m.pretrained:  # a fresh start only: a resumed run's checkpoint wins; every rank loads the same file
-        load_pretrained(net, m.pretrained, log, **timm_kwargs)
+        load_pretrained(net, m.pretrained, log, **spec["kwargs"])
     ema = make_ema(net, params, env.resume_state)  # after the resumed or pretrained weights are in
     model = env.wrap(net)
     bs = max(1, params.train.batch_size // env.world_size)
@@ -205,7 +220,7 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: b
                              num_workers=workers, device=env.device)
     mixup = make_mixup(params, splits.num_classes, bs)
     precision = Precision(params.train.precision)
-    step = _step_fn(model, optimizer, params, precision, precision.scaler(env.device), distill, fixed_skip, teacher)
+    step = _step_fn(model, optimizer, params, precision, precision.scaler(env.device), mode)
     eval_net = ema.module if ema is not None else net
     global_step = start * len(train_loader)
     metrics: dict[str, float] = {}
@@ -238,7 +253,7 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None, distill: b
         metrics = {("train_acc_" + k.split("_")[0] if k.endswith("correct") else "train_" + k): v / seen * (100 if k.endswith("correct") else 1)
                    for k, v in sums.items()}
         metrics.update(validate(eval_net, val_loader, env, macs))
-        metrics.update(diagnostics(eval_net, val_loader, env, fixed_skip))
+        metrics.update(diagnostics(eval_net, val_loader, env, mode.alone))
         metrics.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"])
         if env.rank == 0:  # one line per epoch; every metric (per-block ratios too) goes to MLflow and DEBUG
             log.info("%s", epoch_line(epoch + 1, epochs, metrics, time.perf_counter() - started))

@@ -111,11 +111,3 @@ def kd_step(model: nn.Module, teacher: Callable[[Tensor], Tensor], images: Tenso
     _backward(terms.base_objective, scaler)
     _optimizer_step(optimizer, scaler)
     return {"loss": float(terms.base_objective.detach()), "kd": float(terms.kd.detach()), "correct": _correct(logits, targets)}
-
-
-@torch.no_grad()
-def topk_correct(logits: Tensor, targets: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
-    """Number of samples whose label is among the top-k predictions, for each k (k capped at #classes)."""
-    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
-    hits = top == targets.unsqueeze(1)
-    return [int(hits[:, :k].any(1).sum()) for k in ks]
