@@ -21,7 +21,7 @@ def doctor(args: argparse.Namespace) -> int:
     from .stage import storage
     from .tracking import resolve_uri
 
-    params = load_params(args.params, check_model=False)
+    params = load_params(args.params)
     uri, store = resolve_uri(params.mlflow.tracking_uri, Path.cwd()), storage(params)
     from .orchestration import init_ray
     from .orchestration.cluster import joins_cluster

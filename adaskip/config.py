@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .data import DataConfig
 from .errors import AdaskipError
@@ -193,15 +193,27 @@ class Params(_Section):
     cluster: ClusterParams = ClusterParams()
 
     @model_validator(mode="after")
-    def _model_fits(self, info: ValidationInfo) -> "Params":
+    def _data_exists(self) -> "Params":
         if self.data.path and not Path(self.data.path).exists():
             raise ValueError(f"data.path {self.data.path!r} does not exist: point it at the {self.data.name} dataset folder")
-        if not (info.context or {}).get("check_model", True):
-            return self  # stages that never build params.model skip importing timm
+        return self
+
+    def check_model(self, splits: bool = False, source: str = "params") -> "AdaptiveDepthNet":
+        """Build params.model (random weights) and run one forward pass at data.image_size, check that
+        model.pretrained's file or hub name exists, and with ``splits`` build each variant tune.splits lists: a
+        model that cannot be built or run on the data fails here, in seconds, with one line naming the keys, not in
+        every Ray worker. Validation (``parse_params``) checks the schema only; each stage that builds models calls
+        this once, before any work. Returns the model built; raises ConfigError (``source: key: what is wrong``)."""
+        try:
+            return self._check_model(splits)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    def _check_model(self, splits: bool) -> "AdaptiveDepthNet":
         from .models import check_input_size
 
         net = self._build_or_explain()
-        try:  # a model that cannot run on the data fails here, in seconds, not in every Ray Train worker
+        try:
             check_input_size(net, self.data.image_size)
         except ValueError as e:
             raise ValueError(f"model.name / data.image_size: {e}; change data.image_size, model.name or model.kwargs") from None
@@ -212,12 +224,12 @@ class Params(_Section):
                 check_source(self.model.pretrained)
             except PretrainedError as e:
                 raise ValueError(str(e)) from None
-        for split in self.tune.splits if isinstance(self.tune.splits, list) else []:  # auto: valid by construction
+        for split in self.tune.splits if splits and isinstance(self.tune.splits, list) else []:  # auto: valid by construction
             try:
                 self.build_model(split=split)
             except ValueError as e:
                 raise ValueError(f"tune.splits: {split}: {e}") from None
-        return self
+        return net
 
     def _build_or_explain(self) -> "AdaptiveDepthNet":
         try:
@@ -235,13 +247,14 @@ class Params(_Section):
         return create_model(m.name, num_classes=num_classes, split=split or m.split, skip_aware_norm=m.skip_aware_norm,
                             num_stages=m.num_stages, **self.model.timm_kwargs(self.data.image_size))
 
-    def tune_splits(self) -> Optional[list[list[int]]]:
-        """The sweep's candidate splits: tune.splits, or derived from the model's stage depths when "auto"."""
+    def tune_splits(self, net: Optional["AdaptiveDepthNet"] = None) -> Optional[list[list[int]]]:
+        """The sweep's candidate splits: tune.splits, or derived from the model's stage depths when "auto" (those of
+        ``net``, params.model already built, else of a model built here)."""
         if self.tune.splits != "auto":
             return self.tune.splits
         from .models import candidate_splits
 
-        return candidate_splits(self.build_model().stage_depths)
+        return candidate_splits((net or self.build_model()).stage_depths)
 
 
 def format_errors(err: ValidationError, source: str) -> str:
@@ -273,15 +286,15 @@ def merge_params(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
     return out
 
 
-def parse_params(raw: Any, source: str = "params", check_model: bool = True) -> Params:
-    """Validate a dict (as loaded from YAML); raise ConfigError naming every bad key.
-    ``check_model`` also builds ``model`` (and each ``tune.splits`` variant) to reject impossible ones."""
+def parse_params(raw: Any, source: str = "params") -> Params:
+    """Validate a dict (as loaded from YAML) against the schema; raise ConfigError naming every bad key. Whether
+    the model can be built and run is ``Params.check_model``'s to say."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: top level must be a mapping of sections (data, model, train, ...), got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw, context={"check_model": check_model})
+        return Params.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_errors(e, source)) from None
 
@@ -290,10 +303,10 @@ def apply_tuned(params: Params, best: dict[str, Any], source: str = "results/bes
     """``params`` with the alpha, temperature and split that the tune stage chose (validated again)."""
     raw = merge_params(params.model_dump(mode="json"), {"train": {"alpha": best["alpha"], "temperature": best["temperature"]},
                                                          "model": {"split": best["split"]}})
-    return parse_params(raw, source, check_model=False)
+    return parse_params(raw, source)
 
 
-def load_params(path: str | os.PathLike = "params.yaml", check_model: bool = True) -> Params:
+def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     """Read and validate params.yaml."""
     path = Path(path)
     if not path.is_file():
@@ -302,4 +315,4 @@ def load_params(path: str | os.PathLike = "params.yaml", check_model: bool = Tru
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return parse_params(raw, str(path), check_model)
+    return parse_params(raw, str(path))

@@ -180,7 +180,7 @@ def apply_recipe(overlay: dict[str, Any], params_path: str | os.PathLike = "para
 def check(raw: dict[str, Any], source: str) -> None:
     """Validate merged parameters as a stage would, and build the model (random weights: no download)."""
     try:
-        params = parse_params(raw, source, check_model=False)
+        params = parse_params(raw, source)
     except ConfigError as e:
         hint = " (add --set data.path=DIR)" if "data.path" in str(e) else ""
         raise ConfigError(f"{e}{hint}") from None

@@ -79,7 +79,7 @@ def grid_from_run(run_id: str, params: str | Path = "params.yaml") -> pd.DataFra
     from .config import load_params
     from .tracking import load_table, resolve_uri
 
-    configured = load_params(params, check_model=False).mlflow.tracking_uri if Path(params).is_file() else None
+    configured = load_params(params).mlflow.tracking_uri if Path(params).is_file() else None
     uri = resolve_uri(configured, Path.cwd())
     return _checked(load_table(uri, run_id, TABLE), f"run {run_id}")
 

@@ -60,8 +60,9 @@ def _sigterm(*_: Any) -> None:
 
 
 def main(description: str, run: Callable[[Params, argparse.Namespace], Optional[str]],
-         configure: Callable[[argparse.ArgumentParser], None] = lambda p: None, check_model: bool = True) -> None:
-    """Parse ``--params``, validate them, run the stage; known errors print one line and exit non-zero. The summary
+         configure: Callable[[argparse.ArgumentParser], None] = lambda p: None) -> None:
+    """Parse ``--params``, validate them (the schema: a stage that builds models checks them itself, once, with
+    ``Params.check_model``), run the stage; known errors print one line and exit non-zero. The summary
     ``run`` returns ends the stage's output as one line: ``<stage>: <summary> in <time>``."""
     from .orchestration.cluster import configure_ray_env
 
@@ -82,7 +83,7 @@ def main(description: str, run: Callable[[Params, argparse.Namespace], Optional[
     signal.signal(signal.SIGTERM, _sigterm)
     started = time.perf_counter()
     try:
-        summary = run(load_params(args.params, check_model), args)
+        summary = run(load_params(args.params), args)
         if summary:
             stage = os.environ.get("DVC_STAGE") or Path(sys.argv[0]).stem
             print(f"{stage}: {summary} in {duration(time.perf_counter() - started)}", flush=True)

@@ -23,7 +23,7 @@ def configure(parser) -> None:
 def run(params, args) -> None:
     spec = load_study(args.study)
     names = args.variant or list(spec.variants)
-    every = cells(spec, params)  # every variant's params validated before Ray starts
+    every = cells(spec, params)  # every variant's params validated and its model checked before Ray starts
     outs = {v: cells_file(args.study, v) for v in names}
     remove_outputs(*outs.values())
     from adaskip.orchestration.cells import run_ahead, run_cells, unfinished

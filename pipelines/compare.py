@@ -51,4 +51,4 @@ def _variant_rows(study_file: str, variant: str) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    main(__doc__, run, configure, check_model=False)
+    main(__doc__, run, configure)

@@ -30,4 +30,4 @@ def run(params, args) -> None:
 
 
 if __name__ == "__main__":
-    main(__doc__, run, check_model=False)  # never builds params.model
+    main(__doc__, run)

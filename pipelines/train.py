@@ -17,6 +17,7 @@ def run(params, args) -> None:
     from adaskip.orchestration.train import TrackingTarget, run_training
     from adaskip.training import save_atomic
 
+    params.check_model(source=args.params)  # the model can be built and run: once here, not in every worker
     remove_outputs(MODEL, METRICS)
     if not Path(BEST).is_file():
         raise AdaskipError(f"{BEST} is missing: run the tune stage first (dvc repro runs it; tune.enabled: false "

@@ -14,9 +14,10 @@ TRIALS, BEST = "results/tune_trials.csv", "results/best_config.json"
 
 
 def run(params, args) -> None:
+    net = params.check_model(splits=True, source=args.params)  # the model and each listed tune.splits variant
     remove_outputs(TRIALS, BEST)
-    if not params.tune.enabled:
-        best = {"alpha": params.train.alpha, "temperature": params.train.temperature, "split": _split(params),
+    if not params.tune.enabled:  # net.split: model.split, or the paper's rule's when it is null
+        best = {"alpha": params.train.alpha, "temperature": params.train.temperature, "split": list(net.split),
                 "objective": None, "source": "params.yaml (tune.enabled: false)"}
         write_csv(pd.DataFrame(columns=["trial_id", "alpha", "temperature", "split", "objective"]), TRIALS)
         write_json(best, BEST)
@@ -44,7 +45,7 @@ def run(params, args) -> None:
                   "objective": float(best[METRIC]), "trial_id": str(best.trial_id), "source": "tune",
                   "epochs": params.tune.epochs, "failed_trials": int(trials[METRIC].isna().sum())}
         if result["split"] is None:  # tune.splits: null searched model.split only, itself null: the paper's rule
-            result["split"] = _split(params)
+            result["split"] = list(net.split)
         mlflow.log_metrics(parent, {"best_objective": result["objective"], "failed_trials": result["failed_trials"]})
         mlflow.log_table(parent, trials, "tune_trials.json")
         mlflow.log_dict(parent, result, "best_config.json")
@@ -52,11 +53,6 @@ def run(params, args) -> None:
         write_json(result, BEST)
     print(f"best of {len(trials)} trials: val objective {result['objective']:.2f} (alpha={result['alpha']:.2f}, "
           f"T={result['temperature']:.2f}, split={result['split']}) -> {BEST}, trained next by the train stage")
-
-
-def _split(params) -> list[int]:
-    """model.split, or the split the paper's rule gives when it is null."""
-    return list(params.build_model().split)
 
 
 if __name__ == "__main__":

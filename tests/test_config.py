@@ -33,6 +33,7 @@ def _with(defaults: dict, dotted: str, value) -> dict:
 def test_shipped_params_are_valid():
     p = load_params(ROOT / "params.yaml")
     assert p.data.name == "digits" and 0 <= p.train.alpha <= 1
+    p.check_model(splits=True)
 
 
 @pytest.mark.parametrize("dotted, value, expect", [
@@ -62,11 +63,13 @@ def test_shipped_params_are_valid():
     ("data.val_fraction", 0.9, "data"),
 ])
 def test_bad_values_name_the_key(defaults, dotted, value, expect):
+    """Validation rejects a bad key or value; what only building the model finds (a model, split or kwargs that
+    cannot be built or run on the data, a tune.splits candidate) Params.check_model rejects, with the same line."""
     raw = _with(defaults, dotted, value)
     if value == "vit_base_patch16_224":
         raw = _with(raw, "model.kwargs", {"img_size": 224})  # built for 224 px, given 32 px images
     with pytest.raises(ConfigError) as e:
-        parse_params(raw, "params.yaml")
+        parse_params(raw, "params.yaml").check_model(splits=True, source="params.yaml")
     assert expect in str(e.value), str(e.value)
     assert "params.yaml" in str(e.value)
 
@@ -95,11 +98,48 @@ def test_a_model_that_cannot_run_on_the_data_fails_validation_fast(defaults):
     """A forward pass at data.image_size is part of validation: seconds, not a failure in every Ray worker."""
     import time
 
-    parse_params(defaults)  # imports done
+    parse_params(defaults).check_model()  # imports done
     start = time.monotonic()
-    with pytest.raises(ConfigError, match="model.name / data.image_size: VisionTransformer cannot run on 3x8x8"):
-        parse_params(_with(_with(defaults, "model.name", "vit_base_patch16_224"), "data.image_size", 8))
+    p = parse_params(_with(_with(defaults, "model.name", "vit_base_patch16_224"), "data.image_size", 8), "params.yaml")
+    with pytest.raises(ConfigError, match="params.yaml: model.name / data.image_size: VisionTransformer cannot run on 3x8x8"):
+        p.check_model(source="params.yaml")
     assert time.monotonic() - start < 10
+
+
+def test_validation_is_the_schema_and_builds_no_model(defaults):
+    """Validating params imports neither torch nor timm (a Ray worker or task given validated Params builds nothing
+    more than what it trains or evaluates); the model is checked once, explicitly, by the stages that build it."""
+    code = ("import sys, yaml; from adaskip.config import parse_params; "
+            "raw = yaml.safe_load(open('params.yaml')); raw['model']['name'] = 'vgg16'; "
+            "raw['tune']['splits'] = [[0, 1, 1, 1]]; p = parse_params(raw); "
+            "print(p.model.name, 'timm' in sys.modules, 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["vgg16", "False", "False"], r.stderr
+    p = parse_params(_with(defaults, "tune.splits", [[2, 2, 3, 2], [0, 1, 1, 1]]))
+    assert p.check_model().split == [2, 2, 3, 2]  # the model alone is fine
+    with pytest.raises(ConfigError, match=r"params: tune.splits: \[0, 1, 1, 1\]: split"):
+        p.check_model(splits=True)
+
+
+@pytest.mark.subprocess
+def test_only_the_stages_that_build_a_model_check_it(tmp_path, defaults):
+    """tune checks the model and each listed tune.splits candidate before any work; train checks the model only
+    (it trains the split tune chose); evaluate builds the model file's architecture and so does not depend on
+    tune.splits at all: a bad candidate fails tune alone."""
+    raw = _with(defaults, "tune.splits", [[2, 2, 3, 2], [0, 1, 1, 1]])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+
+    def stage(name: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(ROOT / "pipelines" / f"{name}.py")], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+
+    r = stage("tune")
+    assert r.returncode == 2 and "params.yaml: tune.splits: [0, 1, 1, 1]: split" in r.stderr, r.stderr
+    r = stage("train")
+    assert r.returncode == 2 and "run the tune stage first" in r.stderr and "tune.splits" not in r.stderr, r.stderr
+    r = stage("evaluate")  # fails on the missing model file, the first thing it needs: not on tune.splits
+    assert r.returncode == 2 and "models/model.pt" in r.stderr and "tune.splits" not in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_tune_splits_null_searches_model_split_only(defaults):
@@ -150,7 +190,7 @@ def test_tune_disabled_passes_params_on_and_train_takes_the_chosen_config(tmp_pa
     assert r.returncode == 0, r.stderr
     best = json.loads((tmp_path / "results" / "best_config.json").read_text())
     assert best["alpha"] == 0.7 and best["split"] == [2, 2, 3, 2] and best["objective"] is None  # resnet34 [3,4,6,3]
-    tuned = apply_tuned(parse_params(raw, check_model=False), {"alpha": 0.3, "temperature": 2.0, "split": [1, 2, 3, 1]})
+    tuned = apply_tuned(parse_params(raw), {"alpha": 0.3, "temperature": 2.0, "split": [1, 2, 3, 1]})
     assert (tuned.train.alpha, tuned.train.temperature, tuned.model.split) == (0.3, 2.0, [1, 2, 3, 1])
     with pytest.raises(ConfigError, match=r"best_config.json: train.alpha"):
         apply_tuned(tuned, {"alpha": 3, "temperature": 1.0, "split": None})

@@ -241,7 +241,7 @@ def test_negative_workers_is_a_config_error_naming_the_key() -> None:
     with pytest.raises(ValidationError, match="workers"):
         DataConfig(workers=-1)
     with pytest.raises(ConfigError, match=r"data\.workers: .*greater than or equal to 0.*got -1"):
-        parse_params({"data": {"workers": -1}}, check_model=False)
+        parse_params({"data": {"workers": -1}})
     with pytest.raises(ValueError, match="num_workers"):
         make_loader(torch.arange(4), 2, False, 0, num_workers=-1)
 

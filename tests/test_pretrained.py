@@ -206,12 +206,13 @@ def test_params_validation(tiny_raw, tmp_path, monkeypatch):
     assert parse_params(tiny_raw).model.pretrained is None
     assert "pretrained: null" in (ROOT / "params.yaml").read_text()
     with pytest.raises(ConfigError, match=r"params: model\.pretrained: .*missing\.pth does not exist"):
-        parse_params(merge(tiny_raw, {"model": {"pretrained": str(tmp_path / "missing.pth")}}))
+        parse_params(merge(tiny_raw, {"model": {"pretrained": str(tmp_path / "missing.pth")}})).check_model()
     with pytest.raises(ConfigError, match=r"params: model\.pretrained: 'not_a_timm_net' is neither"):
-        parse_params(merge(tiny_raw, {"model": {"pretrained": "not_a_timm_net"}}))
+        parse_params(merge(tiny_raw, {"model": {"pretrained": "not_a_timm_net"}})).check_model()
     (tmp_path / "w.pth").write_bytes(b"never read at validation")  # validation does not load weights
     monkeypatch.chdir(tmp_path)
     p = parse_params(merge(tiny_raw, {"model": {"pretrained": "w.pth"}}))
+    p.check_model()
     assert p.model.pretrained == str(tmp_path / "w.pth")  # absolute: Ray workers run with another cwd
     assert parse_params(merge(tiny_raw, {"model": {"pretrained": "resnet34.a1_in1k"}})).model.pretrained == "resnet34.a1_in1k"
     assert parse_params(merge(tiny_raw, {"model": {"pretrained": None}})).model.pretrained is None

@@ -67,7 +67,7 @@ def test_recipe_validates_builds_and_digits_restores(name, params_file, tmp_path
     original = params_file.read_text()
     _, overlay = recipe_overlay(name, [] if name == "digits" else [f"data.path={tmp_path}"])
     apply_recipe(overlay, params_file, name)
-    params = load_params(params_file, check_model=False)
+    params = load_params(params_file)
     for key in _keys(overlay):  # every key the recipe sets is in effect
         section, name_ = key.split(".")
         assert getattr(params, section).model_dump(mode="json")[name_] == overlay[section][name_], key
@@ -90,7 +90,7 @@ def test_resnet50_recipe_is_the_papers(params_file, tmp_path):
     60/100/140, ResNet-50 at full width with the default split, alpha 0.5, T 1, no sweep."""
     _, overlay = recipe_overlay("resnet50_imagenet", [f"data.path={tmp_path}"])
     apply_recipe(overlay, params_file, "resnet50_imagenet")
-    p = load_params(params_file, check_model=False)
+    p = load_params(params_file)
     t = p.train
     assert (p.model.name, p.model.kwargs, p.model.split, p.model.pretrained) == ("resnet50", {}, None, None)
     assert (p.data.name, p.data.image_size) == ("imagefolder", 224)
@@ -121,7 +121,7 @@ def test_cli_keeps_comments_and_order(params_file, tmp_path, capsys):
     assert text != original
     assert _comments(text) == _comments(original)
     assert _key_order(text) == _key_order(original)
-    p = load_params(params_file, check_model=False)
+    p = load_params(params_file)
     assert (p.data.name, p.train.epochs, p.model.kwargs) == ("cifar100", 7, {"output_stride": 8})
     out = capsys.readouterr().out
     assert "data.name: digits -> cifar100" in out and "train.epochs: 15 -> 7" in out
@@ -180,9 +180,9 @@ def _train(tiny_params, **train):
 def test_odd_batch_with_mixup_is_a_config_error(tiny_raw):
     raw = merge_params(tiny_raw, {"train": {"mixup": 0.8, "batch_size": 6, "workers": 2}})
     with pytest.raises(ConfigError, match=r"train\.batch_size"):
-        parse_params(raw, check_model=False)
-    parse_params(merge_params(raw, {"train": {"batch_size": 8}}), check_model=False)
-    parse_params(merge_params(raw, {"train": {"mixup": 0.0}}), check_model=False)
+        parse_params(raw)
+    parse_params(merge_params(raw, {"train": {"batch_size": 8}}))
+    parse_params(merge_params(raw, {"train": {"mixup": 0.0}}))
 
 
 def test_mixup_changes_what_is_trained(tiny_params):

@@ -55,7 +55,7 @@ def tiny(tmp_path_factory) -> dict[str, Any]:
     model_file = {"spec": spec, "state_dict": net.state_dict()}
     save_atomic({**model_file, "metrics": {}, "image_size": size}, root / "models" / "model.pt")
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    part = _evaluate_subtree(model_file, params.model_dump(mode="json"), "")
+    part = _evaluate_subtree(model_file, params, "")
     cost = ["skip", "macs", "params", "skipped_stages"]
     grid = summarise(part.drop(columns=cost[1:]), part[cost])
     return {"root": root, "params": params, "net": net.eval(), "model_file": model_file, "grid": grid}
@@ -90,12 +90,12 @@ def test_config_keys():
     from adaskip.config import ConfigError, parse_params
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    e = parse_params(raw, check_model=False).evaluate
+    e = parse_params(raw).evaluate
     assert e.latency_batch_sizes == [1, 32] and e.latency_threads == [None] and e.task_cpus() == 1
     for bad in ({"latency_batch_size": 1}, {"latency_batch_sizes": [0]}, {"latency_threads": [2, 2]}):
         with pytest.raises(ConfigError, match="evaluate.latency_batch_size|evaluate.latency_threads"):
-            parse_params(merge(raw, {"evaluate": bad}), check_model=False)
-    two = parse_params(merge(raw, {"evaluate": {"latency_threads": [None, 2]}}), check_model=False)
+            parse_params(merge(raw, {"evaluate": bad}))
+    two = parse_params(merge(raw, {"evaluate": {"latency_threads": [None, 2]}}))
     assert two.evaluate.task_cpus() == 2
 
 

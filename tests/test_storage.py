@@ -89,9 +89,9 @@ def test_local_path_default_and_override(tmp_path, monkeypatch):
 
 def test_bad_storage_scheme_is_named():
     with pytest.raises(ConfigError, match=r"cluster\.storage.*unsupported scheme 'ftp'"):
-        parse_params({"cluster": {"storage": "ftp://host/x"}}, check_model=False)
+        parse_params({"cluster": {"storage": "ftp://host/x"}})
     with pytest.raises(ConfigError, match=r"cluster\.stroage: unknown key"):
-        parse_params({"cluster": {"stroage": "/x"}}, check_model=False)
+        parse_params({"cluster": {"stroage": "/x"}})
 
 
 def test_s3_storage_through_an_s3_api_server(s3_env):

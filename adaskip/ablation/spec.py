@@ -105,8 +105,9 @@ def cells_file(study_file: str | Path, variant: str) -> Path:
     return Path(study_file).parent / "results" / "cells" / f"{variant}.csv"
 
 
-def cells(spec: StudySpec, base: Params, check_model: bool = True, variants: Optional[list[str]] = None) -> list[Cell]:
-    """Every (variant, seed) with its params validated (bad overrides fail here, naming the variant);
+def cells(spec: StudySpec, base: Params, variants: Optional[list[str]] = None) -> list[Cell]:
+    """Every (variant, seed) with its params validated and its model built once (``Params.check_model``: bad
+    overrides fail here, naming the variant);
     ``variants`` picks some (the study's DVC pipeline runs one stage per variant)."""
     unknown = sorted(set(variants or ()) - set(spec.variants))
     if unknown:
@@ -119,10 +120,12 @@ def cells(spec: StudySpec, base: Params, check_model: bool = True, variants: Opt
         merged = merge_params(raw, v.overrides)
         if spec.epochs:
             merged["train"]["epochs"] = spec.epochs
-        params = parse_params(merged, f"study variant {name!r}", check_model)
+        source = f"study variant {name!r}"
+        params = parse_params(merged, source)
+        net = params.check_model(source=source)
         skip = teacher = None
         if v.baseline is not None:
-            stages = len(params.model.split) if params.model.split else _num_stages(params)
+            stages = net.num_stages
             skip = _baseline_skip(v.baseline, stages)
             teacher = _baseline_skip(v.teacher, stages) if v.teacher else None
         for seed in spec.seeds:
@@ -136,10 +139,6 @@ def mlflow_tags(spec: StudySpec, base: Params) -> dict[str, str]:
     base params or epoch count is another study, while variants and seeds are its children."""
     return {"adaskip.stage": "study", "adaskip.study": spec.name,
             "adaskip.params_hash": params_hash(base, "data", "model", "train", "evaluate"), "adaskip.epochs": str(spec.epochs)}
-
-
-def _num_stages(params: Params) -> int:
-    return params.build_model().num_stages
 
 
 def _baseline_skip(baseline: str, num_stages: int) -> str:

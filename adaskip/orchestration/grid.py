@@ -46,12 +46,11 @@ def grid_accuracy(model: AdaptiveDepthNet, subsets: Subsets, p: Params, configs:
                              device=device)
 
 
-def _evaluate_subtree(model_file: dict[str, Any], params: dict[str, Any], prefix: str) -> pd.DataFrame:
+def _evaluate_subtree(model_file: dict[str, Any], p: Params, prefix: str) -> pd.DataFrame:
     """One task: accuracy (prefix-shared), MACs, params and latency of the configurations under ``prefix``; one
     row per configuration, the latency columns as :func:`adaskip.evaluation.latency_wide` names them."""
     from ..training import build_from_spec
 
-    p = Params.model_validate(params)
     torch.set_num_threads(p.evaluate.task_cpus())
     model = build_from_spec(model_file["spec"])
     model.load_state_dict(model_file["state_dict"])
@@ -85,8 +84,8 @@ def evaluate_parallel(model_file: dict[str, Any], params: Params, done: Optional
         raise EvaluationError("evaluate.use_gpu is true but the Ray cluster has no GPU: attach GPU nodes "
                               "(RAY_ADDRESS) or set evaluate.use_gpu: false")
     task = ray.remote(num_cpus=params.evaluate.task_cpus(), num_gpus=gpus)(_evaluate_subtree)
-    ref, config = ray.put(model_file), params.model_dump(mode="json")
-    pending = {task.remote(ref, config, p): p for p in subtrees if p not in kept}
+    ref = ray.put(model_file)
+    pending = {task.remote(ref, params, p): p for p in subtrees if p not in kept}
     with tqdm(total=len(subtrees), initial=len(finished), desc="evaluation grid", unit="subtree") as bar:
         while pending:
             [ready], _ = ray.wait(list(pending))

@@ -171,7 +171,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch
 
     from ..training import WorkerEnv, fit  # here, not at the top: Tune trial drivers need not import timm
-    params = Params.model_validate(config["params"])
+    params: Params = config["params"]  # validated by the driver (a frozen pydantic model pickles as it is)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
@@ -188,7 +188,7 @@ def make_trainer(params: Params, storage: Storage, name: str, tracking: Optional
     t = params.train
     n = workers or t.workers
     resources = {"GPU": 1} if t.use_gpu else {"CPU": t.cpus_per_worker}
-    config = {"params": params.model_dump(mode="json"), "tracking": tracking, "epochs": epochs,
+    config = {"params": params, "tracking": tracking, "epochs": epochs,
               "threads": max(1, round(t.cpus_per_worker))}
     return _Trainer(
         train_loop_per_worker, train_loop_config=config,
