@@ -23,6 +23,9 @@ class ConfigError(AdaskipError, ValueError):
 
 
 class _Section(BaseModel):
+    """A params.yaml section. Its defaults are params.yaml's values (the documented source, kept equal by
+    tests/test_config.py): a key left out of params.yaml means what params.yaml ships."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -31,7 +34,8 @@ class ModelParams(_Section):
     split: Optional[list[int]] = None
     skip_aware_norm: bool = True
     num_stages: int = Field(4, ge=1)
-    kwargs: dict[str, Any] = Field({}, description="extra timm.create_model arguments, for any model or per family "
+    kwargs: dict[str, Any] = Field({"resnet": {"channels": [16, 32, 64, 128]}, "swin": {"embed_dim": 48}},
+                                   description="extra timm.create_model arguments, for any model or per family "
                                    "({resnet: {...}, vit: {...}}: only model.name's family applies)")
     pretrained: Optional[str] = Field(None, description="plain timm weights to start training from: null (scratch), a "
                                       "local .pth/.pt/.bin/.safetensors file, or a timm hub name / hf-hub: id (needs a "
@@ -66,10 +70,10 @@ class ModelParams(_Section):
 
 
 class TrainParams(_Section):
-    epochs: int = Field(6, ge=1)
+    epochs: int = Field(15, ge=1)
     batch_size: int = Field(64, ge=1)
     optimizer: str = "sgd"
-    lr: float = Field(0.05, gt=0)
+    lr: float = Field(0.2, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     scheduler: Literal["cosine", "step", "multistep", "none"] = "cosine"
@@ -81,7 +85,7 @@ class TrainParams(_Section):
     feature_weight: float = Field(0.0, ge=0)
     base_ce_weight: float = Field(0.0, ge=0)
     self_distillation: bool = True
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
     precision: Optional[Literal["bf16", "fp16"]] = None
     seed: int = 0
     workers: int = Field(2, ge=1, description="Ray Train workers (DDP processes)")
@@ -116,13 +120,13 @@ class TrainParams(_Section):
 class TuneParams(_Section):
     enabled: bool = Field(True, description="false: no sweep; train uses params.yaml's alpha, temperature and split")
     num_samples: int = Field(4, ge=1)
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(2, ge=1)
     alpha: tuple[float, float] = (0.3, 0.8)
     temperature: tuple[float, float] = (1.0, 4.0)
     splits: Union[Literal["auto"], list[list[int]], None] = Field(
         "auto", description="candidate split points: auto (derived from the model's stage depths), a list, or null "
         "(model.split only)")
-    grace_period: int = Field(1, ge=1)
+    grace_period: int = Field(2, ge=1)
     workers: int = Field(0, ge=0, description="Ray Train workers per trial; 0 = train in the trial's own process")
     max_concurrent_trials: Optional[int] = Field(None, ge=1)
     seed: int = 0

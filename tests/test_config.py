@@ -36,6 +36,23 @@ def test_shipped_params_are_valid():
     p.check_model(splits=True)
 
 
+def test_defaults_are_the_shipped_params(defaults):
+    """params.yaml is where the defaults are documented, and config.py's equal them: deleting any key, or a whole
+    section, from params.yaml changes nothing."""
+    from adaskip.config import Params
+
+    shipped = parse_params(defaults)
+    assert Params().model_dump(mode="json") == shipped.model_dump(mode="json")
+    for section, keys in defaults.items():
+        raw = copy.deepcopy(defaults)
+        del raw[section]
+        assert parse_params(raw) == shipped, section
+        for key in keys:
+            raw = copy.deepcopy(defaults)
+            del raw[section][key]
+            assert parse_params(raw) == shipped, f"{section}.{key}"
+
+
 @pytest.mark.parametrize("dotted, value, expect", [
     ("train.alpah", 0.5, "train.alpah: unknown key"),                      # misspelled key
     ("bogus.x", 1, "bogus: unknown key"),                                   # unknown section
