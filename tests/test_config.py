@@ -185,6 +185,7 @@ def test_malformed_yaml_and_non_mapping(tmp_path):
         load_params(tmp_path / "absent.yaml")
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("stage", ["prepare", "train", "tune", "evaluate", "report"])
 def test_stage_scripts_fail_cleanly_on_bad_params(tmp_path, defaults, stage):
     """Each stage exits non-zero with one line naming the key, no traceback, and writes nothing."""
@@ -196,6 +197,7 @@ def test_stage_scripts_fail_cleanly_on_bad_params(tmp_path, defaults, stage):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
+@pytest.mark.subprocess
 def test_tune_disabled_passes_params_on_and_train_takes_the_chosen_config(tmp_path, defaults):
     """`tune.enabled: false`: the tune stage runs no sweep and writes params.yaml's alpha, temperature and split (the
     paper's rule resolved); train applies whatever best_config.json holds, validated again; without the file, train

@@ -150,6 +150,7 @@ def test_export_matches_adaptive_model(family, skip, fmt, model_files, nets, tmp
             assert counter.get_total_flops() // 2 == result.macs
 
 
+@pytest.mark.subprocess
 def test_fresh_process_loads_without_adaskip(model_files, nets, tmp_path):
     """TorchScript and ONNX exports of every family run in a python that cannot import adaskip or timm."""
     x = _batch(4, seed=7)

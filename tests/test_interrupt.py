@@ -20,7 +20,7 @@ from adaskip.files import write_json
 from adaskip.tracking import FINISHED, KILLED, RUNNING, Tracker
 from conftest import ROOT, checkpoint_recorded, merge
 
-pytestmark = [pytest.mark.ray, pytest.mark.extended]
+pytestmark = [pytest.mark.ray, pytest.mark.subprocess, pytest.mark.extended]
 
 
 def _stage(project: Path, stage: str = "train") -> subprocess.Popen:

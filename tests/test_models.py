@@ -659,7 +659,7 @@ def test_timm_key_round_trip(plain_model):
 # --------------------------------------------------------------------------------------------------
 # 8. MACs
 # --------------------------------------------------------------------------------------------------
-PAPER_GMACS = {
+PAPER_GMACS = {  # docs/method.md section 6
     "resnet50": {"FFFF": 4.11, "TFFF": 3.90, "TTFF": 3.46, "TTTF": 2.80, "TTTT": 2.58},
     "vit_base_patch16_224": {"FFFF": 17.58, "FFFT": 16.20, "TTFF": 14.67, "TTTT": 11.76},
     "swin_tiny_patch4_window7_224": {"FFFF": 4.49, "TFFF": 4.11, "TTFF": 3.75, "TTTT": 2.34},

@@ -37,6 +37,7 @@ def _kill_a_worker_after_a_checkpoint(run_dir: Path, killed: list[int], timeout:
         time.sleep(0.1)
 
 
+@pytest.mark.ddp
 def test_train_ddp_worker_failure_resumes(ray_cluster, tiny_raw, mlflow_uri, tmp_path):
     """2-worker DDP run; a worker SIGKILLed mid-run makes Ray Train restart the group from a checkpoint
     (not from scratch); the run finishes with all epochs, in one MLflow run."""

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # a server start: ~30-60 s on 2 busy cores
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess, pytest.mark.usefixtures("one_thread")]  # a server start: ~30-60 s on 2 busy cores
 
 
 def _free_port() -> int:

@@ -66,6 +66,7 @@ def test_unreachable_tracking_server_fails_fast():
     assert time.time() - t < 10
 
 
+@pytest.mark.subprocess
 def test_evaluate_stage_on_a_corrupt_model(model_file: Path):
     """One line naming the file, exit 2, no traceback, no grid written."""
     model_file.write_bytes(b"not a checkpoint")
@@ -121,6 +122,9 @@ for p in [me, *me.children(recursive=True)]:
 """
 
 
+@pytest.mark.ray
+@pytest.mark.ddp
+@pytest.mark.subprocess
 def test_local_ray_listens_on_loopback_only(tmp_path: Path):
     """The local Ray a stage starts (no RAY_ADDRESS) opens no port on a network interface: GCS, raylet, agents,
     driver and workers listen on 127.0.0.1, and so does the rendezvous store of a 2-worker Ray Train run with
@@ -147,6 +151,7 @@ print(os.environ["RAY_USAGE_STATS_ENABLED"], os.environ["RAY_ENABLE_WINDOWS_OR_O
 """
 
 
+@pytest.mark.subprocess
 def test_importing_adaskip_leaves_the_environment_alone():
     """Ray's environment is set by configure_ray_env, called by the stage harness and the CLI, not on import;
     what the user set wins."""
@@ -158,6 +163,8 @@ def test_importing_adaskip_leaves_the_environment_alone():
 
 
 
+@pytest.mark.ray
+@pytest.mark.ddp
 def test_recurring_worker_error_is_not_retried(ray_cluster, tiny_raw, tmp_path: Path):
     """A worker error that every restart would raise again (here: pretrained weights that are not a state dict;
     validation only checks the file exists) ends the run after the first failure, with train.max_failures left,

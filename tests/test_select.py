@@ -99,6 +99,7 @@ def test_config_keys():
     assert two.evaluate.task_cpus() == 2
 
 
+@pytest.mark.ray
 def test_evaluate_stage_writes_latency_tables_and_select_reads_its_run(ray_cluster, tiny, monkeypatch, capsys):
     """pipelines/evaluate.py on the session's local Ray: eval_grid.csv one row per skip, results/latency.csv the
     long form, the MLflow children carry the latency metrics; `select --run` reads the run's eval_grid.json."""

@@ -94,12 +94,14 @@ def test_bad_storage_scheme_is_named():
         parse_params({"cluster": {"stroage": "/x"}})
 
 
+@pytest.mark.subprocess
 def test_s3_storage_through_an_s3_api_server(s3_env):
     store = Storage.resolve(f"s3://{BUCKET}/runs", "/nonexistent")
     assert store.uri == f"s3://{BUCKET}/runs" and not store.is_local_path and store.path == f"{BUCKET}/runs"
     _roundtrip(store)
 
 
+@pytest.mark.subprocess
 @pytest.mark.ray
 def test_train_checkpoints_go_to_s3(ray_cluster, tiny_raw, s3_env, tmp_path):
     """A Ray Train run with s3:// storage: its checkpoints are objects in the bucket and the driver reads the final

@@ -1,4 +1,4 @@
-"""Self-distillation loss and train step (DESIGN.md section 1, step 1-4).
+"""Self-distillation loss and train step (docs/method.md section 4, steps 1-4).
 
 Reference values are written out with plain torch ops (exp / sum / log), independently of
 ``adaskip.training``; the train step is checked against one backward of the whole objective, and
@@ -446,6 +446,7 @@ def ddp_result(tmp_path_factory):
     return {name: tuple(torch.load(out / f"{name}-rank{r}.pt") for r in range(2)) for name in DDP_CONFIGS}
 
 
+@pytest.mark.ddp
 @pytest.mark.parametrize("name", list(DDP_CONFIGS))
 def test_ddp_matches_single_process_on_joint_batch(ddp_result, name):
     rank0, rank1 = ddp_result[name]
@@ -458,6 +459,7 @@ def test_ddp_matches_single_process_on_joint_batch(ddp_result, name):
     assert max((half[k] - joint[k]).abs().max().item() for k in joint) > 1e-3
 
 
+@pytest.mark.ddp
 @pytest.mark.parametrize("name", list(DDP_CONFIGS))
 def test_ddp_base_unused_parameters_are_all_reduced(ddp_result, name):
     """Skippable blocks (and the full-stage norm set) get gradients only from the super-net pass,
