@@ -3,6 +3,7 @@ results/eval_grid.csv has one row per sub-network (latency columns per batch siz
 results/latency.csv the same latencies in long form (skip x batch size x threads).
 Interrupted, it resumes: grid subtrees already evaluated for this model file and these params are kept."""
 import hashlib
+import logging
 
 from adaskip.config import params_hash
 from adaskip.files import write_csv
@@ -12,7 +13,7 @@ MODEL, GRID, LATENCY = "models/model.pt", "results/eval_grid.csv", "results/late
 METRICS = ("acc1", "acc5", "macs", "params", "latency_ms", "skipped_stages", "threads")
 
 
-def run(params, args) -> None:
+def run(params, args) -> str:
     from adaskip.evaluation.latency import latency_long
     from adaskip.orchestration.grid import evaluate_parallel
     from adaskip.tracking import pareto_tags, skip_params
@@ -22,32 +23,35 @@ def run(params, args) -> None:
     _, model_file = load_model(MODEL)  # rebuilt and loaded here: a wrong or corrupt file fails before Ray starts
     with open(MODEL, "rb") as f:  # finished subtrees are reused only for the same weights and evaluation params
         h = hashlib.sha256(hashlib.file_digest(f, "sha256").digest() + params_hash(params, "data", "evaluate").encode()).hexdigest()[:10]
-    mlflow = tracker(params)
+    tracking = tracker(params)
     tags = {"adaskip.stage": "evaluate", "adaskip.params_hash": h}
-    resume = mlflow.unfinished_run(tags)
-    start_ray(params, mlflow.uri)
+    resume = tracking.unfinished_run(tags)
+    start_ray(params, tracking.uri)
     done = storage(params).child(f"evaluate-{h}")
-    with mlflow.run(f"evaluate-{h}", tags, run_id=resume) as parent:
-        mlflow.log_dataset(parent, params.data.model_dump(mode="json"), "evaluation")
+    with tracking.run(f"evaluate-{h}", tags, run_id=resume) as parent:
+        tracking.log_dataset(parent, params.data.model_dump(mode="json"), "evaluation")
         grid = evaluate_parallel(model_file, params, done)
         keys = METRICS + tuple(c for c in grid.columns if c.startswith(("latency_p50_ms_", "latency_p90_ms_")))
         for row in grid.to_dict("records"):
             cell = {"skip": row["skip"], "pareto": str(row["pareto"])}  # an interrupted run's child is continued
-            with mlflow.run(row["skip"], cell, parent, mlflow.find_run(cell, parent)) as child:
-                mlflow.log_params(child, skip_params(row["skip"]))  # per-stage flags: plottable in the compare view
-                mlflow.log_metrics(child, {k: row[k] for k in keys})
-                mlflow.set_tags(child, {"device": row["device"]})
+            with tracking.run(row["skip"], cell, parent, tracking.find_run(cell, parent)) as child:
+                tracking.log_params(child, skip_params(row["skip"]))  # per-stage flags: plottable in the compare view
+                tracking.log_metrics(child, {k: row[k] for k in keys})
+                tracking.set_tags(child, {"device": row["device"]})
         latency = latency_long(grid)
-        mlflow.log_table(parent, grid, "eval_grid.json")
-        mlflow.log_table(parent, latency, "latency.json")
+        tracking.log_table(parent, grid, "eval_grid.json")
+        tracking.log_table(parent, latency, "latency.json")
         name = params.mlflow.registered_model
-        version = name and mlflow.model_version(name, MODEL)  # the version the train stage registered for this file
+        version = name and tracking.model_version(name, MODEL)  # the version the train stage registered for this file
         if version:
-            mlflow.tag_model_version(name, version, {**pareto_tags(grid), "adaskip.evaluate_run": parent})
+            tracking.tag_model_version(name, version, {**pareto_tags(grid), "adaskip.evaluate_run": parent})
         write_csv(grid, GRID)
         write_csv(latency, LATENCY)
     done.remove()  # finished: nothing left to resume
-    print(grid.to_string(index=False))
+    logging.getLogger("adaskip.evaluate").debug("\n%s", grid.to_string(index=False))  # every row: -v, or the CSV
+    sup, base = grid.sort_values("macs").iloc[-1], grid.sort_values("macs").iloc[0]
+    return (f"{len(grid)} sub-networks on the test split: super {sup.acc1:.1f} % base {base.acc1:.1f} % "
+            f"({base.macs / sup.macs:.0%} of the MACs), {int(grid.pareto.sum())} on the Pareto front -> {GRID}")
 
 
 if __name__ == "__main__":

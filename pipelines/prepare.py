@@ -4,12 +4,12 @@ from adaskip.stage import main, remove_outputs
 OUT = "data/prepared"
 
 
-def run(params, args) -> None:
+def run(params, args) -> str:
     from adaskip.data import prepare  # imports torch: after params are validated
 
     remove_outputs(OUT)
     manifest = prepare(params.data, OUT)
-    print(f"prepared {manifest['name']}: {manifest['sizes']} images, {manifest['num_classes']} classes -> {OUT}/manifest.json")
+    return f"{manifest['name']}: {manifest['sizes']} images, {manifest['num_classes']} classes -> {OUT}/manifest.json"
 
 
 if __name__ == "__main__":

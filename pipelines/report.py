@@ -12,21 +12,22 @@ GRID, TRAINED, BEST = "results/eval_grid.csv", "results/train_metrics.json", "re
 PLOT, REPORT, METRICS = "results/tradeoff.png", "results/report.md", "results/metrics.json"
 
 
-def run(params, args) -> None:
+def run(params, args) -> str:
     remove_outputs(PLOT, REPORT, METRICS)
     grid = pd.read_csv(GRID)
     trained = json.loads(Path(TRAINED).read_text())
     best = json.loads(Path(BEST).read_text()) if Path(BEST).exists() else None
     metrics = summary_metrics(grid, trained, best)
-    mlflow = tracker(params)
-    with mlflow.run("report", {"adaskip.stage": "report"}) as run_id:
+    tracking = tracker(params)
+    with tracking.run("report", {"adaskip.stage": "report"}) as run_id:
         tradeoff_plot(grid, PLOT, f"{params.model.name} on {params.data.name}")
         Path(REPORT).write_text(report_markdown(grid, metrics, best))
-        mlflow.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None})
+        tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None})
         for path in (PLOT, REPORT):
-            mlflow.log_artifact(run_id, path)
+            tracking.log_artifact(run_id, path)
         write_json(metrics, METRICS)
-    print(Path(REPORT).read_text())
+    return (f"test super {metrics['super_acc1']:.1f} % base {metrics['base_acc1']:.1f} % "
+            f"({metrics['base_macs_ratio']:.0%} of the MACs) -> {REPORT}, {PLOT}, {METRICS}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from adaskip.stage import main, remove_outputs, start_ray, storage, tracker
 TRIALS, BEST = "results/tune_trials.csv", "results/best_config.json"
 
 
-def run(params, args) -> None:
+def run(params, args) -> str:
     net = params.check_model(splits=True, source=args.params)  # the model and each listed tune.splits variant
     remove_outputs(TRIALS, BEST)
     if not params.tune.enabled:  # net.split: model.split, or the paper's rule's when it is null
@@ -21,21 +21,20 @@ def run(params, args) -> None:
                 "objective": None, "source": "params.yaml (tune.enabled: false)"}
         write_csv(pd.DataFrame(columns=["trial_id", "alpha", "temperature", "split", "objective"]), TRIALS)
         write_json(best, BEST)
-        print(f"tune disabled: train uses alpha={best['alpha']}, T={best['temperature']}, split={best['split']}")
-        return
+        return f"disabled: train uses alpha={best['alpha']}, T={best['temperature']}, split={best['split']}"
     from adaskip.orchestration.tune import METRIC, run_sweep
 
-    mlflow = tracker(params)
+    tracking = tracker(params)
     h = params_hash(params, "data", "model", "train", "tune")
     tags = {"adaskip.stage": "tune", "adaskip.params_hash": h}
-    resume = mlflow.unfinished_run(tags)
-    start_ray(params, mlflow.uri)
-    with mlflow.run(f"tune-{h}", tags, run_id=resume) as parent:
-        mlflow.log_params(parent, params.model_dump(mode="json", include={"tune"}))
+    resume = tracking.unfinished_run(tags)
+    start_ray(params, tracking.uri)
+    with tracking.run(f"tune-{h}", tags, run_id=resume) as parent:
+        tracking.log_params(parent, params.model_dump(mode="json", include={"tune"}))
         try:
-            trials = run_sweep(params, storage(params), f"tune-{h}", mlflow.uri, params.mlflow.experiment, parent)
+            trials = run_sweep(params, storage(params), f"tune-{h}", tracking.uri, params.mlflow.experiment, parent)
         finally:
-            mlflow.end_leftovers(parent)
+            tracking.end_leftovers(parent)
         ok = trials.dropna(subset=[METRIC])
         if ok.empty:
             raise AdaskipError(f"every trial failed: {trials.error.dropna().unique().tolist()}; see results in MLflow "
@@ -46,13 +45,13 @@ def run(params, args) -> None:
                   "epochs": params.tune.epochs, "failed_trials": int(trials[METRIC].isna().sum())}
         if result["split"] is None:  # tune.splits: null searched model.split only, itself null: the paper's rule
             result["split"] = list(net.split)
-        mlflow.log_metrics(parent, {"best_objective": result["objective"], "failed_trials": result["failed_trials"]})
-        mlflow.log_table(parent, trials, "tune_trials.json")
-        mlflow.log_dict(parent, result, "best_config.json")
+        tracking.log_metrics(parent, {"best_objective": result["objective"], "failed_trials": result["failed_trials"]})
+        tracking.log_table(parent, trials, "tune_trials.json")
+        tracking.log_dict(parent, result, "best_config.json")
         write_csv(trials, TRIALS)
         write_json(result, BEST)
-    print(f"best of {len(trials)} trials: val objective {result['objective']:.2f} (alpha={result['alpha']:.2f}, "
-          f"T={result['temperature']:.2f}, split={result['split']}) -> {BEST}, trained next by the train stage")
+    return (f"best of {len(trials)} trials: val objective {result['objective']:.2f} (alpha {result['alpha']:.2f}, "
+            f"T {result['temperature']:.2f}, split {result['split']}) -> {BEST}")
 
 
 if __name__ == "__main__":

@@ -146,5 +146,5 @@ def evaluate_grid(model: nn.Module, loader: Iterable, configs: Optional[Iterable
         raise ValueError("evaluate_grid: the loader yielded no samples")
     rows = [{"skip": k, "acc1": 100.0 * hits1[k] / n, "acc5": 100.0 * hits5[k] / n,
              "loss": loss_sum[k] / n, "n": n} for k in keys]
-    log.info("evaluated %d sub-network(s) on %d samples", len(keys), n)
+    log.debug("evaluated %d sub-network(s) on %d samples", len(keys), n)
     return pd.DataFrame(rows, columns=GRID_COLUMNS)

@@ -11,6 +11,7 @@ import ray
 import torch
 from tqdm.auto import tqdm
 
+from ..console import progress_bars
 from ..config import Params
 from ..errors import AdaskipError
 from ..data import load_subsets, make_loader
@@ -86,7 +87,8 @@ def evaluate_parallel(model_file: dict[str, Any], params: Params, done: Optional
     task = ray.remote(num_cpus=params.evaluate.task_cpus(), num_gpus=gpus)(_evaluate_subtree)
     ref = ray.put(model_file)
     pending = {task.remote(ref, params, p): p for p in subtrees if p not in kept}
-    with tqdm(total=len(subtrees), initial=len(finished), desc="evaluation grid", unit="subtree") as bar:
+    with tqdm(total=len(subtrees), initial=len(finished), desc="evaluation grid", unit="subtree",
+              disable=not progress_bars()) as bar:
         while pending:
             [ready], _ = ray.wait(list(pending))
             part, prefix = ray.get(ready), pending.pop(ready)

@@ -13,12 +13,13 @@ from types import ModuleType
 from typing import Any, Optional
 
 import ray.train
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer, get_device, prepare_model
 from ray.train.torch.config import _TorchBackend  # no public hook runs in the workers before the process group
 from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy  # nor one chooses the policy
 
 from ..config import Params
+from ..console import verbose
 from ..errors import AdaskipError, describe
 from .preflight import use_node_interface
 from .storage import Storage
@@ -197,6 +198,9 @@ def make_trainer(params: Params, storage: Storage, name: str, tracking: Optional
         torch_config=LoopbackTorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         run_config=RunConfig(name=name, storage_path=storage.path, storage_filesystem=storage.filesystem,
                              callbacks=list(callbacks),
+                             # Ray Train's own INFO lines (worker group starts, every report and checkpoint): only
+                             # with ADASKIP_VERBOSE=1; its log files under the Ray session keep them all the same
+                             logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              # a finite controller limit: an unschedulable worker group fails instead of retrying forever
                              failure_config=FailureConfig(max_failures=t.max_failures,
