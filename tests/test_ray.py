@@ -116,7 +116,7 @@ def test_parallel_grid_equals_in_process_grid(ray_cluster, tiny_params, tmp_path
     kept = pd.read_csv(saved[0], dtype={"skip": str}).assign(acc1=-1.0)  # a marker only a reused file can carry
     kept.to_csv(saved[0], index=False)
     saved[1].unlink()  # this subtree was still running when the stage was interrupted
-    again = evaluate_parallel({"spec": spec, "state_dict": net.state_dict()}, tiny_params, Storage(str(tmp_path))).set_index("skip")
+    again = evaluate_parallel({"spec": net.spec, "state_dict": net.state_dict()}, tiny_params, Storage(str(tmp_path))).set_index("skip")
     assert (again.acc1[kept.skip] == -1.0).all()  # reused, not evaluated again
     redone = again.index.difference(kept.skip)
     assert len(redone) == 2 ** (net.num_stages - 1) and saved[1].exists()
