@@ -39,20 +39,17 @@ def tiny(tmp_path_factory) -> dict[str, Any]:
     evaluate stage's Ray task computes it (here in this process)."""
     from adaskip.data import load_subsets
     from adaskip.orchestration.grid import _evaluate_subtree
-    from adaskip.training import build_from_spec, model_spec, save_atomic
+    from adaskip.training import save_atomic
 
     root = tmp_path_factory.mktemp("proj")
     raw = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), merge(TINY, {
         "evaluate": {"latency_batch_sizes": BATCHES, "latency_reps": 3, "latency_warmup": 1},
         "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}, "cluster": {"storage": str(root / "store")}}))
     params = Params.model_validate(raw)
-    m, size = params.model, params.data.image_size
-    spec = model_spec(m.name, load_subsets(params.data).num_classes, m.split or [], m.skip_aware_norm, m.num_stages,
-                      m.timm_kwargs(size))
+    size, num_classes = params.data.image_size, load_subsets(params.data).num_classes
     torch.manual_seed(0)
-    net = build_from_spec({**spec, "split": None})
-    spec["split"] = net.split
-    model_file = {"spec": spec, "state_dict": net.state_dict()}
+    net = params.build_model(num_classes=num_classes)
+    model_file = {"spec": net.spec, "state_dict": net.state_dict()}
     save_atomic({**model_file, "metrics": {}, "image_size": size}, root / "models" / "model.pt")
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     part = _evaluate_subtree(model_file, params, "")
