@@ -201,14 +201,14 @@ def load_exported(path: str | os.PathLike) -> SubNetwork:
 # ----------------------------------------------------------------------------------------------------------------
 def export_subnetwork(model_path_or_net: str | os.PathLike | AdaptiveDepthNet, skip: str, fmt: str,
                       out: str | os.PathLike, image_size: Optional[int] = None, opset: int = DEFAULT_OPSET,
-                      spec: Optional[dict[str, Any]] = None, atol: float = ATOL) -> ExportResult:
+                      atol: float = ATOL) -> ExportResult:
     """Export sub-network ``skip`` of a model file (``models/model.pt``) or an AdaptiveDepthNet to ``out`` in
     format ``fmt`` (torch | torchscript | onnx), verify the written file, and return its MACs, parameters and
     max abs difference from ``model(x, skip=skip)``.
 
     ``image_size``: the input resolution (default: the model's own, when its file or architecture records it, as
-    ViT/Swin do). ``spec``: the architecture spec (adaskip.training.model_spec) of an in-memory model, needed
-    for the torch format only (a model file carries it). The adaptive model is not modified.
+    ViT/Swin do). The torch format stores the architecture spec: a model file's, or an in-memory model's
+    ``net.spec`` (set by ``adaskip.models.create_model``). The adaptive model is not modified.
     """
     from .training.checkpoint import load_model
 
@@ -218,13 +218,13 @@ def export_subnetwork(model_path_or_net: str | os.PathLike | AdaptiveDepthNet, s
         _check_opset(opset)
         _require_onnx()
     if isinstance(model_path_or_net, AdaptiveDepthNet):
-        net, file = model_path_or_net, {"spec": spec} if spec is not None else {}
+        net, file = model_path_or_net, {"spec": model_path_or_net.spec}
     else:
         net, file = load_model(model_path_or_net)  # CheckpointError: missing / corrupt / another architecture
     spec = file.get("spec")
     if fmt == "torch" and spec is None:
-        raise ExportError("the torch format stores the architecture spec: export a model file, or pass spec= "
-                          "(adaskip.training.model_spec) with an in-memory model")
+        raise ExportError("the torch format stores the architecture spec, and this model has none (net.spec is "
+                          "None: not built by adaskip.models.create_model): export its model file instead")
     cfg = parse_skip(net, skip)
     size = _resolve_image_size(net, file, image_size)
     in_chans = _in_chans(net)

@@ -32,7 +32,8 @@ def run(params, args) -> str:
     with tracking.run(f"tune-{h}", tags, run_id=resume) as parent:
         tracking.log_params(parent, params.model_dump(mode="json", include={"tune"}))
         try:
-            trials = run_sweep(params, storage(params), f"tune-{h}", tracking.uri, params.mlflow.experiment, parent)
+            trials = run_sweep(params, storage(params), f"tune-{h}", tracking.uri, params.mlflow.experiment, parent,
+                               net=net)
         finally:
             tracking.end_leftovers(parent)
         ok = trials.dropna(subset=[METRIC])

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import pandas as pd
 import ray
@@ -24,6 +24,9 @@ from ..errors import describe
 from .cluster import configure_ray_env
 from .storage import Storage
 from .train import TrackingTarget, epoch_reporter, latest_state, make_trainer
+
+if TYPE_CHECKING:
+    from ..models import AdaptiveDepthNet  # trial drivers need not import timm
 
 log = logging.getLogger(__name__)
 METRIC = "objective"
@@ -84,8 +87,9 @@ def _concurrency(params: Params) -> int:
 
 
 def run_sweep(params: Params, storage: Storage, name: str, uri: str, experiment: str, parent_run_id: str,
-              space: Optional[dict[str, Any]] = None) -> pd.DataFrame:
-    """Run the sweep (resuming an interrupted one with the same name); one row per trial.
+              space: Optional[dict[str, Any]] = None, net: Optional[AdaptiveDepthNet] = None) -> pd.DataFrame:
+    """Run the sweep (resuming an interrupted one with the same name); one row per trial. ``net``: params.model
+    already built (the candidate splits follow its stage depths; default: built here).
 
     ``space`` adds or replaces search dimensions; keys naming a ``train`` parameter (``lr``, ``top_k``, ...)
     override it in each trial, e.g. ``{"lr": tune.loguniform(1e-3, 1e-1)}``.
@@ -94,7 +98,7 @@ def run_sweep(params: Params, storage: Storage, name: str, uri: str, experiment:
     space = {
         "alpha": tune.uniform(*t.alpha),
         "temperature": tune.uniform(*t.temperature),
-        "split": tune.choice(splits) if (splits := params.tune_splits()) else params.model.split,
+        "split": tune.choice(splits) if (splits := params.tune_splits(net)) else params.model.split,
         "base": params.model_dump(mode="json"),
         "setup": {"uri": uri, "experiment": experiment, "parent_run_id": parent_run_id, "epochs": t.epochs,
                   "workers": t.workers, "storage": storage},

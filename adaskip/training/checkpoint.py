@@ -18,15 +18,8 @@ class CheckpointError(AdaskipError, ValueError):
     """A checkpoint is missing, truncated, corrupt or for another model."""
 
 
-def model_spec(name: str, num_classes: int, split: list[int], skip_aware_norm: bool, num_stages: int,
-               kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Everything needed to rebuild the architecture of a saved model (the format of ``AdaptiveDepthNet.spec``,
-    which ``create_model`` sets: prefer ``net.spec``)."""
-    return {"name": name, "num_classes": num_classes, "split": list(split), "skip_aware_norm": skip_aware_norm,
-            "num_stages": num_stages, "kwargs": dict(kwargs)}
-
-
 def build_from_spec(spec: dict[str, Any]) -> AdaptiveDepthNet:
+    """The architecture a model file's ``"spec"`` (an ``AdaptiveDepthNet.spec``) describes, with random weights."""
     args = {k: v for k, v in spec.items() if k != "kwargs"}
     return create_model(**args, **spec.get("kwargs", {}))
 
