@@ -20,7 +20,7 @@ def configure(parser) -> None:
                         "start every other variant whose results file does not hold its current cells)")
 
 
-def run(params, args) -> None:
+def run(params, args) -> str:
     spec = load_study(args.study)
     names = args.variant or list(spec.variants)
     every = cells(spec, params)  # every variant's params validated and its model checked before Ray starts
@@ -47,8 +47,8 @@ def run(params, args) -> None:
         for variant, out in outs.items():
             write_csv(rows[rows.variant == variant], out)
     extra = f", and {len(ahead)} cells of later stages ahead" if ahead else ""
-    print(f"{len(todo) - len(ahead)} cells of study {spec.name!r} ({', '.join(names)}){extra} -> "
-          f"{Path(args.study).parent / 'results' / 'cells'}")
+    return (f"{len(todo) - len(ahead)} cells of study {spec.name!r} ({', '.join(names)}){extra} -> "
+            f"{Path(args.study).parent / 'results' / 'cells'}")
 
 
 if __name__ == "__main__":

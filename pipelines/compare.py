@@ -17,7 +17,7 @@ def configure(parser) -> None:
     parser.add_argument("--study", default="studies/ablation/study.yaml", help="study file (default: %(default)s)")
 
 
-def run(params, args) -> None:
+def run(params, args) -> str:
     spec = load_study(args.study)
     res = Path(args.study).parent / "results"
     outs = {k: res / f for k, f in (("agg", "curves.csv"), ("cmp", "comparison.csv"), ("md", "comparison.md"),
@@ -39,7 +39,8 @@ def run(params, args) -> None:
         for key in ("md", "png"):
             tracking.log_artifact(parent, outs[key])
     write_json(stats.summary(agg, rows), outs["json"])
-    print(outs["md"].read_text())
+    print(outs["md"].read_text())  # the study's result: the table a person came for
+    return f"{len(spec.variants)} variants x {len(spec.seeds)} seeds against {spec.reference!r} -> {outs['md']}"
 
 
 def _variant_rows(study_file: str, variant: str) -> pd.DataFrame:

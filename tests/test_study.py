@@ -159,8 +159,10 @@ def test_kd_baseline_cell_trains_its_teacher_then_distils(tiny_params, mlflow_ur
     assert cell_hash(kd) != cell_hash(ce)
     tracker = Tracker(mlflow_uri, "t")
     run = tracker.start_run("kd")
-    rows = run_cell(kd, tracker, run)
+    epochs: list[int] = []
+    rows = run_cell(kd, tracker, run, on_epoch=lambda: epochs.append(1))
     assert list(rows.skip) == ["TTTT"] and rows.acc1.between(0, 100).all()
+    assert len(epochs) == 2  # the teacher's epoch and the baseline's: what the study's progress display counts
     history = {m: len(tracker.client.get_metric_history(run, m)) for m in ("teacher_train_loss", "train_loss", "train_kd")}
     assert history == {"teacher_train_loss": 1, "train_loss": 1, "train_kd": 1}, history
     teacher_acc = tracker.client.get_run(run).data.metrics["teacher_val_acc_super"]

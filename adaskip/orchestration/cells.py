@@ -11,13 +11,14 @@ import hashlib
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Collection, Mapping, Optional
+import time
+from typing import TYPE_CHECKING, Callable, Collection, Mapping, Optional
 
 import pandas as pd
 import ray
 from tqdm.auto import tqdm
 
-from ..console import progress_bars
+from ..console import duration, progress_bars
 from ..errors import AdaskipError, describe
 from ..ablation.spec import Cell
 from .grid import grid_accuracy
@@ -60,10 +61,10 @@ def run_ahead(cells: list[Cell], results: Mapping[str, str | os.PathLike]) -> li
 
 
 def run_cell(cell: Cell, tracker: Optional["Tracker"] = None, run_id: Optional[str] = None,
-             threads: int = 1) -> pd.DataFrame:
+             threads: int = 1, on_epoch: Callable[[], None] = lambda: None) -> pd.DataFrame:
     """Train one cell in this process (adaptive-depth: self-distillation; baseline: CE on its one sub-network, or
-    KD from its teacher trained alone first), logging each epoch to ``run_id``, then evaluate it on the test
-    split: every configuration, or the baseline's own. One row per configuration."""
+    KD from its teacher trained alone first), logging each epoch to ``run_id`` and calling ``on_epoch``, then
+    evaluate it on the test split: every configuration, or the baseline's own. One row per configuration."""
     import torch
 
     from ..data import load_subsets
@@ -74,9 +75,9 @@ def run_cell(cell: Cell, tracker: Optional["Tracker"] = None, run_id: Optional[s
     p = cell.params
     teacher = None
     if cell.teacher:
-        _, net = _fit(cell, tracker, run_id, FitMode(alone=cell.teacher), "teacher_")
+        _, net = _fit(cell, tracker, run_id, FitMode(alone=cell.teacher), on_epoch, "teacher_")
         teacher = functools.partial(net, skip=cell.teacher)
-    metrics, model = _fit(cell, tracker, run_id, FitMode(alone=cell.baseline, teacher=teacher))
+    metrics, model = _fit(cell, tracker, run_id, FitMode(alone=cell.baseline, teacher=teacher), on_epoch)
     subsets = load_subsets(p.data)
     configs = [cell.baseline] if cell.baseline else None
     # an individually trained baseline keeps the statistics it was trained with
@@ -87,9 +88,10 @@ def run_cell(cell: Cell, tracker: Optional["Tracker"] = None, run_id: Optional[s
     return grid.assign(variant=cell.variant, seed=cell.seed, baseline=cell.baseline, **ratios, cell_hash=cell_hash(cell))
 
 
-def _fit(cell: Cell, tracker: Optional["Tracker"], run_id: Optional[str], mode: "FitMode", prefix: str = ""):
-    """``fit`` in this process with each epoch's metrics logged to ``run_id`` (names prefixed); returns the last
-    epoch's metrics and the trained model in eval mode."""
+def _fit(cell: Cell, tracker: Optional["Tracker"], run_id: Optional[str], mode: "FitMode",
+         on_epoch: Callable[[], None], prefix: str = ""):
+    """``fit`` in this process with each epoch's metrics logged to ``run_id`` (names prefixed) and ``on_epoch``
+    called; returns the last epoch's metrics and the trained model in eval mode."""
     from ..training import WorkerEnv, build_from_spec, fit
     from ..training.checkpoint import load_state
 
@@ -100,6 +102,7 @@ def _fit(cell: Cell, tracker: Optional["Tracker"], run_id: Optional[str], mode: 
             tracker.log_metrics(run_id, {prefix + k: v for k, v in metrics.items()}, step=int(metrics["epoch"]))
         if state is not None:
             final.update(state)
+        on_epoch()
 
     metrics = fit(cell.params, WorkerEnv(report=report), mode=mode)
     model = build_from_spec(final["spec"])
@@ -107,7 +110,27 @@ def _fit(cell: Cell, tracker: Optional["Tracker"], run_id: Optional[str], mode: 
     return metrics, model.eval()
 
 
-def _cell_task(cell: Cell, tracking: Optional[TrackingTarget], cache: Storage, out: str, threads: int) -> str:
+@ray.remote(num_cpus=0)
+class _EpochCounter:
+    """Epochs trained so far, per cell: the cell tasks add to it, the driver's progress display reads it."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def add(self, key: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def read(self) -> dict[str, int]:
+        return self.counts
+
+
+def _epochs(cell: Cell) -> int:
+    """Epochs a cell trains: its own, and as many again for a teacher trained first."""
+    return cell.params.train.epochs * (2 if cell.teacher else 1)
+
+
+def _cell_task(cell: Cell, tracking: Optional[TrackingTarget], cache: Storage, out: str, threads: int,
+               counter: Optional[ray.actor.ActorHandle] = None) -> str:
     from ..tracking import FAILED, FINISHED, Tracker
 
     tracker = Tracker(tracking.uri, tracking.experiment) if tracking else None
@@ -116,7 +139,8 @@ def _cell_task(cell: Cell, tracking: Optional[TrackingTarget], cache: Storage, o
         ctx = ray.get_runtime_context()
         tracker.set_tags(run_id, {"adaskip.node_id": ctx.get_node_id(), "adaskip.node_ip": ray.util.get_node_ip_address()})
     try:
-        rows = run_cell(cell, tracker, run_id, threads)
+        on_epoch = (lambda: counter.add.remote(cell.key)) if counter is not None else (lambda: None)
+        rows = run_cell(cell, tracker, run_id, threads, on_epoch)
     except Exception as e:
         if tracker is not None:
             tracker.set_tags(run_id, {"error": describe(e)})
@@ -144,13 +168,14 @@ def run_cells(cells: list[Cell], cache: Storage, tracker=None, parent_run_id: Op
               cpus_per_cell: float = 1.0, optional: Collection[str] = ()) -> pd.DataFrame:
     """Run every cell not already in ``cache`` as a Ray task (one MLflow child run each, under
     ``parent_run_id``); returns the rows of the cells that finished. A failed cell fails the study after the
-    others finish, unless its variant is ``optional`` (run ahead for a later stage, which reports it)."""
+    others finish, unless its variant is ``optional`` (run ahead for a later stage, which reports it). Progress:
+    on a terminal a bar of epochs trained with each running cell's epoch; otherwise a line per finished cell."""
     task = ray.remote(num_cpus=cpus_per_cell, max_retries=1)(_cell_task)  # a dead worker's cell runs again
     files = {c.key: cell_file(c) for c in cells}
     todo = unfinished(cells, cache)
     if len(todo) < len(cells):
         log.info("%d of %d cells already done (kept from an interrupted run)", len(cells) - len(todo), len(cells))
-    pending = {}
+    pending, counter = {}, _EpochCounter.remote()
     for c in todo:
         target = None
         if tracker is not None:
@@ -158,14 +183,20 @@ def run_cells(cells: list[Cell], cache: Storage, tracker=None, parent_run_id: Op
                                                "teacher": c.teacher or "none", "adaskip.cell_hash": cell_hash(c)}, parent_run_id)
             tracker.log_params(run_id, c.params.model_dump(mode="json", include={"data", "model", "train", "evaluate"}))
             target = TrackingTarget(tracker.uri, tracker.experiment, run_id)
-        pending[task.remote(c, target, cache, files[c.key], max(1, round(cpus_per_cell)))] = c
+        pending[task.remote(c, target, cache, files[c.key], max(1, round(cpus_per_cell)), counter)] = c
     errors, failed = [], set()
-    with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="study cells", unit="cell",
+    kept = sum(_epochs(c) for c in cells) - sum(_epochs(c) for c in todo)
+    started, finished = time.perf_counter(), len(cells) - len(todo)
+    with tqdm(total=sum(_epochs(c) for c in cells), initial=kept, desc="study", unit="epoch",
               disable=not progress_bars()) as bar:
         while pending:
-            done, _ = ray.wait(list(pending))
+            done, _ = ray.wait(list(pending), timeout=2.0)
+            counts = ray.get(counter.read.remote())  # a retried cell counts again: capped at its epochs
+            bar.n = kept + sum(min(counts.get(c.key, 0), _epochs(c)) for c in todo)
+            bar.set_postfix_str(", ".join(f"{c.key} {counts.get(c.key, 0)}/{_epochs(c)}" for c in pending.values()))
             for ref in done:
                 cell = pending.pop(ref)
+                finished += 1
                 try:
                     ray.get(ref)
                 except Exception as e:  # noqa: BLE001  (reported together once every cell has run)
@@ -174,7 +205,8 @@ def run_cells(cells: list[Cell], cache: Storage, tracker=None, parent_run_id: Op
                         log.warning("cell %s (run ahead for its own stage) failed: %s", cell.key, describe(e))
                     else:
                         errors.append(f"{cell.key}: {describe(e)}")
-                bar.update(1)
+                log.info("cell %s %s (%d of %d cells, %s)", cell.key, "failed" if cell.key in failed else "done",
+                         finished, len(cells), duration(time.perf_counter() - started))
     if errors:
         raise AdaskipError(f"{len(errors)} study cell(s) failed (the others are kept; re-run to retry):\n" + "\n".join(errors))
     return pd.concat([cache.read_csv(files[c.key]) for c in cells if c.key not in failed], ignore_index=True)
