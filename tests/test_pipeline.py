@@ -20,7 +20,7 @@ from adaskip.tracking import FINISHED, Tracker
 
 from conftest import ROOT, TINY, merge
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.subprocess]  # dvc repro and stage scripts on a `ray start` head
 EPOCHS = 4
 COPY = ["adaskip", "pipelines", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"]
 
@@ -74,8 +74,16 @@ def project(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reproduced(project: Path, ray_address: str) -> Path:
+    """The project after `dvc repro`: tests read it and never change it (those that run more copy it first)."""
     _sh(project, "dvc", "repro", RAY_ADDRESS=ray_address)
     return project
+
+
+def _copy(project: Path, dst: Path) -> Path:
+    """A copy of the reproduced project (git, DVC cache, MLflow store) that a test may change; Ray's run state
+    (.ray_results) stays behind: every run here has other params, so it would not resume any of it."""
+    shutil.copytree(project, dst, symlinks=True, ignore=shutil.ignore_patterns(".ray_results"))
+    return dst
 
 
 def test_contract_files(reproduced: Path):
@@ -135,6 +143,7 @@ def test_second_repro_is_a_noop(reproduced: Path):
     assert (reproduced / "results" / "eval_grid.csv").stat().st_mtime_ns == before
     _sh(reproduced, "dvc", "plots", "show", "-o", "plots")
     assert (reproduced / "plots" / "index.html").exists()
+    _sh(reproduced, "git", "clean", "-qfdx", "plots")  # leave the project as the fixture made it
 
 
 def test_ray_head_requires_the_token(reproduced: Path, ray_address: str):
@@ -146,10 +155,11 @@ def test_ray_head_requires_the_token(reproduced: Path, ray_address: str):
     assert r.returncode != 0 and "InvalidAuthToken" in r.stderr + r.stdout, (r.stdout + r.stderr)[-2000:]
 
 
-def test_study_pipeline(reproduced: Path, ray_address: str):
+def test_study_pipeline(reproduced: Path, ray_address: str, tmp_path: Path):
     """The study's DVC matrix on tiny settings: one stage per variant, its seeds as Ray cells, one MLflow parent
     with a child per cell, the comparison; then a DVC experiment changing one variant re-runs that variant's stage
     only, continues the same parent, and `dvc metrics diff` / `dvc plots diff` compare it with the commit."""
+    reproduced = _copy(reproduced, tmp_path / "proj")
     study_dir = reproduced / "studies" / "ablation"
     study_dir.mkdir(parents=True)
     shutil.copy2(ROOT / "studies" / "ablation" / "dvc.yaml", study_dir / "dvc.yaml")
@@ -161,6 +171,7 @@ def test_study_pipeline(reproduced: Path, ray_address: str):
     r = _sh(reproduced, "dvc", "repro", "studies/ablation/dvc.yaml", RAY_ADDRESS=ray_address)
     ran = [line.split("'")[1].split(":")[-1] for line in r.stdout.splitlines() if line.startswith("Running stage")]
     assert sorted(ran) == ["cells@adn", "cells@individual_full", "compare"] and ran[-1] == "compare", r.stdout
+    assert "(4 of 4 cells, " in r.stderr, r.stderr[-3000:]  # the driver's line per finished cell (adn's and those run ahead)
     res = study_dir / "results"
     adn, ind = (pd.read_csv(res / "cells" / f"{v}.csv") for v in ("adn", "individual_full"))
     assert len(adn) == 2 * 16 and set(ind.skip) == {"FFFF"} and sorted(ind.seed) == [0, 1]
@@ -194,21 +205,43 @@ def test_study_pipeline(reproduced: Path, ray_address: str):
     assert (reproduced / "study_plots" / "index.html").exists()
 
 
+def test_export_every_configuration_of_the_trained_resnet(reproduced: Path):
+    _export_every_configuration(reproduced / "models" / "model.pt")
+
+
+def _export_every_configuration(model: Path) -> None:
+    """Every sub-network of a trained model file, in every format: the export's own check (the written file loaded
+    back and run against model(x, skip) at another batch size) passes. The model is loaded once."""
+    from adaskip.export import FORMATS, export_subnetwork
+    from adaskip.training import load_model
+
+    net, file = load_model(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        for cfg in net.configs():
+            for fmt in FORMATS:
+                result = export_subnetwork(net, str(cfg), fmt, Path(tmp) / f"{cfg}.{fmt}", image_size=file["image_size"])
+                assert result.max_abs_diff <= result.tolerance and result.skip == str(cfg), result
+
+
 @pytest.mark.parametrize("name", ["mobilenetv2_100", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
-def test_any_family_by_changing_model_name(reproduced: Path, ray_address: str, name: str):
+def test_any_family_by_changing_model_name(reproduced: Path, ray_address: str, name: str, tmp_path: Path):
     """Another family (the ResNet is the run above) by changing model.name only: the sweep's splits follow its stage
-    depths, ViT/Swin get img_size from data.image_size, and every stage runs on it."""
+    depths, ViT/Swin get img_size from data.image_size, every stage runs on it, and every sub-network of the
+    trained model exports to every format. One sweep trial and one epoch: the ResNet run checks convergence."""
     from adaskip.config import load_params
     from adaskip.training import load_model
 
-    r = _sh(reproduced, "dvc", "exp", "run", "-S", f"model.name={name}", RAY_ADDRESS=ray_address)
+    proj = _copy(reproduced, tmp_path / "proj")
+    r = _sh(proj, "dvc", "exp", "run", "-S", f"model.name={name}", "-S", "tune.num_samples=1", "-S", "train.epochs=1",
+            RAY_ADDRESS=ray_address)
     ran = {line.split("'")[1] for line in r.stdout.splitlines() if line.startswith("Running stage")}
     assert ran == {"tune", "train", "evaluate", "report"}, r.stdout
-    params = load_params(reproduced / "params.yaml")
+    params = load_params(proj / "params.yaml")
     assert params.model.name == name
-    net, _ = load_model(reproduced / "models" / "model.pt")
+    net, _ = load_model(proj / "models" / "model.pt")
     assert net.backbone.default_cfg["architecture"] == name.split(".")[0]
-    trained = json.loads((reproduced / "results" / "train_metrics.json").read_text())["trained_with"]
+    trained = json.loads((proj / "results" / "train_metrics.json").read_text())["trained_with"]
     assert trained["split"] == net.split and net.split in params.tune_splits()
-    grid = pd.read_csv(reproduced / "results" / "eval_grid.csv")
+    grid = pd.read_csv(proj / "results" / "eval_grid.csv")
     assert len(grid) == 2 ** net.num_stages and grid.acc1.notna().all()
+    _export_every_configuration(proj / "models" / "model.pt")
