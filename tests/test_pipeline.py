@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -36,18 +37,31 @@ def _sh(cwd: Path, *cmd: str, timeout: float = 1500, **env: str) -> subprocess.C
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
     """A Ray head started with `ray start`, as on a cluster: every stage joins it through RAY_ADDRESS instead of
-    starting and stopping a local Ray of its own (which also costs each stage start-up time on 2 cores)."""
+    starting and stopping a local Ray of its own (which also costs each stage start-up time on 2 cores). Started
+    with --block in a session of its own and stopped by signalling that session: `ray stop` would also end every
+    other Ray on the machine, the test session's own cluster included."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: AF_UNIX socket paths
     ray = str(Path(sys.executable).parent / "ray")
-    _sh(ROOT, ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-        "--include-dashboard=false", f"--object-store-memory={300 * 2**20}", f"--temp-dir={tmp}", timeout=300)
+    log = Path(tmp) / "start.log"
+    with log.open("w") as out:
+        head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+                                 "--num-cpus=2", "--include-dashboard=false", f"--object-store-memory={300 * 2**20}",
+                                 f"--temp-dir={tmp}"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        deadline = time.time() + 300
+        while "block forever" not in log.read_text():  # printed once the head is up
+            assert head.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=300)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=10)  # Ray stops its processes gracefully, or they are killed
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
