@@ -62,13 +62,19 @@ RAY_NOISE = tuple(re.compile(p) for p in (
 ))
 
 
+# Ray Train's internal watchdog actors: nothing they print is about the user's run (the placement-group cleaner polls
+# the State API, which needs the dashboard; with two Ray instances on one machine it prints a traceback per poll).
+RAY_QUIET_ACTORS = ("PlacementGroupCleaner",)
+
+
 def is_ray_noise(line: str) -> bool:
     """Whether a line forwarded from a Ray worker is one of Ray's repeated status lines (see RAY_NOISE)."""
     return any(p.search(line) for p in RAY_NOISE)
 
 
 def quiet_ray_output() -> bool:
-    """In a Ray driver: drop RAY_NOISE lines from the worker output Ray forwards to this process (what Ray's own
+    """In a Ray driver: drop RAY_NOISE lines, and all of RAY_QUIET_ACTORS' output, from the worker output Ray
+    forwards to this process (what Ray's own
     settings cannot turn off: the Train placement-group watchdog runs outside Train's logging config). Ray's
     ``log_to_driver`` forwarder is one handler of its stdstream dispatcher; it is wrapped so each batch loses the
     noise lines first. No-op with ``ADASKIP_VERBOSE=1``, or when this Ray has no such handler; True when installed."""
@@ -83,6 +89,8 @@ def quiet_ray_output() -> bool:
         return False
 
     def quiet(data: dict) -> None:
+        if data.get("actor_name") in RAY_QUIET_ACTORS:
+            return
         lines = [line for line in data.get("lines", []) if not is_ray_noise(line)]
         if lines:
             handler({**data, "lines": lines})

@@ -77,7 +77,10 @@ def test_quiet_ray_output_filters_the_forwarded_batches(monkeypatch):
     assert not console.quiet_ray_output()  # installed once
     dispatcher.emit({"pid": 1, "lines": RAY_LINES + KEPT_LINES})
     dispatcher.emit({"pid": 2, "lines": RAY_LINES[:2]})  # nothing left: nothing printed
-    assert printed == [KEPT_LINES]
+    dispatcher.emit({"pid": 3, "actor_name": "PlacementGroupCleaner", "lines": ["Traceback (most recent call last):",
+                     "ConnectionError: Found multiple active Ray instances"]})  # a Ray Train watchdog: all of it
+    dispatcher.emit({"pid": 4, "actor_name": "RayTrainWorker", "lines": ["Traceback (most recent call last):"]})
+    assert printed == [KEPT_LINES, ["Traceback (most recent call last):"]]
 
 
 def test_quiet_ray_output_is_off_when_verbose(monkeypatch):

@@ -252,8 +252,6 @@ class Tracker:
         import hashlib
         import json
 
-        import warnings
-
         import mlflow.data
         from mlflow.entities import DatasetInput, InputTag
 
@@ -265,7 +263,8 @@ class Tracker:
         with warnings.catch_warnings():  # "integer columns cannot represent missing values": a descriptor has none;
             warnings.simplefilter("ignore", UserWarning)  # "the source can be interpreted in multiple ways"
             ds = mlflow.data.from_pandas(df, source=source, name=name, digest=hashlib.sha256(blob.encode()).hexdigest()[:8])
-        self.client.log_inputs(run_id, [DatasetInput(ds._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])])
+            entity = ds._to_mlflow_entity()  # infers the schema: the integer-columns hint comes from here
+        self.client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
 
     def log_model(self, run_id: str, path: str | os.PathLike, registered_model: Optional[str],
                   image_size: Optional[int] = None) -> Optional[int]:
@@ -279,8 +278,9 @@ class Tracker:
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
         from ..training import build_from_spec, load_file
-        from .model import AdaptiveDepthModel, requirements, signature
 
+        with _quiet_model_logging():  # defining the pyfunc class warns that predict has no type hints (on purpose)
+            from .model import AdaptiveDepthModel, requirements, signature
         obj = load_file(path)
         spec = obj["spec"]
         size = int(image_size or obj.get("image_size") or 224)
