@@ -2,13 +2,14 @@
 what ``model(x, skip)`` computes, loads without adaskip, is smaller, and bad input fails cleanly without output.
 
 Speed: tiny random-weight models (ResNet-18 at widths 8-16, MobileNetV2-0.5, DeiT-tiny and Swin-tiny at 32 px),
-one model file per family built once per module; super/base/one mixed configuration per family (every
-configuration of every family's trained model is exported in tests/test_pipeline.py); one subprocess checks every
-TorchScript and ONNX file at once.
+one model file per family built once per module, with scrambled norms so that a wrong norm set shows; a mixed
+configuration per family; every configuration of a small trained model of each family (one epoch on digits); one
+subprocess checks every TorchScript and ONNX file at once.
 """
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -40,11 +41,13 @@ pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:
 
 
 def _configs(family: str) -> list[str]:
+    """The super-net, the base-net and a mixed one (every configuration of a trained model of each family:
+    test_every_configuration_of_a_trained_model_exports)."""
     s = 5 if family == "mobilenetv2" else 4
     return ["F" * s, "T" * s, "TF" * (s // 2) + "T" * (s % 2)]
 
 
-CASES = [(f, c, fmt) for f in MODELS for c in _configs(f) for fmt in FORMATS]
+CASES = [(f, _configs(f)[2], fmt) for f in MODELS for fmt in FORMATS]  # the mixed one: both norm sets in use
 
 
 def _scramble_norms(net: nn.Module, seed: int) -> None:
@@ -298,3 +301,35 @@ def test_cli(model_files, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
     assert issubclass(ExportError, AdaskipError) and issubclass(CheckpointError, AdaskipError)
+
+
+@pytest.mark.parametrize("name", ["resnet34", "mobilenetv2_100", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
+def test_every_configuration_of_a_trained_model_exports(name, tiny_raw, tmp_path):
+    """A small model of each family trained on digits (one epoch of self-distillation in this process, tests/conftest
+    TINY at 16 px: both norm sets trained), its model file written as the train stage writes it; every one of its
+    2^S sub-networks exports to every format, and each export's own check (the written file loaded back and run
+    against ``model(x, skip)`` at another batch size) passes."""
+    from adaskip.config import Params
+    from adaskip.export import FORMATS
+    from adaskip.training import WorkerEnv, build_from_spec, fit
+    from adaskip.training.checkpoint import load_state
+
+    params = Params.model_validate({**tiny_raw, "model": {**tiny_raw["model"], "name": name}})
+    final: dict = {}
+    metrics = fit(params, WorkerEnv(report=lambda m, state: final.update(state or {})), epochs=1)
+    assert math.isfinite(metrics["train_total"])
+    path = tmp_path / "model.pt"
+    save_atomic({"spec": final["spec"], "state_dict": final["model"], "macs": final["macs"], "metrics": metrics,
+                 "weights": "raw", "image_size": params.data.image_size}, path)
+    net, file = load_model(path)
+    trained = build_from_spec(final["spec"])
+    load_state(trained, final["model"], "trained")
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), trained.state_dict().values()))
+    pairs = [(a, b) for i in range(net.num_stages) for sa in net.skip_aware_norms(i)
+             for a, b in zip(sa.full.state_dict().values(), sa.skipped.state_dict().values())]
+    assert pairs and any(not torch.equal(a, b) for a, b in pairs)  # trained: the two norm sets went their own ways
+    for cfg in net.configs():
+        for fmt in FORMATS:
+            result = export_subnetwork(net, str(cfg), fmt, tmp_path / f"{cfg}.{fmt}", image_size=file["image_size"])
+            assert result.max_abs_diff <= result.tolerance and result.skip == str(cfg), result
+    assert len(list(tmp_path.glob("*.onnx"))) == 2 ** net.num_stages

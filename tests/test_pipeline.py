@@ -219,29 +219,13 @@ def test_study_pipeline(reproduced: Path, ray_address: str, tmp_path: Path):
     assert (reproduced / "study_plots" / "index.html").exists()
 
 
-def test_export_every_configuration_of_the_trained_resnet(reproduced: Path):
-    _export_every_configuration(reproduced / "models" / "model.pt")
-
-
-def _export_every_configuration(model: Path) -> None:
-    """Every sub-network of a trained model file, in every format: the export's own check (the written file loaded
-    back and run against model(x, skip) at another batch size) passes. The model is loaded once."""
-    from adaskip.export import FORMATS, export_subnetwork
-    from adaskip.training import load_model
-
-    net, file = load_model(model)
-    with tempfile.TemporaryDirectory() as tmp:
-        for cfg in net.configs():
-            for fmt in FORMATS:
-                result = export_subnetwork(net, str(cfg), fmt, Path(tmp) / f"{cfg}.{fmt}", image_size=file["image_size"])
-                assert result.max_abs_diff <= result.tolerance and result.skip == str(cfg), result
-
-
-@pytest.mark.parametrize("name", ["mobilenetv2_100", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
+@pytest.mark.parametrize("name", ["mobilenetv2_100",  # in CI; the other two, about 2.5 min each: make test-extended
+                                  pytest.param("deit_tiny_patch16_224", marks=pytest.mark.extended),
+                                  pytest.param("swin_tiny_patch4_window7_224", marks=pytest.mark.extended)])
 def test_any_family_by_changing_model_name(reproduced: Path, ray_address: str, name: str, tmp_path: Path):
     """Another family (the ResNet is the run above) by changing model.name only: the sweep's splits follow its stage
-    depths, ViT/Swin get img_size from data.image_size, every stage runs on it, and every sub-network of the
-    trained model exports to every format. One sweep trial and one epoch: the ResNet run checks convergence."""
+    depths, ViT/Swin get img_size from data.image_size, and every stage runs on it. One sweep trial and one epoch:
+    the ResNet run checks convergence; every family's validation is in test_config, its export in test_export."""
     from adaskip.config import load_params
     from adaskip.training import load_model
 
@@ -258,4 +242,3 @@ def test_any_family_by_changing_model_name(reproduced: Path, ray_address: str, n
     assert trained["split"] == net.split and net.split in params.tune_splits()
     grid = pd.read_csv(proj / "results" / "eval_grid.csv")
     assert len(grid) == 2 ** net.num_stages and grid.acc1.notna().all()
-    _export_every_configuration(proj / "models" / "model.pt")
