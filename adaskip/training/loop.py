@@ -189,11 +189,11 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None,
     trained: every sub-network by self-distillation (default), or one sub-network alone (see FitMode)."""
     epochs = epochs or params.train.epochs
     seed_everything(params.train.seed)
-    splits = load_subsets(params.data)
+    subsets = load_subsets(params.data)
     m = params.model
-    net = params.build_model(num_classes=splits.num_classes)
+    net = params.build_model(num_classes=subsets.num_classes)
     spec = net.spec
-    macs = {str(c): count_macs(net, c, (splits.in_chans, params.data.image_size, params.data.image_size)) for c in net.configs()}
+    macs = {str(c): count_macs(net, c, (subsets.in_chans, params.data.image_size, params.data.image_size)) for c in net.configs()}
     fmt = memory_format(params, net)
     net.to(env.device, memory_format=fmt)
     optimizer, scheduler = _optimizer_and_scheduler(net, params, epochs)
@@ -214,11 +214,11 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None,
     # each rank builds its own loaders: an explicit data.workers is per rank, the default shares this machine's
     # CPUs among the world_size ranks (assumed on one machine; on several nodes set data.workers)
     workers = resolve_workers(params.data, ranks=env.world_size)
-    train_loader = make_loader(splits.train, bs, shuffle=True, seed=params.train.seed, drop_last=True,
+    train_loader = make_loader(subsets.train, bs, shuffle=True, seed=params.train.seed, drop_last=True,
                                distributed=shard, num_workers=workers, device=env.device)
-    val_loader = make_loader(splits.val, params.evaluate.batch_size, shuffle=False, seed=0, distributed=shard,
+    val_loader = make_loader(subsets.val, params.evaluate.batch_size, shuffle=False, seed=0, distributed=shard,
                              num_workers=workers, device=env.device)
-    mixup = make_mixup(params, splits.num_classes, bs)
+    mixup = make_mixup(params, subsets.num_classes, bs)
     precision = Precision(params.train.precision)
     step = _step_fn(model, optimizer, params, precision, precision.scaler(env.device), mode)
     eval_net = ema.module if ema is not None else net
