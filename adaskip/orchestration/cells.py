@@ -174,8 +174,10 @@ def run_cells(cells: list[Cell], cache: Storage, tracker=None, parent_run_id: Op
     files = {c.key: cell_file(c) for c in cells}
     todo = unfinished(cells, cache)
     if len(todo) < len(cells):
-        log.info("%d of %d cells already done (kept from an interrupted run)", len(cells) - len(todo), len(cells))
-    pending, counter = {}, _EpochCounter.remote()
+        log.info("%d of %d cells already done (run ahead by an earlier stage, or kept from an interrupted run)",
+                 len(cells) - len(todo), len(cells))
+    pending = {}
+    counter = _EpochCounter.remote() if todo else None  # nothing to run: no Ray needed (nor started)
     for c in todo:
         target = None
         if tracker is not None:
