@@ -49,7 +49,8 @@ def run(params, args) -> str:
         write_csv(latency, LATENCY)
     done.remove()  # finished: nothing left to resume
     logging.getLogger("adaskip.evaluate").debug("\n%s", grid.to_string(index=False))  # every row: -v, or the CSV
-    sup, base = grid.sort_values("macs").iloc[-1], grid.sort_values("macs").iloc[0]
+    by_macs = grid.sort_values("macs")
+    sup, base = by_macs.iloc[-1], by_macs.iloc[0]
     return (f"{len(grid)} sub-networks on the test split: super {sup.acc1:.1f} % base {base.acc1:.1f} % "
             f"({base.macs / sup.macs:.0%} of the MACs), {int(grid.pareto.sum())} on the Pareto front -> {GRID}")
 

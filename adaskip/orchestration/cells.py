@@ -56,7 +56,8 @@ def run_ahead(cells: list[Cell], results: Mapping[str, str | os.PathLike]) -> li
         except FileNotFoundError:
             recorded = pd.Series([], dtype=str)
         if recorded is not None:
-            ahead += [c for c in cells if c.variant == variant and cell_hash(c) not in set(recorded)]
+            recorded = set(recorded)
+            ahead += [c for c in cells if c.variant == variant and cell_hash(c) not in recorded]
     return ahead
 
 
