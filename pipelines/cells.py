@@ -1,5 +1,5 @@
-"""Study stage `cells`: a study's variants, each over all its seeds, as Ray tasks (one per variant x seed), each
-trained and evaluated on the test split (adaptive-depth variants over all 2^S configurations, baselines at their
+"""Study stage `cells`: a study's variants, each over all its seeds, as Ray Train runs (one per variant x seed, as
+many at once as the cluster fits), each trained and evaluated on the test split (adaptive-depth variants over all 2^S configurations, baselines at their
 own). The study's dvc.yaml runs it once per variant (a DVC matrix stage), and DVC runs those stages one at a time:
 so the first stage also starts the cells of every other variant whose results are out of date, all at once on the
 cluster, and the later stages find theirs finished in the study's cache. Re-running an interrupted stage trains
@@ -18,6 +18,8 @@ def configure(parser) -> None:
                         "variant of the study)")
     parser.add_argument("--alone", action="store_true", help="run only the named variants' cells (default: also "
                         "start every other variant whose results file does not hold its current cells)")
+    parser.add_argument("--plan", action="store_true", help="print the plan for the attached cluster (cells, "
+                        "resources per cell, how many run at once, waves) and exit; exit 2 if a cell can never fit")
 
 
 def run(params, args) -> str:
@@ -25,14 +27,19 @@ def run(params, args) -> str:
     names = args.variant or list(spec.variants)
     every = cells(spec, params)  # every variant's params validated and its model checked before Ray starts
     outs = {v: cells_file(args.study, v) for v in names}
-    remove_outputs(*outs.values())
-    from adaskip.orchestration.cells import run_ahead, run_cells, unfinished
+    from adaskip.orchestration.cells import cluster_nodes, plan_cells, run_ahead, run_cells, unfinished
 
     ahead = [] if args.alone else run_ahead(every, {v: cells_file(args.study, v) for v in spec.variants if v not in names})
     todo = [c for c in every if c.variant in names] + ahead
     tracking = tracker(params)
     tags = mlflow_tags(spec, params)
     cache = storage(params).child(f"study-{spec.name}")
+    if args.plan:
+        if not (left := unfinished(todo, cache)):
+            return "nothing to run: every cell is in the study's cache"
+        start_ray(params, tracking.uri)
+        return plan_cells(left, cluster_nodes()).line() + f" ({len(todo) - len(left)} cells already done)"
+    remove_outputs(*outs.values())
     if unfinished(todo, cache):  # a stage whose cells an earlier stage ran ahead only collects them: no Ray
         start_ray(params, tracking.uri)
     with tracking.run(f"study-{spec.name}", tags, run_id=tracking.find_run(tags)) as parent:
@@ -40,8 +47,7 @@ def run(params, args) -> str:
         tracking.log_params(parent, {"study": spec.model_dump(mode="json", include={"name", "epochs"}),
                                      **params.model_dump(mode="json", include={"data", "model", "train", "evaluate"})})
         try:
-            rows = run_cells(todo, cache, tracking, parent, spec.cpus_per_cell,
-                             optional={c.variant for c in ahead})
+            rows = run_cells(todo, cache, tracking, parent, optional={c.variant for c in ahead})
         finally:
             tracking.end_leftovers(parent)
         for variant, out in outs.items():

@@ -1,10 +1,12 @@
 """An interrupted stage leaves no output DVC could take as valid and ends its MLflow run KILLED; the re-run
 resumes in the same MLflow run: `train` (SIGTERM) from its latest checkpoint, `tune` (Ctrl-C) with its
-finished trials kept (real processes, real Ray)."""
+finished trials kept, a study's `cells` (SIGTERM mid-cell) with only the remaining epochs trained (real processes,
+real Ray)."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,14 +25,14 @@ from conftest import ROOT, checkpoint_recorded, merge
 pytestmark = [pytest.mark.ray, pytest.mark.subprocess, pytest.mark.extended]
 
 
-def _stage(project: Path, stage: str = "train") -> subprocess.Popen:
+def _stage(project: Path, stage: str = "train", *args: str) -> subprocess.Popen:
     """The stage script in its own session (process group), as a terminal runs it: Ctrl-C = SIGINT to the group.
     SIGINT is handled by default there even if the test runner ignores it (a background job of a shell without job
     control, as CI may start it, passes an ignored SIGINT on to every child). Output goes to a file: a pipe nobody
     reads while the test polls fills up and blocks the stage."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     with open(project / f"{stage}.log", "w") as log:
-        return subprocess.Popen([sys.executable, str(ROOT / "pipelines" / f"{stage}.py")], cwd=project, env=env,
+        return subprocess.Popen([sys.executable, str(ROOT / "pipelines" / f"{stage}.py"), *args], cwd=project, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
@@ -67,12 +69,57 @@ def test_sigterm_during_train_then_resume(tmp_path: Path, tiny_raw: dict[str, An
     proc = _stage(tmp_path)
     assert proc.wait(timeout=900) == 0, _output(tmp_path)[-3000:]
     out = _output(tmp_path)
-    assert "resuming from epoch" in out
+    assert re.search(r"train-\w+: resumes after epoch \d of 6", out), out[-3000:]
     assert (tmp_path / "models" / "model.pt").is_file() and (tmp_path / "results" / "train_metrics.json").is_file()
     runs = tracker.client.search_runs([tracker.experiment_id])
     assert len(runs) == 1 and runs[0].info.status == FINISHED  # the same run, continued
     steps = sorted(m.step for m in tracker.client.get_metric_history(runs[0].info.run_id, "val_acc_super"))
     assert steps[-1] == 6 and len(steps) <= 7  # every epoch logged; at most the interrupted one twice
+
+
+def test_sigterm_mid_cell_then_the_study_trains_only_the_remaining_epochs(tmp_path: Path, tiny_raw: dict[str, Any]):
+    """A study stage stopped (SIGTERM) in the middle of its cells: exit 130, no results file, the cells' MLflow runs
+    KILLED. The re-run resumes each cell from its latest epoch checkpoint in the study's cache, says from which
+    epoch, trains only the epochs left, and logs into the same MLflow runs, each epoch once."""
+    epochs = 8
+    _project(tmp_path, tiny_raw, {"data": {"image_size": 32}})
+    study = {"name": "s", "seeds": [0, 1], "epochs": epochs, "overrides": {"train": {"workers": 1, "cpus_per_worker": 1}},
+             "variants": {"adn": {}}}
+    (tmp_path / "studies" / "s").mkdir(parents=True)
+    (tmp_path / "studies" / "s" / "study.yaml").write_text(yaml.safe_dump(study))
+    args = ("--study", "studies/s/study.yaml")
+    proc = _stage(tmp_path, "cells", *args)
+    deadline = time.time() + 900
+    while not checkpoint_recorded(tmp_path, ".ray_results/study-s/cell-*"):  # a cell's first epochs are in
+        assert proc.poll() is None and time.time() < deadline, _output(tmp_path, "cells")[-3000:]
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 130, _output(tmp_path, "cells")[-3000:]
+    first = _output(tmp_path, "cells")
+    assert "interrupted: outputs of this stage were not written" in first
+    assert not (tmp_path / "studies" / "s" / "results" / "cells" / "adn.csv").exists()
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", tiny_raw["mlflow"]["experiment"])
+    [parent] = tracker.client.search_runs([tracker.experiment_id], "tags.`adaskip.stage` = 'study'")
+    assert parent.info.status == KILLED and {r.info.status for r in tracker.children(parent.info.run_id)} == {KILLED}
+
+    proc = _stage(tmp_path, "cells", *args)
+    assert proc.wait(timeout=900) == 0, _output(tmp_path, "cells")[-3000:]
+    second = _output(tmp_path, "cells")[len(first):] if _output(tmp_path, "cells").startswith(first) else _output(tmp_path, "cells")
+    resumed = [int(m) for m in re.findall(rf"adn-seed\d: resumes after epoch (\d+) of {epochs}", second)]
+    assert resumed and all(0 < e < epochs for e in resumed), second[-3000:]
+    trained = len(re.findall(rf"epoch +\d+/{epochs} ", second))
+    kept = sum(resumed)
+    print(f"re-run: cells resumed after epochs {sorted(resumed)}; {trained} epochs trained of {2 * epochs}")
+    assert trained == 2 * epochs - kept, second[-3000:]  # only the epochs left
+    rows = pd.read_csv(tmp_path / "studies" / "s" / "results" / "cells" / "adn.csv")
+    assert sorted(rows.seed.unique()) == [0, 1]
+    [parent] = tracker.client.search_runs([tracker.experiment_id], "tags.`adaskip.stage` = 'study'")
+    children = tracker.children(parent.info.run_id)
+    assert parent.info.status == FINISHED and len(children) == 2 and {r.info.status for r in children} == {FINISHED}
+    for run in children:  # the same runs, continued: every epoch, each once
+        steps = sorted(m.step for m in tracker.client.get_metric_history(run.info.run_id, "val_acc_super"))
+        assert steps == list(range(1, epochs + 1)), steps
 
 
 def _trial_states(project: Path) -> dict[str, str]:

@@ -122,35 +122,3 @@ def test_parallel_grid_equals_in_process_grid(ray_cluster, tiny_params, tmp_path
     assert len(redone) == 2 ** (net.num_stages - 1) and saved[1].exists()
     pd.testing.assert_series_equal(again.acc1[redone], by_skip.acc1[redone])
 
-
-def test_study_cells_run_fail_and_resume(ray_cluster, tiny_params, mlflow_uri, tmp_path):
-    """Study cells as Ray tasks: an adaptive-depth variant over its whole grid, an individual baseline at its own
-    configuration, one MLflow child each; a diverging variant fails alone and names itself; re-running after
-    dropping it trains nothing again (finished cells are kept) and returns the same rows."""
-    from adaskip.errors import AdaskipError
-    from adaskip.orchestration.cells import run_cells
-    from adaskip.ablation.spec import StudySpec, cells
-
-    spec = StudySpec(name="s", seeds=[0, 1], epochs=1, variants={
-        "adn": {}, "ind_full": {"baseline": "super"}, "bad": {"overrides": {"train": {"lr": 1e30}}}})
-    tracker = Tracker(mlflow_uri, "t")
-    parent = tracker.start_run("study")
-    todo = cells(spec, tiny_params)
-    with pytest.raises(AdaskipError, match=r"2 study cell\(s\) failed") as err:
-        run_cells(todo, Storage(str(tmp_path / "cache")), tracker, parent)
-    # failures are listed in completion order: check each by name
-    assert "bad-seed0: TrainingDiverged: loss is nan" in str(err.value) and "bad-seed1: TrainingDiverged" in str(err.value)
-    assert "adn" not in str(err.value)
-    children = tracker.children(parent)
-    assert sorted((r.data.tags["variant"], r.info.status) for r in children) == [
-        ("adn", FINISHED), ("adn", FINISHED), ("bad", "FAILED"), ("bad", "FAILED"), ("ind_full", FINISHED), ("ind_full", FINISHED)]
-    good = [c for c in todo if c.variant != "bad"]
-    rows = run_cells(good, Storage(str(tmp_path / "cache")), tracker, parent)
-    assert len(tracker.children(parent)) == 6  # nothing re-trained
-    assert len(rows) == 2 * 16 + 2 * 1
-    assert set(rows[rows.variant == "ind_full"].skip) == {"FFFF"}
-    assert rows.groupby("variant").seed.nunique().to_dict() == {"adn": 2, "ind_full": 2}
-    assert rows.acc1.between(0, 100).all() and rows.ratio_mandatory.notna().all()
-    adn = next(r for r in children if r.data.tags["variant"] == "adn")
-    assert _history(tracker, adn.info.run_id, "ratio_skippable") == [1]  # the diagnostics, per epoch
-    assert adn.data.metrics["test_acc1_TTTT"] >= 0

@@ -147,26 +147,59 @@ def test_cells_validate_each_variant(tiny_params):
         study.cells(wrong, tiny_params)
 
 
-def test_kd_baseline_cell_trains_its_teacher_then_distils(tiny_params, mlflow_uri):
-    """A KD baseline cell (no Ray): its teacher is trained alone first (epochs logged as teacher_*), then the
-    baseline sub-network learns from it; it is another cell than the CE baseline (another hash, other weights)."""
-    from adaskip.orchestration.cells import cell_hash, run_cell
-    from adaskip.tracking import Tracker
+def _study_cells(tiny_params, overrides=None, **variants):
+    spec = study.StudySpec(name="s", seeds=[0, 1], epochs=1, overrides=overrides or {},
+                           variants={"adn": {}, **variants})
+    return study.cells(spec, tiny_params)
 
-    spec = study.StudySpec(name="s", seeds=[0], epochs=1, variants={
-        "adn": {}, "ind_base": {"baseline": "base"}, "kd_base": {"baseline": "base", "teacher": "super"}})
-    _, ce, kd = study.cells(spec, tiny_params)
-    assert cell_hash(kd) != cell_hash(ce)
-    tracker = Tracker(mlflow_uri, "t")
-    run = tracker.start_run("kd")
-    epochs: list[int] = []
-    rows = run_cell(kd, tracker, run, on_epoch=lambda: epochs.append(1))
-    assert list(rows.skip) == ["TTTT"] and rows.acc1.between(0, 100).all()
-    assert len(epochs) == 2  # the teacher's epoch and the baseline's: what the study's progress display counts
-    history = {m: len(tracker.client.get_metric_history(run, m)) for m in ("teacher_train_loss", "train_loss", "train_kd")}
-    assert history == {"teacher_train_loss": 1, "train_loss": 1, "train_kd": 1}, history
-    teacher_acc = tracker.client.get_run(run).data.metrics["teacher_val_acc_super"]
-    assert 0 <= teacher_acc <= 100
+
+CPU2 = {"a": {"CPU": 2.0, "GPU": 0.0}}
+
+
+def test_plan_fits_cells_by_the_resources_each_asks(tiny_params):
+    """How many cells run at once follows what each cell's worker group asks, on the nodes as they are: 1-CPU
+    workers, two hosts of 2 CPUs; 2-worker cells; GPUs."""
+    from adaskip.orchestration.cells import plan_cells
+
+    one = _study_cells(tiny_params, {"train": {"workers": 1, "cpus_per_worker": 1}}, ind={"baseline": "super"})
+    plan = plan_cells(one, CPU2)
+    assert (plan.cells, plan.at_once, plan.waves) == (4, 2, 2)
+    assert plan.line() == "plan: 4 cells, each 1 worker x 1 CPU; the cluster (1 node(s), 2 CPUs, 0 GPUs) runs 2 at once, 2 waves"
+    two_hosts = {"a": {"CPU": 2.0}, "b": {"CPU": 2.0}}
+    ddp = _study_cells(tiny_params, {"train": {"workers": 2, "cpus_per_worker": 0.9}})
+    assert (plan_cells(ddp, two_hosts).at_once, plan_cells(ddp, CPU2).at_once) == (2, 1)
+    assert plan_cells(ddp, {"a": {"CPU": 1.0}, "b": {"CPU": 1.0}}).at_once == 1  # a group may span both hosts
+    gpus = _study_cells(tiny_params, {"train": {"workers": 8, "use_gpu": True}})
+    eight = {f"n{i}": {"CPU": 16.0, "GPU": 8.0} for i in range(3)}
+    assert (plan_cells(gpus, eight).at_once, plan_cells(gpus, eight).waves) == (2, 1)
+    assert "each 8 workers x 1 GPU" in plan_cells(gpus, eight).line()
+
+
+@pytest.mark.parametrize("overrides, nodes, match", [
+    ({"train": {"workers": 8, "use_gpu": True}}, {"a": {"CPU": 8.0, "GPU": 4.0}},
+     r"study variant 'adn': a cell asks 8 workers x 1 GPU \(train.workers, train.use_gpu\) but the Ray cluster has "
+     r"8 CPUs and 4 GPUs on 1 node\(s\), so it could never start"),
+    ({"train": {"use_gpu": True}}, CPU2, r"train.use_gpu is true but the Ray cluster has no GPU"),
+    ({"evaluate": {"use_gpu": True}}, CPU2, r"evaluate.use_gpu is true but the Ray cluster has no GPU"),
+    ({"train": {"workers": 1, "cpus_per_worker": 3}}, {"a": {"CPU": 2.0}, "b": {"CPU": 2.0}},
+     r"1 worker x 3 CPU \(train.workers, train.cpus_per_worker\).*lower train.workers or train.cpus_per_worker"),
+])
+def test_plan_refuses_a_cell_that_can_never_run(tiny_params, overrides, nodes, match):
+    from adaskip.orchestration.cells import plan_cells
+
+    with pytest.raises(ConfigError, match=match):
+        plan_cells(_study_cells(tiny_params, overrides), nodes)
+
+
+def test_study_overrides_apply_to_every_cell_before_its_variant(tiny_params):
+    every = _study_cells(tiny_params, {"train": {"workers": 1, "alpha": 0.7}},
+                         mine={"overrides": {"train": {"alpha": 0.9}}})
+    assert {c.params.train.workers for c in every} == {1}
+    assert [c.params.train.alpha for c in every] == [0.7, 0.7, 0.9, 0.9]
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="cpus_per_cell is gone: a cell is a Ray Train run that asks train.workers"):
+        study.StudySpec.model_validate({"name": "s", "seeds": [0], "cpus_per_cell": 1, "variants": {"adn": {}}})
 
 
 def test_cell_hash_follows_what_a_cell_trains_with(tiny_params):
@@ -184,7 +217,9 @@ def test_cell_hash_follows_what_a_cell_trains_with(tiny_params):
     same = cell_hash(cell)
     assert changed(cluster={"storage": "/nfs/x"}, mlflow={"tracking_uri": "http://h:5000"},
                    tune={"num_samples": 9, "enabled": False}) == same
+    assert changed(train={"placement": "spread", "max_failures": 5}) == same  # where and how often it may restart
     assert changed(train={"alpha": 0.7}) != same and changed(train={"seed": 5}) != same
+    assert changed(train={"workers": 1}) != same  # another batch per worker: other results
 
 
 def test_run_ahead_picks_the_cells_later_stages_need(tiny_params, tmp_path):

@@ -50,8 +50,18 @@ class StudySpec(BaseModel):
     seeds: list[int] = Field(min_length=1)
     epochs: Optional[int] = Field(None, ge=1, description="per cell; null = train.epochs")
     reference: str = Field("adn", description="the variant compared against the baselines")
-    cpus_per_cell: float = Field(1.0, gt=0)
+    overrides: dict[str, Any] = Field({}, description="params.yaml sections every cell overrides before its variant's "
+                                      "own, e.g. what each cell's Ray Train run asks: {train: {workers: 8, use_gpu: true}}")
     variants: dict[str, Variant] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_cpus_per_cell(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "cpus_per_cell" in raw:
+            raise ValueError("cpus_per_cell is gone: a cell is a Ray Train run that asks train.workers x "
+                             "train.cpus_per_worker (or one GPU each with train.use_gpu); set them under the study's "
+                             "overrides, e.g. overrides: {train: {workers: 1, cpus_per_worker: 1}}")
+        return raw
 
     @field_validator("variants")
     @classmethod
@@ -117,7 +127,7 @@ def cells(spec: StudySpec, base: Params, variants: Optional[list[str]] = None) -
     for name, v in spec.variants.items():
         if variants and name not in variants:
             continue
-        merged = merge_params(raw, v.overrides)
+        merged = merge_params(merge_params(raw, spec.overrides), v.overrides)
         if spec.epochs:
             merged["train"]["epochs"] = spec.epochs
         source = f"study variant {name!r}"

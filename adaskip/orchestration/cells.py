@@ -1,44 +1,53 @@
-"""A study's cells (variant x seed) as Ray tasks: each trains in its own process, then evaluates its grid.
+"""A study's cells (variant x seed), each a Ray Train run as the ``train`` stage's, sharing the cluster.
 
-Ray schedules the cells on whatever cluster is attached (``RAY_ADDRESS``), ``cpus_per_cell`` each. A finished
-cell's rows are kept under the study's cache folder, named by the hash of the cell's params, so re-running an
-interrupted study trains only the cells that had not finished; a changed variant gets a new hash.
+A cell trains through :func:`adaskip.orchestration.train.run_training`: a TorchTrainer with the cell's own
+``train.workers``, ``cpus_per_worker`` / ``use_gpu``, ``placement`` and ``precision``, a checkpoint every epoch in the
+study's cache (the run named by the cell hash, so a re-run or a restarted worker group resumes it), the recurring-error
+policy, and each epoch logged once to the cell's MLflow child run. Its sub-network grid is then measured by one Ray
+task on the cell's device. The driver starts as many cells as the cluster's CPUs and GPUs fit (the plan) and queues
+the rest; each cell's trainer is driven from a thread of this process, so a lost worker host costs a worker-group
+restart from the latest checkpoint, never the study. A finished cell's rows are kept in the cache, named by the
+hash of the cell's params; its trained model (a KD baseline's teacher too) is kept there until the rows are.
 """
 from __future__ import annotations
 
-import functools
+import concurrent.futures as futures
 import hashlib
+import io
 import json
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Callable, Collection, Mapping, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Optional
 
 import pandas as pd
 import ray
 from tqdm.auto import tqdm
 
+from ..ablation.spec import Cell
+from ..config import ConfigError
 from ..console import duration, progress_bars
 from ..errors import AdaskipError, describe
-from ..ablation.spec import Cell
 from .grid import grid_accuracy
 from .storage import Storage
-from .train import TrackingTarget
+from .train import Alone, Progress, TrackingTarget, run_training
 
 if TYPE_CHECKING:
     from ..tracking import Tracker
-    from ..training import FitMode
 
 log = logging.getLogger(__name__)
 
 
 CELL_SECTIONS = {"data", "model", "train", "evaluate"}  # what a cell trains and evaluates with (its DVC params too)
+NOT_RESULTS = {"train": {"placement", "max_failures"}}  # where and how often it may restart: the same results
 
 
 def cell_hash(cell: Cell) -> str:
     """The identity of a cell's results: its params sections that change them (not where runs are tracked or
-    stored, nor the sweep's settings), its baseline and teacher."""
-    spec = {"params": cell.params.model_dump(mode="json", include=CELL_SECTIONS), "baseline": cell.baseline}
+    stored, the sweep's settings, the placement of its workers or its restart limit), its baseline and teacher."""
+    params = cell.params.model_dump(mode="json", include=CELL_SECTIONS, exclude=NOT_RESULTS)
+    spec = {"params": params, "baseline": cell.baseline}
     if cell.teacher:  # only when set: hashes of cells without a teacher stay as they were
         spec["teacher"] = cell.teacher
     blob = json.dumps(spec, sort_keys=True)
@@ -61,59 +70,115 @@ def run_ahead(cells: list[Cell], results: Mapping[str, str | os.PathLike]) -> li
     return ahead
 
 
-def run_cell(cell: Cell, tracker: Optional["Tracker"] = None, run_id: Optional[str] = None,
-             threads: int = 1, on_epoch: Callable[[], None] = lambda: None) -> pd.DataFrame:
-    """Train one cell in this process (adaptive-depth: self-distillation; baseline: CE on its one sub-network, or
-    KD from its teacher trained alone first), logging each epoch to ``run_id`` and calling ``on_epoch``, then
-    evaluate it on the test split: every configuration, or the baseline's own. One row per configuration."""
-    import torch
-
-    from ..data import load_subsets
-    from ..evaluation import complexity_table
-    from ..training import FitMode
-
-    torch.set_num_threads(threads)
-    p = cell.params
-    teacher = None
-    if cell.teacher:
-        _, net = _fit(cell, tracker, run_id, FitMode(alone=cell.teacher), on_epoch, "teacher_")
-        teacher = functools.partial(net, skip=cell.teacher)
-    metrics, model = _fit(cell, tracker, run_id, FitMode(alone=cell.baseline, teacher=teacher), on_epoch)
-    subsets = load_subsets(p.data)
-    configs = [cell.baseline] if cell.baseline else None
-    # an individually trained baseline keeps the statistics it was trained with
-    grid = grid_accuracy(model, subsets, p, configs, p.evaluate.recalibrate_bn and cell.baseline is None)
-    size = (subsets.in_chans, p.data.image_size, p.data.image_size)
-    grid = grid.merge(complexity_table(model, configs, size), on="skip")
-    ratios = {k: metrics[k] for k in ("ratio_mandatory", "ratio_skippable") if k in metrics}
-    return grid.assign(variant=cell.variant, seed=cell.seed, baseline=cell.baseline, **ratios, cell_hash=cell_hash(cell))
+def cell_file(cell: Cell) -> str:
+    """The cell's rows in the study's cache, named by its params hash."""
+    return f"{cell.key}-{cell_hash(cell)}.csv"
 
 
-def _fit(cell: Cell, tracker: Optional["Tracker"], run_id: Optional[str], mode: "FitMode",
-         on_epoch: Callable[[], None], prefix: str = ""):
-    """``fit`` in this process with each epoch's metrics logged to ``run_id`` (names prefixed) and ``on_epoch``
-    called; returns the last epoch's metrics and the trained model in eval mode."""
-    from ..training import WorkerEnv, build_from_spec, fit
-    from ..training.checkpoint import load_state
+def unfinished(cells: list[Cell], cache: Storage) -> list[Cell]:
+    """The cells whose rows are not in the study's cache yet."""
+    return [c for c in cells if not cache.exists(cell_file(c))]
 
-    final: dict = {}
 
-    def report(metrics: dict[str, float], state: Optional[dict]) -> None:
-        if tracker is not None:
-            tracker.log_metrics(run_id, {prefix + k: v for k, v in metrics.items()}, step=int(metrics["epoch"]))
-        if state is not None:
-            final.update(state)
-        on_epoch()
+# --- the plan: how many cells the cluster fits at once ---------------------------------------------------------------
 
-    metrics = fit(cell.params, WorkerEnv(report=report), mode=mode)
-    model = build_from_spec(final["spec"])
-    load_state(model, final.get("ema") or final["model"], f"{cell.key} {prefix}".strip())
-    return metrics, model.eval()
+Resources = dict[str, float]
 
+
+def worker_bundles(cell: Cell) -> list[Resources]:
+    """What a cell's Ray Train worker group asks: one bundle per worker (as ``make_trainer`` requests them)."""
+    t = cell.params.train
+    return [{"GPU": 1.0} if t.use_gpu else {"CPU": t.cpus_per_worker}] * t.workers
+
+
+def _fits(bundle: Resources, free: Resources) -> bool:
+    return all(free.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())
+
+
+def place(bundles: list[Resources], free: dict[str, Resources]) -> Optional[dict[str, Resources]]:
+    """Bundles placed first-fit on the nodes' ``free`` resources: what each node then has left, or None if they
+    do not fit (Ray's PACK and SPREAD are soft: a group may use any nodes with room)."""
+    left = {n: dict(r) for n, r in free.items()}
+    for b in bundles:
+        node = next((n for n, r in left.items() if _fits(b, r)), None)
+        if node is None:
+            return None
+        for k, v in b.items():
+            left[node][k] -= v
+    return left
+
+
+def release(bundles: list[Resources], free: dict[str, Resources], before: dict[str, Resources],
+            after: dict[str, Resources]) -> dict[str, Resources]:
+    """``free`` with what a finished cell held (``before`` minus ``after`` its placement) given back."""
+    return {n: {k: v + before.get(n, {}).get(k, 0.0) - after.get(n, {}).get(k, 0.0) for k, v in r.items()}
+            for n, r in free.items()}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a study runs on a cluster: its cells, what each asks, how many run at once and in how many waves."""
+
+    cells: int
+    per_cell: str
+    cluster: str
+    at_once: int
+    waves: int
+
+    def line(self) -> str:
+        return (f"plan: {self.cells} cells, each {self.per_cell}; the cluster ({self.cluster}) runs {self.at_once} at "
+                f"once, {self.waves} wave{'s' if self.waves != 1 else ''}")
+
+
+def _asks(cell: Cell) -> str:
+    t = cell.params.train
+    unit = "1 GPU" if t.use_gpu else f"{t.cpus_per_worker:g} CPU"
+    return f"{t.workers} worker{'s' if t.workers > 1 else ''} x {unit}"
+
+
+def plan_cells(cells: list[Cell], nodes: dict[str, Resources]) -> Plan:
+    """The plan for ``cells`` on ``nodes`` (node id -> its CPUs and GPUs). A cell that can never run there (more
+    than the cluster has, a GPU on a cluster without one) is a ConfigError naming the key, before any work."""
+    gpus = sum(r.get("GPU", 0.0) for r in nodes.values())
+    cpus = sum(r.get("CPU", 0.0) for r in nodes.values())
+    for c in cells:
+        t, where = c.params.train, f"study variant {c.variant!r}"
+        if t.use_gpu and gpus < 1:
+            raise ConfigError(f"{where}: train.use_gpu is true but the Ray cluster has no GPU: attach GPU nodes "
+                              "(RAY_ADDRESS) or set train.use_gpu: false")
+        if c.params.evaluate.use_gpu and gpus < 1:
+            raise ConfigError(f"{where}: evaluate.use_gpu is true but the Ray cluster has no GPU: attach GPU nodes "
+                              "(RAY_ADDRESS) or set evaluate.use_gpu: false")
+        if place(worker_bundles(c), nodes) is None:
+            unit = "train.use_gpu" if t.use_gpu else "train.cpus_per_worker"
+            raise ConfigError(f"{where}: a cell asks {_asks(c)} (train.workers, {unit}) but the Ray cluster has "
+                              f"{cpus:g} CPUs and {gpus:g} GPUs on {len(nodes)} node(s), so it could never start: lower "
+                              f"train.workers or {unit}, or attach nodes (RAY_ADDRESS)")
+    waves, queue, at_once = 0, list(cells), 0
+    while queue:  # every cell as long as the others: start all that fit, then they all finish
+        free, started = nodes, []
+        for c in queue:
+            if (left := place(worker_bundles(c), free)) is not None:
+                free = left
+                started.append(c)
+        queue = [c for c in queue if c not in started]
+        at_once = max(at_once, len(started))
+        waves += 1
+    kinds = sorted({_asks(c) for c in cells})
+    return Plan(len(cells), " or ".join(kinds), f"{len(nodes)} node(s), {cpus:g} CPUs, {gpus:g} GPUs", at_once, waves)
+
+
+def cluster_nodes() -> dict[str, Resources]:
+    """The CPUs and GPUs of every alive node of the attached Ray cluster."""
+    return {n["NodeID"]: {k: float(n["Resources"].get(k, 0.0)) for k in ("CPU", "GPU")}
+            for n in ray.nodes() if n.get("Alive")}
+
+
+# --- one cell ---------------------------------------------------------------------------------------------------------
 
 @ray.remote(num_cpus=0)
 class _EpochCounter:
-    """Epochs trained so far, per cell: the cell tasks add to it, the driver's progress display reads it."""
+    """Epochs trained so far, per cell: rank 0 of each cell adds to it, the driver's progress display reads it."""
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
@@ -130,86 +195,198 @@ def _epochs(cell: Cell) -> int:
     return cell.params.train.epochs * (2 if cell.teacher else 1)
 
 
-def _cell_task(cell: Cell, tracking: Optional[TrackingTarget], cache: Storage, out: str, threads: int,
-               counter: Optional[ray.actor.ActorHandle] = None) -> str:
-    from ..tracking import FAILED, FINISHED, Tracker
+def _cell_grid(model_file: dict[str, Any], cell: Cell, threads: int) -> pd.DataFrame:
+    """A Ray task: the trained cell's accuracy on the test split (every configuration, or the baseline's own), on
+    the GPU Ray gave it when the cell trains or evaluates on one, and MACs and params counted on the CPU."""
+    import torch
 
-    tracker = Tracker(tracking.uri, tracking.experiment) if tracking else None
-    run_id = tracking.run_id if tracking else None
-    if tracker is not None:  # where it ran: on a cluster, the node and host of each cell
-        ctx = ray.get_runtime_context()
-        tracker.set_tags(run_id, {"adaskip.node_id": ctx.get_node_id(), "adaskip.node_ip": ray.util.get_node_ip_address()})
+    from ..data import load_subsets
+    from ..evaluation import complexity_table
+    from ..training import build_from_spec
+    from ..training.checkpoint import load_state
+
+    torch.set_num_threads(threads)
+    p = cell.params
+    model = build_from_spec(model_file["spec"])
+    load_state(model, model_file["state_dict"], f"{cell.key} model")
+    model.eval()
+    subsets = load_subsets(p.data)
+    configs = [cell.baseline] if cell.baseline else None
+    cost = complexity_table(model, configs, (subsets.in_chans, p.data.image_size, p.data.image_size))
+    if _grid_gpus(cell):
+        model = model.to("cuda")
+    # an individually trained baseline keeps the statistics it was trained with
+    grid = grid_accuracy(model, subsets, p, configs, p.evaluate.recalibrate_bn and cell.baseline is None)
+    return grid.merge(cost, on="skip")
+
+
+def _grid_gpus(cell: Cell) -> int:
+    return 1 if cell.params.train.use_gpu or cell.params.evaluate.use_gpu else 0
+
+
+class _Cell:
+    """Trains and evaluates one cell from a thread of the driver; every file it keeps is in the study's cache."""
+
+    def __init__(self, cell: Cell, cache: Storage, tracker: Optional["Tracker"], run_id: Optional[str],
+                 counter: Any) -> None:
+        self.cell, self.cache, self.tracker, self.run_id = cell, cache, tracker, run_id
+        self.name = f"cell-{cell_hash(cell)}"
+        self.progress = Progress(counter, cell.key) if counter is not None else None
+
+    def _target(self) -> Optional[TrackingTarget]:
+        return TrackingTarget(self.tracker.uri, self.tracker.experiment, self.run_id) if self.tracker else None
+
+    def trained(self, suffix: str, alone: Optional[Alone], prefix: str = "") -> tuple[dict[str, float], dict]:
+        """The metrics and model file (spec, weights shipped: EMA or raw) of one Ray Train run of this cell: kept
+        in the cache once trained, so a re-run neither trains it again nor needs its checkpoints, which go then."""
+        import torch
+
+        name = self.name + suffix
+        if self.cache.exists(f"{name}.pt"):
+            kept = torch.load(io.BytesIO(self.cache.read_bytes(f"{name}.pt")), map_location="cpu", weights_only=True)
+            return kept["metrics"], kept
+        label = f"{self.cell.key}{' teacher' if prefix else ''}: "
+        metrics, state = run_training(self.cell.params, self.cache, name, self._target(), alone=alone, prefix=prefix,
+                                      progress=self.progress, label=label)
+        file = {"spec": state["spec"], "state_dict": state.get("ema") or state["model"],
+                "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        buf = io.BytesIO()
+        torch.save(file, buf)
+        self.cache.write_bytes(f"{name}.pt", buf.getvalue())
+        self.cache.remove(name)  # the run's checkpoints: the model file above is all a re-run needs
+        return metrics, file
+
+    def run(self) -> pd.DataFrame:
+        c = self.cell
+        alone = None
+        if c.baseline:
+            alone = Alone(c.baseline)
+            if c.teacher:  # trained alone first, kept, then distilled into the baseline
+                _, teacher = self.trained("-teacher", Alone(c.teacher), "teacher_")
+                alone = Alone(c.baseline, c.teacher, ray.put({k: teacher[k] for k in ("spec", "state_dict")}))
+        metrics, model = self.trained("", alone)
+        t = c.params.train
+        threads = max(1, round(t.cpus_per_worker)) if not t.use_gpu else 1
+        # held by this cell in the driver's plan while its workers are gone: the grid runs in the cell's room
+        grid = ray.remote(num_cpus=0 if _grid_gpus(c) else t.cpus_per_worker, num_gpus=_grid_gpus(c),
+                          max_retries=2)(_cell_grid)
+        rows = ray.get(grid.remote(model, c, threads))
+        ratios = {k: metrics[k] for k in ("ratio_mandatory", "ratio_skippable") if k in metrics}
+        rows = rows.assign(variant=c.variant, seed=c.seed, baseline=c.baseline, **ratios, cell_hash=cell_hash(c))
+        self.cache.write_csv(cell_file(c), rows)
+        for suffix in ("", "-teacher"):  # the rows are kept: the trained models are not needed any more
+            self.cache.remove(f"{self.name}{suffix}.pt")
+        return rows
+
+
+def _cell_run(tracker: Optional["Tracker"], cell: Cell, parent_run_id: Optional[str]) -> Optional[str]:
+    """The cell's MLflow child run: an interrupted one continued (its epochs logged once), else a new one."""
+    if tracker is None:
+        return None
+    tags = {"variant": cell.variant, "seed": str(cell.seed), "baseline": cell.baseline or "none",
+            "teacher": cell.teacher or "none", "adaskip.cell_hash": cell_hash(cell)}
+    run_id = tracker.find_run({"adaskip.cell_hash": cell_hash(cell)}, parent_run_id)
+    if run_id is not None:
+        return tracker.reopen(run_id)
+    run_id = tracker.start_run(cell.key, tags, parent_run_id)
+    tracker.log_params(run_id, cell.params.model_dump(mode="json", include=CELL_SECTIONS))
+    return run_id
+
+
+def _read(counter: Any, last: dict[str, int]) -> dict[str, int]:
+    """The epoch counts, or the last ones when the counter does not answer: progress never fails a study."""
     try:
-        on_epoch = (lambda: counter.add.remote(cell.key)) if counter is not None else (lambda: None)
-        rows = run_cell(cell, tracker, run_id, threads, on_epoch)
-    except Exception as e:
-        if tracker is not None:
-            tracker.set_tags(run_id, {"error": describe(e)})
-            tracker.end_run(run_id, FAILED)
-        raise
-    if tracker is not None:
-        tracker.log_table(run_id, rows, "grid.json")
-        tracker.log_metrics(run_id, {f"test_acc1_{r.skip}": r.acc1 for r in rows.itertuples()})
-        tracker.end_run(run_id, FINISHED)
-    cache.write_csv(out, rows)
-    return out
+        return ray.get(counter.read.remote(), timeout=5)
+    except Exception as e:  # noqa: BLE001
+        log.debug("progress counter unavailable: %s", describe(e))
+        return last
 
 
-def cell_file(cell: Cell) -> str:
-    """The cell's rows in the study's cache, named by its params hash."""
-    return f"{cell.key}-{cell_hash(cell)}.csv"
+def _counter() -> Any:
+    """The progress counter, on this driver's node: a worker host that dies takes nothing of the study with it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return _EpochCounter.options(scheduling_strategy=here).remote()
 
 
-def unfinished(cells: list[Cell], cache: Storage) -> list[Cell]:
-    """The cells whose rows are not in the study's cache yet."""
-    return [c for c in cells if not cache.exists(cell_file(c))]
-
-
-def run_cells(cells: list[Cell], cache: Storage, tracker=None, parent_run_id: Optional[str] = None,
-              cpus_per_cell: float = 1.0, optional: Collection[str] = ()) -> pd.DataFrame:
-    """Run every cell not already in ``cache`` as a Ray task (one MLflow child run each, under
-    ``parent_run_id``); returns the rows of the cells that finished. A failed cell fails the study after the
-    others finish, unless its variant is ``optional`` (run ahead for a later stage, which reports it). Progress:
-    on a terminal a bar of epochs trained with each running cell's epoch; otherwise a line per finished cell."""
-    task = ray.remote(num_cpus=cpus_per_cell, max_retries=1)(_cell_task)  # a dead worker's cell runs again
+def run_cells(cells: list[Cell], cache: Storage, tracker: Optional["Tracker"] = None,
+              parent_run_id: Optional[str] = None, optional: Collection[str] = ()) -> pd.DataFrame:
+    """Run every cell not already in ``cache`` (one MLflow child run each, under ``parent_run_id``), as many at once
+    as the cluster fits (the plan, logged first; a cell that can never fit is a ConfigError before any work);
+    returns the rows of the cells that finished. A failed cell fails the study after the others finish, unless its
+    variant is ``optional`` (run ahead for a later stage, which reports it). Progress: on a terminal a bar of
+    epochs trained with each running cell's epoch; otherwise a line per finished cell."""
     files = {c.key: cell_file(c) for c in cells}
     todo = unfinished(cells, cache)
     if len(todo) < len(cells):
         log.info("%d of %d cells already done (run ahead by an earlier stage, or kept from an interrupted run)",
                  len(cells) - len(todo), len(cells))
-    pending = {}
-    counter = _EpochCounter.remote() if todo else None  # nothing to run: no Ray needed (nor started)
-    for c in todo:
-        target = None
-        if tracker is not None:
-            run_id = tracker.start_run(c.key, {"variant": c.variant, "seed": str(c.seed), "baseline": c.baseline or "none",
-                                               "teacher": c.teacher or "none", "adaskip.cell_hash": cell_hash(c)}, parent_run_id)
-            tracker.log_params(run_id, c.params.model_dump(mode="json", include={"data", "model", "train", "evaluate"}))
-            target = TrackingTarget(tracker.uri, tracker.experiment, run_id)
-        pending[task.remote(c, target, cache, files[c.key], max(1, round(cpus_per_cell)), counter)] = c
     errors, failed = [], set()
-    kept = sum(_epochs(c) for c in cells) - sum(_epochs(c) for c in todo)
-    started, finished = time.perf_counter(), len(cells) - len(todo)
-    with tqdm(total=sum(_epochs(c) for c in cells), initial=kept, desc="study", unit="epoch",
-              disable=not progress_bars()) as bar:
-        while pending:
-            done, _ = ray.wait(list(pending), timeout=2.0)
-            counts = ray.get(counter.read.remote())  # a retried cell counts again: capped at its epochs
-            bar.n = kept + sum(min(counts.get(c.key, 0), _epochs(c)) for c in todo)
-            bar.set_postfix_str(", ".join(f"{c.key} {counts.get(c.key, 0)}/{_epochs(c)}" for c in pending.values()))
-            for ref in done:
-                cell = pending.pop(ref)
-                finished += 1
-                try:
-                    ray.get(ref)
-                except Exception as e:  # noqa: BLE001  (reported together once every cell has run)
-                    failed.add(cell.key)
-                    if cell.variant in optional:
-                        log.warning("cell %s (run ahead for its own stage) failed: %s", cell.key, describe(e))
-                    else:
-                        errors.append(f"{cell.key}: {describe(e)}")
-                log.info("cell %s %s (%d of %d cells, %s)", cell.key, "failed" if cell.key in failed else "done",
-                         finished, len(cells), duration(time.perf_counter() - started))
+    if todo:
+        errors, failed = _schedule(todo, len(cells), cache, tracker, parent_run_id, optional)
     if errors:
         raise AdaskipError(f"{len(errors)} study cell(s) failed (the others are kept; re-run to retry):\n" + "\n".join(errors))
     return pd.concat([cache.read_csv(files[c.key]) for c in cells if c.key not in failed], ignore_index=True)
+
+
+def _schedule(todo: list[Cell], total: int, cache: Storage, tracker: Optional["Tracker"],
+              parent_run_id: Optional[str], optional: Collection[str]) -> tuple[list[str], set[str]]:
+    """Start queued cells while the cluster has room for their workers, each driven from a thread; wait, report
+    and start more as they finish. Returns the error lines and the keys of the cells that failed."""
+    nodes = cluster_nodes()
+    plan = plan_cells(todo, nodes)
+    log.info("%s", plan.line())
+    runs: dict[str, Optional[str]] = {}  # each cell's MLflow run, created when the cell starts
+    counter = _counter()
+    pool = futures.ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="cell")
+    free, queue, running = dict(nodes), list(todo), {}
+    errors, failed, counts = [], set(), {}
+    started, finished = time.perf_counter(), total - len(todo)
+    try:
+        with tqdm(total=sum(_epochs(c) for c in todo), desc="study", unit="epoch", disable=not progress_bars()) as bar:
+            while queue or running:
+                for c in list(queue):  # in order, each that fits now
+                    if (left := place(worker_bundles(c), free)) is not None:
+                        runs[c.key] = _cell_run(tracker, c, parent_run_id)
+                        job = _Cell(c, cache, tracker, runs[c.key], counter)
+                        running[pool.submit(job.run)] = (c, free, left)
+                        free = left
+                        queue.remove(c)
+                done, _ = futures.wait(running, timeout=2.0, return_when=futures.FIRST_COMPLETED)
+                counts = _read(counter, counts)  # a restarted cell counts again: capped at its epochs
+                bar.n = sum(min(counts.get(c.key, 0), _epochs(c)) for c in todo)
+                bar.set_postfix_str(", ".join(f"{c.key} {counts.get(c.key, 0)}/{_epochs(c)}" for c, *_ in running.values()))
+                for f in done:
+                    cell, before, after = running.pop(f)
+                    free = release(worker_bundles(cell), free, before, after)
+                    finished += 1
+                    _finish(tracker, runs[cell.key], cell, f, errors, failed, optional)
+                    log.info("cell %s %s (%d of %d cells, %s)", cell.key, "failed" if cell.key in failed else "done",
+                             finished, total, duration(time.perf_counter() - started))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C: the process exits, its threads with it
+    return errors, failed
+
+
+def _finish(tracker: Optional["Tracker"], run_id: Optional[str], cell: Cell, f: futures.Future, errors: list[str],
+            failed: set[str], optional: Collection[str]) -> None:
+    """End a finished cell's MLflow run with its grid, or its error, and note a failure."""
+    from ..tracking import FAILED, FINISHED
+
+    try:
+        rows = f.result()
+    except Exception as e:  # noqa: BLE001  (reported together once every cell has run)
+        failed.add(cell.key)
+        if cell.variant in optional:
+            log.warning("cell %s (run ahead for its own stage) failed: %s", cell.key, describe(e))
+        else:
+            errors.append(f"{cell.key}: {describe(e)}")
+        if tracker is not None:
+            tracker.set_tags(run_id, {"error": describe(e)})
+            tracker.end_run(run_id, FAILED)
+        return
+    if tracker is not None:
+        tracker.log_table(run_id, rows, "grid.json")
+        tracker.log_metrics(run_id, {f"test_acc1_{r.skip}": r.acc1 for r in rows.itertuples()})
+        tracker.end_run(run_id, FINISHED)

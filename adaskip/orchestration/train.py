@@ -111,9 +111,26 @@ class _Trainer(TorchTrainer):
         return super()._initialize_and_run_controller(**controller_init_kwargs)
 
 
-def epoch_reporter(tracking: Optional[TrackingTarget], rank: int, api: ModuleType = ray.train):
-    """Per epoch: metrics to MLflow (rank 0), then metrics and rank 0's checkpoint state to ``api``
-    (``ray.train`` in a Train worker, ``ray.tune`` in an in-process Tune trial)."""
+@dataclass(frozen=True)
+class Progress:
+    """Where rank 0 counts its epochs for a driver's progress display: ``counter.add.remote(key)``. Only progress:
+    a counter that is gone (its node died) never fails the run."""
+
+    counter: Any  # a Ray actor handle with an ``add(key)`` method
+    key: str
+
+    def tick(self) -> None:
+        try:
+            self.counter.add.remote(self.key)
+        except Exception as e:  # noqa: BLE001  (progress must not fail training)
+            log.debug("progress counter unavailable: %s", describe(e))
+
+
+def epoch_reporter(tracking: Optional[TrackingTarget], rank: int, api: ModuleType = ray.train, prefix: str = "",
+                   progress: Optional[Progress] = None):
+    """Per epoch: metrics to MLflow (rank 0; names prefixed with ``prefix``, e.g. a KD baseline's ``teacher_``), a
+    tick to ``progress``, then metrics and rank 0's checkpoint state to ``api`` (``ray.train`` in a Train worker,
+    ``ray.tune`` in an in-process Tune trial)."""
     tracker, logged = None, set()
     nodes = _worker_nodes()  # every rank takes part (a collective)
     if tracking is not None and rank == 0:
@@ -125,7 +142,7 @@ def epoch_reporter(tracking: Optional[TrackingTarget], rank: int, api: ModuleTyp
         tracker.set_tags(tracking.run_id, {NODES_TAG: ",".join(sorted(seen | set(nodes)))})
         # A group killed after logging an epoch but before Ray recorded that epoch's checkpoint makes the restarted
         # group train the epoch again: it keeps the values first logged (each epoch once in the run's history).
-        logged = tracker.logged_steps(tracking.run_id, "epoch")
+        logged = tracker.logged_steps(tracking.run_id, prefix + "epoch")
 
     def report(metrics: dict[str, float], state: Optional[dict[str, Any]]) -> None:
         from ..training import save_atomic
@@ -135,7 +152,9 @@ def epoch_reporter(tracking: Optional[TrackingTarget], rank: int, api: ModuleTyp
             log.info("epoch %d trained again after a restart; its metrics were logged before", step)
             tracker.set_tags(tracking.run_id, {"adaskip.retrained_epoch": step})
         elif tracker is not None:
-            tracker.log_metrics(tracking.run_id, metrics, step=step)
+            tracker.log_metrics(tracking.run_id, {prefix + k: v for k, v in metrics.items()}, step=step)
+        if progress is not None and rank == 0:
+            progress.tick()
         if state is None:
             api.report(metrics)
             return
@@ -167,30 +186,70 @@ def latest_state(api: ModuleType = ray.train) -> Optional[dict[str, Any]]:
         return load_file_state(Path(d) / STATE_FILE)
 
 
+@dataclass(frozen=True)
+class Alone:
+    """What a baseline run trains (see ``FitMode``): sub-network ``skip`` alone, with CE, or distilled from a
+    teacher whose model file (``{"spec", "state_dict"}``) is in Ray's object store at ``teacher_ref``, taking
+    ``teacher``'s path through it."""
+
+    skip: str
+    teacher: Optional[str] = None
+    teacher_ref: Any = None  # a ray.ObjectRef of the teacher's model file
+
+    def fit_mode(self, params: Params, device: Any):
+        """The FitMode for ``fit`` in this worker, the teacher (if any) loaded on ``device``."""
+        import functools
+
+        from ..training import FitMode, build_from_spec
+        from ..training.checkpoint import load_state
+        from ..training.loop import memory_format
+
+        if self.teacher is None:
+            return FitMode(alone=self.skip)
+        file = ray.get(self.teacher_ref)
+        net = build_from_spec(file["spec"])
+        load_state(net, file["state_dict"], f"teacher {self.teacher}")
+        net = net.to(device, memory_format=memory_format(params, net)).eval()
+        return FitMode(alone=self.skip, teacher=functools.partial(net, skip=self.teacher))
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker."""
     import torch
 
-    from ..training import WorkerEnv, fit  # here, not at the top: Tune trial drivers need not import timm
+    from ..training import SELF_DISTILLATION, WorkerEnv, fit  # here, not at the top: Tune trial drivers need no timm
     params: Params = config["params"]  # validated by the driver (a frozen pydantic model pickles as it is)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
-    env = WorkerEnv(rank=rank, world_size=world, device=get_device(),
+    resume = latest_state()
+    epochs = config.get("epochs") or params.train.epochs
+    label = config.get("label") or f"{ctx.get_experiment_name()}: "
+    if resume is not None and rank == 0:  # which run, from where: a study says it per cell
+        log.info("%sresumes after epoch %d of %d (its latest checkpoint)", label, int(resume["epoch"]) + 1, epochs)
+    device = get_device()
+    alone: Optional[Alone] = config.get("alone")
+    env = WorkerEnv(rank=rank, world_size=world, device=device,
                     wrap=lambda m: prepare_model(m, parallel_strategy_kwargs={"find_unused_parameters": True}),
-                    report=epoch_reporter(config.get("tracking"), rank), resume_state=latest_state())
-    fit(params, env, epochs=config.get("epochs"))
+                    report=epoch_reporter(config.get("tracking"), rank, prefix=config.get("prefix", ""),
+                                          progress=config.get("progress")),
+                    resume_state=resume, label=config.get("label", ""))
+    fit(params, env, epochs=epochs, mode=alone.fit_mode(params, device) if alone else SELF_DISTILLATION)
 
 
 def make_trainer(params: Params, storage: Storage, name: str, tracking: Optional[TrackingTarget] = None,
-                 epochs: Optional[int] = None, workers: Optional[int] = None, callbacks: tuple = ()) -> TorchTrainer:
+                 epochs: Optional[int] = None, workers: Optional[int] = None, callbacks: tuple = (),
+                 alone: Optional[Alone] = None, prefix: str = "", progress: Optional[Progress] = None,
+                 label: str = "") -> TorchTrainer:
     """A TorchTrainer whose ``(storage, name)`` is deterministic, so re-running resumes it, and which does not
-    retry recurring errors."""
+    retry recurring errors. ``alone``: a baseline's one sub-network (default: self-distillation of them all);
+    ``prefix``: before every metric name logged to MLflow; ``progress``: where rank 0 counts its epochs;
+    ``label``: before each epoch line."""
     t = params.train
     n = workers or t.workers
     resources = {"GPU": 1} if t.use_gpu else {"CPU": t.cpus_per_worker}
     config = {"params": params, "tracking": tracking, "epochs": epochs,
-              "threads": max(1, round(t.cpus_per_worker))}
+              "threads": max(1, round(t.cpus_per_worker)), "alone": alone, "prefix": prefix, "progress": progress, "label": label}
     return _Trainer(
         train_loop_per_worker, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=n, use_gpu=t.use_gpu, resources_per_worker=resources,

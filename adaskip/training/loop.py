@@ -51,6 +51,7 @@ class WorkerEnv:
     wrap: Callable[[nn.Module], nn.Module] = lambda m: m
     report: ReportFn = lambda metrics, state: None
     resume_state: Optional[dict[str, Any]] = None
+    label: str = ""  # before each epoch line: which run it is when several train at once (a study's cells)
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None,
         if scheduler is not None and env.resume_state.get("scheduler"):
             scheduler.load_state_dict(env.resume_state["scheduler"])
         start = int(env.resume_state["epoch"]) + 1
-        log.info("resuming from epoch %d", start)
+        log.debug("resuming from epoch %d", start)  # rank 0 of a Ray Train run says it once, naming the run
     elif m.pretrained:  # a fresh start only: a resumed run's checkpoint wins; every rank loads the same file
         load_pretrained(net, m.pretrained, log, **spec["kwargs"])
     ema = make_ema(net, params, env.resume_state)  # after the resumed or pretrained weights are in
@@ -256,7 +257,7 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None,
         metrics.update(diagnostics(eval_net, val_loader, env, mode.alone))
         metrics.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"])
         if env.rank == 0:  # one line per epoch; every metric (per-block ratios too) goes to MLflow and DEBUG
-            log.info("%s", epoch_line(epoch + 1, epochs, metrics, time.perf_counter() - started))
+            log.info("%s%s", env.label, epoch_line(epoch + 1, epochs, metrics, time.perf_counter() - started))
         log.debug("epoch %d/%d rank %d %s", epoch + 1, epochs, env.rank, {k: round(v, 4) for k, v in metrics.items()})
         state = {"epoch": epoch, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict() if scheduler is not None else None, "spec": spec,
