@@ -90,10 +90,11 @@ def test_sigterm_mid_cell_then_the_study_trains_only_the_remaining_epochs(tmp_pa
     args = ("--study", "studies/s/study.yaml")
     proc = _stage(tmp_path, "cells", *args)
     deadline = time.time() + 900
-    while not checkpoint_recorded(tmp_path, ".ray_results/study-s/cell-*"):  # a cell's first epochs are in
+    # mid-cell: a few epochs in, and Ray Train has recorded a checkpoint
+    while not (re.search(rf"epoch +3/{epochs} ", _output(tmp_path, "cells"))
+               and checkpoint_recorded(tmp_path, ".ray_results/study-s/cell-*")):
         assert proc.poll() is None and time.time() < deadline, _output(tmp_path, "cells")[-3000:]
         time.sleep(0.5)
-    time.sleep(2)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=300) == 130, _output(tmp_path, "cells")[-3000:]
     first = _output(tmp_path, "cells")

@@ -177,7 +177,8 @@ def test_study_pipeline(reproduced: Path, ray_address: str, tmp_path: Path):
     study_dir = reproduced / "studies" / "ablation"
     study_dir.mkdir(parents=True)
     shutil.copy2(ROOT / "studies" / "ablation" / "dvc.yaml", study_dir / "dvc.yaml")
-    spec = {"name": "ablation", "seeds": [0, 1], "epochs": 1, "variants": {"adn": {}, "individual_full": {"baseline": "super"}}}
+    spec = {"name": "ablation", "seeds": [0, 1], "epochs": 1, "overrides": {"train": {"workers": 1, "cpus_per_worker": 1}},
+            "variants": {"adn": {}, "individual_full": {"baseline": "super"}}}
     (study_dir / "study.yaml").write_text(yaml.safe_dump(spec))
     git = ("git", "-c", "user.name=t", "-c", "user.email=t@t")
     _sh(reproduced, *git, "add", "-A")
@@ -186,6 +187,7 @@ def test_study_pipeline(reproduced: Path, ray_address: str, tmp_path: Path):
     ran = [line.split("'")[1].split(":")[-1] for line in r.stdout.splitlines() if line.startswith("Running stage")]
     assert sorted(ran) == ["cells@adn", "cells@individual_full", "compare"] and ran[-1] == "compare", r.stdout
     assert "(4 of 4 cells, " in r.stderr, r.stderr[-3000:]  # the driver's line per finished cell (adn's and those run ahead)
+    assert "plan: 4 cells, each 1 worker x 1 CPU; the cluster (1 node(s), 2 CPUs, 0 GPUs) runs 2 at once, 2 waves" in r.stderr
     res = study_dir / "results"
     adn, ind = (pd.read_csv(res / "cells" / f"{v}.csv") for v in ("adn", "individual_full"))
     assert len(adn) == 2 * 16 and set(ind.skip) == {"FFFF"} and sorted(ind.seed) == [0, 1]
