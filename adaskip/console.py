@@ -72,9 +72,24 @@ def is_ray_noise(line: str) -> bool:
     return any(p.search(line) for p in RAY_NOISE)
 
 
+def condense_tracebacks(lines: list[str]) -> list[str]:
+    """``lines`` without the frames of Python tracebacks: the line before one (Ray Train's "Error in training
+    function:", "Graceful shutdown of backend failed ...") and the exception line it ends with are kept. A worker
+    that dies with its host makes every other worker and its controller log one (Ray Train then restarts the group);
+    the stage reports what ends a run in one line, and ``-v`` or Ray's log files keep every frame."""
+    out, frames = [], False
+    for line in lines:
+        if line.startswith("Traceback (most recent call last):"):
+            frames = True
+        elif not (frames and (not line.strip() or line[0].isspace())):
+            frames = False
+            out.append(line)
+    return out
+
+
 def quiet_ray_output() -> bool:
-    """In a Ray driver: drop RAY_NOISE lines, and all of RAY_QUIET_ACTORS' output, from the worker output Ray
-    forwards to this process (what Ray's own
+    """In a Ray driver: drop RAY_NOISE lines, traceback frames (see condense_tracebacks) and all of RAY_QUIET_ACTORS'
+    output from the worker output Ray forwards to this process (what Ray's own
     settings cannot turn off: the Train placement-group watchdog runs outside Train's logging config). Ray's
     ``log_to_driver`` forwarder is one handler of its stdstream dispatcher; it is wrapped so each batch loses the
     noise lines first. No-op with ``ADASKIP_VERBOSE=1``, or when this Ray has no such handler; True when installed."""
@@ -91,7 +106,7 @@ def quiet_ray_output() -> bool:
     def quiet(data: dict) -> None:
         if data.get("actor_name") in RAY_QUIET_ACTORS:
             return
-        lines = [line for line in data.get("lines", []) if not is_ray_noise(line)]
+        lines = condense_tracebacks([line for line in data.get("lines", []) if not is_ray_noise(line)])
         if lines:
             handler({**data, "lines": lines})
 

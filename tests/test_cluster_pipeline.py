@@ -82,9 +82,9 @@ def cluster(two_hosts: TwoHosts):
     env = {"MLFLOW_TRACKING_URI": uri, **creds, "ADASKIP_STORAGE": str(th.shared / "ray")}
     for f, text in (("params.yaml", None), ("studies/ablation/study.yaml", yaml.safe_dump(STUDY))):
         for project in (th.project, th.host2_project):  # the same checkout on every node
-            if text is None:  # spread the two DDP workers over both hosts
+            if text is None:  # spread the two DDP workers over both hosts; 4 epochs (the INSPECT checks count them)
                 raw = yaml.safe_load((project / f).read_text())
-                raw["train"]["placement"] = "spread"
+                raw["train"].update(placement="spread", epochs=4)
                 text = yaml.safe_dump(raw, sort_keys=False)
             (project / f).write_text(text)
     yield th, env
@@ -283,7 +283,7 @@ def test_study_variants_run_at_once(cluster):
     variants = {"adn": {}, "individual_full": {"baseline": "super"}}
     times, each, spans = {}, [], {}
     for mode in ("alone", "ahead"):  # each its own study name: its own cache and MLflow parent
-        study = {**STUDY, "name": f"conc-{mode}", "seeds": [0], "epochs": 6, "variants": variants,
+        study = {**STUDY, "name": f"conc-{mode}", "seeds": [0], "epochs": 20, "variants": variants,
                  "overrides": {"train": {"workers": 1, "cpus_per_worker": 1}}}
         path = f"studies/{mode}/study.yaml"
         for project in (th.project, th.host2_project):

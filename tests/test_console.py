@@ -79,8 +79,25 @@ def test_quiet_ray_output_filters_the_forwarded_batches(monkeypatch):
     dispatcher.emit({"pid": 2, "lines": RAY_LINES[:2]})  # nothing left: nothing printed
     dispatcher.emit({"pid": 3, "actor_name": "PlacementGroupCleaner", "lines": ["Traceback (most recent call last):",
                      "ConnectionError: Found multiple active Ray instances"]})  # a Ray Train watchdog: all of it
-    dispatcher.emit({"pid": 4, "actor_name": "RayTrainWorker", "lines": ["Traceback (most recent call last):"]})
-    assert printed == [KEPT_LINES, ["Traceback (most recent call last):"]]
+    dispatcher.emit({"pid": 4, "actor_name": "RayTrainWorker", "lines": WORKER_TRACEBACK})
+    assert printed == [console.condense_tracebacks(KEPT_LINES), ["Error in training function:", "RuntimeError: Connection reset by peer [10.0.0.6]"]]
+
+
+# What a surviving DDP worker logs when its peer's host dies (Ray Train then restarts the group).
+WORKER_TRACEBACK = ["Error in training function:", "Traceback (most recent call last):",
+                    '  File "adaskip/training/loop.py", line 242, in fit', "    out, loss = step(images, targets)",
+                    "                ^^^^^^^^^^^^^^^^^^^^^^^", "", "RuntimeError: Connection reset by peer [10.0.0.6]"]
+
+
+def test_tracebacks_keep_their_heading_and_exception_lines():
+    assert console.condense_tracebacks(WORKER_TRACEBACK) == WORKER_TRACEBACK[:1] + WORKER_TRACEBACK[-1:]
+    chained = ["Traceback (most recent call last):", '  File "a.py", line 1, in <module>', "KeyError: 'x'", "",
+               "During handling of the above exception, another exception occurred:", "",
+               "Traceback (most recent call last):", '  File "a.py", line 3, in <module>', "ValueError: bad"]
+    assert console.condense_tracebacks(chained) == [
+        "KeyError: 'x'", "", "During handling of the above exception, another exception occurred:", "", "ValueError: bad"]
+    plain = ["epoch 1/2  loss 1.0", "  indented, outside any traceback"]
+    assert console.condense_tracebacks(plain) == plain
 
 
 def test_quiet_ray_output_is_off_when_verbose(monkeypatch):

@@ -108,7 +108,7 @@ def place(bundles: list[Resources], free: dict[str, Resources]) -> Optional[dict
     return left
 
 
-def release(bundles: list[Resources], free: dict[str, Resources], before: dict[str, Resources],
+def release(free: dict[str, Resources], before: dict[str, Resources],
             after: dict[str, Resources]) -> dict[str, Resources]:
     """``free`` with what a finished cell held (``before`` minus ``after`` its placement) given back."""
     return {n: {k: v + before.get(n, {}).get(k, 0.0) - after.get(n, {}).get(k, 0.0) for k, v in r.items()}
@@ -293,13 +293,16 @@ def _cell_run(tracker: Optional["Tracker"], cell: Cell, parent_run_id: Optional[
     return run_id
 
 
-def _read(counter: Any, last: dict[str, int]) -> dict[str, int]:
-    """The epoch counts, or the last ones when the counter does not answer: progress never fails a study."""
+def _read(counter: Any, last: dict[str, int]) -> tuple[dict[str, int], Any]:
+    """The epoch counts and the counter to ask next time: the last counts when it is busy, and no counter any more
+    once it is gone. Progress never fails a study."""
     try:
-        return ray.get(counter.read.remote(), timeout=5)
-    except Exception as e:  # noqa: BLE001
-        log.debug("progress counter unavailable: %s", describe(e))
-        return last
+        return ray.get(counter.read.remote(), timeout=5), counter
+    except ray.exceptions.GetTimeoutError:
+        return last, counter
+    except Exception as e:  # noqa: BLE001  (its node died, ...)
+        log.debug("progress counter unavailable, no more progress counts: %s", describe(e))
+        return last, None
 
 
 def _counter() -> Any:
@@ -339,12 +342,14 @@ def _schedule(todo: list[Cell], total: int, cache: Storage, tracker: Optional["T
     log.info("%s", plan.line())
     runs: dict[str, Optional[str]] = {}  # each cell's MLflow run, created when the cell starts
     counter = _counter()
+    reading = counter
     pool = futures.ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="cell")
     free, queue, running = dict(nodes), list(todo), {}
     errors, failed, counts = [], set(), {}
     started, finished = time.perf_counter(), total - len(todo)
+    bars = progress_bars()  # the epoch counts are read for the bar only
     try:
-        with tqdm(total=sum(_epochs(c) for c in todo), desc="study", unit="epoch", disable=not progress_bars()) as bar:
+        with tqdm(total=sum(_epochs(c) for c in todo), desc="study", unit="epoch", disable=not bars) as bar:
             while queue or running:
                 for c in list(queue):  # in order, each that fits now
                     if (left := place(worker_bundles(c), free)) is not None:
@@ -354,12 +359,14 @@ def _schedule(todo: list[Cell], total: int, cache: Storage, tracker: Optional["T
                         free = left
                         queue.remove(c)
                 done, _ = futures.wait(running, timeout=2.0, return_when=futures.FIRST_COMPLETED)
-                counts = _read(counter, counts)  # a restarted cell counts again: capped at its epochs
-                bar.n = sum(min(counts.get(c.key, 0), _epochs(c)) for c in todo)
-                bar.set_postfix_str(", ".join(f"{c.key} {counts.get(c.key, 0)}/{_epochs(c)}" for c, *_ in running.values()))
+                if bars and reading is not None:  # a restarted cell counts again: capped at its epochs
+                    counts, reading = _read(reading, counts)
+                    bar.n = sum(min(counts.get(c.key, 0), _epochs(c)) for c in todo)
+                    bar.set_postfix_str(", ".join(f"{c.key} {counts.get(c.key, 0)}/{_epochs(c)}"
+                                                  for c, *_ in running.values()))
                 for f in done:
                     cell, before, after = running.pop(f)
-                    free = release(worker_bundles(cell), free, before, after)
+                    free = release(free, before, after)
                     finished += 1
                     _finish(tracker, runs[cell.key], cell, f, errors, failed, optional)
                     log.info("cell %s %s (%d of %d cells, %s)", cell.key, "failed" if cell.key in failed else "done",
