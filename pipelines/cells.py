@@ -1,9 +1,9 @@
 """Study stage `cells`: a study's variants, each over all its seeds, as Ray Train runs (one per variant x seed, as
-many at once as the cluster fits), each trained and evaluated on the test split (adaptive-depth variants over all 2^S configurations, baselines at their
-own). The study's dvc.yaml runs it once per variant (a DVC matrix stage), and DVC runs those stages one at a time:
-so the first stage also starts the cells of every other variant whose results are out of date, all at once on the
-cluster, and the later stages find theirs finished in the study's cache. Re-running an interrupted stage trains
-only the cells that had not finished."""
+many at once as the cluster fits), each trained and evaluated on the test split (adaptive-depth variants over all
+2^S configurations, baselines at their own). The study's dvc.yaml runs it once per variant (a DVC matrix stage), and
+DVC runs those stages one at a time: so the first stage also starts the cells of every other variant whose results
+are out of date, all at once on the cluster, and the later stages find theirs finished in the study's cache.
+Re-running an interrupted stage resumes each unfinished cell from its latest epoch checkpoint."""
 from pathlib import Path
 
 from adaskip.files import write_csv

@@ -248,8 +248,8 @@ def make_trainer(params: Params, storage: Storage, name: str, tracking: Optional
     t = params.train
     n = workers or t.workers
     resources = {"GPU": 1} if t.use_gpu else {"CPU": t.cpus_per_worker}
-    config = {"params": params, "tracking": tracking, "epochs": epochs,
-              "threads": max(1, round(t.cpus_per_worker)), "alone": alone, "prefix": prefix, "progress": progress, "label": label}
+    config = {"params": params, "tracking": tracking, "epochs": epochs, "threads": max(1, round(t.cpus_per_worker)),
+              "alone": alone, "prefix": prefix, "progress": progress, "label": label}
     return _Trainer(
         train_loop_per_worker, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=n, use_gpu=t.use_gpu, resources_per_worker=resources,
