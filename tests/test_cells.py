@@ -21,7 +21,7 @@ def _steps(tracker: Tracker, run_id: str, key: str) -> list[int]:
 
 def test_cells_train_as_ray_train_runs_queue_fail_alone_and_are_kept(ray_cluster, tiny_params, mlflow_uri,
                                                                      tmp_path: Path, caplog):
-    """Four 1-worker cells on 2 CPUs: the plan runs two at once and queues the rest (no deadlock). The adaptive-depth
+    """Three 1-worker cells on 2 CPUs: the plan runs two at once and queues the third (no deadlock). The adaptive-depth
     cell is evaluated over its whole grid; the KD baseline's teacher is trained first by its own Ray Train run (its
     epochs logged as teacher_*), then distilled into the base-net; a diverging cell fails at once, alone, named (no
     restarts: a recurring error); every MLflow child has each epoch once and the node it trained on. Finished cells
@@ -31,8 +31,7 @@ def test_cells_train_as_ray_train_runs_queue_fail_alone_and_are_kept(ray_cluster
     from adaskip.orchestration.cells import cell_hash, run_cells
 
     spec = StudySpec(name="s", seeds=[0], epochs=2, overrides={"train": {"workers": 1, "cpus_per_worker": 1}}, variants={
-        "adn": {}, "kd": {"baseline": "base", "teacher": "super"}, "ind_full": {"baseline": "super"},
-        "bad": {"overrides": {"train": {"lr": 1e30}}}})
+        "adn": {}, "kd": {"baseline": "base", "teacher": "super"}, "bad": {"overrides": {"train": {"lr": 1e30}}}})
     todo = cells(spec, tiny_params)
     tracker = Tracker(mlflow_uri, "t")
     parent = tracker.start_run("study")
@@ -42,19 +41,19 @@ def test_cells_train_as_ray_train_runs_queue_fail_alone_and_are_kept(ray_cluster
         run_cells(todo, cache, tracker, parent)
     assert "bad-seed0: RecurringTrainingError" in str(err.value) and "loss is nan" in str(err.value), str(err.value)
     log = caplog.text
-    assert "plan: 4 cells, each 1 worker x 1 CPU; the cluster (1 node(s), 2 CPUs, 0 GPUs) runs 2 at once, 2 waves" in log
-    assert all(f"cell {c} " in log for c in ("adn-seed0 done", "kd-seed0 done", "ind_full-seed0 done", "bad-seed0 failed"))
+    assert "plan: 3 cells, each 1 worker x 1 CPU; the cluster (1 node(s), 2 CPUs, 0 GPUs) runs 2 at once, 2 waves" in log
+    assert all(f"cell {c} " in log for c in ("adn-seed0 done", "kd-seed0 done", "bad-seed0 failed"))
 
     runs = {r.data.tags["variant"]: r for r in tracker.children(parent)}
-    assert {v: r.info.status for v, r in runs.items()} == {"adn": FINISHED, "kd": FINISHED, "ind_full": FINISHED, "bad": FAILED}
+    assert {v: r.info.status for v, r in runs.items()} == {"adn": FINISHED, "kd": FINISHED, "bad": FAILED}
     node = ray.get_runtime_context().get_node_id()
-    for v in ("adn", "kd", "ind_full"):
+    for v in ("adn", "kd"):
         run = runs[v].info.run_id
         assert _steps(tracker, run, "val_acc_super") == [1, 2], v  # each epoch once
         assert runs[v].data.tags["adaskip.train_nodes"] == node and runs[v].data.tags["adaskip.cell_hash"]
     kd = runs["kd"].info.run_id
     assert _steps(tracker, kd, "teacher_train_loss") == [1, 2] and _steps(tracker, kd, "train_kd") == [1, 2]
-    assert "train_kd" not in runs["ind_full"].data.metrics and "teacher_train_loss" not in runs["ind_full"].data.metrics
+    assert "teacher_train_loss" not in runs["adn"].data.metrics
     assert runs["kd"].data.metrics["test_acc1_TTTT"] >= 0 and runs["adn"].data.metrics["test_acc1_FFFF"] >= 0
     good = [c for c in todo if c.variant != "bad"]
     left = sorted(p.name for p in (tmp_path / "cache").iterdir())
@@ -63,7 +62,6 @@ def test_cells_train_as_ray_train_runs_queue_fail_alone_and_are_kept(ray_cluster
     assert left == sorted([f"{c.key}-{cell_hash(c)}.csv" for c in good] + [f"cell-{cell_hash(bad)}"]), left
 
     rows = run_cells(good, cache, tracker, parent)
-    assert len(tracker.children(parent)) == 4  # nothing trained again
-    assert rows.groupby("variant").skip.apply(set).to_dict() == {"adn": set(rows[rows.variant == "adn"].skip),
-                                                                 "kd": {"TTTT"}, "ind_full": {"FFFF"}}
+    assert len(tracker.children(parent)) == 3  # nothing trained again
+    assert set(rows[rows.variant == "kd"].skip) == {"TTTT"}
     assert (rows.variant == "adn").sum() == 16 and rows.acc1.between(0, 100).all() and rows.ratio_mandatory.notna().all()
