@@ -17,10 +17,12 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchConfig, TorchTrainer, get_device, prepare_model
 from ray.train.torch.config import _TorchBackend  # no public hook runs in the workers before the process group
 from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy  # nor one chooses the policy
+from ray.train.v2._internal.execution.scaling_policy.fixed import FixedScalingPolicy  # ... or the scaling policy
 
 from ..config import Params
 from ..console import verbose
 from ..errors import AdaskipError, describe
+from .cluster import joins_cluster
 from .preflight import use_node_interface
 from .storage import Storage
 
@@ -105,9 +107,35 @@ class _RecurringErrorsFinal(DefaultFailurePolicy):
         return recurring_error(training_failed_error) is None and super()._is_retryable_error(training_failed_error)
 
 
+# Ray Train's default callbacks that start an actor per run that adaskip does not need (a study starts a run per cell;
+# each actor is a process importing Ray, 4-8 s of CPU with its helpers on 2 cores): the Ray Data manager (adaskip passes
+# no Ray Datasets; it also starts Ray Data's autoscaling coordinator, whose resource requests time out on a busy
+# machine and print a traceback) and the detached placement-group cleaner (for a controller that dies while its
+# driver lives on; the driver's end releases a run's placement group anyway, and a study's cells fail with it).
+_NOT_NEEDED = {"DatasetsCallback", "PlacementGroupCleanerCallback"}
+
+
+class _NoAutoscaler(FixedScalingPolicy):
+    """Ray Train's fixed-size scaling, without resource requests to a cluster autoscaler: a local Ray has none, and
+    each request (a detached actor's call with a short timeout) fails on a busy 2-core machine with a traceback."""
+
+    def after_controller_start(self, train_run_context) -> None:
+        pass
+
+    def _maybe_send_resource_request(self) -> None:
+        pass
+
+    def _cancel_resource_request(self) -> None:
+        pass
+
+
 class _Trainer(TorchTrainer):
     def _initialize_and_run_controller(self, **controller_init_kwargs):
         controller_init_kwargs["failure_policy"] = _RecurringErrorsFinal(self.run_config.failure_config)
+        if not joins_cluster():
+            controller_init_kwargs["scaling_policy"] = _NoAutoscaler(self.scaling_config)
+        controller_init_kwargs["callbacks"] = [c for c in controller_init_kwargs["callbacks"]
+                                               if type(c).__name__ not in _NOT_NEEDED]
         return super()._initialize_and_run_controller(**controller_init_kwargs)
 
 

@@ -1,0 +1,137 @@
+"""Benchmark: what a study cell costs as a Ray Train run, against the same training in one process.
+
+In one run, on one local Ray cluster sized to the real cores, the same cells (variants x seeds) train twice:
+  (A) as the study trains them: ``run_cells``, each cell a Ray Train run (controller, worker group, a checkpoint
+      every epoch) followed by its grid task, as many at once as the cores fit;
+  (B) each cell as one 1-CPU Ray task that trains with ``fit`` in its own process, then measures the same grid:
+      the in-process cells the study had before its cells became Ray Train runs (what ``make study``'s 7 min 23 s
+      was measured with).
+The order alternates over repetitions (A-B, B-A, ...) so drift in machine load hits both alike. It prints both wall
+times, the ratio A/B, and for A the CPU seconds of the processes Ray started, by kind (where the time goes).
+
+Example: python benchmarks/cell_overhead.py --variants 2 --seeds 1 --epochs 15
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's adaskip, wherever it is run from
+
+from adaskip.orchestration.cluster import configure_ray_env  # noqa: E402
+
+configure_ray_env()
+import psutil  # noqa: E402
+import ray  # noqa: E402
+
+from adaskip.ablation.spec import Cell, StudySpec, cells  # noqa: E402
+from adaskip.config import load_params  # noqa: E402
+from adaskip.orchestration.cells import _cell_grid, run_cells  # noqa: E402
+from adaskip.orchestration.storage import Storage  # noqa: E402
+
+VARIANTS = {"adn": {}, "individual_full": {"baseline": "super"}, "individual_base": {"baseline": "base"},
+            "no_skip_aware_norm": {"overrides": {"model": {"skip_aware_norm": False}}}}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--params", default=str(Path(__file__).resolve().parents[1] / "params.yaml"))
+    p.add_argument("--variants", type=int, default=2, choices=range(1, len(VARIANTS) + 1),
+                   help="variants of the study (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per variant (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=15, help="epochs per cell (default: %(default)s, the study's)")
+    p.add_argument("--cpus", type=int, default=os.cpu_count(), help="local Ray CPUs (default: %(default)s)")
+    p.add_argument("--reps", type=int, default=1, help="A/B repetition pairs (default: %(default)s)")
+    args = p.parse_args(argv)
+    for name in ("seeds", "epochs", "cpus", "reps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    return args
+
+
+def _in_process(cell: Cell) -> int:
+    """(B) one cell trained by ``fit`` in this task's process, then its grid: returns the grid's row count."""
+    import torch
+
+    from adaskip.training import SELF_DISTILLATION, FitMode, WorkerEnv, fit
+
+    torch.set_num_threads(1)
+    state: dict = {}
+    fit(cell.params, WorkerEnv(report=lambda metrics, s: state.update(s or {})),
+        mode=FitMode(alone=cell.baseline) if cell.baseline else SELF_DISTILLATION)
+    model = {"spec": state["spec"], "state_dict": state.get("ema") or state["model"]}
+    return len(_cell_grid(model, cell, 1))
+
+
+class _CpuByKind:
+    """CPU seconds of the processes started while it runs, summed by process title (sampled until each exits)."""
+
+    def __init__(self) -> None:
+        self.before = {p.pid for p in psutil.process_iter()}
+        self.last: dict[int, tuple[str, float]] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while not self.stop.is_set():
+            for p in psutil.process_iter(["name", "cpu_times"]):
+                if p.pid not in self.before and p.info["cpu_times"] is not None:
+                    self.last[p.pid] = (p.info["name"], p.info["cpu_times"].user + p.info["cpu_times"].system)
+            time.sleep(0.2)
+
+    def result(self) -> collections.Counter:
+        self.stop.set()
+        self.thread.join()
+        out: collections.Counter = collections.Counter()
+        for name, cpu in self.last.values():
+            out[name] += cpu
+        return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    names = list(VARIANTS)[:args.variants]
+    spec = StudySpec(name="bench", seeds=list(range(args.seeds)), epochs=args.epochs,
+                     overrides={"train": {"workers": 1, "cpus_per_worker": 1}}, variants={v: VARIANTS[v] for v in names})
+    every = cells(spec, load_params(args.params))
+    ray.init(num_cpus=args.cpus, include_dashboard=False, object_store_memory=300 * 2**20, configure_logging=False,
+             log_to_driver=False)
+    task = ray.remote(num_cpus=1)(_in_process)
+    sides = ("Ray Train cells", "in-process cells")
+    times: dict[str, list[float]] = {s: [] for s in sides}
+    cpu: collections.Counter = collections.Counter()
+    driver = psutil.Process()
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.reps):
+            for side in (sides if rep % 2 == 0 else sides[::-1]):
+                start, started_cpu = time.perf_counter(), driver.cpu_times()
+                if side == sides[0]:
+                    sampler = _CpuByKind()
+                    run_cells(every, Storage(f"{tmp}/{rep}"))
+                    cpu += sampler.result()
+                    cpu["driver (the stage process)"] += sum(driver.cpu_times()[:2]) - sum(started_cpu[:2])
+                else:
+                    ray.get([task.remote(c) for c in every])
+                times[side].append(time.perf_counter() - start)
+                print(f"rep {rep + 1}: {side}: {times[side][-1]:.1f} s", flush=True)
+    ray.shutdown()
+    a, b = (statistics.median(times[s]) for s in sides)
+    print(f"\n{len(every)} cells ({args.variants} variants x {args.seeds} seeds), {args.epochs} epochs, "
+          f"{args.cpus} CPUs, median of {args.reps}:")
+    print(f"  {sides[0]}: {a:.1f} s   {sides[1]}: {b:.1f} s   ratio {a / b:.2f}")
+    print(f"CPU seconds of the Ray Train cells' processes, per cell (of {args.reps} rep(s)):")
+    for name, s in cpu.most_common(12):
+        print(f"  {s / args.reps / len(every):7.1f}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
