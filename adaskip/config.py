@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .data import DataConfig
 from .errors import AdaskipError
+from .redact import credentials_in, redact
 
 if TYPE_CHECKING:
     from .models import AdaptiveDepthNet
@@ -172,6 +173,14 @@ class MlflowParams(_Section):
     registered_model: Optional[str] = Field("adaskip", description="Model Registry name the train stage registers the "
                                             "model under (a new version per run); null: not registered")
 
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_password(cls, v: Optional[str]) -> Optional[str]:
+        if v and credentials_in(v):
+            raise ValueError(f"{redact(v)} carries a credential: give the server's URL only and the password in "
+                             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), never in a file")
+        return v
+
 
 class ClusterParams(_Section):
     storage: Optional[str] = Field(None, description="where Ray persists checkpoints, Tune state and caches: a path "
@@ -184,6 +193,9 @@ class ClusterParams(_Section):
         scheme = v.split("://", 1)[0] if v and "://" in v else None
         if scheme not in (None, "s3", "gs", "gcs", "hdfs", "file"):
             raise ValueError(f"unsupported scheme {scheme!r}: use a path every node mounts or s3://bucket/prefix")
+        if v and credentials_in(v):
+            raise ValueError(f"{redact(v)} carries a credential: give only s3://bucket/prefix and the keys in "
+                             "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or an instance role), never in a file")
         return v
 
 
@@ -267,7 +279,7 @@ def format_errors(err: ValidationError, source: str) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
-        got = f" (got {e['input']!r})" if e["type"] not in ("extra_forbidden", "missing") and not isinstance(e["input"], dict) else ""
+        got = f" (got {redact(repr(e['input']))})" if e["type"] not in ("extra_forbidden", "missing") and not isinstance(e["input"], dict) else ""
         if e["type"] == "extra_forbidden":
             msg = "unknown key (misspelled? see params.yaml for the valid keys)"
         lines.append(f"{source}: {key + ': ' if key else ''}{msg}{got}")

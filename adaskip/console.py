@@ -7,6 +7,8 @@ import re
 import sys
 from typing import Mapping
 
+from .redact import redact
+
 VERBOSE_ENV = "ADASKIP_VERBOSE"    # "1": Ray's full output (set by a stage's -v, inherited by Ray's local workers)
 PROGRESS_ENV = "ADASKIP_PROGRESS"  # "1" / "0": progress bars on / off; unset: on when stderr is a terminal
 
@@ -106,7 +108,7 @@ def quiet_ray_output() -> bool:
     def quiet(data: dict) -> None:
         if data.get("actor_name") in RAY_QUIET_ACTORS:
             return
-        lines = condense_tracebacks([line for line in data.get("lines", []) if not is_ray_noise(line)])
+        lines = condense_tracebacks([redact(line) for line in data.get("lines", []) if not is_ray_noise(line)])
         if lines:
             handler({**data, "lines": lines})
 

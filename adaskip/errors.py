@@ -9,7 +9,9 @@ class AdaskipError(Exception):
 
 def describe(error: BaseException) -> str:
     """``TrainingDiverged: loss is nan ...``: the original error inside Ray's wrapper (``RayTaskError.cause``),
-    its last non-empty line, at most 300 characters (an MLflow tag, a line of a report)."""
+    its last non-empty line, credentials redacted, at most 300 characters (an MLflow tag, a line of a report)."""
+    from .redact import redact
+
     cause = getattr(error, "cause", None) or error
-    lines = [line for line in str(cause).splitlines() if line.strip()]
+    lines = [line for line in redact(str(cause)).splitlines() if line.strip()]
     return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:300]

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 from .config import Params, load_params
 from .console import VERBOSE_ENV, duration, verbose
 from .errors import AdaskipError
+from .redact import RedactingFilter, redact
 
 log = logging.getLogger("adaskip")
 
@@ -77,6 +78,8 @@ def main(description: str, run: Callable[[Params, argparse.Namespace], Optional[
         os.environ[VERBOSE_ENV] = "1"  # before Ray starts: its local workers inherit it
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for handler in logging.getLogger().handlers:  # no credential in a log line, -v's debug lines included
+        handler.addFilter(RedactingFilter())
     if not verbose():  # Ray's start-up and MLflow's database/registry notices: WARNING and above only
         logging.getLogger("ray").setLevel(logging.WARNING)
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers' level when imported
@@ -88,7 +91,7 @@ def main(description: str, run: Callable[[Params, argparse.Namespace], Optional[
             stage = os.environ.get("DVC_STAGE") or Path(sys.argv[0]).stem
             print(f"{stage}: {summary} in {duration(time.perf_counter() - started)}", flush=True)
     except AdaskipError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: outputs of this stage were not written; re-run to resume", file=sys.stderr)

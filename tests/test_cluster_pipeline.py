@@ -72,14 +72,19 @@ def cluster(two_hosts: TwoHosts):
     # the server's output to a file: a pipe nobody reads fills up (64 KiB of request logs) and then blocks the
     # server, which stops answering in the middle of the module
     server_log = (th.root / "mlflow-server.log").open("w")
+    # HTTPS with a self-signed pair (README "A tracking server"): every node verifies it with the certificate, in a
+    # folder both hosts read
     server = th.host1_popen(["python", "-m", "adaskip.tracking.server", "--host", th.host1.ip, "--port", "5000",
-                             "--state", str(th.root / "mlflow")], env=creds, stdout=server_log, stderr=subprocess.STDOUT)
-    uri = f"http://{th.host1.ip}:5000"
-    ready = th.host1_run(["python", "-c", f"import urllib.request, time\nfor _ in range(240):\n    try:\n"
-                          f"        urllib.request.urlopen('{uri}/health', timeout=1); break\n"
+                             "--state", str(th.root / "mlflow"), "--self-signed"], env=creds, stdout=server_log,
+                            stderr=subprocess.STDOUT)
+    uri, cert = f"https://{th.host1.ip}:5000", th.root / "mlflow" / "tls" / "server.crt"
+    ready = th.host1_run(["python", "-c", f"import ssl, urllib.request, time\nfor _ in range(240):\n    try:\n"
+                          f"        urllib.request.urlopen('{uri}/health', timeout=1, context="
+                          f"ssl.create_default_context(cafile='{cert}')); break\n"
                           f"    except OSError: time.sleep(0.5)\nelse: raise SystemExit('no server')"], timeout=180)
     assert ready.returncode == 0, (th.root / "mlflow-server.log").read_text()[-3000:] + ready.stderr
-    env = {"MLFLOW_TRACKING_URI": uri, **creds, "ADASKIP_STORAGE": str(th.shared / "ray")}
+    env = {"MLFLOW_TRACKING_URI": uri, **creds, "MLFLOW_TRACKING_SERVER_CERT_PATH": str(cert),
+           "ADASKIP_STORAGE": str(th.shared / "ray")}
     for f, text in (("params.yaml", None), ("studies/ablation/study.yaml", yaml.safe_dump(STUDY))):
         for project in (th.project, th.host2_project):  # the same checkout on every node
             if text is None:  # spread the two DDP workers over both hosts; 4 epochs (the INSPECT checks count them)
@@ -113,6 +118,7 @@ def test_doctor_passes_with_the_guide_settings(cluster):
     print(r.stdout)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     assert "2 node(s) of the cluster at RAY_ADDRESS" in r.stdout and r.stdout.count(": ok") == 2
+    assert r.stdout.count("tracking server's certificate verified against MLFLOW_TRACKING_SERVER_CERT_PATH") == 2
     r = th.host1_run(["adaskip", "doctor"], env={**env, "MLFLOW_TRACKING_PASSWORD": "wrong-password-123"}, timeout=300)
     assert r.returncode == 1 and r.stdout.count("refused this client's credentials") == 2, r.stdout + r.stderr[-2000:]
 
@@ -120,9 +126,13 @@ def test_doctor_passes_with_the_guide_settings(cluster):
 def test_clients_without_credentials_or_token_are_refused(cluster):
     th, env = cluster
     uri = env["MLFLOW_TRACKING_URI"]
+    trust = {"MLFLOW_TRACKING_SERVER_CERT_PATH": env["MLFLOW_TRACKING_SERVER_CERT_PATH"]}
     r = th.host2_run(["python", "-c", f"from mlflow.tracking import MlflowClient\n"
-                      f"MlflowClient('{uri}').search_experiments()"], timeout=120)
+                      f"MlflowClient('{uri}').search_experiments()"], env=trust, timeout=120)
     assert r.returncode != 0 and "401" in r.stderr, r.stderr[-2000:]
+    # with the password but without the certificate: refused before sending it
+    r = th.host2_run(["adaskip", "doctor"], env={**env, "MLFLOW_TRACKING_SERVER_CERT_PATH": None}, timeout=300)
+    assert r.returncode != 0 and "certificate does not verify" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
     r = th.host2_run(["python", "-c", "import ray; ray.init(); print('CONNECTED')"], env={"RAY_AUTH_TOKEN": None},
                      timeout=120)
     assert r.returncode != 0 and "CONNECTED" not in r.stdout

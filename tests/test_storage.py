@@ -3,64 +3,14 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 import pytest
 
 from adaskip.config import ConfigError, parse_params
-from adaskip.orchestration.storage import Storage
+from adaskip.orchestration.storage import Storage, StorageError
+from conftest import BUCKET
 
-BUCKET = "adaskip-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[dict[str, str]]:
-    """moto's S3-compatible server on 127.0.0.1 with one bucket; yields the AWS environment a client needs."""
-    port = _free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1)
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("moto_server did not start")
-            time.sleep(0.2)
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_REGION": "us-east-1"}
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
-    try:
-        yield env
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-@pytest.fixture
-def s3_env(s3_server, monkeypatch) -> dict[str, str]:
-    for k, v in s3_server.items():
-        monkeypatch.setenv(k, v)
-    return s3_server
 
 
 def _roundtrip(store: Storage) -> None:
@@ -99,6 +49,18 @@ def test_s3_storage_through_an_s3_api_server(s3_env):
     store = Storage.resolve(f"s3://{BUCKET}/runs", "/nonexistent")
     assert store.uri == f"s3://{BUCKET}/runs" and not store.is_local_path and store.path == f"{BUCKET}/runs"
     _roundtrip(store)
+    # the keys come from each process's own environment: never in its pickle (Ray's and Tune's state hold them)
+    assert s3_env["AWS_SECRET_ACCESS_KEY"].encode() not in pickle.dumps(store) + pickle.dumps(store.filesystem)
+
+
+def test_credentials_in_a_storage_uri_are_refused(monkeypatch):
+    monkeypatch.setenv("ADASKIP_STORAGE", "s3://AKIDEXAMPLE:wJalrXUtnFEMI@bucket/runs")
+    with pytest.raises(StorageError) as e:
+        Storage.resolve(None, "/x")
+    assert "s3://***@bucket/runs carries a credential" in str(e.value) and "wJalr" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"cluster\.storage: s3://\*\*\*@b/x carries a credential") as e:
+        parse_params({"cluster": {"storage": "s3://k:wJalrXUtnFEMI@b/x"}})
+    assert "wJalr" not in str(e.value)
 
 
 @pytest.mark.subprocess

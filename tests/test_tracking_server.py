@@ -1,13 +1,14 @@
 """The tracking server (adaskip.tracking.server), for real: PostgreSQL, `mlflow server --serve-artifacts`, an MLflow
-client over HTTP; on a non-loopback address (in a network namespace of its own) with basic auth."""
+client over HTTP; on a non-loopback address (in a network namespace of its own) with basic auth over HTTPS (a
+self-signed certificate), and plain HTTP refused there."""
 from __future__ import annotations
 
 import os
-import random
 import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -59,20 +60,21 @@ def server_env(with_creds: bool) -> dict[str, str]:
 
 
 def start(state: Path, host: str, port: int, log: Path, env: dict[str, str],
-          prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+          prefix: tuple[str, ...] = (), *args: str) -> subprocess.Popen:
     cmd = [*prefix, sys.executable, "-m", "adaskip.tracking.server", "--state", str(state), "--host", host,
-           "--port", str(port), "--workers", "1"]
+           "--port", str(port), "--workers", "1", *args]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
 
 
-def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 90) -> str:
+def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 90,
+               context: Optional[ssl.SSLContext] = None) -> str:
     """Wait for /health, then return the server's ready line."""
     deadline = time.monotonic() + timeout
     while True:
         assert proc.poll() is None, f"server exited {proc.returncode}:\n{log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, f"no /health within {timeout} s:\n{log.read_text()[-3000:]}"
         try:
-            urllib.request.urlopen(f"{url}/health", timeout=2).close()
+            urllib.request.urlopen(f"{url}/health", timeout=2, context=context).close()
             break
         except OSError:
             time.sleep(0.5)
@@ -160,59 +162,76 @@ def test_non_loopback_server_requires_credentials(state: Path, tmp_path: Path) -
     assert not (state / "s").exists()  # nothing was started
 
 
-@pytest.fixture
-def netns() -> Iterator[tuple[str, str]]:
-    """A network namespace with a veth pair to this one: (namespace, the namespace's address). The address is
-    outside the private ranges MLflow allows by default, so reaching it also tests the module's --allowed-hosts."""
-    if os.geteuid() != 0 or not shutil.which("ip"):
-        pytest.skip("network namespaces need root and iproute2")
-    used = subprocess.run(["ip", "-br", "addr"], capture_output=True, text=True).stdout
-    net = next(f"198.18.{n}" for n in random.sample(range(1, 255), 254) if f"198.18.{n}." not in used)
-    ns, host_if, ns_if = f"adaskip-ts{os.getpid()}", f"as{os.getpid() % 100000}h", f"as{os.getpid() % 100000}n"
-    steps = [["ip", "netns", "add", ns], ["ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if],
-             ["ip", "link", "set", ns_if, "netns", ns], ["ip", "addr", "add", f"{net}.2/24", "dev", host_if],
-             ["ip", "link", "set", host_if, "up"],
-             ["ip", "netns", "exec", ns, "ip", "addr", "add", f"{net}.1/24", "dev", ns_if],
-             ["ip", "netns", "exec", ns, "ip", "link", "set", ns_if, "up"],
-             ["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]]
-    try:
-        for step in steps:
-            done = subprocess.run(step, capture_output=True, text=True)
-            if done.returncode != 0:
-                pytest.skip(f"cannot set up a network namespace ({' '.join(step)}: {done.stderr.strip()})")
-        yield ns, f"{net}.1"
-    finally:
-        subprocess.run(["ip", "link", "del", host_if], capture_output=True)  # also removes the peer
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+def test_non_loopback_server_without_tls_is_refused(state: Path) -> None:
+    """Beyond loopback, basic auth over plain HTTP would send the password in clear: refused unless --insecure."""
+    done = subprocess.run([sys.executable, "-m", "adaskip.tracking.server", "--state", str(state / "s"),
+                           "--host", "198.18.0.1"], env=server_env(with_creds=True),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: --host 198.18.0.1 is not a loopback address: serve HTTPS"), done.stderr
+    assert "--self-signed" in done.stderr and "--insecure" in done.stderr and PASSWORD not in done.stderr
 
 
-def http_status(url: str, auth: Optional[tuple[str, str]] = None) -> int:
+def http_status(url: str, auth: Optional[tuple[str, str]] = None, context: Optional[ssl.SSLContext] = None) -> int:
     headers = {"Authorization": "Basic " + b64encode(":".join(auth).encode()).decode()} if auth else {}
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10, context=context) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except OSError:  # reset by the server
+        pass
+    return data
 
 
 def test_non_loopback_server_authenticates(state: Path, tmp_path: Path, netns: tuple[str, str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
 
+    from adaskip.tracking import TrackingError, check_reachable
+
     ns, addr = netns
     port, log = free_port(), tmp_path / "server.log"
-    proc = start(state, addr, port, log, server_env(with_creds=True), prefix=("ip", "netns", "exec", ns))
+    proc = start(state, addr, port, log, server_env(with_creds=True), ("ip", "netns", "exec", ns), "--self-signed")
     try:
-        url = f"http://{addr}:{port}"
-        assert wait_ready(proc, url, log) == f"MLFLOW_TRACKING_URI={url}"
+        url = f"https://{addr}:{port}"
+        cert = state / "tls" / "server.crt"
+        assert wait_ready(proc, url, log, context=ssl._create_unverified_context()) == f"MLFLOW_TRACKING_URI={url}"
+        assert proc.stdout.readline().strip() == f"MLFLOW_TRACKING_SERVER_CERT_PATH={cert}"
+        trusted = ssl.create_default_context(cafile=str(cert))
         ini = state / "auth" / "basic_auth.ini"
         assert ini.stat().st_mode & 0o777 == 0o600 and PASSWORD not in ini.read_text()
+        assert (state / "tls" / "server.key").stat().st_mode & 0o777 == 0o600
 
         api = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
-        assert http_status(api) == 401
-        assert http_status(api, (USER, "wrong-password-5678")) == 401
-        assert http_status(api, (USER, PASSWORD)) == 200
+        # a client without the certificate is refused before it sends anything
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            http_status(api, (USER, PASSWORD))
+        monkeypatch.delenv("MLFLOW_TRACKING_SERVER_CERT_PATH", raising=False)
+        with pytest.raises(TrackingError, match="certificate does not verify.*MLFLOW_TRACKING_SERVER_CERT_PATH"):
+            check_reachable(url)
+        # plain HTTP to the HTTPS port: no HTTP answer, nothing of the store, the password not echoed
+        with socket.create_connection((addr, port), timeout=10) as s:
+            token = b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+            s.sendall(f"GET /api/2.0/mlflow/experiments/search HTTP/1.1\r\nHost: {addr}\r\n"
+                      f"Authorization: Basic {token}\r\n\r\n".encode())
+            answer = _read_all(s)
+        assert not answer.startswith(b"HTTP/1.1 200") and b"experiments" not in answer
+        assert PASSWORD.encode() not in answer and token.encode() not in answer
 
+        assert http_status(api, context=trusted) == 401
+        assert http_status(api, (USER, "wrong-password-5678"), context=trusted) == 401
+        assert http_status(api, (USER, PASSWORD), context=trusted) == 200
+
+        monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(cert))  # MLflow's client and adaskip's check
+        check_reachable(url)
         monkeypatch.setenv(CREDS[0], USER)
         monkeypatch.setenv(CREDS[1], PASSWORD)
         client = mlflow.MlflowClient(tracking_uri=url)

@@ -48,6 +48,7 @@ def configure_ray_env() -> None:
 # of the job: a node on another host reaches them with the same settings and credentials (Ray's token keeps them
 # from anyone outside the cluster).
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                 "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_INSECURE_TLS",
                  "ADASKIP_STORAGE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
                  "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "ADASKIP_VERBOSE", "ADASKIP_PROGRESS",
                  "MLFLOW_LOGGING_LEVEL")
@@ -74,7 +75,11 @@ def init_ray(num_cpus: int | None = None) -> None:
         env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
         ray.init(log_to_driver=True, runtime_env={"env_vars": env} if env else None)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, object_store_memory=300 * 2**20,
+        cpus = num_cpus or os.cpu_count() or 1
+        # idle worker processes Ray keeps (default: one per CPU, the rest killed after 1 s idle): a study's Ray
+        # Train actors keep more than that busy, so a finished grid task's process, torch imported, would go
+        os.environ.setdefault("RAY_num_workers_soft_limit", str(2 * cpus + 4))
+        ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=300 * 2**20,
                  log_to_driver=True, configure_logging=False)
     quiet_ray_output()  # Ray's repeated status lines out of the forwarded worker output (ADASKIP_VERBOSE=1: all)
     # Ray's core worker installs a C-level SIGTERM handler that aborts the process; put the stage's own back, so

@@ -24,7 +24,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..config import Params
 from ..errors import AdaskipError
-from .storage import Storage
+from .storage import Storage, s3_credential_source
 
 PACKAGES = ("torch", "timm", "ray", "mlflow")
 LOCAL_TRACKING = ("sqlite:", "file:")
@@ -53,10 +53,12 @@ class NodeReport:
     ip: str
     hostname: str
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was verified how: TLS, where S3 credentials come from
 
     def line(self) -> str:
         where = f"node {self.ip} ({self.hostname}, {self.node_id[:8]})"
-        return f"{where}: " + ("ok" if not self.problems else "; ".join(self.problems))
+        notes = f" ({'; '.join(self.notes)})" if self.notes else ""
+        return f"{where}: " + ("ok" if not self.problems else "; ".join(self.problems)) + notes
 
 
 @functools.lru_cache(maxsize=1)
@@ -115,7 +117,20 @@ def _check_node(expect: Expect) -> NodeReport:
                                "requirements.lock on every node")
     report.problems += _tracking_problems(expect, ip) + _storage_problems(expect, ip) + _data_problems(expect)
     report.problems += _network_problems(ip)
+    if expect.tracking_uri.startswith("https://") and not any("tracking server" in p for p in report.problems):
+        report.notes.append(_tls_note())
+    if expect.storage.uri.startswith("s3://"):  # the source, never the value
+        report.notes.append(f"S3 credentials: {s3_credential_source()}")
     return report
+
+
+def _tls_note() -> str:
+    from ..tracking import CERT_ENV
+
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        return "tracking server's certificate NOT verified (MLFLOW_TRACKING_INSECURE_TLS=true)"
+    trusted = f"{CERT_ENV}={os.environ[CERT_ENV]}" if os.environ.get(CERT_ENV) else "the system's CAs"
+    return f"tracking server's certificate verified against {trusted}"
 
 
 def _tracking_problems(expect: Expect, ip: str) -> list[str]:

@@ -18,14 +18,43 @@ from urllib.parse import urlparse
 import pandas as pd
 import pyarrow.fs as pafs
 
+from ..errors import AdaskipError
+from ..redact import credentials_in, redact
+
 ENV = "ADASKIP_STORAGE"
 DEFAULT_FOLDER = ".ray_results"
 
 
+class StorageError(AdaskipError):
+    """A storage URI adaskip will not use as given."""
+
+
+def check_uri(uri: str, where: str = ENV) -> None:
+    """Refuse a storage URI that carries a credential: Ray persists the storage path with every run and trial."""
+    if credentials_in(uri):
+        raise StorageError(f"{where}: {redact(uri)} carries a credential in the URI; give only s3://bucket/prefix and "
+                           "the keys in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or an instance role)")
+
+
+def s3_credential_source() -> str:
+    """Where the AWS SDK's default chain finds this process's S3 credentials, in its order (never their value)."""
+    env = os.environ
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return "environment (AWS_ACCESS_KEY_ID" + (", AWS_SESSION_TOKEN)" if env.get("AWS_SESSION_TOKEN") else ")")
+    shared = Path(env.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")).expanduser()
+    if shared.is_file():
+        return f"shared credentials file {shared} (profile {env.get('AWS_PROFILE', 'default')})"
+    if env.get("AWS_WEB_IDENTITY_TOKEN_FILE") and env.get("AWS_ROLE_ARN"):
+        return "web identity (AWS_ROLE_ARN, e.g. a Kubernetes service account)"
+    if env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") or env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        return "container role (AWS_CONTAINER_CREDENTIALS_*)"
+    return "instance role (EC2 instance metadata), if the node has one"
+
+
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem and the path inside it. S3 credentials and endpoint are read here, from this process's
-    environment, and travel with the (pickled) filesystem to Ray tasks and workers on other nodes, as Ray's own
-    ``storage_filesystem`` does."""
+    """The filesystem and the path inside it. S3 credentials come from the AWS SDK's default chain in the process
+    that opens it (the environment, ~/.aws, a web identity such as a Kubernetes service account, an instance role),
+    never from here: a filesystem given keys would carry them in its pickle, into Ray's and Tune's state."""
     url = urlparse(uri)
     if url.scheme == "s3":
         env = os.environ.get
@@ -34,9 +63,7 @@ def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         if endpoint:
             ep = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
             kwargs = {"endpoint_override": ep.netloc, "scheme": ep.scheme}
-        fs = pafs.S3FileSystem(access_key=env("AWS_ACCESS_KEY_ID"), secret_key=env("AWS_SECRET_ACCESS_KEY"),
-                               session_token=env("AWS_SESSION_TOKEN"), region=env("AWS_REGION") or env("AWS_DEFAULT_REGION"),
-                               **kwargs)
+        fs = pafs.S3FileSystem(region=env("AWS_REGION") or env("AWS_DEFAULT_REGION"), **kwargs)
         return fs, f"{url.netloc}{url.path}".rstrip("/")
     if url.scheme:
         return pafs.FileSystem.from_uri(uri)
@@ -45,17 +72,22 @@ def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 @dataclass(frozen=True)
 class Storage:
-    """A storage location; picklable with its filesystem, so Ray tasks on any node open the same place."""
+    """A storage location. It pickles as its URI, so a Ray task on any node opens the same place with that node's
+    own credentials."""
 
     uri: str
     filesystem: pafs.FileSystem = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
     path: str = field(default="", compare=False, repr=False)  # the root inside ``filesystem`` (Ray's storage_path)
 
     def __post_init__(self) -> None:
+        check_uri(self.uri)
         if self.filesystem is None:
             fs, path = _filesystem(self.uri)
             object.__setattr__(self, "filesystem", fs)
             object.__setattr__(self, "path", path)
+
+    def __reduce__(self):
+        return Storage, (self.uri,)
 
     @classmethod
     def resolve(cls, configured: Optional[str], root: str | os.PathLike) -> "Storage":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -48,26 +49,39 @@ def _train_in_process(params: Params, epochs: int, tracking: TrackingTarget) -> 
     fit(params, WorkerEnv(report=epoch_reporter(tracking, 0, tune), resume_state=latest_state(tune)), epochs=epochs)
 
 
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of a sweep shares besides its hyperparameters. Tune persists it with the experiment (each
+    trial's params.pkl): addresses and names only, no credential; a trial opens the storage with its own."""
+
+    uri: str  # the tracking server's address (its login stays in the environment)
+    experiment: str
+    parent_run_id: str
+    epochs: int
+    workers: int
+    storage_uri: str
+
+
 def _trial(config: dict[str, Any]) -> None:
     """Tune trial driver: train with this trial's hyperparameters, in its own MLflow child run."""
     from ..tracking import FAILED, FINISHED, Tracker
 
     ctx = tune.get_context()
     params = _trial_params(config["base"], config)
-    s = config["setup"]
-    tracker = Tracker(s["uri"], s["experiment"])
+    s: TrialSetup = config["setup"]
+    tracker = Tracker(s.uri, s.experiment)
     tags = {"trial_id": ctx.get_trial_id()}
-    run_id = tracker.find_run(tags, s["parent_run_id"])  # a resumed sweep continues its interrupted trials' runs
-    run_id = tracker.reopen(run_id) if run_id else tracker.start_run(f"trial-{ctx.get_trial_id()}", tags, s["parent_run_id"])
-    tracker.log_params(run_id, {**{k: v for k, v in config.items() if k not in ("base", "setup")}, "workers": s["workers"]})
-    target = TrackingTarget(s["uri"], s["experiment"], run_id)
+    run_id = tracker.find_run(tags, s.parent_run_id)  # a resumed sweep continues its interrupted trials' runs
+    run_id = tracker.reopen(run_id) if run_id else tracker.start_run(f"trial-{ctx.get_trial_id()}", tags, s.parent_run_id)
+    tracker.log_params(run_id, {**{k: v for k, v in config.items() if k not in ("base", "setup")}, "workers": s.workers})
+    target = TrackingTarget(s.uri, s.experiment, run_id)
     try:
-        if s["workers"] == 0:
-            _train_in_process(params, s["epochs"], target)
+        if s.workers == 0:
+            _train_in_process(params, s.epochs, target)
         else:
             configure_ray_env()  # this trial drives a Ray Train run of its own (its controller reads them)
-            result = make_trainer(params, s["storage"], f"train-{ctx.get_trial_id()}", target, epochs=s["epochs"],
-                                  workers=s["workers"], callbacks=(TuneReportCallback(),)).fit()
+            result = make_trainer(params, Storage(s.storage_uri), f"train-{ctx.get_trial_id()}", target,
+                                  epochs=s.epochs, workers=s.workers, callbacks=(TuneReportCallback(),)).fit()
             if result.error is not None:
                 raise result.error
         tracker.end_run(run_id, FINISHED)
@@ -100,8 +114,7 @@ def run_sweep(params: Params, storage: Storage, name: str, uri: str, experiment:
         "temperature": tune.uniform(*t.temperature),
         "split": tune.choice(splits) if (splits := params.tune_splits(net)) else params.model.split,
         "base": params.model_dump(mode="json"),
-        "setup": {"uri": uri, "experiment": experiment, "parent_run_id": parent_run_id, "epochs": t.epochs,
-                  "workers": t.workers, "storage": storage},
+        "setup": TrialSetup(uri, experiment, parent_run_id, t.epochs, t.workers, storage.uri),
         **(space or {}),
     }
     # In-process trials hold their CPUs themselves; Train trials only drive and leave CPUs to their workers.

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 import subprocess
 import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pandas as pd
 
 from ..console import verbose
 from ..errors import AdaskipError
+from ..redact import credentials_in
 
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 # MLflow 3's experiment kind: model training opens the UI on the runs table (not the GenAI traces overview)
@@ -56,21 +59,54 @@ def _quiet_model_logging() -> Iterator[None]:
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = saved
 
 
+def _login_to_env(uri: str) -> str:
+    """``http://user:pass@host`` in MLFLOW_TRACKING_URI: the login moves to MLFLOW_TRACKING_USERNAME/PASSWORD (what
+    the user set there wins) and the URI loses it, so what adaskip passes to workers and trials, and prints, holds
+    the server's address only."""
+    parts = urlsplit(uri)
+    login, _, host = parts.netloc.rpartition("@")
+    user, _, password = login.partition(":")
+    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(user))
+    os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(password))
+    os.environ["MLFLOW_TRACKING_URI"] = clean = urlunsplit(parts._replace(netloc=host))
+    return clean
+
+
 def resolve_uri(configured: Optional[str], root: str | os.PathLike) -> str:
     """``MLFLOW_TRACKING_URI`` wins, then params.yaml's ``mlflow.tracking_uri``, then an absolute
     ``sqlite:///<root>/mlflow.db`` (absolute: Ray workers run with another cwd)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
+    if uri and credentials_in(uri):  # only the environment's can (params.yaml's is refused): see _login_to_env
+        uri = _login_to_env(uri)
     if uri and "://" not in uri:  # a bare path: make it absolute
         uri = Path(uri).resolve().as_uri()
     return uri or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
+CERT_ENV = "MLFLOW_TRACKING_SERVER_CERT_PATH"  # MLflow's own: the certificate (or CA bundle) clients verify with
+
+
+def tls_context() -> ssl.SSLContext:
+    """How MLflow's client verifies an HTTPS tracking server: against ``MLFLOW_TRACKING_SERVER_CERT_PATH`` if set,
+    else the system's CAs (``MLFLOW_TRACKING_INSECURE_TLS=true``: not at all)."""
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        return ssl._create_unverified_context()  # noqa: S323 (the user's explicit choice, as in MLflow)
+    return ssl.create_default_context(cafile=os.environ.get(CERT_ENV) or None)
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, before any training, when a tracking server does not answer."""
+    """Fail fast, before any training, when a tracking server does not answer or its certificate does not
+    verify."""
     if uri.startswith(("http://", "https://")):
         try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout)  # noqa: S310 (user's own server)
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout,  # noqa: S310 (user's own server)
+                                   context=tls_context() if uri.startswith("https://") else None)
         except OSError as e:
+            if isinstance(getattr(e, "reason", e), ssl.SSLCertVerificationError):
+                raise TrackingError(f"MLflow tracking server {uri}: its certificate does not verify "
+                                    f"({getattr(e, 'reason', e).verify_message}): set {CERT_ENV} to the server's "
+                                    "certificate (the tracking server's --self-signed prints it) or its CA bundle"
+                                    ) from None
             raise TrackingError(f"MLflow tracking server {uri} is unreachable ({e}); start it or unset "
                                 "MLFLOW_TRACKING_URI / mlflow.tracking_uri to use the local store") from None
 

@@ -6,9 +6,12 @@ Runs in the foreground. PostgreSQL keeps its data in STATE/pg and listens only o
 (no TCP port); ``mlflow server --serve-artifacts`` keeps artifacts in STATE/artifacts (or --artifacts), so
 clients need nothing but HTTP to the server. A host other than loopback requires MLFLOW_TRACKING_USERNAME and
 MLFLOW_TRACKING_PASSWORD in the environment: they become the admin of MLflow's basic-auth app (its ini and user
-database in STATE/auth, mode 0700; the password is passed in the environment, never written). Prints
-``MLFLOW_TRACKING_URI=http://HOST:PORT`` once the server answers; SIGTERM/SIGINT stop MLflow, then PostgreSQL.
-Re-running with the same state folder reuses its data.
+database in STATE/auth, mode 0700; the password is passed in the environment, never written), and HTTPS
+beyond loopback: --certfile/--keyfile, or --self-signed (a pair made for this machine's names in STATE/tls), or
+plain HTTP only when told --insecure (the password would cross the network in clear). Prints
+``MLFLOW_TRACKING_URI=https://HOST:PORT`` (then, for a self-signed pair, ``MLFLOW_TRACKING_SERVER_CERT_PATH=...``,
+what clients verify it with) once the server answers; SIGTERM/SIGINT stop MLflow, then PostgreSQL. Re-running with
+the same state folder reuses its data.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -30,6 +34,7 @@ import urllib.error
 import urllib.request
 from base64 import b64encode
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -55,10 +60,11 @@ class _Stop(Exception):
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m adaskip.tracking.server", description=__doc__.split("\n\n")[0],
-        epilog="Clients set MLFLOW_TRACKING_URI=http://HOST:PORT (plus MLFLOW_TRACKING_USERNAME/PASSWORD when the "
-               "server authenticates). A host other than loopback (also 0.0.0.0) requires those two variables in "
-               "this command's environment: they become the basic-auth admin the first time the state folder is "
-               "used (later changes of the password go through MLflow's update-password API).")
+        epilog="Clients set MLFLOW_TRACKING_URI=https://HOST:PORT (plus MLFLOW_TRACKING_USERNAME/PASSWORD when the "
+               "server authenticates, and MLFLOW_TRACKING_SERVER_CERT_PATH for a certificate their system does not "
+               "trust). A host other than loopback (also 0.0.0.0) requires those two variables in this command's "
+               "environment: they become the basic-auth admin the first time the state folder is used (later "
+               "changes of the password go through MLflow's update-password API), and TLS (or --insecure).")
     p.add_argument("--state", type=Path, default=Path(".mlflow-server"),
                    help="folder for PostgreSQL's data (pg/), artifacts and auth files; reused when it exists "
                         "(default: %(default)s)")
@@ -75,6 +81,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--allowed-hosts", default="",
                    help="extra comma-separated Host header values clients may use (DNS names of this machine) "
                         "for a non-loopback host; the host address and this machine's name are allowed anyway")
+    tls = p.add_argument_group("TLS (required beyond loopback unless --insecure)")
+    tls.add_argument("--certfile", type=Path, help="serve HTTPS with this certificate chain (PEM; with --keyfile)")
+    tls.add_argument("--keyfile", type=Path, help="the certificate's private key (PEM)")
+    tls.add_argument("--self-signed", action="store_true",
+                     help="serve HTTPS with a self-signed certificate for this machine's names and --allowed-hosts, "
+                          "made once in STATE/tls; clients set MLFLOW_TRACKING_SERVER_CERT_PATH=STATE/tls/server.crt")
+    tls.add_argument("--insecure", action="store_true",
+                     help="serve plain HTTP beyond loopback: the password crosses the network in clear (a network "
+                          "only you use, or TLS terminated in front of this server)")
     return p.parse_args(argv)
 
 
@@ -105,6 +120,75 @@ def credentials(host: str) -> Optional[tuple[str, str]]:
         raise ServerError(f"--host {host} is not a loopback address: set {USER_ENV} and {PASSWORD_ENV} (the "
                           "basic-auth admin; MLflow wants a password of 12 or more characters) in the environment")
     return user, password
+
+
+def tls_pair(args: argparse.Namespace, state: Path) -> Optional[tuple[Path, Path]]:
+    """The certificate and key to serve HTTPS with, or None for plain HTTP (loopback, or --insecure)."""
+    if bool(args.certfile) != bool(args.keyfile):
+        raise ServerError("--certfile and --keyfile go together (the certificate chain and its private key)")
+    if args.certfile and args.self_signed:
+        raise ServerError("--self-signed makes its own pair: give it or --certfile/--keyfile, not both")
+    if args.certfile:
+        for f in (args.certfile, args.keyfile):
+            if not f.is_file():
+                raise ServerError(f"{f}: no such file")
+        return args.certfile.resolve(), args.keyfile.resolve()
+    if args.self_signed:
+        names = ["localhost", "127.0.0.1", *public_names(args.host, args.allowed_hosts)]
+        if is_wildcard(args.host):  # clients may come by any address of this machine
+            names += socket.gethostbyname_ex(socket.gethostname())[2]
+        return self_signed_pair(state / "tls", names)
+    if not is_loopback(args.host) and not args.insecure:
+        raise ServerError(f"--host {args.host} is not a loopback address: serve HTTPS (--certfile/--keyfile, or "
+                          "--self-signed for a lab cluster), or pass --insecure to send the password in clear")
+    return None
+
+
+def self_signed_pair(folder: Path, names: list[str]) -> tuple[Path, Path]:
+    """STATE/tls/server.{crt,key}: a self-signed certificate (its own CA) for ``names``, made once and reused while
+    it covers them (a new name makes a new pair; clients then need the new certificate)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    cert, key = folder / "server.crt", folder / "server.key"
+    sans = [x509.IPAddress(ipaddress.ip_address(n.strip("[]"))) if _is_ip(n) else x509.DNSName(n)
+            for n in dict.fromkeys(names) if n]
+    if cert.is_file() and key.is_file():
+        have = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value
+        if set(sans) <= set(have):
+            return cert, key
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"adaskip tracking server {socket.gethostname()}")])
+    now = datetime.now(timezone.utc)
+    public = private.public_key()
+    built = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(public)
+             .serial_number(x509.random_serial_number())
+             .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=825))
+             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+             .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, content_commitment=False,
+                                          key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                          crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
+             .sign(private, hashes.SHA256()))
+    write_private(key, private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()).decode())
+    cert.write_bytes(built.public_bytes(serialization.Encoding.PEM))
+    return cert, key
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return True
+    except ValueError:
+        return False
 
 
 def write_private(path: Path, text: str) -> None:
@@ -264,7 +348,7 @@ def security_args(host: str, port: int, extra: str) -> list[str]:
     names = public_names(host, extra)
     hosts = [h for n in ["localhost", "127.0.0.1", "[::1]", *names] for h in (n, f"{n}:{port}")]
     hosts += PRIVATE_HOSTS if is_wildcard(host) else []
-    origins = [f"http://{n}:{port}" for n in names]
+    origins = [f"{scheme}://{n}:{port}" for n in names for scheme in ("https", "http")]
     return ["--allowed-hosts", ",".join(hosts), "--cors-allowed-origins", ",".join(origins)]
 
 
@@ -276,11 +360,13 @@ def artifacts_destination(state: Path, given: Optional[str]) -> str:
     return str(dest.resolve())
 
 
-def mlflow_command(args: argparse.Namespace, backend: str, artifacts: str, auth: bool) -> list[str]:
+def mlflow_command(args: argparse.Namespace, backend: str, artifacts: str, auth: bool,
+                   tls: Optional[tuple[Path, Path]] = None) -> list[str]:
+    uvicorn = ["--uvicorn-opts", shlex.join(["--ssl-certfile", str(tls[0]), "--ssl-keyfile", str(tls[1])])] if tls else []
     return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--serve-artifacts",
             "--artifacts-destination", artifacts, "--host", args.host, "--port", str(args.port),
             "--workers", str(args.workers), *(["--app-name", "basic-auth"] if auth else []),
-            *security_args(args.host, args.port, args.allowed_hosts)]
+            *security_args(args.host, args.port, args.allowed_hosts), *uvicorn]
 
 
 def _die_with_parent() -> None:
@@ -297,10 +383,14 @@ def start_mlflow(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=sys.stderr, start_new_session=True, preexec_fn=_die_with_parent)
 
 
-def local_url(host: str, port: int) -> str:
+def local_url(host: str, port: int, tls: bool = False) -> str:
     """Where this machine reaches the server."""
     probe = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    return f"http://{url_host(probe)}:{port}"
+    return f"{'https' if tls else 'http'}://{url_host(probe)}:{port}"
+
+
+# this process probing its own server on this machine: the certificate need not name the address it probes
+_OWN = ssl._create_unverified_context()  # noqa: S323
 
 
 def wait_ready(proc: subprocess.Popen, url: str, timeout: float = START_TIMEOUT_S) -> None:
@@ -309,7 +399,7 @@ def wait_ready(proc: subprocess.Popen, url: str, timeout: float = START_TIMEOUT_
         if proc.poll() is not None:
             raise ServerError(f"mlflow server exited (code {proc.returncode}) before answering; see its output above")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):  # noqa: S310 (our own server)
+            with urllib.request.urlopen(f"{url}/health", timeout=2, context=_OWN):  # noqa: S310 (our own server)
                 return
         except OSError:
             time.sleep(0.5)
@@ -323,7 +413,7 @@ def check_login(url: str, user: str, password: str) -> None:
     req = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/search?max_results=1",
                                  headers={"Authorization": f"Basic {token}"})
     try:
-        urllib.request.urlopen(req, timeout=10).close()  # noqa: S310 (our own server)
+        urllib.request.urlopen(req, timeout=10, context=_OWN).close()  # noqa: S310 (our own server)
     except urllib.error.HTTPError as e:
         if e.code == 401:
             print(f"warning: the server refuses {USER_ENV}/{PASSWORD_ENV}: the admin password was set when the "
@@ -359,6 +449,7 @@ def serve(args: argparse.Namespace) -> int:
     state = args.state.resolve()
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock_state(state)
+    tls = tls_pair(args, state)
     pg = Postgres(state / "pg", args.pg_port, pg_os_user())
     proc: Optional[subprocess.Popen] = None
     try:
@@ -367,13 +458,15 @@ def serve(args: argparse.Namespace) -> int:
         pg.start()
         pg.ensure_database(DATABASE)
         env = auth_env(state, *creds) if creds else {}
-        cmd = mlflow_command(args, pg.uri(DATABASE), artifacts_destination(state, args.artifacts), bool(creds))
+        cmd = mlflow_command(args, pg.uri(DATABASE), artifacts_destination(state, args.artifacts), bool(creds), tls)
         proc = start_mlflow(cmd, env)
-        wait_ready(proc, local_url(args.host, args.port))
+        wait_ready(proc, local_url(args.host, args.port, bool(tls)))
         if creds:
-            check_login(local_url(args.host, args.port), *creds)
+            check_login(local_url(args.host, args.port, bool(tls)), *creds)
         shown = socket.getfqdn() if is_wildcard(args.host) else url_host(args.host)
-        print(f"MLFLOW_TRACKING_URI=http://{shown}:{args.port}", flush=True)
+        print(f"MLFLOW_TRACKING_URI={'https' if tls else 'http'}://{shown}:{args.port}", flush=True)
+        if tls and args.self_signed:
+            print(f"MLFLOW_TRACKING_SERVER_CERT_PATH={tls[0]}", flush=True)
         code = proc.wait()
         print(f"error: mlflow server exited (code {code})", file=sys.stderr)
         return code or 1
