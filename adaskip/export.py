@@ -21,7 +21,6 @@ being atomic, leaves no output file.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import os
@@ -381,39 +380,3 @@ def _resolve_image_size(net: AdaptiveDepthNet, file: dict[str, Any], image_size:
 # ----------------------------------------------------------------------------------------------------------------
 # CLI: `adaskip export`
 # ----------------------------------------------------------------------------------------------------------------
-def run_cli(args: argparse.Namespace) -> int:
-    """Handler of ``adaskip export``: one summary line on stdout (an AdaskipError: one line on stderr from
-    ``adaskip.cli.main``, exit 2)."""
-    print(export_subnetwork(args.model, args.skip, args.format, args.out, image_size=args.image_size,
-                            opset=args.opset).line())
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register the ``export`` subcommand (handler in ``func``, returning the exit code)."""
-    p = subparsers.add_parser(
-        "export", help="export one sub-network (skip string) as a standalone PyTorch / TorchScript / ONNX network",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Build sub-network SKIP of a trained model file as a plain network: the skipped stages'\n"
-        "skippable blocks removed, each skip-aware norm replaced by the set that sub-network uses, no skip\n"
-        "logic left. Write it in FORMAT, load it back and check its outputs against model(x, skip=SKIP) on\n"
-        "a random batch; print its MACs, parameters and the max abs difference. A failed check writes nothing.\n\n"
-        "formats:\n"
-        "  torch        torch.save of {config, state_dict}; adaskip.export.load_exported(path) rebuilds it\n"
-        "  torchscript  torch.jit.trace; loads with torch.jit.load alone (no adaskip, no timm)\n"
-        "  onnx         torch.onnx.export, input 'input' (N,C,H,W), output 'logits', dynamic batch; onnxruntime",
-        epilog="examples:\n"
-        "  adaskip export models/model.pt --skip TTTT --format onnx --out base.onnx --image-size 32\n"
-        "  adaskip export models/model.pt --skip FFTT --format torchscript --out fftt.ts --image-size 32\n"
-        "errors (bad skip string, missing model file, failed check): one line on stderr, exit 2")
-    p.add_argument("model", metavar="MODEL", help="model file written by the train stage (models/model.pt)")
-    p.add_argument("--skip", required=True, metavar="SKIP",
-                   help="one T (skip) / F (keep) per stage, first stage first: FFFF super-net, TTTT base-net")
-    p.add_argument("--format", required=True, choices=FORMATS, help="output format")
-    p.add_argument("--out", required=True, type=Path, metavar="FILE", help="output file (written atomically)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
-                   help="ONNX opset, onnx format only (default: %(default)s)")
-    p.add_argument("--image-size", type=int, default=None, metavar="N",
-                   help="input resolution for tracing and checking (default: the model's own when recorded, as for "
-                   "ViT/Swin; required for ResNet/MobileNetV2: the data.image_size it was trained on)")
-    p.set_defaults(func=run_cli)

@@ -9,7 +9,6 @@ picks one when the grid holds several machines' rows). Exit codes of the command
 """
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,21 +182,3 @@ def _si(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.3f} {unit}"
     return f"{n:.0f} "
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """Handler of ``adaskip select``: the verdict line (and the export's line); 0 chosen, 1 nothing fits."""
-    if (args.export is None) != (args.out is None):
-        raise SelectError("--export FORMAT and --out FILE go together")
-    budget = Budget(args.max_latency_ms, args.max_macs, args.min_acc, args.batch, args.device).check()
-    grid = grid_from_run(args.run, args.params) if args.run else read_grid(args.grid)
-    choice = choose(grid, budget)
-    print(verdict(choice, budget))
-    if choice.chosen is None:
-        return 1
-    if args.export:
-        from .export import export_subnetwork
-
-        print(export_subnetwork(args.model, choice.chosen["skip"], args.export, args.out,
-                                image_size=args.image_size).line())
-    return 0

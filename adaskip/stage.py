@@ -83,6 +83,9 @@ def main(description: str, run: Callable[[Params, argparse.Namespace], Optional[
     if not verbose():  # Ray's start-up and MLflow's database/registry notices: WARNING and above only
         logging.getLogger("ray").setLevel(logging.WARNING)
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers' level when imported
+    # MLflow prints "View run ... at ..." and "View experiment at ..." at every run's end (a study: two per cell);
+    # a stage logs one line with its own run's address instead (Tracker.run)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     signal.signal(signal.SIGTERM, _sigterm)
     started = time.perf_counter()
     try:

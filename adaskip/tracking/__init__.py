@@ -3,6 +3,7 @@ Ray workers and restarted worker groups continue the same run instead of opening
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import ssl
 import subprocess
@@ -18,6 +19,7 @@ from ..console import verbose
 from ..errors import AdaskipError
 from ..redact import credentials_in
 
+log = logging.getLogger(__name__)
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 # MLflow 3's experiment kind: model training opens the UI on the runs table (not the GenAI traces overview)
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -40,7 +42,6 @@ def _quiet_model_logging() -> Iterator[None]:
         yield
         return
     import io
-    import logging
 
     pyfunc, level = logging.getLogger("mlflow.pyfunc"), logging.getLogger("mlflow.pyfunc").level
     saved = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
@@ -280,6 +281,9 @@ class Tracker:
             raise
         else:
             self.end_run(run_id, FINISHED)
+            if parent_run_id is None and self.uri.startswith(("http://", "https://")):  # a stage's run: where to look
+                log.info("MLflow run %s: %s/#/experiments/%s/runs/%s", name,
+                                                 self.uri.rstrip("/"), self.experiment_id, run_id)
 
     def log_dataset(self, run_id: str, data: Mapping[str, Any], context: str) -> None:
         """Log the data set as the run's input: a one-row descriptor table (``data`` params: name, path, image size,

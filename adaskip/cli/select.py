@@ -1,0 +1,56 @@
+"""``adaskip select``: the best sub-network under a latency / MACs / accuracy budget, optionally exported."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("select", help="choose the best sub-network under a latency / MACs / accuracy budget",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Read the evaluation grid (results/eval_grid.csv, or an MLflow evaluate run's "
+                       "eval_grid.json)\nand print the most accurate Pareto-front sub-network within every budget "
+                       "given (ties: fewer MACs),\nwith its figures. Latency is the p50 in ms per forward of one "
+                       "batch, measured by evaluate at\nevaluate.latency_batch_sizes on the grid's device.\n"
+                       "exit 0: chosen; 1: none fits (one line: what the cheapest costs); 2: bad arguments (one line)",
+                       epilog="examples:\n"
+                       "  adaskip select --max-latency-ms 2.5                 # batch: the first measured\n"
+                       "  adaskip select --max-latency-ms 20 --batch 32 --device cpu --min-acc 80\n"
+                       "  adaskip select --max-macs 3e6 --export onnx --out small.onnx   # then export it, verified\n"
+                       "  adaskip select --run 3f2c...e1 --min-acc 85          # the grid of an MLflow evaluate run")
+    s.add_argument("--grid", metavar="CSV", help="evaluation grid (default: results/eval_grid.csv)")
+    s.add_argument("--run", metavar="RUN_ID", help="MLflow evaluate run whose eval_grid.json to read instead")
+    s.add_argument("--params", default="params.yaml", help="for --run: its mlflow.tracking_uri (default: %(default)s)")
+    s.add_argument("--max-latency-ms", type=float, metavar="X", help="p50 ms per batch at most")
+    s.add_argument("--batch", type=int, metavar="B", help="batch size --max-latency-ms refers to (default: the "
+                   "first of evaluate.latency_batch_sizes)")
+    s.add_argument("--device", metavar="D", help="the grid's device whose latency counts (exact, or a unique part: "
+                   "cpu, H100); needed when the grid holds several")
+    s.add_argument("--max-macs", type=float, metavar="M", help="multiply-accumulates per image at most (3.5e8)")
+    s.add_argument("--min-acc", type=float, metavar="A", help="test top-1 accuracy at least, in %%")
+    s.add_argument("--export", metavar="FORMAT", help="export the choice (torch, torchscript or onnx), "
+                   "as `adaskip export` does")
+    s.add_argument("--out", type=Path, metavar="FILE", help="the export's output file")
+    s.add_argument("--model", default="models/model.pt", help="model file to export from (default: %(default)s)")
+    s.add_argument("--image-size", type=int, metavar="N", help="export input resolution (default: the model file's)")
+    s.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The verdict line (and the export's line); 0 chosen, 1 nothing fits."""
+    from ..select import GRID, Budget, SelectError, choose, grid_from_run, read_grid, verdict
+
+    if (args.export is None) != (args.out is None):
+        raise SelectError("--export FORMAT and --out FILE go together")
+    budget = Budget(args.max_latency_ms, args.max_macs, args.min_acc, args.batch, args.device).check()
+    grid = grid_from_run(args.run, args.params) if args.run else read_grid(args.grid or GRID)
+    choice = choose(grid, budget)
+    print(verdict(choice, budget))
+    if choice.chosen is None:
+        return 1
+    if args.export:
+        from ..export import export_subnetwork
+
+        print(export_subnetwork(args.model, choice.chosen["skip"], args.export, args.out,
+                                image_size=args.image_size).line())
+    return 0
