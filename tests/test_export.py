@@ -303,7 +303,10 @@ def test_cli(model_files, tmp_path, capsys):
     assert issubclass(ExportError, AdaskipError) and issubclass(CheckpointError, AdaskipError)
 
 
-@pytest.mark.parametrize("name", ["resnet34", "mobilenetv2_100", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
+# every family's sub-networks export in CI (test_export_matches_adaptive_model); all 2^S of a trained model: ResNet in CI,
+# the others (30-50 s each) in make test-extended
+@pytest.mark.parametrize("name", ["resnet34", *(pytest.param(n, marks=pytest.mark.extended) for n in
+                                               ("mobilenetv2_100", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224"))])
 def test_every_configuration_of_a_trained_model_exports(name, tiny_raw, tmp_path):
     """A small model of each family trained on digits (one epoch of self-distillation in this process, tests/conftest
     TINY at 16 px: both norm sets trained), its model file written as the train stage writes it; every one of its
