@@ -31,8 +31,8 @@ study: install
 test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
-# Ray worker-failure, crashing-trial, study-cell and SIGTERM/resume scenarios, and the DeiT and Swin pipeline runs
-# (about 45 minutes on 2 cores).
+# Ray worker-failure, crashing-trial, study-cell and SIGTERM/resume scenarios, the MobileNetV2, DeiT and Swin pipeline
+# runs and exports, and the secrets scan (about an hour on 2 cores).
 test-extended: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m extended
 
