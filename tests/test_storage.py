@@ -63,25 +63,45 @@ def test_credentials_in_a_storage_uri_are_refused(monkeypatch):
     assert "wJalr" not in str(e.value)
 
 
+# a Ray of its own, started by a process that has the keys in its environment (as a stage does): workers read their
+# credentials from their own environment, and the session's Ray was started before this module's S3 server
+TRAIN_ON_S3 = """
+import json, sys
+import ray
+from adaskip.config import Params
+from adaskip.orchestration.storage import Storage
+from adaskip.orchestration.train import run_training
+
+ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+store = Storage.resolve(sys.argv[2], ".")
+metrics, state = run_training(Params.model_validate(json.loads(sys.argv[1])), store, "train-s3")
+print(json.dumps({"epoch": metrics["epoch"], "state_epoch": state["epoch"], "has_model": "model" in state}))
+"""
+
+
 @pytest.mark.subprocess
 @pytest.mark.ray
-def test_train_checkpoints_go_to_s3(ray_cluster, tiny_raw, s3_env, tmp_path):
-    """A Ray Train run with s3:// storage: its checkpoints are objects in the bucket and the driver reads the final
-    state through Ray's Checkpoint API; nothing lands in a local folder."""
+def test_train_checkpoints_go_to_s3(tiny_raw, s3_env, tmp_path):
+    """A Ray Train run with s3:// storage: its checkpoints are objects in the bucket, the workers open it with the
+    credentials of their own environment, and the driver reads the final state through Ray's Checkpoint API; nothing
+    lands in a local folder."""
+    import json
+    import subprocess
+    import sys
+
     import boto3
 
-    from adaskip.config import Params
     from conftest import merge
-    from adaskip.orchestration.train import run_training
 
-    os.chdir(tmp_path)
-    params = Params.model_validate(merge(tiny_raw, {"train": {"workers": 1, "epochs": 2}}))
-    store = Storage.resolve(f"s3://{BUCKET}/ray", tmp_path)
-    metrics, state = run_training(params, store, "train-s3")
-    assert metrics["epoch"] == 2 and state["epoch"] == 1 and "model" in state
+    params = merge(tiny_raw, {"train": {"workers": 1, "epochs": 2}})
+    r = subprocess.run([sys.executable, "-c", TRAIN_ON_S3, json.dumps(params), f"s3://{BUCKET}/ray"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_ADDRESS": ""})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"epoch": 2, "state_epoch": 1, "has_model": True}
     keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"]).list_objects_v2(
         Bucket=BUCKET, Prefix="ray/train-s3/")["Contents"]]
     assert any(k.endswith("/state.pt") and "/checkpoint_" in k for k in keys), keys
     assert not list(tmp_path.rglob("state.pt"))
+    store = Storage.resolve(f"s3://{BUCKET}/ray", tmp_path)
     store.remove("train-s3")
     assert not store.exists("train-s3")
