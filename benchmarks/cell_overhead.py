@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import statistics
 import sys
 import tempfile
@@ -31,29 +30,13 @@ configure_ray_env()
 import psutil  # noqa: E402
 import ray  # noqa: E402
 
-from adaskip.ablation.spec import Cell, StudySpec, cells  # noqa: E402
-from adaskip.config import load_params  # noqa: E402
+from adaskip.ablation.spec import Cell  # noqa: E402
 from adaskip.orchestration.cells import _cell_grid, run_cells  # noqa: E402
 from adaskip.orchestration.storage import Storage  # noqa: E402
-
-VARIANTS = {"adn": {}, "individual_full": {"baseline": "super"}, "individual_base": {"baseline": "base"},
-            "no_skip_aware_norm": {"overrides": {"model": {"skip_aware_norm": False}}}}
-
+from study_concurrency import parse_checked, study_cells, study_parser  # noqa: E402  (its options and cells)
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--params", default=str(Path(__file__).resolve().parents[1] / "params.yaml"))
-    p.add_argument("--variants", type=int, default=2, choices=range(1, len(VARIANTS) + 1),
-                   help="variants of the study (default: %(default)s)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per variant (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=15, help="epochs per cell (default: %(default)s, the study's)")
-    p.add_argument("--cpus", type=int, default=os.cpu_count(), help="local Ray CPUs (default: %(default)s)")
-    p.add_argument("--reps", type=int, default=1, help="A/B repetition pairs (default: %(default)s)")
-    args = p.parse_args(argv)
-    for name in ("seeds", "epochs", "cpus", "reps"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1")
-    return args
+    return parse_checked(study_parser(__doc__, epochs=15), argv)  # the study's 15 epochs
 
 
 def _in_process(cell: Cell) -> int:
@@ -98,10 +81,7 @@ class _CpuByKind:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    names = list(VARIANTS)[:args.variants]
-    spec = StudySpec(name="bench", seeds=list(range(args.seeds)), epochs=args.epochs,
-                     overrides={"train": {"workers": 1, "cpus_per_worker": 1}}, variants={v: VARIANTS[v] for v in names})
-    every = cells(spec, load_params(args.params))
+    every = study_cells(args)
     ray.init(num_cpus=args.cpus, include_dashboard=False, object_store_memory=300 * 2**20, configure_logging=False,
              log_to_driver=False)
     task = ray.remote(num_cpus=1)(_in_process)

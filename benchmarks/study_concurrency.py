@@ -37,16 +37,20 @@ VARIANTS = {"adn": {}, "individual_full": {"baseline": "super"}, "individual_bas
             "no_skip_aware_norm": {"overrides": {"model": {"skip_aware_norm": False}}}}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def study_parser(doc: str, epochs: int) -> argparse.ArgumentParser:
+    """The options of a benchmark over a small study of 1-CPU cells (also benchmarks/cell_overhead.py's)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--params", default=str(Path(__file__).resolve().parents[1] / "params.yaml"))
     p.add_argument("--variants", type=int, default=2, choices=range(1, len(VARIANTS) + 1),
                    help="variants of the study (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per variant (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=8, help="epochs per cell (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=epochs, help="epochs per cell (default: %(default)s)")
     p.add_argument("--cpus", type=int, default=os.cpu_count(), help="local Ray CPUs (default: %(default)s)")
     p.add_argument("--reps", type=int, default=1, help="A/B repetition pairs (default: %(default)s)")
-    p.add_argument("--target", type=float, default=TARGET, help="largest A/B ratio that passes (default: %(default)s)")
+    return p
+
+
+def parse_checked(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     for name in ("seeds", "epochs", "cpus", "reps"):
         if getattr(args, name) < 1:
@@ -54,12 +58,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def study_cells(args: argparse.Namespace) -> list:
+    """The study's cells: the first ``--variants`` of VARIANTS x ``--seeds``, one 1-CPU worker each."""
     names = list(VARIANTS)[:args.variants]
     spec = StudySpec(name="bench", seeds=list(range(args.seeds)), epochs=args.epochs,
                      overrides={"train": {"workers": 1, "cpus_per_worker": 1}}, variants={v: VARIANTS[v] for v in names})
-    every = cells(spec, load_params(args.params))
+    return cells(spec, load_params(args.params))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = study_parser(__doc__, epochs=8)
+    p.add_argument("--target", type=float, default=TARGET, help="largest A/B ratio that passes (default: %(default)s)")
+    return parse_checked(p, argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    names = list(VARIANTS)[:args.variants]
+    every = study_cells(args)
     ray.init(num_cpus=args.cpus, include_dashboard=False, object_store_memory=300 * 2**20, configure_logging=False,
              log_to_driver=False)
     times: dict[str, list[float]] = {"at once": [], "one variant after another": []}

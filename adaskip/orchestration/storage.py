@@ -80,8 +80,8 @@ class Storage:
     path: str = field(default="", compare=False, repr=False)  # the root inside ``filesystem`` (Ray's storage_path)
 
     def __post_init__(self) -> None:
-        check_uri(self.uri)
-        if self.filesystem is None:
+        if self.filesystem is None:  # a URI given: checked once (its children, made by child(), add a plain name)
+            check_uri(self.uri)
             fs, path = _filesystem(self.uri)
             object.__setattr__(self, "filesystem", fs)
             object.__setattr__(self, "path", path)
