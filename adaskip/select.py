@@ -17,7 +17,7 @@ from typing import Optional
 import pandas as pd
 
 from .errors import AdaskipError
-from .evaluation.latency import latency_column, wide_columns
+from .evaluation.latency import latency_column, latency_wide, wide_columns
 from .evaluation.pareto import pareto_front
 
 GRID = "results/eval_grid.csv"
@@ -36,14 +36,21 @@ class Budget:
     batch: Optional[int] = None  # which measured batch size max_latency_ms refers to (default: the first)
     device: Optional[str] = None  # which machine's latency (default: the grid's only one)
 
+    cli: bool = True  # messages name the command's flags (--max-latency-ms), else the request's params (serving)
+
+    def name(self, key: str) -> str:
+        return f"--{key.replace('_', '-')}" if self.cli else key
+
     def check(self) -> "Budget":
-        limits = {"--max-latency-ms": self.max_latency_ms, "--max-macs": self.max_macs, "--min-acc": self.min_acc}
+        """Raise a SelectError unless some limit is given and each is a number >= 0 (batch: an integer >= 1)."""
+        limits = {self.name(k): getattr(self, k) for k in ("max_latency_ms", "max_macs", "min_acc")}
         if all(v is None for v in limits.values()):
-            raise SelectError("no budget given: pass --max-latency-ms, --max-macs and/or --min-acc")
-        for flag, v in {**limits, "--batch": self.batch}.items():
-            if v is not None and (not math.isfinite(v) or v < (1 if flag == "--batch" else 0)):
-                raise SelectError(f"{flag} must be {'a positive integer' if flag == '--batch' else 'a number >= 0'}, "
-                                  f"got {v:g}")
+            raise SelectError(f"no budget given: pass {', '.join(limits)}")
+        for key, v in {**limits, self.name("batch"): self.batch}.items():
+            is_batch = key == self.name("batch")
+            if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v) or v < int(is_batch)
+                                  or (is_batch and v != int(v))):
+                raise SelectError(f"{key} must be {'an integer >= 1' if is_batch else 'a number >= 0'}, got {v!r}")
         return self
 
     def describe(self, batch: Optional[int]) -> str:
@@ -83,6 +90,26 @@ def grid_from_run(run_id: str, params: str | Path = "params.yaml") -> pd.DataFra
     return _checked(load_table(uri, run_id, TABLE), f"run {run_id}")
 
 
+def with_latency(grid: pd.DataFrame, tables: list[str | Path]) -> pd.DataFrame:
+    """``grid``'s accuracy and MACs with the latency of long-form tables (``adaskip profile``'s, ``results/latency.csv``)
+    instead of its own: one row per sub-network and device (``--device`` picks one)."""
+    from .evaluation.latency import LONG_COLUMNS
+
+    parts = []
+    for path in tables:
+        if not Path(path).is_file():
+            raise SelectError(f"no latency table at {path}: write one with adaskip profile")
+        part = pd.read_csv(path, dtype={"skip": str})
+        if missing := [c for c in LONG_COLUMNS if c not in part.columns]:
+            raise SelectError(f"{path} is not a latency table (no column {', '.join(missing)})")
+        parts.append(part)
+    long = pd.concat(parts, ignore_index=True).drop_duplicates(["skip", "device", "batch_size", "threads"], keep="last")
+    own = [c for c in grid.columns if c in ("device", "threads", "latency_ms") or wide_columns([c]) or
+           c.startswith("latency_p90_ms_")]
+    wide = pd.concat([latency_wide(rows) for _, rows in long.groupby("device", sort=False)], ignore_index=True)
+    return grid.drop(columns=own).merge(wide, on="skip")
+
+
 def _checked(grid: pd.DataFrame, source: str) -> pd.DataFrame:
     missing = [c for c in ("skip", "macs", "acc1") if c not in grid.columns]
     if missing or grid.empty:
@@ -106,7 +133,7 @@ def on_device(grid: pd.DataFrame, device: Optional[str], need: bool) -> pd.DataF
     return grid[grid["device"] == matches[0]]
 
 
-def latency_of(grid: pd.DataFrame, batch: Optional[int]) -> tuple[str, Optional[int]]:
+def latency_of(grid: pd.DataFrame, batch: Optional[int], flag: str = "--batch") -> tuple[str, Optional[int]]:
     """The p50 latency column for ``batch`` (default: the first measured, as ``latency_ms``) and its batch size."""
     pairs = wide_columns(list(grid.columns))
     if batch is None:
@@ -118,8 +145,8 @@ def latency_of(grid: pd.DataFrame, batch: Optional[int]) -> tuple[str, Optional[
     found = [(b, t) for b, t in pairs if b == batch]
     if not found:
         sizes = sorted({b for b, _ in pairs})
-        raise SelectError(f"--batch {batch}: no latency measured at that batch size; the grid has batch sizes "
-                          f"{_listing(sizes) or 'none'} (evaluate.latency_batch_sizes)")
+        raise SelectError(f"{flag} {batch}: no latency measured at that batch size; the latency table has batch "
+                          f"sizes {_listing(sizes) or 'none'} (evaluate.latency_batch_sizes, adaskip profile --batch)")
     return latency_column(*found[0]), batch
 
 
@@ -129,7 +156,7 @@ def choose(grid: pd.DataFrame, budget: Budget) -> Choice:
     rows = on_device(grid, budget.device, need=budget.max_latency_ms is not None)
     wants = budget.max_latency_ms is not None or budget.batch is not None
     has = "latency_ms" in rows.columns or bool(wide_columns(list(rows.columns)))
-    p50, batch = latency_of(rows, budget.batch) if wants or has else ("", None)
+    p50, batch = latency_of(rows, budget.batch, budget.name("batch")) if wants or has else ("", None)
     on_front = rows["pareto"].astype(bool) if "pareto" in rows.columns else pareto_front(rows["macs"], rows["acc1"])
     front = rows[list(on_front)]
     ok = pd.Series(True, front.index)
@@ -171,6 +198,18 @@ def verdict(choice: Choice, budget: Budget) -> str:
     most = f"; the most accurate, {best['skip']}, reaches {best['acc1']:.2f} %" if budget.min_acc is not None else ""
     return (f"no sub-network fits {limits}: the cheapest on the Pareto front is {cheapest['skip']}: "
             f"{figures(cheapest, choice.p50)}{most}")
+
+
+def aliases(grid: pd.DataFrame, within: float = 1.0) -> dict[str, str]:
+    """The registry aliases the evaluate stage sets: ``super``, ``base`` and ``fastest-within-1pct``, the sub-network
+    with the lowest p50 latency (fewest MACs without latency columns) among those within ``within`` points of the
+    super-net's top-1."""
+    n = len(str(grid["skip"].iloc[0]))
+    top = grid.loc[grid["skip"] == "F" * n, "acc1"].max()
+    near = grid[grid["acc1"] >= top - within]
+    key = [c for c in ("latency_ms", "macs") if c in grid.columns]
+    fastest = near.sort_values(key + ["skip"], kind="stable").iloc[0]["skip"]
+    return {"super": "F" * n, "base": "T" * n, f"fastest-within-{within:g}pct": str(fastest)}
 
 
 def _listing(values: list) -> str:

@@ -16,7 +16,9 @@ METRICS = ("acc1", "acc5", "macs", "params", "latency_ms", "skipped_stages", "th
 def run(params, args) -> str:
     from adaskip.evaluation.latency import latency_long
     from adaskip.orchestration.grid import evaluate_parallel
+    from adaskip.select import aliases
     from adaskip.tracking import pareto_tags, skip_params
+    from adaskip.tracking.model import GRID_FILE
     from adaskip.training import load_model
 
     remove_outputs(GRID, LATENCY)
@@ -43,8 +45,11 @@ def run(params, args) -> str:
         tracking.log_table(parent, latency, "latency.json")
         name = params.mlflow.registered_model
         version = name and tracking.model_version(name, MODEL)  # the version the train stage registered for this file
-        if version:
+        if version:  # the grid beside the served model (budgets), and @super, @base, @fastest-within-1pct
             tracking.tag_model_version(name, version, {**pareto_tags(grid), "adaskip.evaluate_run": parent})
+            tracking.attach_to_model(name, version, {GRID_FILE: grid})
+            named = [f"@{a} -> {tracking.set_alias(name, version, a, skip)} ({skip})" for a, skip in aliases(grid).items()]
+            logging.getLogger("adaskip.evaluate").info("%s version %s: %s", name, version, ", ".join(named))
         write_csv(grid, GRID)
         write_csv(latency, LATENCY)
     done.remove()  # finished: nothing left to resume

@@ -3,6 +3,7 @@ sub-network as an inference parameter; and MLflow as users browse it: experiment
 dataset inputs, Pareto tags on the registered version."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -12,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -35,7 +37,9 @@ def _post(url: str, body: dict) -> dict:
 def test_registered_model_serves_every_subnetwork(tmp_path: Path, tiny_params, mlflow_uri: str, monkeypatch):
     import torch
 
+    from adaskip.select import aliases, with_latency
     from adaskip.tracking import EXPERIMENT_KIND, Tracker, pareto_tags, skip_params
+    from adaskip.tracking.model import GRID_FILE
     from adaskip.training import save_atomic
 
     monkeypatch.chdir(tmp_path)  # the store's default artifact root (./mlruns) lands in tmp_path
@@ -85,38 +89,120 @@ def test_registered_model_serves_every_subnetwork(tmp_path: Path, tiny_params, m
     assert mv.tags[f"acc1.{'F' * S}"] == "90.50"
     assert client.get_run(train_run).data.tags["adaskip.registered_model"] == "adaskip/1"
 
-    # serve the registered version with the real CLI, in this environment
+    # evaluate's attachments: the grid beside the model, aliases on versions serving each sub-network by default
+    grid = _grid(net, size)
+    grid.to_csv(tmp_path / "grid.csv", index=False)
+    tracker.attach_to_model("adaskip", "1", {GRID_FILE: grid})
+    named = {alias: tracker.set_alias("adaskip", "1", alias, skip) for alias, skip in aliases(grid).items()}
+    assert named["super"] == "1" and named["base"] == "2"
+    assert tracker.set_alias("adaskip", "1", "base", "T" * S) == "2"  # a re-run registers nothing new
+    assert client.get_model_version_by_alias("adaskip", "base").tags["adaskip.skip"] == "T" * S
+    assert tracker.model_version("adaskip", model_file) == "1"  # the train stage's version, not an alias's
+
+    # adaskip profile through the registry, as a user runs it: the table attached to version 1
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "OMP_NUM_THREADS": "1", "ADASKIP_PROGRESS": "0"}
+    cli = [str(Path(sys.executable).parent / "adaskip")]
+    done = subprocess.run(cli + ["profile", "models:/adaskip/1", "--batch", "1", "4", "--threads", "1", "--reps", "5",
+                                 "--out", "latency.csv"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "attached to adaskip version 1 for cpu:" in done.stdout
+    table = pd.read_csv(tmp_path / "latency.csv", dtype={"skip": str})
+    assert len(table) == 2 * 2 ** S and set(table.threads) == {1} and set(table.batch_size) == {1, 4}
+    front = with_latency(grid, [tmp_path / "latency.csv"]).query("pareto")
+    b1 = sorted(front["latency_p50_ms_b1"])
+    budgets = {"tight": {"max_latency_ms": b1[len(b1) // 2]}, "loose": {"max_latency_ms": b1[-1] * 2},
+               "tight at batch 4": {"max_latency_ms": float(front["latency_p50_ms_b4"].median()), "batch": 4},
+               "MACs": {"max_macs": float(front.macs.median())}, "accuracy": {"min_acc": float(front.acc1.median())}}
+
+    def selected(budget: dict) -> str:  # what `adaskip select` picks from the same grid and table
+        flags = [a for k, v in budget.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+        out = subprocess.run(cli + ["select", "--grid", "grid.csv", "--latency", "latency.csv"] + flags, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split(":")[0]
+
+    # serve @base with the real CLI, in this environment: its default is the base-net; skips and budgets per request
+    with _serve(mlflow_uri, "models:/adaskip@base", tmp_path) as url:
+        x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+        net.eval()
+
+        def library(skip: str) -> np.ndarray:
+            with torch.inference_mode():
+                return net(torch.from_numpy(x), skip=skip).numpy()
+
+        answers = {}
+        for skip in ("T" * S, "F" * S):
+            got = _post(url, {"inputs": x.tolist(), "params": {"skip": skip}})
+            answers[skip] = np.asarray(got["predictions"], dtype=np.float32)
+            assert answers[skip].shape == (2, 10)
+            np.testing.assert_allclose(answers[skip], library(skip), atol=1e-4)
+        assert not np.allclose(answers["T" * S], answers["F" * S], atol=1e-3)
+        default = np.asarray(_post(url, {"inputs": x.tolist()})["predictions"])
+        np.testing.assert_allclose(default, answers["T" * S], atol=1e-5)  # no params: @base's sub-network
+        chosen = {}
+        for what, budget in budgets.items():
+            got = _post(url, {"inputs": x.tolist(), "params": budget})["predictions"]
+            chosen[what] = got["skip"]
+            assert got["skip"] == selected(budget), what
+            np.testing.assert_allclose(np.asarray(got["logits"]), library(got["skip"]), atol=1e-4)
+        assert chosen["loose"] == "F" * S and chosen["tight"] != "F" * S, chosen
+
+        status, body = _post_error(url, {"inputs": x.tolist(), "params": {"max_latency_ms": b1[0] / 2}})
+        assert status == 400 and body["message"].startswith(f"no sub-network fits latency <= {b1[0] / 2:g} ms"), body
+        assert f"p50 {b1[0]:.3g} ms" in body["message"]  # the smallest achievable latency
+        bad = "X" + "T" * (S - 1)
+        for params, start in (({"skip": bad}, f"skip '{bad}' is not a sub-network of this model"),
+                              ({"max_latency_ms": -1}, "max_latency_ms must be a number >= 0, got -1.0"),
+                              ({"max_macs": 1e6, "batch": 0}, "batch must be an integer >= 1, got 0"),
+                              ({"skip": "F" * S, "min_acc": 50}, "skip and a budget (min_acc) were both given"),
+                              ({"max_latency_ms": 1, "batch": 7}, "batch 7: no latency measured at that batch")):
+            status, body = _post_error(url, {"inputs": x.tolist(), "params": params})
+            assert status == 400 and body["message"].startswith(start), (params, body)
+    log = (tmp_path / "serve.log").read_text()
+    assert f"by default {'T' * S}" in log and "latency table for cpu:" in log and "measured" not in log, log[-3000:]
+
+
+def _grid(net, size: int) -> pd.DataFrame:
+    """An evaluation grid of ``net``: its real MACs, a top-1 that grows with them (as training gives) and the front."""
+    from adaskip.evaluation import complexity_table, pareto_front
+
+    grid = complexity_table(net, None, (3, size, size))
+    grid["acc1"] = (60 + 30 * grid.macs / grid.macs.max() - 0.1 * (grid.index % 3)).round(2)
+    grid["pareto"] = pareto_front(grid.macs, grid.acc1)
+    return grid
+
+
+def _post_error(url: str, body: dict) -> tuple[int, dict]:
+    try:
+        _post(url, body)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+    raise AssertionError(f"{body['params']} was answered")
+
+
+@contextlib.contextmanager
+def _serve(mlflow_uri: str, model_uri: str, tmp_path: Path, log_name: str = "serve.log") -> Iterator[str]:
+    """`mlflow models serve` of ``model_uri`` on a free loopback port, one worker, one torch thread; yields the
+    invocations URL once it answers /ping, and stops it after."""
     port = _free_port()
     bindir = str(Path(sys.executable).parent)  # the server runs `uvicorn` from PATH: this venv's
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "OMP_NUM_THREADS": "1",
            "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
-    log = open(tmp_path / "serve.log", "wb")
-    server = subprocess.Popen([str(Path(bindir) / "mlflow"), "models", "serve", "-m", "models:/adaskip/1",
+    log = open(tmp_path / log_name, "wb")
+    server = subprocess.Popen([str(Path(bindir) / "mlflow"), "models", "serve", "-m", model_uri,
                                "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "-w", "1"],
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 180
         while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.time() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            assert server.poll() is None, (tmp_path / log_name).read_text()[-3000:]
+            assert time.time() < deadline, (tmp_path / log_name).read_text()[-3000:]
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):  # noqa: S310
                     break
             except (urllib.error.URLError, OSError):
                 time.sleep(0.5)
-        x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
-        net.eval()
-        answers = {}
-        for skip in ("T" * S, "F" * S):
-            got = _post(f"http://127.0.0.1:{port}/invocations", {"inputs": x.tolist(), "params": {"skip": skip}})
-            answers[skip] = np.asarray(got["predictions"], dtype=np.float32)
-            with torch.inference_mode():
-                want = net(torch.from_numpy(x), skip=skip).numpy()
-            assert answers[skip].shape == (2, 10)
-            np.testing.assert_allclose(answers[skip], want, atol=1e-4)
-        assert not np.allclose(answers["T" * S], answers["F" * S], atol=1e-3)
-        default = np.asarray(_post(f"http://127.0.0.1:{port}/invocations", {"inputs": x.tolist()})["predictions"])
-        np.testing.assert_allclose(default, answers["F" * S], atol=1e-5)  # no params: the super-net
+        yield f"http://127.0.0.1:{port}/invocations"
     finally:
         os.killpg(server.pid, 15)
         try:

@@ -197,7 +197,7 @@ def test_select_cli_exit_codes(tmp_path, capsys):
         (("--max-latency-ms", "-1"), "--max-latency-ms must be a number >= 0"),
         (("--max-macs", "-5"), "--max-macs must be a number >= 0"),
         (("--max-latency-ms", "1", "--device", "H100"), "'H100' is not one of the grid's devices: cpu:Test CPU"),
-        (("--max-latency-ms", "1", "--batch", "32"), "the grid has batch sizes 1, 8"),
+        (("--max-latency-ms", "1", "--batch", "32"), "the latency table has batch sizes 1, 8"),
         (("--min-acc", "50", "--export", "onnx"), "--export FORMAT and --out FILE go together"),
     ]:
         assert _cli(*g, *argv) == 2, argv

@@ -8,9 +8,9 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import AdaskipError
-from . import doctor, export, recipe, select
+from . import doctor, export, profile, recipe, select
 
-COMMANDS = (doctor, recipe, export, select)
+COMMANDS = (doctor, recipe, export, select, profile)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

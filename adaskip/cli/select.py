@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "  adaskip select --max-latency-ms 2.5                 # batch: the first measured\n"
                        "  adaskip select --max-latency-ms 20 --batch 32 --device cpu --min-acc 80\n"
                        "  adaskip select --max-macs 3e6 --export onnx --out small.onnx   # then export it, verified\n"
-                       "  adaskip select --run 3f2c...e1 --min-acc 85          # the grid of an MLflow evaluate run")
+                       "  adaskip select --run 3f2c...e1 --min-acc 85          # the grid of an MLflow evaluate run\n"
+                       "  adaskip select --latency results/latency-*.csv --device xeon --max-latency-ms 2  # profiled")
     s.add_argument("--grid", metavar="CSV", help="evaluation grid (default: results/eval_grid.csv)")
     s.add_argument("--run", metavar="RUN_ID", help="MLflow evaluate run whose eval_grid.json to read instead")
     s.add_argument("--params", default="params.yaml", help="for --run: its mlflow.tracking_uri (default: %(default)s)")
@@ -26,6 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "first of evaluate.latency_batch_sizes)")
     s.add_argument("--device", metavar="D", help="the grid's device whose latency counts (exact, or a unique part: "
                    "cpu, H100); needed when the grid holds several")
+    s.add_argument("--latency", nargs="+", type=Path, metavar="CSV", help="latency tables (adaskip profile's long "
+                   "form) to use instead of the grid's own, e.g. measured on the serving machine")
     s.add_argument("--max-macs", type=float, metavar="M", help="multiply-accumulates per image at most (3.5e8)")
     s.add_argument("--min-acc", type=float, metavar="A", help="test top-1 accuracy at least, in %%")
     s.add_argument("--export", metavar="FORMAT", help="export the choice (torch, torchscript or onnx), "
@@ -38,12 +41,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The verdict line (and the export's line); 0 chosen, 1 nothing fits."""
-    from ..select import GRID, Budget, SelectError, choose, grid_from_run, read_grid, verdict
+    from ..select import GRID, Budget, SelectError, choose, grid_from_run, read_grid, verdict, with_latency
 
     if (args.export is None) != (args.out is None):
         raise SelectError("--export FORMAT and --out FILE go together")
     budget = Budget(args.max_latency_ms, args.max_macs, args.min_acc, args.batch, args.device).check()
     grid = grid_from_run(args.run, args.params) if args.run else read_grid(args.grid or GRID)
+    if args.latency:
+        grid = with_latency(grid, args.latency)
     choice = choose(grid, budget)
     print(verdict(choice, budget))
     if choice.chosen is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import platform
 import time
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -112,10 +112,12 @@ def resolve_threads(settings: Sequence[Optional[int]]) -> list[int]:
 
 def latency_long_table(model: nn.Module, configs: Optional[Iterable[SkipLike]] = None,
                        input_size: Sequence[int] = (3, 224, 224), batch_sizes: Sequence[int] = (1,),
-                       threads: Sequence[Optional[int]] = (None,), warmup: int = 2, reps: int = 10) -> pd.DataFrame:
+                       threads: Sequence[Optional[int]] = (None,), warmup: int = 2, reps: int = 10,
+                       on_row: Optional[Callable[[], None]] = None) -> pd.DataFrame:
     """One row per configuration x batch size x thread count (:data:`LONG_COLUMNS`): p50 and p90 (numpy
     percentiles) of :func:`measure_latencies`, milliseconds per forward of one batch, on the model's device. The
-    thread count is set with ``torch.set_num_threads`` for each measurement and restored afterwards."""
+    thread count is set with ``torch.set_num_threads`` for each measurement and restored afterwards; ``on_row`` is
+    called after each row (a progress bar)."""
     net = _unwrap(model)
     cfgs, device = select_configs(net, configs), device_name(next(net.parameters()).device)
     rows, before = [], torch.get_num_threads()
@@ -126,6 +128,8 @@ def latency_long_table(model: nn.Module, configs: Optional[Iterable[SkipLike]] =
                 for cfg in cfgs:
                     p50, p90 = np.percentile(measure_latencies(net, cfg, input_size, b, warmup, reps), [50, 90])
                     rows.append([str(cfg), device, int(b), t, float(p50), float(p90)])
+                    if on_row:
+                        on_row()
     finally:
         torch.set_num_threads(before)
     return pd.DataFrame(rows, columns=LONG_COLUMNS)

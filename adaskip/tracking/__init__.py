@@ -352,12 +352,68 @@ class Tracker:
             versions = self.client.search_model_versions(f"name = '{registered_model}'")
         except MlflowException:
             return None
+        from .model import SKIP_TAG
+
         hits = [v for v in versions if v.tags.get(SHA_TAG) == sha]
+        hits = [v for v in hits if SKIP_TAG not in v.tags] or hits  # the train stage's, not an alias's (set_alias)
         return str(max(int(v.version) for v in hits)) if hits else None
 
     def tag_model_version(self, registered_model: str, version: str, tags: Mapping[str, Any]) -> None:
         for k, v in tags.items():
             self.client.set_model_version_tag(registered_model, version, k, str(v))
+
+    def attach_to_model(self, registered_model: str, version: str, tables: Mapping[str, pd.DataFrame]) -> None:
+        """Write ``tables`` as CSV files (``{"latency/cpu.csv": df}``) into the MLflow Model directory that version
+        ``version`` serves, under ``adaskip/``, where the served model reads them at load (every version registered
+        from the same logged model sees them: same weights, same figures)."""
+        import tempfile
+
+        from .model import ATTACHED
+
+        source = self.client.get_model_version(registered_model, version).source
+        if not source.startswith("models:/m-"):
+            raise TrackingError(f"{registered_model} version {version} comes from {source}, not from an MLflow 3 "
+                                "logged model: re-register it with the train stage to attach tables to it")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, table in tables.items():
+                (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
+                table.to_csv(Path(tmp) / name, index=False)
+            self.client.log_model_artifacts(source.removeprefix("models:/"), tmp, ATTACHED)
+
+    def set_alias(self, registered_model: str, version: str, alias: str, skip: str) -> str:
+        """Point ``@alias`` at a version that serves sub-network ``skip`` by default: ``version`` itself for the
+        super-net, else a version registered from the same logged model and tagged ``adaskip.skip`` (found again by
+        source and skip, so a re-run registers nothing new); tag it ``adaskip.alias.<alias>`` = skip. Returns it."""
+        from .model import SKIP_TAG
+
+        mv = self.client.get_model_version(registered_model, version)
+        if skip == "F" * len(skip):  # the super-net: what ``version`` serves by default already
+            target = mv
+        else:
+            same = self.client.search_model_versions(f"name = '{registered_model}'")
+            found = [v for v in same if v.source == mv.source and v.tags.get(SKIP_TAG) == skip]
+            tags = {k: v for k, v in mv.tags.items() if not k.startswith("adaskip.alias.")}
+            target = found[0] if found else self.client.create_model_version(
+                registered_model, mv.source, run_id=mv.run_id, tags={**tags, SKIP_TAG: skip},
+                description=f"version {version}'s model, serving sub-network {skip} by default")
+        self.client.set_registered_model_alias(registered_model, alias, target.version)
+        self.client.set_model_version_tag(registered_model, target.version, f"adaskip.alias.{alias}", skip)
+        return str(target.version)
+
+    def download_model(self, uri: str) -> tuple[Path, Optional[tuple[str, str]]]:
+        """The model file of MLflow Model ``uri`` (``models:/adaskip/3``, ``models:/adaskip@base``) downloaded from
+        this store, and the registered (name, version) it resolved to."""
+        import mlflow.artifacts
+        import yaml
+        from mlflow.exceptions import MlflowException
+
+        try:
+            root = Path(mlflow.artifacts.download_artifacts(uri, tracking_uri=self.uri))
+        except MlflowException as e:
+            raise TrackingError(f"cannot download {uri} from {self.uri}: {e.message.splitlines()[0][:300]}") from None
+        meta = root / "registered_model_meta"
+        info = yaml.safe_load(meta.read_text()) if meta.is_file() else None
+        return root / "artifacts" / "model.pt", info and (info["model_name"], str(info["model_version"]))
 
 
 def skip_params(skip: str) -> dict[str, str]:

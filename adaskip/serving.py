@@ -1,0 +1,97 @@
+"""Serving by budget: which sub-network answers a request. A request names a sub-network (``skip``) or a budget
+(``max_latency_ms`` with an optional ``batch``, ``max_macs``, ``min_acc``); a budget is answered by the sub-network
+``adaskip select`` picks from the evaluation grid (accuracy, MACs, Pareto front) and the latency table of the device
+the model serves on. No MLflow here: :mod:`adaskip.tracking.model` reads the tables beside the MLflow Model."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional
+
+import pandas as pd
+
+from .errors import AdaskipError
+from .evaluation.latency import LONG_COLUMNS, latency_wide
+from .select import Budget, SelectError, choose, verdict
+
+BUDGET_KEYS = ("max_latency_ms", "max_macs", "min_acc", "batch")
+GRID_COLUMNS = ["skip", "acc1", "acc5", "macs", "params", "pareto"]  # what serving keeps of an evaluation grid
+
+
+class RequestError(AdaskipError, ValueError):
+    """A request's parameters are wrong or cannot be met: the message starts with what, then the valid values."""
+
+
+@dataclass(frozen=True)
+class Menu:
+    """What a served model answers with: its sub-networks, the evaluation grid (None: never evaluated) and the
+    latency table (long form) of the device and thread count it serves with."""
+
+    num_stages: int
+    grid: Optional[pd.DataFrame]
+    latency: pd.DataFrame
+    default: str  # the sub-network that answers a request with neither skip nor budget
+
+    def pick(self, params: Optional[Mapping[str, Any]]) -> tuple[str, bool]:
+        """The skip string that answers a request with ``params`` and whether a budget chose it; a RequestError
+        when a parameter is wrong or nothing fits."""
+        given = {k: v for k, v in (params or {}).items() if v is not None}
+        budget = {k: given[k] for k in BUDGET_KEYS if k in given}
+        if "skip" in given and budget:
+            raise RequestError(f"skip and a budget ({', '.join(budget)}) were both given: pass one of them")
+        if not budget:
+            return self.skip(given.get("skip", self.default)), False
+        if self.grid is None:
+            raise RequestError("this model has no evaluation grid, so a budget cannot be met: pass skip (one of "
+                               f"{self.skips()}), or run the evaluate stage to attach its grid")
+        try:
+            wanted = Budget(**budget, cli=False).check()
+            grid = self.grid.merge(latency_wide(self.latency), on="skip")
+            choice = choose(grid, wanted)
+        except SelectError as e:
+            raise RequestError(str(e)) from None
+        if choice.chosen is None:
+            raise RequestError(verdict(choice, wanted))
+        return str(choice.chosen["skip"]), True
+
+    def skip(self, value: Any) -> str:
+        """``value`` as a valid skip string of this model (case-insensitive), else a RequestError listing them."""
+        text = str(value).upper()
+        if len(text) != self.num_stages or set(text) - {"T", "F"}:
+            raise RequestError(f"skip {value!r} is not a sub-network of this model: give one T (skip) or F (run) per "
+                               f"stage, {self.num_stages} letters: {self.skips()}")
+        return text
+
+    def skips(self) -> str:
+        return f"{'F' * self.num_stages} (super-net) ... {'T' * self.num_stages} (base-net)"
+
+
+def device_table(tables: Iterable[pd.DataFrame], device: str, threads: int) -> pd.DataFrame:
+    """The rows of ``tables`` (long form; later tables win) measured on ``device`` with ``threads`` threads."""
+    rows = pd.concat([t[LONG_COLUMNS] for t in tables] or [pd.DataFrame(columns=LONG_COLUMNS)], ignore_index=True)
+    rows = rows[(rows["device"] == device) & (rows["threads"] == threads)]
+    return rows.drop_duplicates(["skip", "batch_size"], keep="last").reset_index(drop=True)
+
+
+def build_menu(net, image_size: int, grid: Optional[pd.DataFrame], tables: list[pd.DataFrame],
+               default: Optional[str] = None, log=print) -> Menu:
+    """The menu of ``net`` serving in this process: ``tables``' rows for this device and thread count, or, when they
+    do not cover every sub-network, every sub-network measured now (at the batch sizes the tables hold, else 1), and
+    said so through ``log``."""
+    import torch
+
+    from .evaluation.complexity import device_name, latency_long_table
+
+    device, threads, n = device_name(next(net.parameters()).device), torch.get_num_threads(), 2 ** net.num_stages
+    table = device_table(tables, device, threads)
+    batches = sorted({int(b) for t in tables for b in t["batch_size"]}) or [1]
+    if table.empty or table.groupby("batch_size")["skip"].nunique().min() < n:
+        start = time.perf_counter()
+        table = latency_long_table(net, None, (3, image_size, image_size), batches)
+        log(f"adaskip: no latency table for {device} with {threads} thread(s) covers all {n} sub-networks: measured "
+            f"them at load, batch {', '.join(map(str, batches))}, in {time.perf_counter() - start:.1f} s "
+            "(adaskip profile measures and attaches one)")
+    else:
+        log(f"adaskip: latency table for {device} with {threads} thread(s): {len(table)} rows")
+    kept = None if grid is None else grid[[c for c in GRID_COLUMNS if c in grid.columns]]
+    return Menu(net.num_stages, kept, table, (default or "F" * net.num_stages).upper())
