@@ -51,12 +51,6 @@ def profile(model_file: str | Path, batch_sizes: Sequence[int] = (1,), threads: 
             progress: bool = True) -> Profile:
     """p50/p90 milliseconds per forward of one batch of every sub-network of the model file, on ``device``, at
     ``image_size`` (default: the one the model file records)."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from .evaluation.complexity import latency_long_table, resolve_threads
-    from .training import load_model
-
     if not batch_sizes or min(batch_sizes) < 1 or any(t is not None and t < 1 for t in threads):
         raise ProfileError(f"batch sizes and thread counts must be >= 1, got --batch {list(batch_sizes)} "
                            f"--threads {list(threads)}")
@@ -64,6 +58,12 @@ def profile(model_file: str | Path, batch_sizes: Sequence[int] = (1,), threads: 
         raise ProfileError(f"--warmup must be >= 0 and --reps >= 1, got {warmup} and {reps}")
     if device not in ("cpu", "cuda"):
         raise ProfileError(f"--device {device!r}: use cpu or cuda")
+    import torch
+    from tqdm.auto import tqdm
+
+    from .evaluation.complexity import latency_long_table, resolve_threads
+    from .training import load_model
+
     if device == "cuda" and not torch.cuda.is_available():
         raise ProfileError("--device cuda: no CUDA device is visible here (torch.cuda.is_available() is False)")
     net, obj = load_model(model_file)

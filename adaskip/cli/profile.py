@@ -63,6 +63,11 @@ def _resolve(args: argparse.Namespace):
     from ..config import load_params
     from ..tracking import Tracker, resolve_uri
 
+    from ..profile import ProfileError
+
+    if not args.model.startswith("models:/") and not Path(args.model).is_file():
+        raise ProfileError(f"no model file at {args.model}: run the train stage (dvc repro), or pass a model file or "
+                           "models:/NAME/VERSION")
     registry = not args.no_attach or args.model.startswith("models:/")
     if not registry:
         return None, None, args.model
@@ -75,5 +80,5 @@ def _resolve(args: argparse.Namespace):
         model, version = tracker.download_model(args.model)
         return tracker, None if args.no_attach else version, model
     name = params.mlflow.registered_model if params else "adaskip"
-    found = name and Path(args.model).is_file() and tracker.model_version(name, args.model)
+    found = name and tracker.model_version(name, args.model)
     return tracker, (name, found) if found else None, args.model
