@@ -146,6 +146,22 @@ def test_mlflow_runs(reproduced: Path):
     assert sorted(r.data.tags["skip"] for r in grid_children) == sorted(pd.read_csv(reproduced / "results" / "eval_grid.csv").skip)
     assert all({"acc1", "macs", "latency_ms", "latency_p50_ms_b32"} <= set(r.data.metrics) for r in grid_children)
     assert len(tracker.children(stages["tune"].info.run_id)) == 2  # one per trial
+    # evaluate's registry entries: the grid beside the trained version, its aliases on versions serving each default
+    from adaskip.select import aliases
+
+    version = str(json.loads((reproduced / "results" / "train_metrics.json").read_text())["registered_model_version"])
+    assert tracker.model_version("adaskip", reproduced / "models" / "model.pt") == version  # not an alias's version
+    grid = pd.read_csv(reproduced / "results" / "eval_grid.csv", dtype={"skip": str})
+    for alias, skip in aliases(grid).items():
+        mv = tracker.client.get_model_version_by_alias("adaskip", alias)
+        assert mv.tags[f"adaskip.alias.{alias}"] == skip and mv.tags.get("adaskip.skip", "FFFF") == skip
+        assert (mv.version == version) == (skip == "FFFF") and mv.source == tracker.client.get_model_version(
+            "adaskip", version).source
+    import mlflow.artifacts
+
+    root = Path(mlflow.artifacts.download_artifacts("models:/adaskip@base", tracking_uri=tracker.uri))
+    attached = pd.read_csv(root / "adaskip" / "eval_grid.csv", dtype={"skip": str})
+    assert attached.skip.tolist() == grid.skip.tolist() and (attached.acc1 == grid.acc1).all()
 
 
 def test_second_repro_is_a_noop(reproduced: Path):

@@ -3,29 +3,19 @@ sub-network as an inference parameter; and MLflow as users browse it: experiment
 dataset inputs, Pareto tags on the registered version."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess, pytest.mark.usefixtures("one_thread")]  # a server start: ~30-60 s on 2 busy cores
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(url: str, body: dict) -> dict:
@@ -40,6 +30,7 @@ def test_registered_model_serves_every_subnetwork(tmp_path: Path, tiny_params, m
     from adaskip.select import aliases, with_latency
     from adaskip.tracking import EXPERIMENT_KIND, Tracker, pareto_tags, skip_params
     from adaskip.tracking.model import GRID_FILE
+    from adaskip.tracking.serve import local_server
     from adaskip.training import save_atomic
 
     monkeypatch.chdir(tmp_path)  # the store's default artifact root (./mlruns) lands in tmp_path
@@ -122,7 +113,7 @@ def test_registered_model_serves_every_subnetwork(tmp_path: Path, tiny_params, m
         return out.stdout.split(":")[0]
 
     # serve @base with the real CLI, in this environment: its default is the base-net; skips and budgets per request
-    with _serve(mlflow_uri, "models:/adaskip@base", tmp_path) as url:
+    with local_server(mlflow_uri, "models:/adaskip@base", tmp_path / "serve.log") as url:
         x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
         net.eval()
 
@@ -178,36 +169,3 @@ def _post_error(url: str, body: dict) -> tuple[int, dict]:
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
     raise AssertionError(f"{body['params']} was answered")
-
-
-@contextlib.contextmanager
-def _serve(mlflow_uri: str, model_uri: str, tmp_path: Path, log_name: str = "serve.log") -> Iterator[str]:
-    """`mlflow models serve` of ``model_uri`` on a free loopback port, one worker, one torch thread; yields the
-    invocations URL once it answers /ping, and stops it after."""
-    port = _free_port()
-    bindir = str(Path(sys.executable).parent)  # the server runs `uvicorn` from PATH: this venv's
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "OMP_NUM_THREADS": "1",
-           "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
-    log = open(tmp_path / log_name, "wb")
-    server = subprocess.Popen([str(Path(bindir) / "mlflow"), "models", "serve", "-m", model_uri,
-                               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "-w", "1"],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 180
-        while True:
-            assert server.poll() is None, (tmp_path / log_name).read_text()[-3000:]
-            assert time.time() < deadline, (tmp_path / log_name).read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):  # noqa: S310
-                    break
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/invocations"
-    finally:
-        os.killpg(server.pid, 15)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, 9)
-            server.wait()
-        log.close()
