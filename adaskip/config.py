@@ -70,7 +70,22 @@ class ModelParams(_Section):
         return kwargs
 
 
-class TrainParams(_Section):
+class DistillConfig(_Section):
+    """The self-distillation loss's knobs (docs/method.md section 4), the ``train`` section's fields of the same names:
+    one definition, validated once, for params.yaml and for the library (``adaskip.training.distill_step``).
+    ``top_k=None`` distils over all classes; ``self_distillation=False`` is the ablation that trains the base-net with
+    CE instead of KD; ``base_ce_weight`` adds CE on the base-net on top of KD."""
+
+    alpha: float = Field(0.5, ge=0, le=1)
+    temperature: float = Field(1.0, gt=0)
+    top_k: Optional[int] = Field(None, ge=1)
+    feature_weight: float = Field(0.0, ge=0)
+    base_ce_weight: float = Field(0.0, ge=0)
+    self_distillation: bool = True
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+
+
+class TrainParams(DistillConfig):
     epochs: int = Field(15, ge=1)
     batch_size: int = Field(64, ge=1)
     optimizer: str = "sgd"
@@ -80,13 +95,6 @@ class TrainParams(_Section):
     scheduler: Literal["cosine", "step", "multistep", "none"] = "cosine"
     decay_milestones: list[int] = [60, 100, 140]
     warmup_epochs: int = Field(0, ge=0)
-    alpha: float = Field(0.5, ge=0, le=1)
-    temperature: float = Field(1.0, gt=0)
-    top_k: Optional[int] = Field(None, ge=1)
-    feature_weight: float = Field(0.0, ge=0)
-    base_ce_weight: float = Field(0.0, ge=0)
-    self_distillation: bool = True
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
     precision: Optional[Literal["bf16", "fp16"]] = None
     seed: int = 0
     workers: int = Field(2, ge=1, description="Ray Train workers (DDP processes)")
@@ -108,14 +116,6 @@ class TrainParams(_Section):
                                 "convolutional families (resnet, mobilenetv2; on a 2-core CPU 12-17 % faster steps, "
                                 "benchmarks/train_step.py); no effect on vit/swin")
 
-    @model_validator(mode="after")
-    def _even_mixup_batch(self) -> "TrainParams":
-        per_rank = self.batch_size // self.workers
-        if (self.mixup > 0 or self.cutmix > 0) and per_rank % 2:
-            raise ValueError(f"mixup/cutmix need an even batch per worker: train.batch_size {self.batch_size} // "
-                             f"train.workers {self.workers} = {per_rank}; make train.batch_size a multiple of "
-                             f"{2 * self.workers}")
-        return self
 
 
 class TuneParams(_Section):
@@ -207,6 +207,18 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     mlflow: MlflowParams = MlflowParams()
     cluster: ClusterParams = ClusterParams()
+
+    @model_validator(mode="after")
+    def _even_mixup_batch(self) -> "Params":
+        """Mixup/CutMix pair up images: each worker's batch must be even, for train's workers and tune's trials."""
+        t = self.train
+        runs = [("train.workers", t.workers)] + ([("tune.workers", max(1, self.tune.workers))] if self.tune.enabled else [])
+        for key, workers in runs if t.mixup > 0 or t.cutmix > 0 else []:
+            if (t.batch_size // workers) % 2:
+                raise ValueError(f"mixup/cutmix need an even batch per worker: train.batch_size {t.batch_size} // "
+                                 f"{key} {workers} = {t.batch_size // workers}; make train.batch_size a multiple of "
+                                 f"{2 * workers}")
+        return self
 
     @model_validator(mode="after")
     def _data_exists(self) -> "Params":

@@ -183,6 +183,20 @@ def test_odd_batch_with_mixup_is_a_config_error(tiny_raw):
         parse_params(raw)
     parse_params(merge_params(raw, {"train": {"batch_size": 8}}))
     parse_params(merge_params(raw, {"train": {"mixup": 0.0}}))
+    # tune's trials train with tune.workers (0: one process): their per-worker batch counts too, checked once, here
+    trials = merge_params(raw, {"train": {"batch_size": 12}, "tune": {"enabled": True, "workers": 4}})
+    with pytest.raises(ConfigError, match=r"train\.batch_size 12 // tune\.workers 4 = 3"):
+        parse_params(trials)
+    parse_params(merge_params(trials, {"tune": {"workers": 0}}))
+    parse_params(merge_params(trials, {"tune": {"enabled": False}}))
+
+
+def test_loss_settings_have_one_source(tiny_params):
+    """The loss reads the train section itself: params.yaml's defaults are the library's (label smoothing 0.1)."""
+    assert loop.distill_config(tiny_params) is tiny_params.train
+    assert DistillConfig().label_smoothing == 0.1 == type(tiny_params.train)().label_smoothing
+    with pytest.raises(ValueError, match="alpha"):
+        DistillConfig(alpha=1.5)
 
 
 def test_mixup_changes_what_is_trained(tiny_params):
@@ -190,8 +204,8 @@ def test_mixup_changes_what_is_trained(tiny_params):
     carry label smoothing once (Mixup's), not twice."""
     x, y = batch()
     cfg = DistillConfig(label_smoothing=0.1)
-    mixup = loop.make_mixup(_train(tiny_params, mixup=0.8, label_smoothing=0.1), NUM_CLASSES, len(x))
-    assert loop.make_mixup(tiny_params, NUM_CLASSES, len(x)) is None
+    mixup = loop.make_mixup(_train(tiny_params, mixup=0.8, label_smoothing=0.1), NUM_CLASSES)
+    assert loop.make_mixup(tiny_params, NUM_CLASSES) is None
     torch.manual_seed(0)
     mx, my = mixup(x.clone(), y.clone())
     assert my.shape == (len(x), NUM_CLASSES) and torch.allclose(my.sum(1), torch.ones(len(x)))

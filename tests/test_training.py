@@ -156,7 +156,7 @@ def test_distillation_terms_combination():
     g = torch.Generator().manual_seed(5)
     sf = [torch.randn(6, 3, 4, generator=g), torch.randn(6, 8, generator=g)]
     bf = [torch.randn(6, 3, 4, generator=g, requires_grad=True), torch.randn(6, 8, generator=g, requires_grad=True)]
-    cfg = DistillConfig(alpha=0.3, temperature=2.0, top_k=3, feature_weight=0.5, base_ce_weight=0.2)
+    cfg = DistillConfig(alpha=0.3, temperature=2.0, top_k=3, feature_weight=0.5, base_ce_weight=0.2, label_smoothing=0.0)
     t = distillation_terms(s, b, y, cfg, sf, bf)
 
     feat_ref = (((bf[0] - sf[0]) ** 2).mean() + ((bf[1] - sf[1]) ** 2).mean()) / 2
@@ -179,7 +179,7 @@ def test_distillation_terms_combination():
 
 def test_distillation_terms_default_is_paper_loss():
     s, b, y = _logits(1)
-    t = distillation_terms(s, b, y, DistillConfig())
+    t = distillation_terms(s, b, y, DistillConfig(label_smoothing=0.0))
     assert t.feat.item() == 0.0
     assert t.super_objective.item() == pytest.approx(0.5 * ref_ce(s, y).item(), rel=1e-5)
     # the base-net gets no CE term by default
@@ -189,7 +189,7 @@ def test_distillation_terms_default_is_paper_loss():
 def test_distillation_terms_without_self_distillation():
     s, b, y = _logits(2)
     t = distillation_terms(s, b, y, DistillConfig(alpha=0.4, self_distillation=False, base_ce_weight=0.7,
-                                                  feature_weight=1.0))
+                                                  feature_weight=1.0, label_smoothing=0.0))
     assert t.kd.item() == 0.0
     assert t.base_objective.item() == pytest.approx(0.6 * ref_ce(b, y).item(), rel=1e-5)
     t.base_objective.backward()
@@ -210,7 +210,7 @@ def test_soft_targets():
     assert cross_entropy(s, soft).item() == pytest.approx(ref_ce(s, soft).item(), rel=1e-5)
     one_hot = F.one_hot(y, NUM_CLASSES).float()
     assert cross_entropy(s, one_hot).item() == pytest.approx(cross_entropy(s, y).item(), rel=1e-5)
-    t = distillation_terms(s, b, soft, DistillConfig(alpha=0.25, base_ce_weight=0.5))
+    t = distillation_terms(s, b, soft, DistillConfig(alpha=0.25, base_ce_weight=0.5, label_smoothing=0.0))
     assert t.super_objective.item() == pytest.approx(0.25 * ref_ce(s, soft).item(), rel=1e-5)
     ref = 0.75 * ref_kd(s, b) + 0.5 * ref_ce(b, soft)
     assert t.base_objective.item() == pytest.approx(ref.item(), rel=1e-5)
@@ -225,13 +225,13 @@ def test_distill_config_rejects(kwargs):
 
 
 def test_distill_config_accepts_bounds():
-    DistillConfig(alpha=0.0)
-    DistillConfig(alpha=1.0, temperature=0.5, top_k=1)
+    DistillConfig(alpha=0.0, label_smoothing=0.0)
+    DistillConfig(alpha=1.0, temperature=0.5, top_k=1, label_smoothing=0.0)
 
 
 # ----------------------------------------------------------------------------- distill_step
 STEP_CONFIGS = [
-    DistillConfig(),
+    DistillConfig(label_smoothing=0.0),
     DistillConfig(alpha=0.3, temperature=2.0, top_k=3, feature_weight=0.5, base_ce_weight=0.2, label_smoothing=0.1),
 ]
 
@@ -277,7 +277,7 @@ def test_distill_step_reduces_loss():
     x, y = batch(16, seed=2)
     model = tiny_vit(1)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    cfg = DistillConfig(temperature=2.0)
+    cfg = DistillConfig(temperature=2.0, label_smoothing=0.0)
     history = [distill_step(model, x, y, opt, cfg) for _ in range(30)]
     first, last = history[0], history[-1]
     assert last["total"] < 0.5 * first["total"], [round(h["total"], 3) for h in history]
@@ -295,7 +295,7 @@ def test_distill_step_amp_cpu(dtype):
     assert (scaler is not None) == (dtype == "fp16")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for _ in range(2):
-        metrics = distill_step(model, x, y, opt, DistillConfig(top_k=3), precision, scaler)
+        metrics = distill_step(model, x, y, opt, DistillConfig(top_k=3, label_smoothing=0.0), precision, scaler)
         assert all(math.isfinite(v) for v in metrics.values()), metrics
     after = params(model)
     assert all(torch.isfinite(v).all() for v in after.values())
@@ -311,7 +311,7 @@ def test_kd_step_distils_a_separate_teacher_into_one_sub_network():
     x, y = batch()
     teacher, model, ref = tiny_vit(1), tiny_vit(), tiny_vit()
     t_before, before = params(teacher), params(model)
-    cfg = DistillConfig(alpha=0.3, temperature=2.0, base_ce_weight=0.2)
+    cfg = DistillConfig(alpha=0.3, temperature=2.0, base_ce_weight=0.2, label_smoothing=0.0)
     metrics = kd_step(model, lambda images: teacher(images, skip="FF"), x, y,
                       torch.optim.SGD(model.parameters(), lr=0.5), cfg, skip="TT")
     opt = torch.optim.SGD(ref.parameters(), lr=0.5)
@@ -389,8 +389,8 @@ def test_fit_gives_baselines_the_recipes_label_smoothing(tiny_params, monkeypatc
 
 # ----------------------------------------------------------------------------- DDP (gloo, 2 processes)
 DDP_STEPS = 3
-DDP_CONFIGS = {"default": DistillConfig(temperature=2.0, top_k=3),
-               "feat": DistillConfig(alpha=0.3, feature_weight=0.5, base_ce_weight=0.2)}
+DDP_CONFIGS = {"default": DistillConfig(temperature=2.0, top_k=3, label_smoothing=0.0),
+               "feat": DistillConfig(alpha=0.3, feature_weight=0.5, base_ce_weight=0.2, label_smoothing=0.0)}
 DDP_LR = 0.2
 
 

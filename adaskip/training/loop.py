@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..config import ConfigError, Params
+from ..config import Params
 from ..console import epoch_line, progress_bars
 from ..data import load_subsets, make_loader
 from ..data.loader import resolve_workers
@@ -72,10 +72,8 @@ SELF_DISTILLATION = FitMode()
 
 
 def distill_config(params: Params) -> DistillConfig:
-    t = params.train
-    return DistillConfig(alpha=t.alpha, temperature=t.temperature, top_k=t.top_k, feature_weight=t.feature_weight,
-                         base_ce_weight=t.base_ce_weight, label_smoothing=t.label_smoothing,
-                         self_distillation=t.self_distillation)
+    """The loss's knobs: the train section's (validated with params.yaml), nothing copied."""
+    return params.train
 
 
 def seed_everything(seed: int) -> None:
@@ -102,14 +100,12 @@ def memory_format(params: Params, net: AdaptiveDepthNet) -> torch.memory_format:
     return torch.channels_last if conv else torch.contiguous_format
 
 
-def make_mixup(params: Params, num_classes: int, batch_size: int) -> Optional[timm.data.Mixup]:
+def make_mixup(params: Params, num_classes: int) -> Optional[timm.data.Mixup]:
     """timm Mixup/CutMix per train.mixup and train.cutmix (None when both are 0). Its soft targets carry
     train.label_smoothing, which ``cross_entropy`` then leaves alone (it smooths hard labels only)."""
     t = params.train
     if t.mixup <= 0 and t.cutmix <= 0:
         return None
-    if batch_size % 2:
-        raise ConfigError(f"train.batch_size: mixup/cutmix need an even batch per worker, got {batch_size}")
     return timm.data.Mixup(mixup_alpha=t.mixup, cutmix_alpha=t.cutmix, prob=t.mixup_prob,
                            switch_prob=t.mixup_switch_prob, label_smoothing=t.label_smoothing, num_classes=num_classes)
 
@@ -219,7 +215,7 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None,
                                distributed=shard, num_workers=workers, device=env.device)
     val_loader = make_loader(subsets.val, params.evaluate.batch_size, shuffle=False, seed=0, distributed=shard,
                              num_workers=workers, device=env.device)
-    mixup = make_mixup(params, subsets.num_classes, bs)
+    mixup = make_mixup(params, subsets.num_classes)
     precision = Precision(params.train.precision)
     step = _step_fn(model, optimizer, params, precision, precision.scaler(env.device), mode)
     eval_net = ema.module if ema is not None else net

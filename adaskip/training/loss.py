@@ -8,37 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-@dataclass(frozen=True)
-class DistillConfig:
-    """Knobs of the loss. ``top_k=None`` distils over all classes.
-
-    ``self_distillation=False`` is the ablation that trains the base-net with CE instead of KD;
-    ``base_ce_weight`` adds CE on the base-net on top of KD.
-    """
-
-    alpha: float = 0.5
-    temperature: float = 1.0
-    top_k: Optional[int] = None
-    feature_weight: float = 0.0
-    base_ce_weight: float = 0.0
-    label_smoothing: float = 0.0
-    self_distillation: bool = True
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None (all classes), got {self.top_k}")
-        if self.feature_weight < 0 or self.base_ce_weight < 0:
-            raise ValueError("feature_weight and base_ce_weight must be >= 0")
+from ..config import DistillConfig  # the knobs: one definition with params.yaml's train section
 
 
 @dataclass
 class LossTerms:
-    """The separate terms; ``super_objective`` is backpropagated first, ``base_objective`` second."""
+    """The separate terms of one step, each computed once: ``super_objective`` (:func:`super_terms`) is what the
+    first backward propagates, ``base_objective`` (:func:`base_terms`) the second."""
 
     super_ce: Tensor
     kd: Tensor
@@ -46,6 +22,12 @@ class LossTerms:
     base_ce: Tensor
     super_objective: Tensor
     base_objective: Tensor
+
+    @classmethod
+    def of(cls, super_part: tuple[Tensor, Tensor], base_part: tuple[Tensor, Tensor, Tensor, Tensor]) -> "LossTerms":
+        """From :func:`super_terms` and :func:`base_terms`."""
+        (super_ce, super_objective), (kd, feat, base_ce, base_objective) = super_part, base_part
+        return cls(super_ce, kd, feat, base_ce, super_objective, base_objective)
 
     @property
     def total(self) -> Tensor:
@@ -84,18 +66,22 @@ def super_terms(super_logits: Tensor, targets: Tensor, cfg: DistillConfig) -> tu
     return ce, cfg.alpha * ce
 
 
-def distillation_terms(super_logits: Tensor, base_logits: Tensor, targets: Tensor, cfg: DistillConfig,
-                       super_feats: Optional[Sequence[Tensor]] = None,
-                       base_feats: Optional[Sequence[Tensor]] = None) -> LossTerms:
-    """All terms of the self-distillation loss for one batch."""
-    super_ce, super_objective = super_terms(super_logits, targets, cfg)
+def base_terms(super_logits: Tensor, base_logits: Tensor, targets: Tensor, cfg: DistillConfig,
+               super_feats: Optional[Sequence[Tensor]] = None,
+               base_feats: Optional[Sequence[Tensor]] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(KD, feature loss, CE of the base-net, the objective of the second backward) for one batch."""
     zero = super_logits.new_zeros((), dtype=torch.float32)
     base_ce = cross_entropy(base_logits, targets, cfg.label_smoothing)
     feat = feature_loss(super_feats, base_feats) if cfg.feature_weight and super_feats is not None else zero
-    if cfg.self_distillation:
-        kd = kd_loss(super_logits, base_logits, cfg.temperature, cfg.top_k)
-        base_objective = (1 - cfg.alpha) * (kd + cfg.feature_weight * feat) + cfg.base_ce_weight * base_ce
-    else:  # ablation: base-net trained by CE on labels, no teacher
-        kd = zero
-        base_objective = (1 - cfg.alpha) * base_ce
-    return LossTerms(super_ce, kd, feat, base_ce, super_objective, base_objective)
+    if not cfg.self_distillation:  # ablation: base-net trained by CE on labels, no teacher
+        return zero, feat, base_ce, (1 - cfg.alpha) * base_ce
+    kd = kd_loss(super_logits, base_logits, cfg.temperature, cfg.top_k)
+    return kd, feat, base_ce, (1 - cfg.alpha) * (kd + cfg.feature_weight * feat) + cfg.base_ce_weight * base_ce
+
+
+def distillation_terms(super_logits: Tensor, base_logits: Tensor, targets: Tensor, cfg: DistillConfig,
+                       super_feats: Optional[Sequence[Tensor]] = None,
+                       base_feats: Optional[Sequence[Tensor]] = None) -> LossTerms:
+    """All terms of the self-distillation loss for one batch (what :func:`distill_step` computes in two halves)."""
+    return LossTerms.of(super_terms(super_logits, targets, cfg),
+                        base_terms(super_logits, base_logits, targets, cfg, super_feats, base_feats))

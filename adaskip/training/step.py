@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models import AdaptiveDepthNet, SkipConfig
-from .loss import DistillConfig, cross_entropy, distillation_terms
+from .loss import DistillConfig, LossTerms, base_terms, cross_entropy, super_terms
 
 
 @dataclass(frozen=True)
@@ -67,15 +67,15 @@ def distill_step(model: nn.Module, images: Tensor, targets: Tensor, optimizer: t
         with precision.autocast(images.device):
             out = model(images, skip=super_cfg, return_features=want_feats)
         super_logits, super_feats = out if want_feats else (out, None)
-        super_ce = cross_entropy(super_logits, targets, cfg.label_smoothing)
-        _backward(cfg.alpha * super_ce, scaler)
+        super_part = super_terms(super_logits, targets, cfg)
+        _backward(super_part[1], scaler)
     with precision.autocast(images.device):
         out = model(images, skip=base_cfg, return_features=want_feats)
     base_logits, base_feats = out if want_feats else (out, None)
-    terms = distillation_terms(super_logits.detach(), base_logits, targets, cfg, super_feats, base_feats)
-    _backward(terms.base_objective, scaler)
+    base_part = base_terms(super_logits.detach(), base_logits, targets, cfg, super_feats, base_feats)
+    _backward(base_part[3], scaler)
     _optimizer_step(optimizer, scaler)
-    metrics = terms.as_floats()
+    metrics = LossTerms.of(super_part, base_part).as_floats()
     metrics.update(super_correct=_correct(super_logits, targets), base_correct=_correct(base_logits, targets))
     return metrics
 
@@ -107,7 +107,7 @@ def kd_step(model: nn.Module, teacher: Callable[[Tensor], Tensor], images: Tenso
         teacher_logits = teacher(images)
     with precision.autocast(images.device):
         logits = model(images, skip=skip)
-    terms = distillation_terms(teacher_logits.float(), logits, targets, cfg)
-    _backward(terms.base_objective, scaler)
+    kd, _, _, objective = base_terms(teacher_logits.float(), logits, targets, cfg)
+    _backward(objective, scaler)
     _optimizer_step(optimizer, scaler)
-    return {"loss": float(terms.base_objective.detach()), "kd": float(terms.kd.detach()), "correct": _correct(logits, targets)}
+    return {"loss": float(objective.detach()), "kd": float(kd.detach()), "correct": _correct(logits, targets)}
