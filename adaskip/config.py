@@ -305,12 +305,19 @@ def params_hash(params: Params, *sections: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
+REPLACED_WHOLE = ("kwargs",)  # keys whose dict value replaces the old one: timm arguments do not merge key by key
+
+
+def merges(key: str, old: Any, new: Any) -> bool:
+    """Whether an override's ``new`` value for ``key`` merges into ``old`` key by key (params overrides, recipes)."""
+    return isinstance(new, dict) and isinstance(old, dict) and key not in REPLACED_WHOLE
+
+
 def merge_params(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``override``'s sections and keys over ``base``'s, recursively, as a new dict; ``model.kwargs`` is
-    replaced whole (timm arguments do not merge key by key)."""
+    """``override``'s sections and keys over ``base``'s, recursively (see :func:`merges`), as a new dict."""
     out = copy.deepcopy(base)
     for k, v in override.items():
-        out[k] = merge_params(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "kwargs" else v
+        out[k] = merge_params(out[k], v) if merges(k, out.get(k), v) else v
     return out
 
 

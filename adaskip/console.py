@@ -37,6 +37,14 @@ def duration(seconds: float) -> str:
     return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
+def si(n: float) -> str:
+    """``"3.460 G"``, ``"21.300 M"``, ``"927.360 k"``, ``"12 "``: a count with an SI prefix (append the unit)."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3f} {unit}"
+    return f"{n:.0f} "
+
+
 def epoch_line(epoch: int, epochs: int, metrics: Mapping[str, float], seconds: float) -> str:
     """One aligned line per epoch, e.g. ``epoch  3/15  loss 0.812  train  91.2  val super  97.4 base  96.3  lr 0.18
     12.3 s``. Self-distillation reports the super-net's training accuracy; a baseline (one sub-network) its own."""

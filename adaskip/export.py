@@ -32,6 +32,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from .console import si
 from .errors import AdaskipError
 from .files import atomic_path
 from .models import AdaptiveDepthNet, SkipAwareNorm, SkipConfig, check_input_size, count_macs
@@ -66,16 +67,10 @@ class ExportResult:
     tolerance: float  # the bound max_abs_diff was checked against
 
     def line(self) -> str:
-        return (f"exported {self.skip} ({self.fmt}) -> {self.path}: {_si(self.macs)}MACs at {self.image_size} px, "
-                f"{_si(self.params)}params, max |diff| {self.max_abs_diff:.2e} vs model(x, skip={self.skip!r}) "
+        return (f"exported {self.skip} ({self.fmt}) -> {self.path}: {si(self.macs)}MACs at {self.image_size} px, "
+                f"{si(self.params)}params, max |diff| {self.max_abs_diff:.2e} vs model(x, skip={self.skip!r}) "
                 f"(tolerance {self.tolerance:.1e})")
 
-
-def _si(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3f} {unit}"
-    return f"{n:.0f} "
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -15,12 +15,11 @@ import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from .config import ConfigError, parse_params
+from .config import ConfigError, merges, parse_params
 from .errors import AdaskipError
 from .files import atomic_path
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
-REPLACED_WHOLE = ("kwargs",)  # keys whose dict value replaces the old one instead of merging into it
 
 
 class RecipeError(AdaskipError, ValueError):
@@ -139,7 +138,7 @@ def merge_into(doc: CommentedMap, overlay: dict[str, Any], prefix: str = "") -> 
     for key, new in overlay.items():
         name = f"{prefix}{key}"
         old = doc.get(key)
-        if isinstance(new, dict) and isinstance(old, dict) and key not in REPLACED_WHOLE:
+        if merges(key, old, new):
             changes += merge_into(old, new, f"{name}.")
         elif key not in doc or _plain(old) != new:
             changes.append(Change(name, _plain(old), new))

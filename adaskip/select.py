@@ -16,6 +16,7 @@ from typing import Optional
 
 import pandas as pd
 
+from .console import si
 from .errors import AdaskipError
 from .evaluation.latency import latency_column, latency_wide, wide_columns
 from .evaluation.pareto import pareto_front
@@ -56,7 +57,7 @@ class Budget:
     def describe(self, batch: Optional[int]) -> str:
         at = f" at batch {batch}" if batch else ""
         parts = [f"latency <= {self.max_latency_ms:g} ms{at}" if self.max_latency_ms is not None else "",
-                 f"MACs <= {_si(self.max_macs)}" if self.max_macs is not None else "",
+                 f"MACs <= {si(self.max_macs)}" if self.max_macs is not None else "",
                  f"top-1 >= {self.min_acc:g} %" if self.min_acc is not None else ""]
         return ", ".join(p for p in parts if p)
 
@@ -173,7 +174,7 @@ def choose(grid: pd.DataFrame, budget: Budget) -> Choice:
 def figures(row: pd.Series, p50: str) -> str:
     """``top-1 76.50 %, top-5 93.10 %, 3.460 GMACs, 21.300 Mparams, p50 1.23 ms / p90 1.4 ms per batch of 1 on ...``"""
     parts = [f"top-1 {row['acc1']:.2f} %"] + ([f"top-5 {row['acc5']:.2f} %"] if "acc5" in row else [])
-    parts += [f"{_si(row['macs'])}MACs"] + ([f"{_si(row['params'])}params"] if "params" in row else [])
+    parts += [f"{si(row['macs'])}MACs"] + ([f"{si(row['params'])}params"] if "params" in row else [])
     return ", ".join(parts + ([_latency(row, p50)] if p50 in row else []))
 
 
@@ -214,10 +215,3 @@ def aliases(grid: pd.DataFrame, within: float = 1.0) -> dict[str, str]:
 
 def _listing(values: list) -> str:
     return ", ".join(map(str, values))
-
-
-def _si(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3f} {unit}"
-    return f"{n:.0f} "

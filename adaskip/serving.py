@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
 import pandas as pd
 
 from .errors import AdaskipError
-from .evaluation.latency import LONG_COLUMNS, latency_wide
+from .evaluation.latency import LONG_COLUMNS, latency_long, latency_wide
 from .select import Budget, SelectError, choose, verdict
 
 BUDGET_KEYS = ("max_latency_ms", "max_macs", "min_acc", "batch")
+ATTACHED = "adaskip"  # folder beside a served MLflow Model (Tracker.attach_to_model): the grid, latency/*.csv
+GRID_FILE, LATENCY_DIR = "eval_grid.csv", "latency"
 GRID_COLUMNS = ["skip", "acc1", "acc5", "macs", "params", "pareto"]  # what serving keeps of an evaluation grid
 
 
@@ -95,3 +98,19 @@ def build_menu(net, image_size: int, grid: Optional[pd.DataFrame], tables: list[
         log(f"adaskip: latency table for {device} with {threads} thread(s): {len(table)} rows")
     kept = None if grid is None else grid[[c for c in GRID_COLUMNS if c in grid.columns]]
     return Menu(net.num_stages, kept, table, (default or "F" * net.num_stages).upper())
+
+
+def read_attached(root: Path) -> tuple[pd.DataFrame | None, list[pd.DataFrame]]:
+    """The evaluation grid (None: not attached) and the latency tables beside an MLflow Model: the grid's own first,
+    then the attached ones (``adaskip profile``'s win where they measured the same device and threads)."""
+    folder = Path(root) / ATTACHED
+    grid = pd.read_csv(folder / GRID_FILE, dtype={"skip": str}) if (folder / GRID_FILE).is_file() else None
+    files = sorted((folder / LATENCY_DIR).glob("*.csv"))
+    return grid, ([] if grid is None else [_long(grid)]) + [pd.read_csv(f, dtype={"skip": str}) for f in files]
+
+
+def _long(grid: pd.DataFrame) -> pd.DataFrame:
+    try:
+        return latency_long(grid)
+    except ValueError:  # a grid without latency columns
+        return pd.DataFrame(columns=LONG_COLUMNS)

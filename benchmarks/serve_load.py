@@ -65,9 +65,8 @@ def main(argv=None) -> int:
     import torch
 
     from adaskip.config import load_params
-    from adaskip.serving import build_menu
+    from adaskip.serving import build_menu, read_attached
     from adaskip.tracking import Tracker, resolve_uri
-    from adaskip.tracking.model import read_attached
     from adaskip.tracking.serve import local_server
     from adaskip.training import load_model
 

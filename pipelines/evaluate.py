@@ -17,8 +17,8 @@ def run(params, args) -> str:
     from adaskip.evaluation.latency import latency_long
     from adaskip.orchestration.grid import evaluate_parallel
     from adaskip.select import aliases
+    from adaskip.serving import GRID_FILE
     from adaskip.tracking import pareto_tags, skip_params
-    from adaskip.tracking.model import GRID_FILE
     from adaskip.training import load_model
 
     remove_outputs(GRID, LATENCY)

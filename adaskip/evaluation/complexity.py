@@ -15,7 +15,8 @@ from torch import nn
 
 from ..models import count_macs, count_params
 from ..models.skip import SkipLike
-from .grid import _unwrap, select_configs
+from ..models import unwrap
+from .grid import select_configs
 from .latency import LONG_COLUMNS
 
 
@@ -24,7 +25,7 @@ def complexity_table(model: nn.Module, configs: Optional[Iterable[SkipLike]] = N
     """One row per configuration (default: all 2^S): ``skip``, ``macs`` (multiply-accumulates of one
     image of shape ``input_size``), ``params`` (parameters the sub-network uses) and
     ``skipped_stages`` (number of ``T`` flags)."""
-    net = _unwrap(model)
+    net = unwrap(model)
     rows = [{"skip": str(cfg), "macs": int(count_macs(net, cfg, tuple(input_size))),
              "params": int(count_params(net, cfg)), "skipped_stages": cfg.num_skipped}
             for cfg in select_configs(net, configs)]
@@ -45,7 +46,7 @@ def measure_latencies(model: nn.Module, skip: SkipLike = None, input_size: Seque
         raise ValueError(f"reps must be >= 1, got {reps}")
     if warmup < 0 or batch_size < 1:
         raise ValueError(f"need warmup >= 0 and batch_size >= 1, got warmup={warmup}, batch_size={batch_size}")
-    net = _unwrap(model)
+    net = unwrap(model)
     cfg = net.skip_config(skip)
     param = next(net.parameters())
     x = torch.zeros(batch_size, *input_size, dtype=param.dtype, device=param.device)
@@ -77,7 +78,7 @@ def latency_table(model: nn.Module, configs: Optional[Iterable[SkipLike]] = None
                   input_size: Sequence[int] = (3, 224, 224), batch_size: int = 1, warmup: int = 2,
                   reps: int = 10) -> pd.DataFrame:
     """``skip`` and ``latency_ms`` (:func:`measure_latency`) for each configuration (default: all)."""
-    net = _unwrap(model)
+    net = unwrap(model)
     rows = [{"skip": str(cfg), "latency_ms": measure_latency(net, cfg, input_size, batch_size, warmup, reps)}
             for cfg in select_configs(net, configs)]
     return pd.DataFrame(rows, columns=["skip", "latency_ms"])
@@ -118,7 +119,7 @@ def latency_long_table(model: nn.Module, configs: Optional[Iterable[SkipLike]] =
     percentiles) of :func:`measure_latencies`, milliseconds per forward of one batch, on the model's device. The
     thread count is set with ``torch.set_num_threads`` for each measurement and restored afterwards; ``on_row`` is
     called after each row (a progress bar)."""
-    net = _unwrap(model)
+    net = unwrap(model)
     cfgs, device = select_configs(net, configs), device_name(next(net.parameters()).device)
     rows, before = [], torch.get_num_threads()
     try:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..models import AdaptiveDepthNet, SkipConfig
+from ..models import SkipConfig, unwrap
 from ..models.skip import SkipLike
 
 log = logging.getLogger(__name__)
@@ -32,14 +32,6 @@ def topk_correct(logits: Tensor, targets: Tensor, ks: tuple[int, ...] = (1, 5)) 
     top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
     hits = top == targets.unsqueeze(1)
     return [int(hits[:, :k].any(1).sum()) for k in ks]
-
-
-def _unwrap(model: nn.Module) -> AdaptiveDepthNet:
-    """The AdaptiveDepthNet inside a DDP (or other ``.module``) wrapper."""
-    inner = getattr(model, "module", model)
-    if not isinstance(inner, AdaptiveDepthNet):
-        raise TypeError(f"expected an AdaptiveDepthNet (or a wrapper of one), got {type(model).__name__}")
-    return inner
 
 
 def _parse_prefix(prefix: Optional[str], num_stages: int) -> tuple[bool, ...]:
@@ -59,7 +51,7 @@ def select_configs(model: nn.Module, configs: Optional[Iterable[SkipLike]] = Non
                    prefix: Optional[str] = None) -> list[SkipConfig]:
     """The requested configurations (default: all 2^S in canonical order), de-duplicated in their
     given order, restricted to those whose skip string starts with ``prefix``."""
-    net = _unwrap(model)
+    net = unwrap(model)
     flags = _parse_prefix(prefix, net.num_stages)
     requested = net.configs() if configs is None else [net.skip_config(c) for c in configs]
     seen, out = set(), []
@@ -85,7 +77,7 @@ def grid_logits(model: nn.Module, x: Tensor, configs: Optional[Iterable[SkipLike
     inference (as :func:`evaluate_grid` does), since otherwise every branch's graph is kept.
     The dict follows the order of ``configs`` (canonical order by default).
     """
-    net = _unwrap(model)
+    net = unwrap(model)
     selected = select_configs(net, configs, prefix)
     if not selected:
         return {}
@@ -116,7 +108,7 @@ def evaluate_grid(model: nn.Module, loader: Iterable, configs: Optional[Iterable
     runs under ``torch.inference_mode``. Returns one row per configuration with columns
     ``skip, acc1, acc5, loss, n`` in the order of ``configs`` (canonical order by default).
     """
-    net = _unwrap(model)
+    net = unwrap(model)
     selected = select_configs(net, configs, prefix)
     device = torch.device(device)
     net.to(device)

@@ -16,13 +16,14 @@ from torch import nn
 
 from ..models import AdaptiveDepthNet, SkipConfig
 from ..models.skip import SkipLike
-from .grid import _unwrap, evaluate_grid, select_configs
+from ..models import unwrap
+from .grid import evaluate_grid, select_configs
 
 
 def recalibrate_bn(model: nn.Module, loader: Iterable, skip: SkipLike, batches: int = 10) -> AdaptiveDepthNet:
     """A copy of ``model`` whose BatchNorm running statistics are re-estimated (cumulative average over
     ``batches`` batches of ``loader``, no gradient) for sub-network ``skip``; ``model`` is unchanged."""
-    net = copy.deepcopy(_unwrap(model))
+    net = copy.deepcopy(unwrap(model))
     norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     for m in norms:
         m.reset_running_stats()
@@ -39,7 +40,7 @@ def recalibrated_grid(model: nn.Module, loader: Iterable, calibration: Iterable,
                       batches: int = 10, device: str | torch.device = "cpu") -> pd.DataFrame:
     """:func:`evaluate_grid`, but every intermediate sub-network (neither super- nor base-net, which were
     trained with their own statistics) is evaluated after :func:`recalibrate_bn` on ``calibration``."""
-    net = _unwrap(model).to(device)
+    net = unwrap(model).to(device)
     selected = select_configs(net, configs, prefix)
     ends = {SkipConfig.super_net(net.num_stages), SkipConfig.base_net(net.num_stages)}
     parts = [evaluate_grid(net, loader, [c for c in selected if c in ends], device=device, progress=False)]

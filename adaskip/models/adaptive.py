@@ -144,6 +144,14 @@ class AdaptiveDepthNet(nn.Module):
 
 
 @torch.no_grad()
+def unwrap(model: nn.Module) -> AdaptiveDepthNet:
+    """The AdaptiveDepthNet inside a DDP (or other ``.module``) wrapper."""
+    inner = getattr(model, "module", model)
+    if not isinstance(inner, AdaptiveDepthNet):
+        raise TypeError(f"expected an AdaptiveDepthNet (or a wrapper of one), got {type(model).__name__}")
+    return inner
+
+
 def check_input_size(model: AdaptiveDepthNet, image_size: int, in_chans: int = 3) -> None:
     """One forward pass of the super-net on a zero batch of ``image_size`` images, in eval mode (no state changes):
     a ValueError says why the model cannot run on them (a shape that does not fit, a feature map gone to zero)."""

@@ -1,10 +1,12 @@
 """Starting or joining a Ray cluster."""
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
 import threading
+from typing import Optional
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +89,27 @@ def init_ray(num_cpus: int | None = None) -> None:
     if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_sigterm)
 
+
+def interface_of(ip: str) -> Optional[str]:
+    """The network interface that holds address ``ip`` on this host (psutil ships with Ray)."""
+    import psutil
+
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.address.split("%")[0] == ip for a in addrs):
+            return name
+    return None
+
+
+def use_node_interface() -> Optional[str]:
+    """Point Gloo and NCCL at the interface of this node's Ray address unless the user chose one: they otherwise
+    take the address the host name resolves to, loopback on many hosts, and the other nodes cannot connect."""
+    import ray
+
+    ip = ray.util.get_node_ip_address()
+    if ipaddress.ip_address(ip).is_loopback:
+        return None
+    name = interface_of(ip)
+    if name:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", name)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", name)
+    return name

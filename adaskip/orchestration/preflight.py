@@ -24,6 +24,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..config import Params
 from ..errors import AdaskipError
+from .cluster import interface_of
 from .storage import Storage, s3_credential_source
 
 PACKAGES = ("torch", "timm", "ray", "mlflow")
@@ -75,29 +76,6 @@ def code_versions() -> dict[str, str]:
         commit = "none"
     return {"adaskip": digest.hexdigest()[:12], "git": commit[:10],
             **{p: importlib.metadata.version(p) for p in PACKAGES}}
-
-
-def interface_of(ip: str) -> Optional[str]:
-    """The network interface that holds address ``ip`` on this host (psutil ships with Ray)."""
-    import psutil
-
-    for name, addrs in psutil.net_if_addrs().items():
-        if any(a.address.split("%")[0] == ip for a in addrs):
-            return name
-    return None
-
-
-def use_node_interface() -> Optional[str]:
-    """Point Gloo and NCCL at the interface of this node's Ray address unless the user chose one: they otherwise
-    take the address the host name resolves to, loopback on many hosts, and the other nodes cannot connect."""
-    ip = ray.util.get_node_ip_address()
-    if ipaddress.ip_address(ip).is_loopback:
-        return None
-    name = interface_of(ip)
-    if name:
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", name)
-        os.environ.setdefault("NCCL_SOCKET_IFNAME", name)
-    return name
 
 
 def _check_node(expect: Expect) -> NodeReport:

@@ -22,8 +22,7 @@ from ray.train.v2._internal.execution.scaling_policy.fixed import FixedScalingPo
 from ..config import Params
 from ..console import verbose
 from ..errors import AdaskipError, describe
-from .cluster import joins_cluster
-from .preflight import use_node_interface
+from .cluster import joins_cluster, use_node_interface
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -210,8 +209,10 @@ def latest_state(api: ModuleType = ray.train) -> Optional[dict[str, Any]]:
     ckpt = api.get_checkpoint()
     if ckpt is None:
         return None
+    from ..training.checkpoint import read_torch_file  # here: Tune trial drivers import this module without timm
+
     with ckpt.as_directory() as d:
-        return load_file_state(Path(d) / STATE_FILE)
+        return read_torch_file(Path(d) / STATE_FILE, "Ray Train checkpoint state")
 
 
 @dataclass(frozen=True)
@@ -309,12 +310,8 @@ def run_training(params: Params, storage: Storage, name: str, tracking: Optional
                                      f"{describe(cause)}") from None
     if result.error is not None:
         raise result.error
+    from ..training.checkpoint import read_torch_file
+
     with result.checkpoint.as_directory() as d:
-        state = load_file_state(Path(d) / STATE_FILE)
+        state = read_torch_file(Path(d) / STATE_FILE, "Ray Train checkpoint state")
     return dict(result.metrics), state
-
-
-def load_file_state(path: Path) -> dict[str, Any]:
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=True)

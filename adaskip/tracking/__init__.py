@@ -18,6 +18,7 @@ import pandas as pd
 from ..console import verbose
 from ..errors import AdaskipError
 from ..redact import credentials_in
+from ..serving import ATTACHED
 
 log = logging.getLogger(__name__)
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
@@ -25,6 +26,7 @@ RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 MODEL_NAME = "adaptive_net"  # the MLflow Model's name in the train run (model/model.pt is the raw file artifact)
 SHA_TAG = "adaskip.model_sha256"  # on the registered version: which models/model.pt it serves
+SKIP_TAG = "adaskip.skip"  # on a registered version: the sub-network it serves by default (see Tracker.set_alias)
 
 
 class TrackingError(AdaskipError, RuntimeError):
@@ -352,8 +354,6 @@ class Tracker:
             versions = self.client.search_model_versions(f"name = '{registered_model}'")
         except MlflowException:
             return None
-        from .model import SKIP_TAG
-
         hits = [v for v in versions if v.tags.get(SHA_TAG) == sha]
         hits = [v for v in hits if SKIP_TAG not in v.tags] or hits  # the train stage's, not an alias's (set_alias)
         return str(max(int(v.version) for v in hits)) if hits else None
@@ -367,8 +367,6 @@ class Tracker:
         ``version`` serves, under ``adaskip/``, where the served model reads them at load (every version registered
         from the same logged model sees them: same weights, same figures)."""
         import tempfile
-
-        from .model import ATTACHED
 
         source = self.client.get_model_version(registered_model, version).source
         if not source.startswith("models:/m-"):
@@ -384,8 +382,6 @@ class Tracker:
         """Point ``@alias`` at a version that serves sub-network ``skip`` by default: ``version`` itself for the
         super-net, else a version registered from the same logged model and tagged ``adaskip.skip`` (found again by
         source and skip, so a re-run registers nothing new); tag it ``adaskip.alias.<alias>`` = skip. Returns it."""
-        from .model import SKIP_TAG
-
         mv = self.client.get_model_version(registered_model, version)
         if skip == "F" * len(skip):  # the super-net: what ``version`` serves by default already
             target = mv

@@ -9,13 +9,10 @@ from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
-import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-ATTACHED = "adaskip"  # folder in the MLflow Model directory: eval_grid.csv, latency/<device>.csv
-GRID_FILE, LATENCY_DIR = "eval_grid.csv", "latency"
-SKIP_TAG = "adaskip.skip"  # on a registered version: the sub-network it serves by default (see Tracker.set_alias)
+from . import SKIP_TAG
 
 
 class BadRequest(MlflowException):
@@ -42,7 +39,7 @@ class AdaptiveDepthModel(mlflow.pyfunc.PythonModel):
     with ``--env-manager local`` from an environment where adaskip is installed."""
 
     def load_context(self, context) -> None:
-        from adaskip.serving import build_menu
+        from adaskip.serving import build_menu, read_attached
         from adaskip.training import load_model
 
         path = Path(context.artifacts["model"])
@@ -70,23 +67,6 @@ class AdaptiveDepthModel(mlflow.pyfunc.PythonModel):
         with torch.inference_mode():
             logits = self.net(x, skip=skip).float().numpy()
         return {"skip": skip, "logits": logits} if chosen else logits
-
-
-def read_attached(root: Path) -> tuple[pd.DataFrame | None, list[pd.DataFrame]]:
-    """The evaluation grid (None: not attached) and the latency tables (oldest first) beside an MLflow Model."""
-    folder = Path(root) / ATTACHED
-    grid = pd.read_csv(folder / GRID_FILE, dtype={"skip": str}) if (folder / GRID_FILE).is_file() else None
-    files = sorted((folder / LATENCY_DIR).glob("*.csv"), key=lambda f: f.stat().st_mtime)
-    return grid, ([] if grid is None else [_long(grid)]) + [pd.read_csv(f, dtype={"skip": str}) for f in files]
-
-
-def _long(grid: pd.DataFrame) -> pd.DataFrame:
-    from adaskip.evaluation.latency import LONG_COLUMNS, latency_long
-
-    try:
-        return latency_long(grid)
-    except ValueError:  # a grid without latency columns
-        return pd.DataFrame(columns=LONG_COLUMNS)
 
 
 def _version_skip(root: Path) -> str | None:

@@ -1,6 +1,7 @@
 """Self-distillation: loss (pure functions), train step, per-worker loop. Framework-agnostic (no Ray)."""
 from .loss import DistillConfig, LossTerms, cross_entropy, distillation_terms, feature_loss, kd_loss
-from .step import Precision, distill_step, kd_step, plain_step, unwrap
+from ..models import unwrap
+from .step import Precision, distill_step, kd_step, plain_step
 
 __all__ = ["DistillConfig", "LossTerms", "Precision", "cross_entropy", "distill_step", "distillation_terms",
            "feature_loss", "kd_loss", "kd_step", "plain_step", "unwrap"]

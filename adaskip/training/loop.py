@@ -29,7 +29,8 @@ from ..models import AdaptiveDepthNet, SkipConfig, count_macs, load_pretrained
 from ..models.diagnostics import ratio_summary, residual_ratios
 from .checkpoint import load_state
 from .loss import DistillConfig
-from .step import Precision, distill_step, kd_step, plain_step, unwrap
+from ..models import unwrap
+from .step import Precision, distill_step, kd_step, plain_step
 
 log = logging.getLogger(__name__)
 CONV_FAMILIES = ("resnet", "mobilenetv2")  # families whose convolutions train faster channels-last

@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from ..models import AdaptiveDepthNet, SkipConfig
+from ..models import SkipConfig, unwrap
 from .loss import DistillConfig, LossTerms, base_terms, cross_entropy, super_terms
 
 
@@ -25,11 +25,6 @@ class Precision:
 
     def scaler(self, device: torch.device) -> Optional[torch.amp.GradScaler]:
         return torch.amp.GradScaler(device.type) if self.dtype == "fp16" else None
-
-
-def unwrap(model: nn.Module) -> AdaptiveDepthNet:
-    """The AdaptiveDepthNet inside a DDP (or other ``.module``) wrapper."""
-    return model.module if hasattr(model, "module") else model
 
 
 def _backward(loss: Tensor, scaler: Optional[torch.amp.GradScaler]) -> None:
