@@ -34,15 +34,14 @@ class Profile:
         return f"{slug}-t{'-'.join(map(str, dict.fromkeys(self.table['threads'])))}.csv"
 
     def summary(self) -> str:
-        """The table with one column per batch size (p50 / p90 ms), fastest first at the first batch size."""
-        wide = self.table.pivot_table(index="skip", columns=["threads", "batch_size"], values=["p50_ms", "p90_ms"])
-        first = wide[("p50_ms", *wide.columns[0][1:])]
-        rows = [f"{'skip':<10}" + "".join(f"{f'b{b} t{t} p50/p90 ms':>22}" for _, t, b in wide.columns
-                                          if _ == "p50_ms")]
-        for skip in first.sort_values().index:
-            rows.append(f"{skip:<10}" + "".join(f"{wide.loc[skip, ('p50_ms', t, b)]:>13.3f} /"
-                                                f"{wide.loc[skip, ('p90_ms', t, b)]:>7.3f}"
-                                                for _, t, b in wide.columns if _ == "p50_ms"))
+        """The table with one column per batch size and thread count (p50 / p90 ms), fastest first at the first."""
+        wide = self.table.pivot_table(index="skip", columns=["threads", "batch_size"], values=["p50_ms", "p90_ms"],
+                                      sort=False)
+        keys = [(t, b) for stat, t, b in wide.columns if stat == "p50_ms"]
+        rows = [f"{'skip':<10}" + "".join(f"{f'batch {b}, {t} thread(s): p50 / p90 ms':>38}" for t, b in keys)]
+        for skip in wide[("p50_ms", *keys[0])].sort_values().index:
+            rows.append(f"{skip:<10}" + "".join(f"{wide.loc[skip, ('p50_ms', t, b)]:>27.3f} / "
+                                                f"{wide.loc[skip, ('p90_ms', t, b)]:<8.3f}" for t, b in keys))
         return "\n".join(rows)
 
 
