@@ -1,0 +1,348 @@
+"""The Tracker: one experiment in one tracking store, by explicit run ids (MlflowClient, no global active run), so
+Ray workers and restarted worker groups continue the same run instead of opening new ones; and the Model Registry
+entries of the adaptive network (versions, attached tables, aliases)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
+
+import pandas as pd
+
+from ..console import verbose
+from ..serving import ATTACHED
+from .uri import TrackingError, check_reachable
+
+log = logging.getLogger("adaskip.tracking")
+RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
+# MLflow 3's experiment kind: model training opens the UI on the runs table (not the GenAI traces overview)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+MODEL_NAME = "adaptive_net"  # the MLflow Model's name in the train run (model/model.pt is the raw file artifact)
+SHA_TAG = "adaskip.model_sha256"  # on the registered version: which models/model.pt it serves
+SKIP_TAG = "adaskip.skip"  # on a registered version: the sub-network it serves by default (see Tracker.set_alias)
+
+
+@contextlib.contextmanager
+def _quiet_model_logging() -> Iterator[None]:
+    """Logging an MLflow Model prints hints (type hints, input example, integer columns, CloudPickle), an artifact
+    download bar and "Successfully registered ..." lines, none of which a run can act on (its signature is explicit,
+    the version is in the stage's summary): left out unless ADASKIP_VERBOSE=1. Errors still raise."""
+    if verbose():
+        yield
+        return
+    import io
+
+    pyfunc, level = logging.getLogger("mlflow.pyfunc"), logging.getLogger("mlflow.pyfunc").level
+    saved = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    pyfunc.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        pyfunc.setLevel(level)
+        if saved is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = saved
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"alpha": 0.5}}`` -> ``{"train.alpha": 0.5}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flatten(v, key + ".") if isinstance(v, Mapping) and v else {key: v})
+    return out
+
+
+def provenance_tags() -> dict[str, str]:
+    """DVC experiment/stage and git commit of this run, when known."""
+    tags = {k.lower(): os.environ[k] for k in ("DVC_EXP_NAME", "DVC_STAGE") if os.environ.get(k)}
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        tags["git_sha"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                         check=True, timeout=10).stdout.strip()
+    return tags
+
+
+def load_table(uri: str, run_id: str, name: str) -> pd.DataFrame:
+    """The table ``name`` (``eval_grid.json``) that :meth:`Tracker.log_table` logged to run ``run_id``; a missing
+    run or table is one TrackingError line."""
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    check_reachable(uri)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = MlflowClient(tracking_uri=uri).download_artifacts(run_id, name, tmp)
+            return pd.read_json(path, orient="split", dtype={"skip": str})
+    except (MlflowException, OSError, ValueError) as e:
+        lines = [line for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        raise TrackingError(f"run {run_id} in {uri}: cannot load its table {name} ({lines[0][:200]})") from None
+
+
+class Tracker:
+    """A thin handle on one experiment in one tracking store."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        check_reachable(uri)
+        self.uri = uri
+        self.experiment = experiment
+        self.client = MlflowClient(tracking_uri=uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        key, kind = EXPERIMENT_KIND
+        if exp is None:
+            self.experiment_id = self.client.create_experiment(experiment, tags={key: kind})
+        else:
+            self.experiment_id = exp.experiment_id
+            if key not in exp.tags:  # an experiment created before: a user's own kind is kept
+                self.client.set_experiment_tag(self.experiment_id, key, kind)
+
+    def start_run(self, name: str, tags: Optional[Mapping[str, str]] = None, parent_run_id: Optional[str] = None) -> str:
+        tags = {**provenance_tags(), **(tags or {})}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if isinstance(v, (int, float))]
+        self.client.log_batch(run_id, metrics=items)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, str(v))
+
+    def logged_steps(self, run_id: str, key: str) -> set[int]:
+        """The steps at which ``key`` was logged in the run."""
+        return {m.step for m in self.client.get_metric_history(run_id, key)}
+
+    def tags(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.tags)
+
+    def log_artifact(self, run_id: str, path: str | os.PathLike, folder: Optional[str] = None) -> None:
+        self.client.log_artifact(run_id, str(path), folder)
+
+    def log_table(self, run_id: str, df: pd.DataFrame, name: str) -> None:
+        self.client.log_table(run_id, data=df, artifact_file=name)
+
+    def log_dict(self, run_id: str, obj: Any, name: str) -> None:
+        self.client.log_dict(run_id, obj, name)
+
+    def end_run(self, run_id: str, status: str = FINISHED) -> None:
+        self.client.set_terminated(run_id, status)
+
+    def status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+    def reopen(self, run_id: str) -> str:
+        """Mark a continued run (interrupted: KILLED or FAILED) RUNNING again, so it ends with its real verdict."""
+        if self.status(run_id) != RUNNING:
+            self.client.update_run(run_id, status=RUNNING)
+        return run_id
+
+    def find_run(self, tags: Mapping[str, str], parent_run_id: Optional[str] = None) -> Optional[str]:
+        """The newest run with these tags (to continue an interrupted run instead of duplicating it)."""
+        clauses = [f"tags.{k} = '{v}'" for k, v in tags.items()]
+        if parent_run_id:
+            clauses.append(f"tags.mlflow.parentRunId = '{parent_run_id}'")
+        runs = self.client.search_runs([self.experiment_id], " and ".join(clauses), max_results=1,
+                                       order_by=["attributes.start_time DESC"])
+        return runs[0].info.run_id if runs else None
+
+    def unfinished_run(self, tags: Mapping[str, str]) -> Optional[str]:
+        """The newest run with these tags unless it FINISHED: an interrupted stage continues it, a finished one
+        is not reopened."""
+        run_id = self.find_run(tags)
+        return run_id if run_id and self.status(run_id) != FINISHED else None
+
+    def children(self, parent_run_id: str) -> list:
+        return self.client.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                       max_results=10000)
+
+    def end_leftovers(self, parent_run_id: str, status: str = KILLED) -> int:
+        """Mark children still RUNNING (their process died or was stopped early) as ended."""
+        left = [r for r in self.children(parent_run_id) if r.info.status == RUNNING]
+        for r in left:
+            self.end_run(r.info.run_id, status)
+        return len(left)
+
+    @contextlib.contextmanager
+    def run(self, name: str, tags: Optional[Mapping[str, str]] = None, parent_run_id: Optional[str] = None,
+            run_id: Optional[str] = None) -> Iterator[str]:
+        """A run that always ends: FINISHED, FAILED on error, KILLED on Ctrl-C/SIGTERM."""
+        run_id = self.reopen(run_id) if run_id else self.start_run(name, tags, parent_run_id)
+        try:
+            yield run_id
+        except (KeyboardInterrupt, SystemExit):
+            self.end_run(run_id, KILLED)
+            raise
+        except BaseException:
+            self.end_run(run_id, FAILED)
+            raise
+        else:
+            self.end_run(run_id, FINISHED)
+            if parent_run_id is None and self.uri.startswith(("http://", "https://")):  # a stage's run: where to look
+                log.info("MLflow run %s: %s/#/experiments/%s/runs/%s", name,
+                                                 self.uri.rstrip("/"), self.experiment_id, run_id)
+
+    def log_dataset(self, run_id: str, data: Mapping[str, Any], context: str) -> None:
+        """Log the data set as the run's input: a one-row descriptor table (``data`` params: name, path, image size,
+        split fractions, seed) named ``data["name"]``, its digest a hash of the descriptor; ``context``: training or
+        evaluation."""
+        import hashlib
+        import json
+
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        row = {k: v for k, v in flatten(data).items() if k != "workers"}  # loader processes: not the data
+        blob = json.dumps(row, sort_keys=True, default=str)
+        df = pd.DataFrame([{k: ("" if v is None else v) for k, v in row.items()}])
+        name = str(data.get("name") or "data")
+        source = str(Path(data["path"]).resolve()) if data.get("path") else None  # None: a code source
+        with warnings.catch_warnings():  # "integer columns cannot represent missing values": a descriptor has none;
+            warnings.simplefilter("ignore", UserWarning)  # "the source can be interpreted in multiple ways"
+            ds = mlflow.data.from_pandas(df, source=source, name=name, digest=hashlib.sha256(blob.encode()).hexdigest()[:8])
+            entity = ds._to_mlflow_entity()  # infers the schema: the integer-columns hint comes from here
+        self.client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
+
+    def log_model(self, run_id: str, path: str | os.PathLike, registered_model: Optional[str],
+                  image_size: Optional[int] = None) -> Optional[int]:
+        """Log the model file ``path`` as an MLflow Model (pyfunc :class:`.model.AdaptiveDepthModel`, with input
+        signature and a ``skip`` inference parameter) in run ``run_id``, and register it as a new version of
+        ``registered_model`` (None: not registered). Returns the version, tagged with the file's sha256 so that
+        :meth:`tag_model_version` finds it from the file alone."""
+        import hashlib
+
+        import mlflow
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        from ..training import build_from_spec, load_file
+
+        with _quiet_model_logging():  # defining the pyfunc class warns that predict has no type hints (on purpose)
+            from .model import AdaptiveDepthModel, requirements, signature
+        obj = load_file(path)
+        spec = obj["spec"]
+        size = int(image_size or obj.get("image_size") or 224)
+        with open(path, "rb") as f:
+            sha = hashlib.file_digest(f, "sha256").hexdigest()
+        num_stages = build_from_spec(spec).num_stages
+        with _use_tracking_uri(self.uri), _quiet_model_logging():
+            info = mlflow.models.Model.log(
+                None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, registered_model_name=registered_model,
+                python_model=AdaptiveDepthModel(), artifacts={"model": str(Path(path).resolve())},
+                signature=signature(size, int(spec["num_classes"]), num_stages), pip_requirements=requirements(),
+                tags={SHA_TAG: sha})
+        if not registered_model:
+            return None
+        version = int(info.registered_model_version)
+        self.client.set_model_version_tag(registered_model, str(version), SHA_TAG, sha)
+        self.set_tags(run_id, {"adaskip.registered_model": f"{registered_model}/{version}"})
+        return version
+
+    def model_version(self, registered_model: str, path: str | os.PathLike) -> Optional[str]:
+        """The newest registered version of ``registered_model`` that serves the model file ``path`` (by sha256)."""
+        import hashlib
+
+        from mlflow.exceptions import MlflowException
+
+        with open(path, "rb") as f:
+            sha = hashlib.file_digest(f, "sha256").hexdigest()
+        try:
+            versions = self.client.search_model_versions(f"name = '{registered_model}'")
+        except MlflowException:
+            return None
+        hits = [v for v in versions if v.tags.get(SHA_TAG) == sha]
+        hits = [v for v in hits if SKIP_TAG not in v.tags] or hits  # the train stage's, not an alias's (set_alias)
+        return str(max(int(v.version) for v in hits)) if hits else None
+
+    def tag_model_version(self, registered_model: str, version: str, tags: Mapping[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_model_version_tag(registered_model, version, k, str(v))
+
+    def attach_to_model(self, registered_model: str, version: str, tables: Mapping[str, pd.DataFrame]) -> None:
+        """Write ``tables`` as CSV files (``{"latency/cpu.csv": df}``) into the MLflow Model directory that version
+        ``version`` serves, under ``adaskip/``, where the served model reads them at load (every version registered
+        from the same logged model sees them: same weights, same figures)."""
+        import tempfile
+
+        source = self.client.get_model_version(registered_model, version).source
+        if not source.startswith("models:/m-"):
+            raise TrackingError(f"{registered_model} version {version} comes from {source}, not from an MLflow 3 "
+                                "logged model: re-register it with the train stage to attach tables to it")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, table in tables.items():
+                (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
+                table.to_csv(Path(tmp) / name, index=False)
+            self.client.log_model_artifacts(source.removeprefix("models:/"), tmp, ATTACHED)
+
+    def set_alias(self, registered_model: str, version: str, alias: str, skip: str) -> str:
+        """Point ``@alias`` at a version that serves sub-network ``skip`` by default: ``version`` itself for the
+        super-net, else a version registered from the same logged model and tagged ``adaskip.skip`` (found again by
+        source and skip, so a re-run registers nothing new); tag it ``adaskip.alias.<alias>`` = skip. Returns it."""
+        mv = self.client.get_model_version(registered_model, version)
+        if skip == "F" * len(skip):  # the super-net: what ``version`` serves by default already
+            target = mv
+        else:
+            same = self.client.search_model_versions(f"name = '{registered_model}'")
+            found = [v for v in same if v.source == mv.source and v.tags.get(SKIP_TAG) == skip]
+            tags = {k: v for k, v in mv.tags.items() if not k.startswith("adaskip.alias.")}
+            target = found[0] if found else self.client.create_model_version(
+                registered_model, mv.source, run_id=mv.run_id, tags={**tags, SKIP_TAG: skip},
+                description=f"version {version}'s model, serving sub-network {skip} by default")
+        self.client.set_registered_model_alias(registered_model, alias, target.version)
+        self.client.set_model_version_tag(registered_model, target.version, f"adaskip.alias.{alias}", skip)
+        return str(target.version)
+
+    def download_model(self, uri: str) -> tuple[Path, Optional[tuple[str, str]]]:
+        """The model file of MLflow Model ``uri`` (``models:/adaskip/3``, ``models:/adaskip@base``) downloaded from
+        this store, and the registered (name, version) it resolved to."""
+        import mlflow.artifacts
+        import yaml
+        from mlflow.exceptions import MlflowException
+
+        try:
+            root = Path(mlflow.artifacts.download_artifacts(uri, tracking_uri=self.uri))
+        except MlflowException as e:
+            raise TrackingError(f"cannot download {uri} from {self.uri}: {e.message.splitlines()[0][:300]}") from None
+        meta = root / "registered_model_meta"
+        info = yaml.safe_load(meta.read_text()) if meta.is_file() else None
+        return root / "artifacts" / "model.pt", info and (info["model_name"], str(info["model_version"]))
+
+
+def skip_params(skip: str) -> dict[str, str]:
+    """A sub-network's params: ``skip`` and one ``skip_stage<i>`` = true/false per stage (plottable per stage)."""
+    return {"skip": skip, **{f"skip_stage{i}": str(c == "T").lower() for i, c in enumerate(skip, 1)}}
+
+
+def pareto_tags(grid: pd.DataFrame) -> dict[str, str]:
+    """Compact tags of the Pareto configurations: ``pareto`` = "FFFF:98.5@12.3M,..." (top-1 @ MACs, by MACs) and
+    ``acc1.<skip>`` / ``macs.<skip>`` each."""
+    front = grid[grid["pareto"].astype(str).str.lower() == "true"].sort_values("macs")
+    tags = {"pareto": ",".join(f"{r.skip}:{r.acc1:.1f}@{r.macs / 1e6:.3g}M" for r in front.itertuples())}
+    for r in front.itertuples():
+        tags[f"acc1.{r.skip}"] = f"{r.acc1:.2f}"
+        tags[f"macs.{r.skip}"] = str(int(r.macs))
+    return tags
