@@ -28,7 +28,10 @@ repro: install
 study: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro studies/ablation/dvc.yaml
 
+# ruff first (lint, then the formatter's check: pyproject.toml [tool.ruff]), then the tests.
+LINTED := adaskip tests benchmarks pipelines
 test: install
+	$(BIN)/ruff check $(LINTED) && $(BIN)/ruff format --check -q $(LINTED)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 # Ray worker-failure, crashing-trial, study-cell and SIGTERM/resume scenarios, the MobileNetV2, DeiT and Swin pipeline

@@ -1,4 +1,5 @@
 """Typed parameters of the whole pipeline, built from params.yaml and validated before any work starts."""
+
 from __future__ import annotations
 
 import copy
@@ -35,13 +36,18 @@ class ModelParams(_Section):
     split: Optional[list[int]] = None
     skip_aware_norm: bool = True
     num_stages: int = Field(4, ge=1)
-    kwargs: dict[str, Any] = Field({"resnet": {"channels": [16, 32, 64, 128]}, "swin": {"embed_dim": 48}},
-                                   description="extra timm.create_model arguments, for any model or per family "
-                                   "({resnet: {...}, vit: {...}}: only model.name's family applies)")
-    pretrained: Optional[str] = Field(None, description="plain timm weights to start training from: null (scratch), a "
-                                      "local .pth/.pt/.bin/.safetensors file, or a timm hub name / hf-hub: id (needs a "
-                                      "network); both norm sets start from them, a head of another class count is "
-                                      "re-initialised; a resumed run keeps its checkpoint")
+    kwargs: dict[str, Any] = Field(
+        {"resnet": {"channels": [16, 32, 64, 128]}, "swin": {"embed_dim": 48}},
+        description="extra timm.create_model arguments, for any model or per family "
+        "({resnet: {...}, vit: {...}}: only model.name's family applies)",
+    )
+    pretrained: Optional[str] = Field(
+        None,
+        description="plain timm weights to start training from: null (scratch), a "
+        "local .pth/.pt/.bin/.safetensors file, or a timm hub name / hf-hub: id (needs a "
+        "network); both norm sets start from them, a head of another class count is "
+        "re-initialised; a resumed run keeps its checkpoint",
+    )
 
     @field_validator("pretrained")
     @classmethod
@@ -62,8 +68,10 @@ class ModelParams(_Section):
         family = find_family(self.name)
         sections = set(self.kwargs) & {f.name for f in FAMILIES}
         if sections and sections != set(self.kwargs):
-            raise ValueError(f"model.kwargs mixes family sections {sorted(sections)} with timm arguments "
-                             f"{sorted(set(self.kwargs) - sections)}: put the arguments inside a family's section")
+            raise ValueError(
+                f"model.kwargs mixes family sections {sorted(sections)} with timm arguments "
+                f"{sorted(set(self.kwargs) - sections)}: put the arguments inside a family's section"
+            )
         kwargs = dict(self.kwargs.get(family.name) or {}) if sections else dict(self.kwargs)
         if family.fixed_size:
             kwargs.setdefault("img_size", image_size)
@@ -100,22 +108,35 @@ class TrainParams(DistillConfig):
     workers: int = Field(2, ge=1, description="Ray Train workers (DDP processes)")
     cpus_per_worker: float = Field(0.9, gt=0)
     use_gpu: bool = False
-    placement: Literal["pack", "spread"] = Field("pack", description="Ray Train workers packed on few nodes (fast "
-                                                  "collectives) or spread over many (memory bandwidth, host failures)")
+    placement: Literal["pack", "spread"] = Field(
+        "pack",
+        description="Ray Train workers packed on few nodes (fast "
+        "collectives) or spread over many (memory bandwidth, host failures)",
+    )
     max_failures: int = Field(2, ge=-1, description="worker-group restarts from the latest checkpoint; -1 = forever")
-    mixup: float = Field(0.0, ge=0, description="timm Mixup alpha on every train batch (soft targets, smoothed by "
-                         "label_smoothing); 0 = off")
+    mixup: float = Field(
+        0.0,
+        ge=0,
+        description="timm Mixup alpha on every train batch (soft targets, smoothed by label_smoothing); 0 = off",
+    )
     cutmix: float = Field(0.0, ge=0, description="timm CutMix alpha; 0 = off")
     mixup_prob: float = Field(1.0, ge=0, le=1, description="probability of mixing a batch when mixup/cutmix is on")
-    mixup_switch_prob: float = Field(0.5, ge=0, le=1, description="probability of CutMix instead of Mixup when both are on")
-    ema: bool = Field(False, description="keep a timm ModelEmaV3 of the weights: validation and the final model "
-                      "use it, checkpoints hold both")
+    mixup_switch_prob: float = Field(
+        0.5, ge=0, le=1, description="probability of CutMix instead of Mixup when both are on"
+    )
+    ema: bool = Field(
+        False,
+        description="keep a timm ModelEmaV3 of the weights: validation and the final model "
+        "use it, checkpoints hold both",
+    )
     ema_decay: float = Field(0.9998, gt=0, lt=1, description="EMA decay per optimizer step")
     ema_warmup: bool = Field(False, description="timm's EMA decay warm-up (low decay in the first steps)")
-    channels_last: bool = Field(True, description="channels-last memory format for model and batches of the "
-                                "convolutional families (resnet, mobilenetv2; on a 2-core CPU 12-17 % faster steps, "
-                                "benchmarks/train_step.py); no effect on vit/swin")
-
+    channels_last: bool = Field(
+        True,
+        description="channels-last memory format for model and batches of the "
+        "convolutional families (resnet, mobilenetv2; on a 2-core CPU 12-17 % faster steps, "
+        "benchmarks/train_step.py); no effect on vit/swin",
+    )
 
 
 class TuneParams(_Section):
@@ -125,8 +146,10 @@ class TuneParams(_Section):
     alpha: tuple[float, float] = (0.3, 0.8)
     temperature: tuple[float, float] = (1.0, 4.0)
     splits: Union[Literal["auto"], list[list[int]], None] = Field(
-        "auto", description="candidate split points: auto (derived from the model's stage depths), a list, or null "
-        "(model.split only)")
+        "auto",
+        description="candidate split points: auto (derived from the model's stage depths), a list, or null "
+        "(model.split only)",
+    )
     grace_period: int = Field(2, ge=1)
     workers: int = Field(0, ge=0, description="Ray Train workers per trial; 0 = train in the trial's own process")
     max_concurrent_trials: Optional[int] = Field(None, ge=1)
@@ -143,17 +166,27 @@ class TuneParams(_Section):
 class EvaluateParams(_Section):
     batch_size: int = Field(128, ge=1)
     parallelism: int = Field(2, ge=1, description="parallel Ray tasks; each takes a subtree of stage prefixes")
-    latency_batch_sizes: list[int] = Field([1, 32], min_length=1, description="batch sizes latency is measured "
-                                           "at (ms per forward of one batch); latency_ms is at the first")
-    latency_threads: list[Optional[int]] = Field([None], min_length=1, description="torch intra-op threads latency "
-                                                 "is measured with; null = the CPUs each evaluation task holds (1 "
-                                                 "unless a count here asks for more)")
+    latency_batch_sizes: list[int] = Field(
+        [1, 32],
+        min_length=1,
+        description="batch sizes latency is measured at (ms per forward of one batch); latency_ms is at the first",
+    )
+    latency_threads: list[Optional[int]] = Field(
+        [None],
+        min_length=1,
+        description="torch intra-op threads latency "
+        "is measured with; null = the CPUs each evaluation task holds (1 "
+        "unless a count here asks for more)",
+    )
     latency_warmup: int = Field(2, ge=0, description="untimed forwards before each latency measurement")
     latency_reps: int = Field(10, ge=1)
     recalibrate_bn: bool = Field(False, description="re-estimate BatchNorm statistics per intermediate sub-network")
     recalibrate_batches: int = Field(10, ge=1)
-    use_gpu: bool = Field(False, description="each evaluation task holds one GPU: accuracy and latency are measured "
-                          "on it (device column: the GPU's name); false: on the CPUs the task holds")
+    use_gpu: bool = Field(
+        False,
+        description="each evaluation task holds one GPU: accuracy and latency are measured "
+        "on it (device column: the GPU's name); false: on the CPUs the task holds",
+    )
 
     @field_validator("latency_batch_sizes", "latency_threads")
     @classmethod
@@ -169,23 +202,33 @@ class EvaluateParams(_Section):
 
 class MlflowParams(_Section):
     experiment: str = "adaskip"
-    tracking_uri: Optional[str] = Field(None, description="default: sqlite:///<project>/mlflow.db; env MLFLOW_TRACKING_URI wins")
-    registered_model: Optional[str] = Field("adaskip", description="Model Registry name the train stage registers the "
-                                            "model under (a new version per run); null: not registered")
+    tracking_uri: Optional[str] = Field(
+        None, description="default: sqlite:///<project>/mlflow.db; env MLFLOW_TRACKING_URI wins"
+    )
+    registered_model: Optional[str] = Field(
+        "adaskip",
+        description="Model Registry name the train stage registers the "
+        "model under (a new version per run); null: not registered",
+    )
 
     @field_validator("tracking_uri")
     @classmethod
     def _no_password(cls, v: Optional[str]) -> Optional[str]:
         if v and credentials_in(v):
-            raise ValueError(f"{redact(v)} carries a credential: give the server's URL only and the password in "
-                             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), never in a file")
+            raise ValueError(
+                f"{redact(v)} carries a credential: give the server's URL only and the password in "
+                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), never in a file"
+            )
         return v
 
 
 class ClusterParams(_Section):
-    storage: Optional[str] = Field(None, description="where Ray persists checkpoints, Tune state and caches: a path "
-                                   "every node mounts or s3://bucket/prefix; default <project>/.ray_results; env "
-                                   "ADASKIP_STORAGE wins")
+    storage: Optional[str] = Field(
+        None,
+        description="where Ray persists checkpoints, Tune state and caches: a path "
+        "every node mounts or s3://bucket/prefix; default <project>/.ray_results; env "
+        "ADASKIP_STORAGE wins",
+    )
 
     @field_validator("storage")
     @classmethod
@@ -194,8 +237,10 @@ class ClusterParams(_Section):
         if scheme not in (None, "s3", "gs", "gcs", "hdfs", "file"):
             raise ValueError(f"unsupported scheme {scheme!r}: use a path every node mounts or s3://bucket/prefix")
         if v and credentials_in(v):
-            raise ValueError(f"{redact(v)} carries a credential: give only s3://bucket/prefix and the keys in "
-                             "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or an instance role), never in a file")
+            raise ValueError(
+                f"{redact(v)} carries a credential: give only s3://bucket/prefix and the keys in "
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or an instance role), never in a file"
+            )
         return v
 
 
@@ -212,18 +257,24 @@ class Params(_Section):
     def _even_mixup_batch(self) -> "Params":
         """Mixup/CutMix pair up images: each worker's batch must be even, for train's workers and tune's trials."""
         t = self.train
-        runs = [("train.workers", t.workers)] + ([("tune.workers", max(1, self.tune.workers))] if self.tune.enabled else [])
+        runs = [("train.workers", t.workers)] + (
+            [("tune.workers", max(1, self.tune.workers))] if self.tune.enabled else []
+        )
         for key, workers in runs if t.mixup > 0 or t.cutmix > 0 else []:
             if (t.batch_size // workers) % 2:
-                raise ValueError(f"mixup/cutmix need an even batch per worker: train.batch_size {t.batch_size} // "
-                                 f"{key} {workers} = {t.batch_size // workers}; make train.batch_size a multiple of "
-                                 f"{2 * workers}")
+                raise ValueError(
+                    f"mixup/cutmix need an even batch per worker: train.batch_size {t.batch_size} // "
+                    f"{key} {workers} = {t.batch_size // workers}; make train.batch_size a multiple of "
+                    f"{2 * workers}"
+                )
         return self
 
     @model_validator(mode="after")
     def _data_exists(self) -> "Params":
         if self.data.path and not Path(self.data.path).exists():
-            raise ValueError(f"data.path {self.data.path!r} does not exist: point it at the {self.data.name} dataset folder")
+            raise ValueError(
+                f"data.path {self.data.path!r} does not exist: point it at the {self.data.name} dataset folder"
+            )
         return self
 
     def check_model(self, splits: bool = False, source: str = "params") -> "AdaptiveDepthNet":
@@ -244,7 +295,9 @@ class Params(_Section):
         try:
             check_input_size(net, self.data.image_size)
         except ValueError as e:
-            raise ValueError(f"model.name / data.image_size: {e}; change data.image_size, model.name or model.kwargs") from None
+            raise ValueError(
+                f"model.name / data.image_size: {e}; change data.image_size, model.name or model.kwargs"
+            ) from None
         if self.model.pretrained:  # only that the file exists (or the hub name is one): weights load in training
             from .models.pretrained import PretrainedError, check_source
 
@@ -252,7 +305,9 @@ class Params(_Section):
                 check_source(self.model.pretrained)
             except PretrainedError as e:
                 raise ValueError(str(e)) from None
-        for split in self.tune.splits if splits and isinstance(self.tune.splits, list) else []:  # auto: valid by construction
+        for split in (
+            self.tune.splits if splits and isinstance(self.tune.splits, list) else []
+        ):  # auto: valid by construction
             try:
                 self.build_model(split=split)
             except ValueError as e:
@@ -263,8 +318,13 @@ class Params(_Section):
         try:
             return self.build_model()
         except (ValueError, TypeError) as e:
-            key = ("model.split" if str(e).startswith("split") else "model.kwargs"
-                   if isinstance(e, TypeError) or str(e).startswith("model.kwargs") else "model.name")
+            key = (
+                "model.split"
+                if str(e).startswith("split")
+                else "model.kwargs"
+                if isinstance(e, TypeError) or str(e).startswith("model.kwargs")
+                else "model.name"
+            )
             raise ValueError(f"{key}: {str(e).removeprefix('model.kwargs ')}") from None
 
     def build_model(self, num_classes: int = 2, split: Optional[list[int]] = None) -> "AdaptiveDepthNet":
@@ -272,8 +332,14 @@ class Params(_Section):
         from .models import create_model
 
         m = self.model
-        return create_model(m.name, num_classes=num_classes, split=split or m.split, skip_aware_norm=m.skip_aware_norm,
-                            num_stages=m.num_stages, **self.model.timm_kwargs(self.data.image_size))
+        return create_model(
+            m.name,
+            num_classes=num_classes,
+            split=split or m.split,
+            skip_aware_norm=m.skip_aware_norm,
+            num_stages=m.num_stages,
+            **self.model.timm_kwargs(self.data.image_size),
+        )
 
     def tune_splits(self, net: Optional["AdaptiveDepthNet"] = None) -> Optional[list[list[int]]]:
         """The sweep's candidate splits: tune.splits, or derived from the model's stage depths when "auto" (those of
@@ -291,7 +357,11 @@ def format_errors(err: ValidationError, source: str) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
-        got = f" (got {redact(repr(e['input']))})" if e["type"] not in ("extra_forbidden", "missing") and not isinstance(e["input"], dict) else ""
+        got = (
+            f" (got {redact(repr(e['input']))})"
+            if e["type"] not in ("extra_forbidden", "missing") and not isinstance(e["input"], dict)
+            else ""
+        )
         if e["type"] == "extra_forbidden":
             msg = "unknown key (misspelled? see params.yaml for the valid keys)"
         lines.append(f"{source}: {key + ': ' if key else ''}{msg}{got}")
@@ -327,7 +397,9 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: top level must be a mapping of sections (data, model, train, ...), got {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: top level must be a mapping of sections (data, model, train, ...), got {type(raw).__name__}"
+        )
     try:
         return Params.model_validate(raw)
     except ValidationError as e:
@@ -336,8 +408,10 @@ def parse_params(raw: Any, source: str = "params") -> Params:
 
 def apply_tuned(params: Params, best: dict[str, Any], source: str = "results/best_config.json") -> Params:
     """``params`` with the alpha, temperature and split that the tune stage chose (validated again)."""
-    raw = merge_params(params.model_dump(mode="json"), {"train": {"alpha": best["alpha"], "temperature": best["temperature"]},
-                                                         "model": {"split": best["split"]}})
+    raw = merge_params(
+        params.model_dump(mode="json"),
+        {"train": {"alpha": best["alpha"], "temperature": best["temperature"]}, "model": {"split": best["split"]}},
+    )
     return parse_params(raw, source)
 
 

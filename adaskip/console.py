@@ -1,5 +1,6 @@
 """What a person reads while a stage runs: one line per epoch, one per stage, progress bars only on a terminal,
 and Ray's repeated status lines left out (``ADASKIP_VERBOSE=1`` or a stage's ``-v`` brings Ray's output back)."""
+
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ from typing import Mapping
 
 from .redact import redact
 
-VERBOSE_ENV = "ADASKIP_VERBOSE"    # "1": Ray's full output (set by a stage's -v, inherited by Ray's local workers)
+VERBOSE_ENV = "ADASKIP_VERBOSE"  # "1": Ray's full output (set by a stage's -v, inherited by Ray's local workers)
 PROGRESS_ENV = "ADASKIP_PROGRESS"  # "1" / "0": progress bars on / off; unset: on when stderr is a terminal
 
 
@@ -51,25 +52,31 @@ def epoch_line(epoch: int, epochs: int, metrics: Mapping[str, float], seconds: f
     width = len(str(epochs))
     loss = metrics.get("train_total", metrics.get("train_loss", float("nan")))
     train = metrics.get("train_acc_super", metrics.get("train_acc_correct", float("nan")))
-    return (f"epoch {epoch:>{width}}/{epochs}  loss {loss:.3f}  train {train:5.1f}  "
-            f"val super {metrics.get('val_acc_super', float('nan')):5.1f} base {metrics.get('val_acc_base', float('nan')):5.1f}  "
-            f"lr {metrics.get('lr', float('nan')):<7.3g}{seconds:5.1f} s")
+    return (
+        f"epoch {epoch:>{width}}/{epochs}  loss {loss:.3f}  train {train:5.1f}  "
+        f"val super {metrics.get('val_acc_super', float('nan')):5.1f} "
+        f"base {metrics.get('val_acc_base', float('nan')):5.1f}  "
+        f"lr {metrics.get('lr', float('nan')):<7.3g}{seconds:5.1f} s"
+    )
 
 
 # Lines Ray repeats at INFO/WARNING during every run and that tell a user nothing they can act on. Each pattern is
 # matched against one forwarded worker line (after Ray's "(name pid=...)" prefix is taken off).
-RAY_NOISE = tuple(re.compile(p) for p in (
-    # Ray Train's placement-group watchdog polls the State API, which needs the dashboard adaskip does not start
-    r"Failed to query Ray Train Controller actor state",
-    r"has constructor arguments in the object store and max_restarts > 0",   # Ray Train's PreemptionWatcher
-    r"^Checkpoint successfully created at: ",
-    r"^Reporting training result \d+: ",
-    r"^(Requesting resources|Attempting to start training worker group|Started training worker group)",
-    r"^- \(ip=[^)]*\) world_rank=\d+",                                         # the lines under "Started ..."
-    r"^Setting up process group for: ",
-    r"^(Moving model to device|Wrapping provided model in)",
-    r"^\s*$",
-))
+RAY_NOISE = tuple(
+    re.compile(p)
+    for p in (
+        # Ray Train's placement-group watchdog polls the State API, which needs the dashboard adaskip does not start
+        r"Failed to query Ray Train Controller actor state",
+        r"has constructor arguments in the object store and max_restarts > 0",  # Ray Train's PreemptionWatcher
+        r"^Checkpoint successfully created at: ",
+        r"^Reporting training result \d+: ",
+        r"^(Requesting resources|Attempting to start training worker group|Started training worker group)",
+        r"^- \(ip=[^)]*\) world_rank=\d+",  # the lines under "Started ..."
+        r"^Setting up process group for: ",
+        r"^(Moving model to device|Wrapping provided model in)",
+        r"^\s*$",
+    )
+)
 
 
 # Ray Train's internal watchdog actors: nothing they print is about the user's run (the placement-group cleaner polls

@@ -19,6 +19,7 @@ a random batch (of another batch size than the one traced) are compared with ``m
 mode; a difference above ``atol`` times the logit scale raises :class:`ExportVerificationError` and, the write
 being atomic, leaves no output file.
 """
+
 from __future__ import annotations
 
 import copy
@@ -67,10 +68,11 @@ class ExportResult:
     tolerance: float  # the bound max_abs_diff was checked against
 
     def line(self) -> str:
-        return (f"exported {self.skip} ({self.fmt}) -> {self.path}: {si(self.macs)}MACs at {self.image_size} px, "
-                f"{si(self.params)}params, max |diff| {self.max_abs_diff:.2e} vs model(x, skip={self.skip!r}) "
-                f"(tolerance {self.tolerance:.1e})")
-
+        return (
+            f"exported {self.skip} ({self.fmt}) -> {self.path}: {si(self.macs)}MACs at {self.image_size} px, "
+            f"{si(self.params)}params, max |diff| {self.max_abs_diff:.2e} vs model(x, skip={self.skip!r}) "
+            f"(tolerance {self.tolerance:.1e})"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -94,8 +96,9 @@ class SubNetwork(nn.Module):
     and timm's own blocks, in timm's order; which blocks run is fixed at construction.
     """
 
-    def __init__(self, backbone: nn.Module, family: Family, split: Sequence[int], skip: SkipConfig,
-                 num_stages: int) -> None:
+    def __init__(
+        self, backbone: nn.Module, family: Family, split: Sequence[int], skip: SkipConfig, num_stages: int
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.family = family.name
@@ -105,16 +108,20 @@ class SubNetwork(nn.Module):
         self.num_stages = num_stages
         stages = family.stages(backbone, num_stages)
         if len(stages) != len(skip) or len(stages) != len(self.split):
-            raise ExportError(f"{family.name} backbone has {len(stages)} stages but skip {self.skip!r} and split "
-                              f"{self.split} describe {len(skip)} and {len(self.split)}")
+            raise ExportError(
+                f"{family.name} backbone has {len(stages)} stages but skip {self.skip!r} and split "
+                f"{self.split} describe {len(skip)} and {len(self.split)}"
+            )
         # plain lists of timm's modules (registered under backbone only, so the state dict keeps timm's keys)
         self._stages: list[tuple[Optional[nn.Module], list[nn.Module]]] = [
-            (s.pre, list(s.blocks[:m]) if skipped else list(s.blocks)) for s, m, skipped in zip(stages, self.split, skip)
+            (s.pre, list(s.blocks[:m]) if skipped else list(s.blocks))
+            for s, m, skipped in zip(stages, self.split, skip)
         ]
         left = [n for n, mod in backbone.named_modules() if isinstance(mod, SkipAwareNorm)]
         if left:
-            raise ExportError(f"backbone still has skip-aware norms ({', '.join(left[:3])}): build it with "
-                              "SubNetwork.from_adaptive")
+            raise ExportError(
+                f"backbone still has skip-aware norms ({', '.join(left[:3])}): build it with SubNetwork.from_adaptive"
+            )
 
     @classmethod
     def from_adaptive(cls, net: AdaptiveDepthNet, skip: Any, copy_modules: bool = True) -> "SubNetwork":
@@ -158,9 +165,11 @@ def parse_skip(net: AdaptiveDepthNet, skip: Any) -> SkipConfig:
     try:
         return net.skip_config(skip)
     except ValueError as e:
-        raise ExportError(f"bad skip {skip!r}: expected {s} characters, one 'T' (skip) or 'F' (keep) per stage of "
-                          f"this {s}-stage {net.family} model, e.g. {'F' * s!r} (super-net) or {'T' * s!r} "
-                          f"(base-net) ({e})") from None
+        raise ExportError(
+            f"bad skip {skip!r}: expected {s} characters, one 'T' (skip) or 'F' (keep) per stage of "
+            f"this {s}-stage {net.family} model, e.g. {'F' * s!r} (super-net) or {'T' * s!r} "
+            f"(base-net) ({e})"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -180,8 +189,10 @@ def load_exported(path: str | os.PathLike) -> SubNetwork:
 
     obj = read_torch_file(path, "exported network")
     if not isinstance(obj, dict) or obj.get("format") != FILE_FORMAT or "config" not in obj or "state_dict" not in obj:
-        raise CheckpointError(f"{path} is not an adaskip torch-format export (expected format {FILE_FORMAT!r} with "
-                              "'config' and 'state_dict'; TorchScript files load with torch.jit.load)")
+        raise CheckpointError(
+            f"{path} is not an adaskip torch-format export (expected format {FILE_FORMAT!r} with "
+            "'config' and 'state_dict'; TorchScript files load with torch.jit.load)"
+        )
     try:
         sub = build_exported(obj["config"])
         sub.load_state_dict(obj["state_dict"], strict=True)
@@ -193,9 +204,15 @@ def load_exported(path: str | os.PathLike) -> SubNetwork:
 # ----------------------------------------------------------------------------------------------------------------
 # Export
 # ----------------------------------------------------------------------------------------------------------------
-def export_subnetwork(model_path_or_net: str | os.PathLike | AdaptiveDepthNet, skip: str, fmt: str,
-                      out: str | os.PathLike, image_size: Optional[int] = None, opset: int = DEFAULT_OPSET,
-                      atol: float = ATOL) -> ExportResult:
+def export_subnetwork(
+    model_path_or_net: str | os.PathLike | AdaptiveDepthNet,
+    skip: str,
+    fmt: str,
+    out: str | os.PathLike,
+    image_size: Optional[int] = None,
+    opset: int = DEFAULT_OPSET,
+    atol: float = ATOL,
+) -> ExportResult:
     """Export sub-network ``skip`` of a model file (``models/model.pt``) or an AdaptiveDepthNet to ``out`` in
     format ``fmt`` (torch | torchscript | onnx), verify the written file, and return its MACs, parameters and
     max abs difference from ``model(x, skip=skip)``.
@@ -217,8 +234,10 @@ def export_subnetwork(model_path_or_net: str | os.PathLike | AdaptiveDepthNet, s
         net, file = load_model(model_path_or_net)  # CheckpointError: missing / corrupt / another architecture
     spec = file.get("spec")
     if fmt == "torch" and spec is None:
-        raise ExportError("the torch format stores the architecture spec, and this model has none (net.spec is "
-                          "None: not built by adaskip.models.create_model): export its model file instead")
+        raise ExportError(
+            "the torch format stores the architecture spec, and this model has none (net.spec is "
+            "None: not built by adaskip.models.create_model): export its model file instead"
+        )
     cfg = parse_skip(net, skip)
     size = _resolve_image_size(net, file, image_size)
     in_chans = _in_chans(net)
@@ -236,15 +255,26 @@ def export_subnetwork(model_path_or_net: str | os.PathLike | AdaptiveDepthNet, s
         macs = count_macs(net, cfg, (in_chans, size, size))
         recorded = (file.get("macs") or {}).get(str(cfg))
         if recorded is not None and recorded != macs:
-            log.warning("%s: %d MACs at %d px, but the model file records %d (counted at its training size): "
-                        "is --image-size the data.image_size it was trained on?", cfg, macs, size, recorded)
+            log.warning(
+                "%s: %d MACs at %d px, but the model file records %d (counted at its training size): "
+                "is --image-size the data.image_size it was trained on?",
+                cfg,
+                macs,
+                size,
+                recorded,
+            )
         gen = torch.Generator().manual_seed(0)
         example = torch.randn(_TRACE_BATCH, in_chans, size, size, generator=gen)
         x = torch.randn(_VERIFY_BATCH, in_chans, size, size, generator=gen)
         with torch.no_grad():
             ref = net(x, skip=cfg)
-        config = {**{k: v for k, v in (spec or {}).items()}, "split": list(net.split), "skip": str(cfg),
-                  "image_size": size, "in_chans": in_chans}
+        config = {
+            **{k: v for k, v in (spec or {}).items()},
+            "split": list(net.split),
+            "skip": str(cfg),
+            "image_size": size,
+            "in_chans": in_chans,
+        }
         out = Path(out)
         with atomic_path(out) as tmp:
             load = _WRITERS[fmt](sub, tmp, example=example, config=config, opset=opset)
@@ -254,7 +284,8 @@ def export_subnetwork(model_path_or_net: str | os.PathLike | AdaptiveDepthNet, s
             if not diff <= tol:  # also NaN
                 raise ExportVerificationError(
                     f"the {fmt} export of {cfg} differs from model(x, skip={str(cfg)!r}): max |diff| {diff:.3g} > "
-                    f"tolerance {tol:.3g} on a random {tuple(x.shape)} batch; nothing written to {out}")
+                    f"tolerance {tol:.3g} on a random {tuple(x.shape)} batch; nothing written to {out}"
+                )
     finally:
         net.train(was_training)
     result = ExportResult(out, fmt, str(cfg), size, macs, params, diff, tol)
@@ -298,9 +329,16 @@ def _write_onnx(sub: SubNetwork, tmp: Path, example: Tensor, opset: int, **_: An
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the legacy-exporter DeprecationWarning and TracerWarnings
         try:
-            torch.onnx.export(sub, (example,), str(tmp), dynamo=False, opset_version=opset,
-                              input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            torch.onnx.export(
+                sub,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            )
         except Exception as e:
             raise ExportError(f"torch.onnx.export (opset {opset}) failed: {_first_line(e)}") from e
 
@@ -332,8 +370,10 @@ def _check_opset(opset: int) -> None:
     from torch.onnx._constants import ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as top
 
     if not isinstance(opset, int) or not max(ONNX_MIN_OPSET, 14) <= opset <= top:
-        raise ExportError(f"ONNX opset {opset!r} not supported: use {max(ONNX_MIN_OPSET, 14)}..{top} (attention "
-                          f"needs 14, native LayerNormalization 17; default {DEFAULT_OPSET})")
+        raise ExportError(
+            f"ONNX opset {opset!r} not supported: use {max(ONNX_MIN_OPSET, 14)}..{top} (attention "
+            f"needs 14, native LayerNormalization 17; default {DEFAULT_OPSET})"
+        )
 
 
 def _require_onnx() -> None:
@@ -341,8 +381,10 @@ def _require_onnx() -> None:
         import onnx  # noqa: F401  (torch's exporter uses it)
         import onnxruntime  # noqa: F401  (verification)
     except ImportError as e:
-        raise ExportError(f"the onnx format needs the onnx and onnxruntime packages ({e}): pip install onnx "
-                          "onnxruntime (pinned in requirements.lock)") from None
+        raise ExportError(
+            f"the onnx format needs the onnx and onnxruntime packages ({e}): pip install onnx "
+            "onnxruntime (pinned in requirements.lock)"
+        ) from None
 
 
 def _in_chans(net: AdaptiveDepthNet) -> int:
@@ -357,19 +399,28 @@ def _resolve_image_size(net: AdaptiveDepthNet, file: dict[str, Any], image_size:
             raise ExportError(f"image size must be a positive integer, not {image_size!r}")
         return image_size
     spec, metrics = file.get("spec") or {}, file.get("metrics") or {}
-    candidates = [(spec.get("kwargs") or {}).get("img_size"), spec.get("image_size"), metrics.get("image_size"),
-                  file.get("image_size"), getattr(getattr(net.backbone, "patch_embed", None), "img_size", None)]
+    candidates = [
+        (spec.get("kwargs") or {}).get("img_size"),
+        spec.get("image_size"),
+        metrics.get("image_size"),
+        file.get("image_size"),
+        getattr(getattr(net.backbone, "patch_embed", None), "img_size", None),
+    ]
     for value in candidates:
         if value is None:
             continue
         if isinstance(value, (tuple, list)):
             if len(set(value)) != 1:
-                raise ExportError(f"the model is built for non-square {tuple(value)} images: only square inputs "
-                                  "export; pass --image-size")
+                raise ExportError(
+                    f"the model is built for non-square {tuple(value)} images: only square inputs "
+                    "export; pass --image-size"
+                )
             value = value[0]
         return int(value)
-    raise ExportError(f"the image size is not recorded for this {net.family} model (it runs at any size): pass "
-                      "--image-size / image_size=, the data.image_size it was trained on")
+    raise ExportError(
+        f"the image size is not recorded for this {net.family} model (it runs at any size): pass "
+        "--image-size / image_size=, the data.image_size it was trained on"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------

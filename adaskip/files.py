@@ -1,4 +1,5 @@
 """Crash-safe output files: written beside their final path, renamed onto it only once complete."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,6 +1,7 @@
 """``adaskip profile``: every sub-network's latency on this machine, in the long form of ``results/latency.csv``
 (one row per sub-network x batch size x thread count; tables of several machines concatenate), for ``adaskip select
 --latency`` and for serving, which reads the table attached to the registered version for the device it serves on."""
+
 from __future__ import annotations
 
 import re
@@ -35,24 +36,38 @@ class Profile:
 
     def summary(self) -> str:
         """The table with one column per batch size and thread count (p50 / p90 ms), fastest first at the first."""
-        wide = self.table.pivot_table(index="skip", columns=["threads", "batch_size"], values=["p50_ms", "p90_ms"],
-                                      sort=False)
+        wide = self.table.pivot_table(
+            index="skip", columns=["threads", "batch_size"], values=["p50_ms", "p90_ms"], sort=False
+        )
         keys = [(t, b) for stat, t, b in wide.columns if stat == "p50_ms"]
         rows = [f"{'skip':<10}" + "".join(f"{f'batch {b}, {t} thread(s): p50 / p90 ms':>38}" for t, b in keys)]
         for skip in wide[("p50_ms", *keys[0])].sort_values().index:
-            rows.append(f"{skip:<10}" + "".join(f"{wide.loc[skip, ('p50_ms', t, b)]:>27.3f} / "
-                                                f"{wide.loc[skip, ('p90_ms', t, b)]:<8.3f}" for t, b in keys))
+            rows.append(
+                f"{skip:<10}"
+                + "".join(
+                    f"{wide.loc[skip, ('p50_ms', t, b)]:>27.3f} / {wide.loc[skip, ('p90_ms', t, b)]:<8.3f}"
+                    for t, b in keys
+                )
+            )
         return "\n".join(rows)
 
 
-def profile(model_file: str | Path, batch_sizes: Sequence[int] = (1,), threads: Sequence[Optional[int]] = (None,),
-            device: str = "cpu", warmup: int = 2, reps: int = 10, image_size: Optional[int] = None,
-            progress: bool = True) -> Profile:
+def profile(
+    model_file: str | Path,
+    batch_sizes: Sequence[int] = (1,),
+    threads: Sequence[Optional[int]] = (None,),
+    device: str = "cpu",
+    warmup: int = 2,
+    reps: int = 10,
+    image_size: Optional[int] = None,
+    progress: bool = True,
+) -> Profile:
     """p50/p90 milliseconds per forward of one batch of every sub-network of the model file, on ``device``, at
     ``image_size`` (default: the one the model file records)."""
     if not batch_sizes or min(batch_sizes) < 1 or any(t is not None and t < 1 for t in threads):
-        raise ProfileError(f"batch sizes and thread counts must be >= 1, got --batch {list(batch_sizes)} "
-                           f"--threads {list(threads)}")
+        raise ProfileError(
+            f"batch sizes and thread counts must be >= 1, got --batch {list(batch_sizes)} --threads {list(threads)}"
+        )
     if warmup < 0 or reps < 1:
         raise ProfileError(f"--warmup must be >= 0 and --reps >= 1, got {warmup} and {reps}")
     if device not in ("cpu", "cuda"):
@@ -68,10 +83,11 @@ def profile(model_file: str | Path, batch_sizes: Sequence[int] = (1,), threads: 
     net, obj = load_model(model_file)
     size = image_size or obj.get("image_size")
     if not size or size < 1:
-        raise ProfileError(f"{model_file} records no image size: pass --image-size N (the data.image_size it was "
-                           "trained on)")
+        raise ProfileError(
+            f"{model_file} records no image size: pass --image-size N (the data.image_size it was trained on)"
+        )
     net = net.to(device).eval()
-    total = len(batch_sizes) * len(resolve_threads(threads)) * 2 ** net.num_stages
+    total = len(batch_sizes) * len(resolve_threads(threads)) * 2**net.num_stages
     start = time.perf_counter()
     with tqdm(total=total, desc="profile", unit="sub-network", disable=not progress) as bar:
         table = latency_long_table(net, None, (3, size, size), batch_sizes, threads, warmup, reps, bar.update)

@@ -3,6 +3,7 @@
 An overlay holds only the keys a recipe sets; ``model.kwargs`` replaces the whole dict (as in
 :func:`adaskip.config.merge_params`). :func:`apply_recipe` validates the merged parameters before writing.
 """
+
 from __future__ import annotations
 
 import io
@@ -55,8 +56,10 @@ def find_recipe(name_or_path: str, folder: Path = RECIPES_DIR) -> Path:
     candidate = folder / f"{name_or_path.removesuffix('.yaml')}.yaml"
     if "/" not in name_or_path and candidate.is_file():
         return candidate
-    raise RecipeError(f"unknown recipe {name_or_path!r}: shipped recipes are {', '.join(shipped(folder)) or 'none'} "
-                      f"(in {folder}), or give the path of an overlay file")
+    raise RecipeError(
+        f"unknown recipe {name_or_path!r}: shipped recipes are {', '.join(shipped(folder)) or 'none'} "
+        f"(in {folder}), or give the path of an overlay file"
+    )
 
 
 def load_overlay(path: Path) -> dict[str, Any]:
@@ -156,8 +159,9 @@ def _align_comment(doc: CommentedMap, key: str) -> None:
         tokens[key].column = max(set(cols), key=cols.count)
 
 
-def apply_recipe(overlay: dict[str, Any], params_path: str | os.PathLike = "params.yaml", source: str = "recipe",
-                 write: bool = True) -> list[Change]:
+def apply_recipe(
+    overlay: dict[str, Any], params_path: str | os.PathLike = "params.yaml", source: str = "recipe", write: bool = True
+) -> list[Change]:
     """Merge ``overlay`` into ``params_path`` keeping its comments and order, validate the result (every key and
     value, data.path, and the model built with random weights), then write it atomically; nothing is written when
     validation fails or nothing changed. Returns the changes."""
@@ -189,8 +193,9 @@ def check(raw: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: model: {params.model.name} cannot be built: {e}") from None
 
 
-def recipe_overlay(name_or_path: str, sets: Optional[Sequence[str]] = None,
-                   folder: Path = RECIPES_DIR) -> tuple[Path, dict[str, Any]]:
+def recipe_overlay(
+    name_or_path: str, sets: Optional[Sequence[str]] = None, folder: Path = RECIPES_DIR
+) -> tuple[Path, dict[str, Any]]:
     """The overlay of a recipe with the ``--set`` items on top: (recipe file, merged overlay)."""
     from .config import merge_params
 

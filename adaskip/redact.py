@@ -5,6 +5,7 @@ are used, from the environment (or an instance role), never from a URI or a file
 that refuses a URI carrying one, and the redaction every error line and log record passes through (passwords in
 URIs, credentials in query strings, and the values of the secret variables this process holds).
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,12 +14,19 @@ import re
 from urllib.parse import urlsplit
 
 # the variables whose values are secret wherever they appear (Ray's token file is Ray's own, never read here)
-SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-              "RAY_AUTH_TOKEN")
+SECRET_ENV = (
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "RAY_AUTH_TOKEN",
+)
 MASK = "***"
 _USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@?#]+@")
-_QUERY = re.compile(r"(?i)([?&](?:x-amz-(?:signature|credential|security-token)|access_?key(?:_?id)?|secret(?:_?key)?|"
-                    r"(?:session_?)?token|password|passwd|sig|signature)=)[^&\s#]+")
+_QUERY = re.compile(
+    r"(?i)([?&](?:x-amz-(?:signature|credential|security-token)|access_?key(?:_?id)?|secret(?:_?key)?|"
+    r"(?:session_?)?token|password|passwd|sig|signature)=)[^&\s#]+"
+)
 
 
 def credentials_in(uri: str) -> bool:

@@ -7,6 +7,7 @@ one batch (p50), at the first measured batch size unless ``batch`` names another
 picks one when the grid holds several machines' rows). Exit codes of the command: 0 chosen, 1 nothing fits,
 2 bad arguments (an :class:`AdaskipError`, one line).
 """
+
 from __future__ import annotations
 
 import math
@@ -49,16 +50,22 @@ class Budget:
             raise SelectError(f"no budget given: pass {', '.join(limits)}")
         for key, v in {**limits, self.name("batch"): self.batch}.items():
             is_batch = key == self.name("batch")
-            if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v) or v < int(is_batch)
-                                  or (is_batch and v != int(v))):
+            if v is not None and (
+                not isinstance(v, (int, float))
+                or not math.isfinite(v)
+                or v < int(is_batch)
+                or (is_batch and v != int(v))
+            ):
                 raise SelectError(f"{key} must be {'an integer >= 1' if is_batch else 'a number >= 0'}, got {v!r}")
         return self
 
     def describe(self, batch: Optional[int]) -> str:
         at = f" at batch {batch}" if batch else ""
-        parts = [f"latency <= {self.max_latency_ms:g} ms{at}" if self.max_latency_ms is not None else "",
-                 f"MACs <= {si(self.max_macs)}" if self.max_macs is not None else "",
-                 f"top-1 >= {self.min_acc:g} %" if self.min_acc is not None else ""]
+        parts = [
+            f"latency <= {self.max_latency_ms:g} ms{at}" if self.max_latency_ms is not None else "",
+            f"MACs <= {si(self.max_macs)}" if self.max_macs is not None else "",
+            f"top-1 >= {self.min_acc:g} %" if self.min_acc is not None else "",
+        ]
         return ", ".join(p for p in parts if p)
 
 
@@ -75,8 +82,9 @@ def read_grid(path: str | Path = GRID) -> pd.DataFrame:
     """An evaluation grid CSV; a missing file or one without skip/macs/acc1 is one SelectError line."""
     path = Path(path)
     if not path.is_file():
-        raise SelectError(f"no evaluation grid at {path}: run the evaluate stage (dvc repro), pass --grid CSV or "
-                          "--run RUN_ID")
+        raise SelectError(
+            f"no evaluation grid at {path}: run the evaluate stage (dvc repro), pass --grid CSV or --run RUN_ID"
+        )
     return _checked(pd.read_csv(path, dtype={"skip": str}), str(path))
 
 
@@ -92,7 +100,7 @@ def grid_from_run(run_id: str, params: str | Path = "params.yaml") -> pd.DataFra
 
 
 def with_latency(grid: pd.DataFrame, tables: list[str | Path]) -> pd.DataFrame:
-    """``grid``'s accuracy and MACs with the latency of long-form tables (``adaskip profile``'s, ``results/latency.csv``)
+    """``grid``'s accuracy and MACs with the latency of long-form tables (``adaskip profile``'s, results/latency.csv)
     instead of its own: one row per sub-network and device (``--device`` picks one)."""
     from .evaluation.latency import LONG_COLUMNS
 
@@ -105,8 +113,11 @@ def with_latency(grid: pd.DataFrame, tables: list[str | Path]) -> pd.DataFrame:
             raise SelectError(f"{path} is not a latency table (no column {', '.join(missing)})")
         parts.append(part)
     long = pd.concat(parts, ignore_index=True).drop_duplicates(["skip", "device", "batch_size", "threads"], keep="last")
-    own = [c for c in grid.columns if c in ("device", "threads", "latency_ms") or wide_columns([c]) or
-           c.startswith("latency_p90_ms_")]
+    own = [
+        c
+        for c in grid.columns
+        if c in ("device", "threads", "latency_ms") or wide_columns([c]) or c.startswith("latency_p90_ms_")
+    ]
     wide = pd.concat([latency_wide(rows) for _, rows in long.groupby("device", sort=False)], ignore_index=True)
     return grid.drop(columns=own).merge(wide, on="skip")
 
@@ -146,8 +157,10 @@ def latency_of(grid: pd.DataFrame, batch: Optional[int], flag: str = "--batch") 
     found = [(b, t) for b, t in pairs if b == batch]
     if not found:
         sizes = sorted({b for b, _ in pairs})
-        raise SelectError(f"{flag} {batch}: no latency measured at that batch size; the latency table has batch "
-                          f"sizes {_listing(sizes) or 'none'} (evaluate.latency_batch_sizes, adaskip profile --batch)")
+        raise SelectError(
+            f"{flag} {batch}: no latency measured at that batch size; the latency table has batch "
+            f"sizes {_listing(sizes) or 'none'} (evaluate.latency_batch_sizes, adaskip profile --batch)"
+        )
     return latency_column(*found[0]), batch
 
 
@@ -179,7 +192,7 @@ def figures(row: pd.Series, p50: str) -> str:
 
 
 def _latency(row: pd.Series, p50: str) -> str:
-    (batch, suffix), = wide_columns([p50]) or [(None, None)]
+    ((batch, suffix),) = wide_columns([p50]) or [(None, None)]
     threads = suffix or (int(row["threads"]) if "threads" in row else None)
     p90 = latency_column(batch, suffix, "p90") if batch else ""
     text = f"p50 {row[p50]:.3g} ms" + (f" / p90 {row[p90]:.3g} ms" if p90 in row else "")
@@ -191,14 +204,18 @@ def verdict(choice: Choice, budget: Budget) -> str:
     """One line: the chosen configuration with its figures, or that none fits and what the cheapest costs."""
     limits = budget.describe(choice.batch)
     if choice.chosen is not None:
-        return (f"{choice.chosen['skip']}: {figures(choice.chosen, choice.p50)} (the most accurate of the "
-                f"{choice.fitting} Pareto-front sub-networks within {limits}; {len(choice.front)} on the front)")
+        return (
+            f"{choice.chosen['skip']}: {figures(choice.chosen, choice.p50)} (the most accurate of the "
+            f"{choice.fitting} Pareto-front sub-networks within {limits}; {len(choice.front)} on the front)"
+        )
     key = choice.p50 if budget.max_latency_ms is not None else "macs"
     cheapest = choice.front.sort_values([key, "macs"], kind="stable").iloc[0]
     best = choice.front.sort_values("acc1", ascending=False, kind="stable").iloc[0]
     most = f"; the most accurate, {best['skip']}, reaches {best['acc1']:.2f} %" if budget.min_acc is not None else ""
-    return (f"no sub-network fits {limits}: the cheapest on the Pareto front is {cheapest['skip']}: "
-            f"{figures(cheapest, choice.p50)}{most}")
+    return (
+        f"no sub-network fits {limits}: the cheapest on the Pareto front is {cheapest['skip']}: "
+        f"{figures(cheapest, choice.p50)}{most}"
+    )
 
 
 def aliases(grid: pd.DataFrame, within: float = 1.0) -> dict[str, str]:

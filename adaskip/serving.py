@@ -2,6 +2,7 @@
 (``max_latency_ms`` with an optional ``batch``, ``max_macs``, ``min_acc``); a budget is answered by the sub-network
 ``adaskip select`` picks from the evaluation grid (accuracy, MACs, Pareto front) and the latency table of the device
 the model serves on. No MLflow here: :mod:`adaskip.tracking.model` reads the tables beside the MLflow Model."""
+
 from __future__ import annotations
 
 import time
@@ -45,8 +46,10 @@ class Menu:
         if not budget:
             return self.skip(given.get("skip", self.default)), False
         if self.grid is None:
-            raise RequestError("this model has no evaluation grid, so a budget cannot be met: pass skip (one of "
-                               f"{self.skips()}), or run the evaluate stage to attach its grid")
+            raise RequestError(
+                "this model has no evaluation grid, so a budget cannot be met: pass skip (one of "
+                f"{self.skips()}), or run the evaluate stage to attach its grid"
+            )
         try:
             wanted = Budget(**budget, cli=False).check()
             grid = self.grid.merge(latency_wide(self.latency), on="skip")
@@ -61,8 +64,10 @@ class Menu:
         """``value`` as a valid skip string of this model (case-insensitive), else a RequestError listing them."""
         text = str(value).upper()
         if len(text) != self.num_stages or set(text) - {"T", "F"}:
-            raise RequestError(f"skip {value!r} is not a sub-network of this model: give one T (skip) or F (run) per "
-                               f"stage, {self.num_stages} letters: {self.skips()}")
+            raise RequestError(
+                f"skip {value!r} is not a sub-network of this model: give one T (skip) or F (run) per "
+                f"stage, {self.num_stages} letters: {self.skips()}"
+            )
         return text
 
     def skips(self) -> str:
@@ -76,8 +81,14 @@ def device_table(tables: Iterable[pd.DataFrame], device: str, threads: int) -> p
     return rows.drop_duplicates(["skip", "batch_size"], keep="last").reset_index(drop=True)
 
 
-def build_menu(net, image_size: int, grid: Optional[pd.DataFrame], tables: list[pd.DataFrame],
-               default: Optional[str] = None, log=print) -> Menu:
+def build_menu(
+    net,
+    image_size: int,
+    grid: Optional[pd.DataFrame],
+    tables: list[pd.DataFrame],
+    default: Optional[str] = None,
+    log=print,
+) -> Menu:
     """The menu of ``net`` serving in this process: ``tables``' rows for this device and thread count, or, when they
     do not cover every sub-network, every sub-network measured now (at the batch sizes the tables hold, else 1), and
     said so through ``log``."""
@@ -85,15 +96,17 @@ def build_menu(net, image_size: int, grid: Optional[pd.DataFrame], tables: list[
 
     from .evaluation.complexity import device_name, latency_long_table
 
-    device, threads, n = device_name(next(net.parameters()).device), torch.get_num_threads(), 2 ** net.num_stages
+    device, threads, n = device_name(next(net.parameters()).device), torch.get_num_threads(), 2**net.num_stages
     table = device_table(tables, device, threads)
     batches = sorted({int(b) for t in tables for b in t["batch_size"]}) or [1]
     if table.empty or table.groupby("batch_size")["skip"].nunique().min() < n:
         start = time.perf_counter()
         table = latency_long_table(net, None, (3, image_size, image_size), batches)
-        log(f"adaskip: no latency table for {device} with {threads} thread(s) covers all {n} sub-networks: measured "
+        log(
+            f"adaskip: no latency table for {device} with {threads} thread(s) covers all {n} sub-networks: measured "
             f"them at load, batch {', '.join(map(str, batches))}, in {time.perf_counter() - start:.1f} s "
-            "(adaskip profile measures and attaches one)")
+            "(adaskip profile measures and attaches one)"
+        )
     else:
         log(f"adaskip: latency table for {device} with {threads} thread(s): {len(table)} rows")
     kept = None if grid is None else grid[[c for c in GRID_COLUMNS if c in grid.columns]]

@@ -1,4 +1,5 @@
 """What every pipeline stage script shares: --params, logging, MLflow set-up, and one-line errors."""
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,11 @@ def _sigterm(*_: Any) -> None:
     raise KeyboardInterrupt("SIGTERM")
 
 
-def main(description: str, run: Callable[[Params, argparse.Namespace], Optional[str]],
-         configure: Callable[[argparse.ArgumentParser], None] = lambda p: None) -> None:
+def main(
+    description: str,
+    run: Callable[[Params, argparse.Namespace], Optional[str]],
+    configure: Callable[[argparse.ArgumentParser], None] = lambda p: None,
+) -> None:
     """Parse ``--params``, validate them (the schema: a stage that builds models checks them itself, once, with
     ``Params.check_model``), run the stage; known errors print one line and exit non-zero. The summary
     ``run`` returns ends the stage's output as one line: ``<stage>: <summary> in <time>``."""
@@ -70,14 +74,21 @@ def main(description: str, run: Callable[[Params, argparse.Namespace], Optional[
     configure_ray_env()  # before anything imports ray
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help=f"debug logging and Ray's full output (as {VERBOSE_ENV}=1 does, e.g. under dvc repro)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help=f"debug logging and Ray's full output (as {VERBOSE_ENV}=1 does, e.g. under dvc repro)",
+    )
     configure(parser)
     args = parser.parse_args()
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"  # before Ray starts: its local workers inherit it
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for handler in logging.getLogger().handlers:  # no credential in a log line, -v's debug lines included
         handler.addFilter(RedactingFilter())
     if not verbose():  # Ray's start-up and MLflow's database/registry notices: WARNING and above only

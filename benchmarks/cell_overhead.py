@@ -11,6 +11,7 @@ times, the ratio A/B, and for A the CPU seconds of the processes Ray started, by
 
 Example: python benchmarks/cell_overhead.py --variants 2 --seeds 1 --epochs 15
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,6 +36,7 @@ from adaskip.orchestration.cells import _cell_grid, run_cells  # noqa: E402
 from adaskip.orchestration.storage import Storage  # noqa: E402
 from study_concurrency import parse_checked, study_cells, study_parser  # noqa: E402  (its options and cells)
 
+
 def parse_args(argv=None) -> argparse.Namespace:
     return parse_checked(study_parser(__doc__, epochs=15), argv)  # the study's 15 epochs
 
@@ -47,8 +49,11 @@ def _in_process(cell: Cell) -> int:
 
     torch.set_num_threads(1)
     state: dict = {}
-    fit(cell.params, WorkerEnv(report=lambda metrics, s: state.update(s or {})),
-        mode=FitMode(alone=cell.baseline) if cell.baseline else SELF_DISTILLATION)
+    fit(
+        cell.params,
+        WorkerEnv(report=lambda metrics, s: state.update(s or {})),
+        mode=FitMode(alone=cell.baseline) if cell.baseline else SELF_DISTILLATION,
+    )
     model = {"spec": state["spec"], "state_dict": state.get("ema") or state["model"]}
     return len(_cell_grid(model, cell, 1))
 
@@ -82,8 +87,13 @@ class _CpuByKind:
 def main(argv=None) -> int:
     args = parse_args(argv)
     every = study_cells(args)
-    ray.init(num_cpus=args.cpus, include_dashboard=False, object_store_memory=300 * 2**20, configure_logging=False,
-             log_to_driver=False)
+    ray.init(
+        num_cpus=args.cpus,
+        include_dashboard=False,
+        object_store_memory=300 * 2**20,
+        configure_logging=False,
+        log_to_driver=False,
+    )
     task = ray.remote(num_cpus=1)(_in_process)
     sides = ("Ray Train cells", "in-process cells")
     times: dict[str, list[float]] = {s: [] for s in sides}
@@ -91,7 +101,7 @@ def main(argv=None) -> int:
     driver = psutil.Process()
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):
-            for side in (sides if rep % 2 == 0 else sides[::-1]):
+            for side in sides if rep % 2 == 0 else sides[::-1]:
                 start, started_cpu = time.perf_counter(), driver.cpu_times()
                 if side == sides[0]:
                     sampler = _CpuByKind()
@@ -104,8 +114,10 @@ def main(argv=None) -> int:
                 print(f"rep {rep + 1}: {side}: {times[side][-1]:.1f} s", flush=True)
     ray.shutdown()
     a, b = (statistics.median(times[s]) for s in sides)
-    print(f"\n{len(every)} cells ({args.variants} variants x {args.seeds} seeds), {args.epochs} epochs, "
-          f"{args.cpus} CPUs, median of {args.reps}:")
+    print(
+        f"\n{len(every)} cells ({args.variants} variants x {args.seeds} seeds), {args.epochs} epochs, "
+        f"{args.cpus} CPUs, median of {args.reps}:"
+    )
     print(f"  {sides[0]}: {a:.1f} s   {sides[1]}: {b:.1f} s   ratio {a / b:.2f}")
     print(f"CPU seconds of the Ray Train cells' processes, per cell (of {args.reps} rep(s)):")
     for name, s in cpu.most_common(12):

@@ -11,6 +11,7 @@ as the median of adjacent pairs (least moved by load drift on a shared machine).
 Example: python benchmarks/data_loader.py
          python benchmarks/data_loader.py --workers 2 4 --images 512 --reps 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,13 +34,19 @@ from adaskip.data.loader import available_cpus, default_workers  # noqa: E402
 def parse_args(argv=None) -> argparse.Namespace:
     default_n = max(2, default_workers("imagefolder"))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workers", type=int, nargs="+", default=[default_n],
-                   help="worker counts compared with 0 (default: %(default)s = data.workers' default here, at least 2)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[default_n],
+        help="worker counts compared with 0 (default: %(default)s = data.workers' default here, at least 2)",
+    )
     p.add_argument("--images", type=int, default=256, help="training JPEGs written (default: %(default)s)")
     p.add_argument("--classes", type=int, default=8, help="class folders (default: %(default)s)")
     p.add_argument("--source-size", type=int, default=224, help="side of the written JPEGs (default: %(default)s)")
-    p.add_argument("--image-size", type=int, default=224,
-                   help="data.image_size, the crop fed to a model (default: %(default)s)")
+    p.add_argument(
+        "--image-size", type=int, default=224, help="data.image_size, the crop fed to a model (default: %(default)s)"
+    )
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: %(default)s)")
     p.add_argument("--reps", type=int, default=5, help="timed epochs per worker count (default: %(default)s)")
     p.add_argument("--root", type=Path, default=None, help="write the tree here instead of a temporary folder")
@@ -84,9 +91,11 @@ def run(args: argparse.Namespace, root: Path) -> None:
         for w in counts:
             seconds, n = epoch_seconds(loaders[w])
             times[w].append(seconds)
-    print(f"images={n} (train split) jpeg={args.source_size}px image_size={args.image_size} batch={args.batch_size} "
-          f"reps={args.reps} cpus={available_cpus()} torch_threads={torch.get_num_threads()} "
-          f"default data.workers={default_workers('imagefolder')}")
+    print(
+        f"images={n} (train split) jpeg={args.source_size}px image_size={args.image_size} batch={args.batch_size} "
+        f"reps={args.reps} cpus={available_cpus()} torch_threads={torch.get_num_threads()} "
+        f"default data.workers={default_workers('imagefolder')}"
+    )
     print(f"{'workers':>7}  {'images/s':>9}  {'ratio vs 0':>10}  {'1st epoch images/s (start-up)':>29}")
     for w in counts:
         rate = n / statistics.median(times[w])

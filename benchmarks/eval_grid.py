@@ -10,6 +10,7 @@ speed-up B/A, the ideal speed-up from counted MACs, and PASS/FAIL against the ta
 
 Example: python benchmarks/eval_grid.py --model resnet50 --image-size 64 --batch-size 32 --reps 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,11 +39,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batches", type=int, default=1, help="batches per timed repetition (default: %(default)s)")
     p.add_argument("--reps", type=int, default=5, help="timed A/B repetition pairs (default: %(default)s)")
     p.add_argument("--num-classes", type=int, default=1000, help="classifier width (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=os.cpu_count(),
-                   help="torch intra-op threads (default: os.cpu_count() = %(default)s)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="torch intra-op threads (default: os.cpu_count() = %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--target", type=float, default=TARGET,
-                   help="required speed-up for a 4-stage ResNet (default: %(default)s)")
+    p.add_argument(
+        "--target", type=float, default=TARGET, help="required speed-up for a 4-stage ResNet (default: %(default)s)"
+    )
     args = p.parse_args(argv)
     for name in ("image_size", "batch_size", "batches", "reps", "threads"):
         if getattr(args, name) < 1:
@@ -87,12 +93,15 @@ def main(argv=None) -> int:
     model.eval()
     s = model.num_stages
     g = torch.Generator().manual_seed(args.seed)
-    batches = [torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g)
-               for _ in range(args.batches)]
-    print(f"model {args.model} ({model.family}, {s} stages, blocks {model.blocks_per_stage}), "
-          f"{2 ** s} configs, input {args.batch_size}x3x{args.image_size}x{args.image_size}, "
-          f"{args.batches} batch(es)/rep, {args.reps} rep pairs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s)")
+    batches = [
+        torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g) for _ in range(args.batches)
+    ]
+    print(
+        f"model {args.model} ({model.family}, {s} stages, blocks {model.blocks_per_stage}), "
+        f"{2**s} configs, input {args.batch_size}x3x{args.image_size}x{args.image_size}, "
+        f"{args.batches} batch(es)/rep, {args.reps} rep pairs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s)"
+    )
 
     sides = {"A grid_logits": run_grid, "B independent": run_independent}
     times = {name: [] for name in sides}
@@ -105,8 +114,10 @@ def main(argv=None) -> int:
                 torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-5, msg=lambda m: f"{key}: {m}")
         first = out["A grid_logits"][0]
         distinct = len({tuple(v[0, :8].tolist()) for v in first.values()})
-        print(f"outputs: grid == independent for all {len(first)} configs x {len(batches)} batch(es) "
-              f"(assert_close); {distinct} distinct logit vectors")
+        print(
+            f"outputs: grid == independent for all {len(first)} configs x {len(batches)} batch(es) "
+            f"(assert_close); {distinct} distinct logit vectors"
+        )
         del out
 
         x1 = batches[0][:1]
@@ -119,25 +130,33 @@ def main(argv=None) -> int:
                 start = time.perf_counter()
                 sides[name](model, batches)
                 times[name].append(time.perf_counter() - start)
-            print(f"  rep {r + 1}/{args.reps} ({' then '.join(n[0] for n in order)}): "
-                  f"A {times['A grid_logits'][-1]:.3f} s, B {times['B independent'][-1]:.3f} s, "
-                  f"B/A {times['B independent'][-1] / times['A grid_logits'][-1]:.2f}x")
+            print(
+                f"  rep {r + 1}/{args.reps} ({' then '.join(n[0] for n in order)}): "
+                f"A {times['A grid_logits'][-1]:.3f} s, B {times['B independent'][-1]:.3f} s, "
+                f"B/A {times['B independent'][-1] / times['A grid_logits'][-1]:.2f}x"
+            )
 
     med_a = statistics.median(times["A grid_logits"])
     med_b = statistics.median(times["B independent"])
     ratio = med_b / med_a
     pair_ratio = statistics.median(b / a for a, b in zip(times["A grid_logits"], times["B independent"]))
-    print(f"stage passes: A {2 ** (s + 1) - 2} + 1 stem, B {s * 2 ** s} + {2 ** s} stems")
+    print(f"stage passes: A {2 ** (s + 1) - 2} + 1 stem, B {s * 2**s} + {2**s} stems")
     print(f"MACs per image: A {macs_a / 1e9:.3f} G, B {macs_b / 1e9:.3f} G, ideal speed-up {macs_b / macs_a:.2f}x")
-    print(f"A grid_logits (all {2 ** s} configs): median {med_a:.3f} s "
-          f"({1000 * med_a / (args.batches * args.batch_size):.2f} ms/image)")
-    print(f"B independent forwards ({2 ** s} x model(x, skip=cfg)): median {med_b:.3f} s "
-          f"({1000 * med_b / (args.batches * args.batch_size):.2f} ms/image)")
+    print(
+        f"A grid_logits (all {2**s} configs): median {med_a:.3f} s "
+        f"({1000 * med_a / (args.batches * args.batch_size):.2f} ms/image)"
+    )
+    print(
+        f"B independent forwards ({2**s} x model(x, skip=cfg)): median {med_b:.3f} s "
+        f"({1000 * med_b / (args.batches * args.batch_size):.2f} ms/image)"
+    )
     print(f"speed-up B/A: {ratio:.2f}x (median of per-pair ratios {pair_ratio:.2f}x)")
     if model.family == "resnet" and s == 4:
         ok = ratio >= args.target
-        print(f"{'PASS' if ok else 'FAIL'}: speed-up {ratio:.2f}x {'>=' if ok else '<'} target {args.target:.2f}x "
-              f"(4-stage ResNet)")
+        print(
+            f"{'PASS' if ok else 'FAIL'}: speed-up {ratio:.2f}x {'>=' if ok else '<'} target {args.target:.2f}x "
+            f"(4-stage ResNet)"
+        )
         return 0 if ok else 1
     print(f"no target for {model.family} with {s} stages (the {args.target:.2f}x target is for 4-stage ResNets)")
     return 0

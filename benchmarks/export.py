@@ -13,6 +13,7 @@ status 1 on FAIL or on an output mismatch.
 
 Example: python benchmarks/export.py --model resnet50 --image-size 128 --batch-size 8 --threads 2 --reps 21
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=21, help="timed A/B repetition pairs (default: %(default)s)")
     p.add_argument("--num-classes", type=int, default=1000, help="classifier width (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default: %(default)s)")
-    p.add_argument("--tolerance", type=float, default=0.05,
-                   help="PASS when exported <= (1 + tolerance) x adaptive time (default: %(default)s)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.05,
+        help="PASS when exported <= (1 + tolerance) x adaptive time (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     for name in ("image_size", "batch_size", "batches", "reps", "threads"):
@@ -65,16 +70,19 @@ def main(argv=None) -> int:
         save_atomic({"spec": model.spec, "state_dict": model.state_dict(), "macs": {}, "metrics": {}}, path)
         result = export_subnetwork(path, skip, "torch", Path(tmp) / "sub.pt", image_size=args.image_size)
         sub = load_exported(result.path)
-    print(f"model {args.model} ({model.family}, blocks {model.blocks_per_stage}), sub-network {result.skip}: "
-          f"{result.macs / 1e9:.3f} GMACs/image, {result.params / 1e6:.2f} M params (adaptive model "
-          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M); input {args.batch_size}x3x{args.image_size}x"
-          f"{args.image_size}, {args.batches} batch(es)/rep, {args.reps} rep pairs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s)")
+    print(
+        f"model {args.model} ({model.family}, blocks {model.blocks_per_stage}), sub-network {result.skip}: "
+        f"{result.macs / 1e9:.3f} GMACs/image, {result.params / 1e6:.2f} M params (adaptive model "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M); input {args.batch_size}x3x{args.image_size}x"
+        f"{args.image_size}, {args.batches} batch(es)/rep, {args.reps} rep pairs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s)"
+    )
     print(f"export check: max |diff| {result.max_abs_diff:.2e} (tolerance {result.tolerance:.1e})")
 
     g = torch.Generator().manual_seed(args.seed)
-    batches = [torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g)
-               for _ in range(args.batches)]
+    batches = [
+        torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g) for _ in range(args.batches)
+    ]
     sides = {"A exported": lambda x: sub(x), "B adaptive": lambda x: model(x, skip=skip)}
     times = {name: [] for name in sides}
     with torch.inference_mode():
@@ -90,9 +98,11 @@ def main(argv=None) -> int:
                 for x in batches:
                     sides[name](x)
                 times[name].append(time.perf_counter() - start)
-            print(f"  rep {r + 1}/{args.reps} ({' then '.join(n[0] for n in order)}): "
-                  f"A {times['A exported'][-1]:.4f} s, B {times['B adaptive'][-1]:.4f} s, "
-                  f"A/B {times['A exported'][-1] / times['B adaptive'][-1]:.3f}")
+            print(
+                f"  rep {r + 1}/{args.reps} ({' then '.join(n[0] for n in order)}): "
+                f"A {times['A exported'][-1]:.4f} s, B {times['B adaptive'][-1]:.4f} s, "
+                f"A/B {times['A exported'][-1] / times['B adaptive'][-1]:.3f}"
+            )
 
     med_a, med_b = statistics.median(times["A exported"]), statistics.median(times["B adaptive"])
     ratio = med_a / med_b
@@ -100,12 +110,16 @@ def main(argv=None) -> int:
     n = args.batches * args.batch_size
     print(f"A exported {skip} (plain module, eager): median {med_a:.4f} s ({1000 * med_a / n:.2f} ms/image)")
     print(f"B adaptive model(x, skip={skip!r}):      median {med_b:.4f} s ({1000 * med_b / n:.2f} ms/image)")
-    print(f"time ratio exported/adaptive: median of per-pair ratios {pair_ratio:.3f} (ratio of medians "
-          f"{ratio:.3f}); speed-up {1 / pair_ratio:.3f}x")
+    print(
+        f"time ratio exported/adaptive: median of per-pair ratios {pair_ratio:.3f} (ratio of medians "
+        f"{ratio:.3f}); speed-up {1 / pair_ratio:.3f}x"
+    )
     ok = pair_ratio <= 1 + args.tolerance
-    print(f"{'PASS' if ok else 'FAIL'}: exported {'faster than or within' if ok else 'slower by more than'} "
-          f"{100 * args.tolerance:.0f} % of the adaptive model (per-pair ratio {pair_ratio:.3f} "
-          f"{'<=' if ok else '>'} {1 + args.tolerance:.2f})")
+    print(
+        f"{'PASS' if ok else 'FAIL'}: exported {'faster than or within' if ok else 'slower by more than'} "
+        f"{100 * args.tolerance:.0f} % of the adaptive model (per-pair ratio {pair_ratio:.3f} "
+        f"{'<=' if ok else '>'} {1 + args.tolerance:.2f})"
+    )
     return 0 if ok else 1
 
 

@@ -9,6 +9,7 @@ adaskip.serving picks from the same tables, the impossible budget got a 400. Exi
 Needs a registered, evaluated model (dvc repro), best profiled on this machine first:
     adaskip profile --threads 1 && python benchmarks/serve_load.py --model models:/adaskip@base
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,10 +55,15 @@ def kinds(menu) -> dict[str, dict]:
     n = menu.num_stages
     front = menu.grid[menu.grid["pareto"].astype(bool)].merge(latency_wide(menu.latency), on="skip")
     p50 = sorted(front["latency_ms"])
-    return {"skip super": {"skip": "F" * n}, "skip base": {"skip": "T" * n},
-            "latency tight": {"max_latency_ms": p50[len(p50) // 2]}, "latency loose": {"max_latency_ms": p50[-1] * 2},
-            "macs": {"max_macs": float(front["macs"].median())}, "accuracy": {"min_acc": float(front["acc1"].median())},
-            "impossible (400)": {"max_latency_ms": p50[0] / 2}}
+    return {
+        "skip super": {"skip": "F" * n},
+        "skip base": {"skip": "T" * n},
+        "latency tight": {"max_latency_ms": p50[len(p50) // 2]},
+        "latency loose": {"max_latency_ms": p50[-1] * 2},
+        "macs": {"max_macs": float(front["macs"].median())},
+        "accuracy": {"min_acc": float(front["acc1"].median())},
+        "impossible (400)": {"max_latency_ms": p50[0] / 2},
+    }
 
 
 def main(argv=None) -> int:
@@ -123,8 +129,10 @@ def report(results: list, wall: float, asks: dict, menu, net, inputs: list, args
     """Figures per kind, then the checks; 0 when every answer is right."""
     import torch
 
-    print(f"{len(results)} requests from {args.clients} clients in {wall:.1f} s: {len(results) / wall:.1f} requests/s "
-          f"(batch {args.batch}, {args.workers} server worker(s), one torch thread each)")
+    print(
+        f"{len(results)} requests from {args.clients} clients in {wall:.1f} s: {len(results) / wall:.1f} requests/s "
+        f"(batch {args.batch}, {args.workers} server worker(s), one torch thread each)"
+    )
     print(f"{'kind':<18}{'n':>5}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}  answered by")
     expected, errors = {}, 0
     for kind in asks:
@@ -151,10 +159,14 @@ def report(results: list, wall: float, asks: dict, menu, net, inputs: list, args
             skips.add(skip)
         errors += bad
         if len(mine):
-            print(f"{kind:<18}{len(mine):>5}{np.percentile(seconds, 50):>9.2f}{np.percentile(seconds, 99):>9.2f}"
-                  f"{bad:>8}  {', '.join(sorted(skips)) or '400: ' + mine[0][3].get('message', '')[:60]}")
-    print(f"errors: {errors} (a wrong status, a sub-network other than adaskip.serving picks, logits that differ "
-          "from the library's)")
+            print(
+                f"{kind:<18}{len(mine):>5}{np.percentile(seconds, 50):>9.2f}{np.percentile(seconds, 99):>9.2f}"
+                f"{bad:>8}  {', '.join(sorted(skips)) or '400: ' + mine[0][3].get('message', '')[:60]}"
+            )
+    print(
+        f"errors: {errors} (a wrong status, a sub-network other than adaskip.serving picks, logits that differ "
+        "from the library's)"
+    )
     return 1 if errors else 0
 
 

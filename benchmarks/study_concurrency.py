@@ -10,6 +10,7 @@ drift in machine load hits both alike. It prints both wall times, the ratio A/B 
 
 Example: python benchmarks/study_concurrency.py --variants 2 --seeds 1 --epochs 8 --reps 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,16 +34,25 @@ from adaskip.orchestration.cells import run_cells  # noqa: E402
 from adaskip.orchestration.storage import Storage  # noqa: E402
 
 TARGET = 0.65
-VARIANTS = {"adn": {}, "individual_full": {"baseline": "super"}, "individual_base": {"baseline": "base"},
-            "no_skip_aware_norm": {"overrides": {"model": {"skip_aware_norm": False}}}}
+VARIANTS = {
+    "adn": {},
+    "individual_full": {"baseline": "super"},
+    "individual_base": {"baseline": "base"},
+    "no_skip_aware_norm": {"overrides": {"model": {"skip_aware_norm": False}}},
+}
 
 
 def study_parser(doc: str, epochs: int) -> argparse.ArgumentParser:
     """The options of a benchmark over a small study of 1-CPU cells (also benchmarks/cell_overhead.py's)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--params", default=str(Path(__file__).resolve().parents[1] / "params.yaml"))
-    p.add_argument("--variants", type=int, default=2, choices=range(1, len(VARIANTS) + 1),
-                   help="variants of the study (default: %(default)s)")
+    p.add_argument(
+        "--variants",
+        type=int,
+        default=2,
+        choices=range(1, len(VARIANTS) + 1),
+        help="variants of the study (default: %(default)s)",
+    )
     p.add_argument("--seeds", type=int, default=1, help="seeds per variant (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=epochs, help="epochs per cell (default: %(default)s)")
     p.add_argument("--cpus", type=int, default=os.cpu_count(), help="local Ray CPUs (default: %(default)s)")
@@ -60,9 +70,14 @@ def parse_checked(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
 
 def study_cells(args: argparse.Namespace) -> list:
     """The study's cells: the first ``--variants`` of VARIANTS x ``--seeds``, one 1-CPU worker each."""
-    names = list(VARIANTS)[:args.variants]
-    spec = StudySpec(name="bench", seeds=list(range(args.seeds)), epochs=args.epochs,
-                     overrides={"train": {"workers": 1, "cpus_per_worker": 1}}, variants={v: VARIANTS[v] for v in names})
+    names = list(VARIANTS)[: args.variants]
+    spec = StudySpec(
+        name="bench",
+        seeds=list(range(args.seeds)),
+        epochs=args.epochs,
+        overrides={"train": {"workers": 1, "cpus_per_worker": 1}},
+        variants={v: VARIANTS[v] for v in names},
+    )
     return cells(spec, load_params(args.params))
 
 
@@ -74,15 +89,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    names = list(VARIANTS)[:args.variants]
+    names = list(VARIANTS)[: args.variants]
     every = study_cells(args)
-    ray.init(num_cpus=args.cpus, include_dashboard=False, object_store_memory=300 * 2**20, configure_logging=False,
-             log_to_driver=False)
+    ray.init(
+        num_cpus=args.cpus,
+        include_dashboard=False,
+        object_store_memory=300 * 2**20,
+        configure_logging=False,
+        log_to_driver=False,
+    )
     times: dict[str, list[float]] = {"at once": [], "one variant after another": []}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):
-            for side in (("at once", "one variant after another") if rep % 2 == 0 else
-                         ("one variant after another", "at once")):
+            for side in (
+                ("at once", "one variant after another") if rep % 2 == 0 else ("one variant after another", "at once")
+            ):
                 cache = Storage(f"{tmp}/{side.replace(' ', '-')}-{rep}")
                 start = time.perf_counter()
                 if side == "at once":
@@ -95,9 +116,11 @@ def main(argv=None) -> int:
     ray.shutdown()
     a, b = (statistics.median(times[k]) for k in ("at once", "one variant after another"))
     ratio = a / b
-    print(f"{len(names)} variants x {args.seeds} seed(s), {args.epochs} epochs, 1-CPU cells on {args.cpus} CPUs: "
-          f"all at once {a:.1f} s, one variant after another {b:.1f} s, ratio {ratio:.3f} "
-          f"({'PASS' if ratio <= args.target else 'FAIL'}: target <= {args.target})")
+    print(
+        f"{len(names)} variants x {args.seeds} seed(s), {args.epochs} epochs, 1-CPU cells on {args.cpus} CPUs: "
+        f"all at once {a:.1f} s, one variant after another {b:.1f} s, ratio {ratio:.3f} "
+        f"({'PASS' if ratio <= args.target else 'FAIL'}: target <= {args.target})"
+    )
     return 0 if ratio <= args.target else 1
 
 

@@ -17,6 +17,7 @@ Example: python benchmarks/train_step.py --model resnet50 --image-size 128 --bat
          python benchmarks/train_step.py --model resnet34 --model-kwargs '{"channels": [16, 32, 64, 128]}' \
              --image-size 32 --batch-size 32 --num-classes 10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,20 +44,29 @@ FORMATS = {"off": ("contiguous",), "on": ("channels_last",), "both": ("contiguou
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet50", help="timm model name (default: %(default)s)")
-    p.add_argument("--model-kwargs", type=json.loads, default={},
-                   help="extra timm.create_model arguments as JSON, e.g. '{\"channels\": [16, 32, 64, 128]}'")
+    p.add_argument(
+        "--model-kwargs",
+        type=json.loads,
+        default={},
+        help="extra timm.create_model arguments as JSON, e.g. '{\"channels\": [16, 32, 64, 128]}'",
+    )
     p.add_argument("--image-size", type=int, default=128, help="input resolution (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=16, help="images per step (default: %(default)s)")
     p.add_argument("--reps", type=int, default=7, help="timed repetitions of each step (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps of each kind first (default: %(default)s)")
     p.add_argument("--num-classes", type=int, default=1000, help="classifier width (default: %(default)s)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="torch device (default: %(default)s)")
+    p.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: %(default)s)"
+    )
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="mixed precision (default: fp32)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--channels-last", choices=sorted(FORMATS), default="both",
-                   help="memory format of model and batch: on (channels-last), off (contiguous) or both side by "
-                   "side (default: %(default)s)")
+    p.add_argument(
+        "--channels-last",
+        choices=sorted(FORMATS),
+        default="both",
+        help="memory format of model and batch: on (channels-last), off (contiguous) or both side by "
+        "side (default: %(default)s)",
+    )
     return p.parse_args(argv)
 
 
@@ -70,8 +80,15 @@ def _time(step: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def _steps(plain: torch.nn.Module, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, fmt: str,
-           precision: Precision, device: torch.device) -> tuple[Callable[[], object], Callable[[], object]]:
+def _steps(
+    plain: torch.nn.Module,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    fmt: str,
+    precision: Precision,
+    device: torch.device,
+) -> tuple[Callable[[], object], Callable[[], object]]:
     """(plain step, distill step) on private copies of the models and batch in memory format ``fmt``."""
     mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
     plain, model = copy.deepcopy(plain).to(memory_format=mf), copy.deepcopy(model).to(memory_format=mf)
@@ -80,8 +97,10 @@ def _steps(plain: torch.nn.Module, model: torch.nn.Module, x: torch.Tensor, y: t
     opt_adn = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     scaler_plain, scaler_adn = precision.scaler(device), precision.scaler(device)
     cfg = DistillConfig()
-    return (lambda: plain_step(plain, x, y, opt_plain, precision, scaler_plain),
-            lambda: distill_step(model, x, y, opt_adn, cfg, precision, scaler_adn))
+    return (
+        lambda: plain_step(plain, x, y, opt_plain, precision, scaler_plain),
+        lambda: distill_step(model, x, y, opt_adn, cfg, precision, scaler_adn),
+    )
 
 
 def _pair_median(num: list[float], den: list[float]) -> float:
@@ -113,25 +132,39 @@ def main(argv=None) -> int:
             times[f][1].append(_time(run_distill, device))
     s = model.num_stages
     size = (3, args.image_size, args.image_size)
-    target = 1 + (adaskip.count_macs(model, SkipConfig.base_net(s), size)
-                  / adaskip.count_macs(model, SkipConfig.super_net(s), size)) + 0.1
-    print(f"model={args.model} device={device} amp={args.amp or 'fp32'} image={args.image_size} "
-          f"batch={args.batch_size} reps={args.reps} threads={torch.get_num_threads()}")
+    target = (
+        1
+        + (
+            adaskip.count_macs(model, SkipConfig.base_net(s), size)
+            / adaskip.count_macs(model, SkipConfig.super_net(s), size)
+        )
+        + 0.1
+    )
+    print(
+        f"model={args.model} device={device} amp={args.amp or 'fp32'} image={args.image_size} "
+        f"batch={args.batch_size} reps={args.reps} threads={torch.get_num_threads()}"
+    )
     for f, (a, b) in times.items():
         print(f"[{f}]")
         print(f"  {'plain step (A)':<28}{statistics.median(a) * 1e3:10.1f} ms   (min {min(a) * 1e3:.1f})")
         print(f"  {'self-distillation step (B)':<28}{statistics.median(b) * 1e3:10.1f} ms   (min {min(b) * 1e3:.1f})")
-        print(f"  ratio of medians B/A = {statistics.median(b) / statistics.median(a):.3f}; "
-              f"median of paired ratios B/A = {_pair_median(b, a):.3f}")
+        print(
+            f"  ratio of medians B/A = {statistics.median(b) / statistics.median(a):.3f}; "
+            f"median of paired ratios B/A = {_pair_median(b, a):.3f}"
+        )
     if len(formats) == 2:
         (ca, cb), (la, lb) = times["contiguous"], times["channels_last"]
-        print(f"channels_last / contiguous (median of paired ratios; < 1: channels-last faster): "
-              f"plain {_pair_median(la, ca):.3f}, self-distillation {_pair_median(lb, cb):.3f}")
+        print(
+            f"channels_last / contiguous (median of paired ratios; < 1: channels-last faster): "
+            f"plain {_pair_median(la, ca):.3f}, self-distillation {_pair_median(lb, cb):.3f}"
+        )
     checked = formats[0]
     ratio = _pair_median(times[checked][1], times[checked][0])
     ok = ratio <= target
-    print(f"[{checked}] ratio B/A = {ratio:.3f}   target <= 1 + MACs(base)/MACs(super) + 0.1 = {target:.3f}   "
-          f"{'PASS' if ok else 'FAIL'}")
+    print(
+        f"[{checked}] ratio B/A = {ratio:.3f}   target <= 1 + MACs(base)/MACs(super) + 0.1 = {target:.3f}   "
+        f"{'PASS' if ok else 'FAIL'}"
+    )
     return 0 if ok else 1
 
 

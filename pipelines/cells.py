@@ -4,6 +4,7 @@ many at once as the cluster fits), each trained and evaluated on the test split 
 DVC runs those stages one at a time: so the first stage also starts the cells of every other variant whose results
 are out of date, all at once on the cluster, and the later stages find theirs finished in the study's cache.
 Re-running an interrupted stage resumes each unfinished cell from its latest epoch checkpoint."""
+
 from pathlib import Path
 
 from adaskip.files import write_csv
@@ -12,14 +13,28 @@ from adaskip.ablation.spec import cells, cells_file, load_study, mlflow_tags
 
 
 def configure(parser) -> None:
-    parser.add_argument("--study", default="studies/ablation/study.yaml", help="study file (default: %(default)s); "
-                        "results go to results/cells/<variant>.csv beside it")
-    parser.add_argument("--variant", action="append", help="write this variant's results (repeatable; default: every "
-                        "variant of the study)")
-    parser.add_argument("--alone", action="store_true", help="run only the named variants' cells (default: also "
-                        "start every other variant whose results file does not hold its current cells)")
-    parser.add_argument("--plan", action="store_true", help="print the plan for the attached cluster (cells, "
-                        "resources per cell, how many run at once, waves) and exit; exit 2 if a cell can never fit")
+    parser.add_argument(
+        "--study",
+        default="studies/ablation/study.yaml",
+        help="study file (default: %(default)s); results go to results/cells/<variant>.csv beside it",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        help="write this variant's results (repeatable; default: every variant of the study)",
+    )
+    parser.add_argument(
+        "--alone",
+        action="store_true",
+        help="run only the named variants' cells (default: also "
+        "start every other variant whose results file does not hold its current cells)",
+    )
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the plan for the attached cluster (cells, "
+        "resources per cell, how many run at once, waves) and exit; exit 2 if a cell can never fit",
+    )
 
 
 def run(params, args) -> str:
@@ -29,7 +44,9 @@ def run(params, args) -> str:
     outs = {v: cells_file(args.study, v) for v in names}
     from adaskip.orchestration.cells import cluster_nodes, plan_cells, run_ahead, run_cells, unfinished
 
-    ahead = [] if args.alone else run_ahead(every, {v: cells_file(args.study, v) for v in spec.variants if v not in names})
+    ahead = (
+        [] if args.alone else run_ahead(every, {v: cells_file(args.study, v) for v in spec.variants if v not in names})
+    )
     todo = [c for c in every if c.variant in names] + ahead
     tracking = tracker(params)
     tags = mlflow_tags(spec, params)
@@ -44,8 +61,13 @@ def run(params, args) -> str:
         start_ray(params, tracking.uri)
     with tracking.run(f"study-{spec.name}", tags, run_id=tracking.find_run(tags)) as parent:
         # what every cell shares (the parent's key); each cell logs its own full params
-        tracking.log_params(parent, {"study": spec.model_dump(mode="json", include={"name", "epochs"}),
-                                     **params.model_dump(mode="json", include={"data", "model", "train", "evaluate"})})
+        tracking.log_params(
+            parent,
+            {
+                "study": spec.model_dump(mode="json", include={"name", "epochs"}),
+                **params.model_dump(mode="json", include={"data", "model", "train", "evaluate"}),
+            },
+        )
         try:
             rows = run_cells(todo, cache, tracking, parent, optional={c.variant for c in ahead})
         finally:
@@ -53,8 +75,10 @@ def run(params, args) -> str:
         for variant, out in outs.items():
             write_csv(rows[rows.variant == variant], out)
     extra = f", and {len(ahead)} cells of later stages ahead" if ahead else ""
-    return (f"{len(todo) - len(ahead)} cells of study {spec.name!r} ({', '.join(names)}){extra} -> "
-            f"{Path(args.study).parent / 'results' / 'cells'}")
+    return (
+        f"{len(todo) - len(ahead)} cells of study {spec.name!r} ({', '.join(names)}){extra} -> "
+        f"{Path(args.study).parent / 'results' / 'cells'}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Study stage `compare`: mean +- std over seeds per variant and configuration, the adaptive-depth network
 against individually trained baselines (paired by seed: mean difference, 95 % confidence interval, smallest
-detectable difference, "inconclusive" unless the interval excludes zero), every variant's trade-off curve on one plot."""
+detectable difference, "inconclusive" unless the interval excludes zero), every variant's trade-off curve on one
+plot."""
+
 from pathlib import Path
 
 import pandas as pd
@@ -20,8 +22,16 @@ def configure(parser) -> None:
 def run(params, args) -> str:
     spec = load_study(args.study)
     res = Path(args.study).parent / "results"
-    outs = {k: res / f for k, f in (("agg", "curves.csv"), ("cmp", "comparison.csv"), ("md", "comparison.md"),
-                                    ("png", "tradeoff.png"), ("json", "summary.json"))}
+    outs = {
+        k: res / f
+        for k, f in (
+            ("agg", "curves.csv"),
+            ("cmp", "comparison.csv"),
+            ("md", "comparison.md"),
+            ("png", "tradeoff.png"),
+            ("json", "summary.json"),
+        )
+    }
     remove_outputs(*outs.values())
     rows = pd.concat([_variant_rows(args.study, v) for v in spec.variants], ignore_index=True)
     agg, cmp = stats.aggregate(rows), stats.compare(rows, spec.reference)
@@ -46,8 +56,10 @@ def run(params, args) -> str:
 def _variant_rows(study_file: str, variant: str) -> pd.DataFrame:
     path = cells_file(study_file, variant)
     if not path.is_file():
-        raise ConfigError(f"{path}: no results for variant {variant!r}; run the study first "
-                          f"(dvc repro {Path(study_file).parent / 'dvc.yaml'})")
+        raise ConfigError(
+            f"{path}: no results for variant {variant!r}; run the study first "
+            f"(dvc repro {Path(study_file).parent / 'dvc.yaml'})"
+        )
     return pd.read_csv(path)
 
 

@@ -2,6 +2,7 @@
 results/eval_grid.csv has one row per sub-network (latency columns per batch size, the device and threads), and
 results/latency.csv the same latencies in long form (skip x batch size x threads).
 Interrupted, it resumes: grid subtrees already evaluated for this model file and these params are kept."""
+
 import hashlib
 import logging
 
@@ -24,7 +25,9 @@ def run(params, args) -> str:
     remove_outputs(GRID, LATENCY)
     _, model_file = load_model(MODEL)  # rebuilt and loaded here: a wrong or corrupt file fails before Ray starts
     with open(MODEL, "rb") as f:  # finished subtrees are reused only for the same weights and evaluation params
-        h = hashlib.sha256(hashlib.file_digest(f, "sha256").digest() + params_hash(params, "data", "evaluate").encode()).hexdigest()[:10]
+        h = hashlib.sha256(
+            hashlib.file_digest(f, "sha256").digest() + params_hash(params, "data", "evaluate").encode()
+        ).hexdigest()[:10]
     tracking = tracker(params)
     tags = {"adaskip.stage": "evaluate", "adaskip.params_hash": h}
     resume = tracking.unfinished_run(tags)
@@ -48,7 +51,9 @@ def run(params, args) -> str:
         if version:  # the grid beside the served model (budgets), and @super, @base, @fastest-within-1pct
             tracking.tag_model_version(name, version, {**pareto_tags(grid), "adaskip.evaluate_run": parent})
             tracking.attach_to_model(name, version, {GRID_FILE: grid})
-            named = [f"@{a} -> {tracking.set_alias(name, version, a, skip)} ({skip})" for a, skip in aliases(grid).items()]
+            named = [
+                f"@{a} -> {tracking.set_alias(name, version, a, skip)} ({skip})" for a, skip in aliases(grid).items()
+            ]
             logging.getLogger("adaskip.evaluate").info("%s version %s: %s", name, version, ", ".join(named))
         write_csv(grid, GRID)
         write_csv(latency, LATENCY)
@@ -56,8 +61,10 @@ def run(params, args) -> str:
     logging.getLogger("adaskip.evaluate").debug("\n%s", grid.to_string(index=False))  # every row: -v, or the CSV
     by_macs = grid.sort_values("macs")
     sup, base = by_macs.iloc[-1], by_macs.iloc[0]
-    return (f"{len(grid)} sub-networks on the test split: super {sup.acc1:.1f} % base {base.acc1:.1f} % "
-            f"({base.macs / sup.macs:.0%} of the MACs), {int(grid.pareto.sum())} on the Pareto front -> {GRID}")
+    return (
+        f"{len(grid)} sub-networks on the test split: super {sup.acc1:.1f} % base {base.acc1:.1f} % "
+        f"({base.macs / sup.macs:.0%} of the MACs), {int(grid.pareto.sum())} on the Pareto front -> {GRID}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """DVC stage `prepare`: check the dataset can be read and write its manifest."""
+
 from adaskip.stage import main, remove_outputs
 
 OUT = "data/prepared"

@@ -1,4 +1,5 @@
 """DVC stage `report`: trade-off plot, markdown summary and results/metrics.json, logged to MLflow."""
+
 import json
 from pathlib import Path
 
@@ -26,8 +27,10 @@ def run(params, args) -> str:
         for path in (PLOT, REPORT):
             tracking.log_artifact(run_id, path)
         write_json(metrics, METRICS)
-    return (f"test super {metrics['super_acc1']:.1f} % base {metrics['base_acc1']:.1f} % "
-            f"({metrics['base_macs_ratio']:.0%} of the MACs) -> {REPORT}, {PLOT}, {METRICS}")
+    return (
+        f"test super {metrics['super_acc1']:.1f} % base {metrics['base_acc1']:.1f} % "
+        f"({metrics['base_macs_ratio']:.0%} of the MACs) -> {REPORT}, {PLOT}, {METRICS}"
+    )
 
 
 if __name__ == "__main__":

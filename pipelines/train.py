@@ -1,6 +1,7 @@
 """DVC stage `train`: Ray Train distributed self-distillation of the configuration the tune stage chose
 (results/best_config.json: alpha, temperature, split) for train.epochs; resumes an interrupted run of the same
 params."""
+
 import json
 import logging
 from pathlib import Path
@@ -21,8 +22,10 @@ def run(params, args) -> str:
     params.check_model(source=args.params)  # the model can be built and run: once here, not in every worker
     remove_outputs(MODEL, METRICS, DIAGNOSTICS)
     if not Path(BEST).is_file():
-        raise AdaskipError(f"{BEST} is missing: run the tune stage first (dvc repro runs it; tune.enabled: false "
-                           "passes params.yaml's alpha, temperature and split on)")
+        raise AdaskipError(
+            f"{BEST} is missing: run the tune stage first (dvc repro runs it; tune.enabled: false "
+            "passes params.yaml's alpha, temperature and split on)"
+        )
     params = apply_tuned(params, json.loads(Path(BEST).read_text()), BEST)
     tracking = tracker(params)
     h = params_hash(params, "data", "model", "train")
@@ -33,26 +36,48 @@ def run(params, args) -> str:
     with tracking.run(f"train-{h}", tags, run_id=resume) as run_id:
         tracking.log_params(run_id, params.model_dump(mode="json", include={"data", "model", "train"}))
         tracking.log_dataset(run_id, params.data.model_dump(mode="json"), "training")
-        metrics, state = run_training(params, store, f"train-{h}",
-                                      TrackingTarget(tracking.uri, params.mlflow.experiment, run_id))
+        metrics, state = run_training(
+            params, store, f"train-{h}", TrackingTarget(tracking.uri, params.mlflow.experiment, run_id)
+        )
         weights = "EMA" if state.get("ema") else "raw"  # train.ema: the EMA weights are the ones validated and shipped
         logging.getLogger("adaskip.train").debug("saving the %s weights -> %s", weights, MODEL)
-        save_atomic({"spec": state["spec"], "state_dict": state.get("ema") or state["model"], "macs": state["macs"],
-                     "metrics": metrics, "weights": weights.lower(), "image_size": params.data.image_size}, MODEL)
+        save_atomic(
+            {
+                "spec": state["spec"],
+                "state_dict": state.get("ema") or state["model"],
+                "macs": state["macs"],
+                "metrics": metrics,
+                "weights": weights.lower(),
+                "image_size": params.data.image_size,
+            },
+            MODEL,
+        )
         tracking.log_artifact(run_id, MODEL, "model")
         # the MLflow Model (pyfunc, skip as an inference parameter), registered as a new version
         version = tracking.log_model(run_id, MODEL, params.mlflow.registered_model, params.data.image_size)
-        trained_with = {"alpha": params.train.alpha, "temperature": params.train.temperature,
-                        "split": list(state["spec"]["split"])}
+        trained_with = {
+            "alpha": params.train.alpha,
+            "temperature": params.train.temperature,
+            "split": list(state["spec"]["split"]),
+        }
         numbers = {k: metrics[k] for k in sorted(metrics) if isinstance(metrics[k], (int, float))}
-        write_json({**{k: v for k, v in numbers.items() if not k.startswith("ratio")},
-                    "trained_with": trained_with, **({"registered_model_version": version} if version else {})}, METRICS)
+        write_json(
+            {
+                **{k: v for k, v in numbers.items() if not k.startswith("ratio")},
+                "trained_with": trained_with,
+                **({"registered_model_version": version} if version else {}),
+            },
+            METRICS,
+        )
         # the per-block residual ratios (Figure 3): a plain output, not DVC metrics, so `dvc exp show` stays narrow
         write_json({k: v for k, v in numbers.items() if k.startswith("ratio")}, DIAGNOSTICS)
     store.remove(f"train-{h}")  # finished: nothing left to resume
-    return (f"val super {metrics['val_acc_super']:.1f} % base {metrics['val_acc_base']:.1f} % after {params.train.epochs} "
-            f"epochs (alpha {trained_with['alpha']:.2f}, T {trained_with['temperature']:.2f}, split {trained_with['split']}) "
-            f"-> {MODEL}" + (f", registered {params.mlflow.registered_model} v{version}" if version else ""))
+    return (
+        f"val super {metrics['val_acc_super']:.1f} % base {metrics['val_acc_base']:.1f} % after {params.train.epochs} "
+        f"epochs (alpha {trained_with['alpha']:.2f}, T {trained_with['temperature']:.2f}, "
+        f"split {trained_with['split']}) "
+        f"-> {MODEL}" + (f", registered {params.mlflow.registered_model} v{version}" if version else "")
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """DVC stage `tune`: Ray Tune sweep (ASHA) over alpha, temperature and split points, each trial scored on the
 validation split; writes the best configuration, which the `train` stage then trains for its full epochs. With
 `tune.enabled: false` it runs no sweep and passes params.yaml's alpha, temperature and split on."""
+
 import json
 
 import pandas as pd
@@ -17,8 +18,13 @@ def run(params, args) -> str:
     net = params.check_model(splits=True, source=args.params)  # the model and each listed tune.splits variant
     remove_outputs(TRIALS, BEST)
     if not params.tune.enabled:  # net.split: model.split, or the paper's rule's when it is null
-        best = {"alpha": params.train.alpha, "temperature": params.train.temperature, "split": list(net.split),
-                "objective": None, "source": "params.yaml (tune.enabled: false)"}
+        best = {
+            "alpha": params.train.alpha,
+            "temperature": params.train.temperature,
+            "split": list(net.split),
+            "objective": None,
+            "source": "params.yaml (tune.enabled: false)",
+        }
         write_csv(pd.DataFrame(columns=["trial_id", "alpha", "temperature", "split", "objective"]), TRIALS)
         write_json(best, BEST)
         return f"disabled: train uses alpha={best['alpha']}, T={best['temperature']}, split={best['split']}"
@@ -32,18 +38,28 @@ def run(params, args) -> str:
     with tracking.run(f"tune-{h}", tags, run_id=resume) as parent:
         tracking.log_params(parent, params.model_dump(mode="json", include={"tune"}))
         try:
-            trials = run_sweep(params, storage(params), f"tune-{h}", tracking.uri, params.mlflow.experiment, parent,
-                               net=net)
+            trials = run_sweep(
+                params, storage(params), f"tune-{h}", tracking.uri, params.mlflow.experiment, parent, net=net
+            )
         finally:
             tracking.end_leftovers(parent)
         ok = trials.dropna(subset=[METRIC])
         if ok.empty:
-            raise AdaskipError(f"every trial failed: {trials.error.dropna().unique().tolist()}; see results in MLflow "
-                               "(tune run's children) and lower train.lr or narrow tune.alpha")
+            raise AdaskipError(
+                f"every trial failed: {trials.error.dropna().unique().tolist()}; see results in MLflow "
+                "(tune run's children) and lower train.lr or narrow tune.alpha"
+            )
         best = ok.loc[ok[METRIC].idxmax()]
-        result = {"alpha": float(best.alpha), "temperature": float(best.temperature), "split": json.loads(best.split),
-                  "objective": float(best[METRIC]), "trial_id": str(best.trial_id), "source": "tune",
-                  "epochs": params.tune.epochs, "failed_trials": int(trials[METRIC].isna().sum())}
+        result = {
+            "alpha": float(best.alpha),
+            "temperature": float(best.temperature),
+            "split": json.loads(best.split),
+            "objective": float(best[METRIC]),
+            "trial_id": str(best.trial_id),
+            "source": "tune",
+            "epochs": params.tune.epochs,
+            "failed_trials": int(trials[METRIC].isna().sum()),
+        }
         if result["split"] is None:  # tune.splits: null searched model.split only, itself null: the paper's rule
             result["split"] = list(net.split)
         tracking.log_metrics(parent, {"best_objective": result["objective"], "failed_trials": result["failed_trials"]})
@@ -51,8 +67,10 @@ def run(params, args) -> str:
         tracking.log_dict(parent, result, "best_config.json")
         write_csv(trials, TRIALS)
         write_json(result, BEST)
-    return (f"best of {len(trials)} trials: val objective {result['objective']:.2f} (alpha {result['alpha']:.2f}, "
-            f"T {result['temperature']:.2f}, split {result['split']}) -> {BEST}")
+    return (
+        f"best of {len(trials)} trials: val objective {result['objective']:.2f} (alpha {result['alpha']:.2f}, "
+        f"T {result['temperature']:.2f}, split {result['split']}) -> {BEST}"
+    )
 
 
 if __name__ == "__main__":

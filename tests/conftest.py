@@ -1,4 +1,5 @@
 """Shared fixtures: one local Ray cluster per session, a fresh SQLite MLflow store per test, tiny params."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,10 @@ def checkpoint_recorded(root: Path, run_glob: str) -> bool:
     """Whether Ray Train's controller has recorded a checkpoint of a run under ``root``: it resumes from those
     only (a checkpoint folder alone, written by the workers before the controller takes it, is not enough)."""
     try:
-        return any(json.loads(f.read_text()).get("latest_checkpoint_result")
-                   for f in root.glob(f"{run_glob}/checkpoint_manager_snapshot.json"))
+        return any(
+            json.loads(f.read_text()).get("latest_checkpoint_result")
+            for f in root.glob(f"{run_glob}/checkpoint_manager_snapshot.json")
+        )
     except ValueError:  # caught mid-write
         return False
 
@@ -84,8 +87,14 @@ def ray_cluster() -> Iterator[None]:
 
     tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 2**20, _temp_dir=tmp,
-             configure_logging=False, log_to_driver=True)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=300 * 2**20,
+        _temp_dir=tmp,
+        configure_logging=False,
+        log_to_driver=True,
+    )
     try:
         yield
     finally:
@@ -106,8 +115,11 @@ def _free_port() -> int:
 def s3_server() -> Iterator[dict[str, str]]:
     """moto's S3-compatible server on 127.0.0.1 with one bucket; yields the AWS environment a client needs."""
     port = _free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30
     while True:
@@ -119,12 +131,21 @@ def s3_server() -> Iterator[dict[str, str]]:
                 proc.kill()
                 pytest.fail("moto_server did not start")
             time.sleep(0.2)
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_REGION": "us-east-1"}
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+    }
     import boto3
 
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket=BUCKET)
     try:
         yield env
     finally:
@@ -148,12 +169,16 @@ def netns() -> Iterator[tuple[str, str]]:
     used = subprocess.run(["ip", "-br", "addr"], capture_output=True, text=True).stdout
     net = next(f"198.18.{n}" for n in random.sample(range(1, 255), 254) if f"198.18.{n}." not in used)
     ns, host_if, ns_if = f"adaskip-ts{os.getpid()}", f"as{os.getpid() % 100000}h", f"as{os.getpid() % 100000}n"
-    steps = [["ip", "netns", "add", ns], ["ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if],
-             ["ip", "link", "set", ns_if, "netns", ns], ["ip", "addr", "add", f"{net}.2/24", "dev", host_if],
-             ["ip", "link", "set", host_if, "up"],
-             ["ip", "netns", "exec", ns, "ip", "addr", "add", f"{net}.1/24", "dev", ns_if],
-             ["ip", "netns", "exec", ns, "ip", "link", "set", ns_if, "up"],
-             ["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]]
+    steps = [
+        ["ip", "netns", "add", ns],
+        ["ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if],
+        ["ip", "link", "set", ns_if, "netns", ns],
+        ["ip", "addr", "add", f"{net}.2/24", "dev", host_if],
+        ["ip", "link", "set", host_if, "up"],
+        ["ip", "netns", "exec", ns, "ip", "addr", "add", f"{net}.1/24", "dev", ns_if],
+        ["ip", "netns", "exec", ns, "ip", "link", "set", ns_if, "up"],
+        ["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"],
+    ]
     try:
         for step in steps:
             done = subprocess.run(step, capture_output=True, text=True)

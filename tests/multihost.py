@@ -13,6 +13,7 @@ Each host imports adaskip from its own P (PYTHONPATH=P; the venv's editable inst
         th.host1_run(["python", "-c", "import ray; ray.init(); print(ray.nodes())"], check=True)
         th.kill_host2()
 """
+
 from __future__ import annotations
 
 import atexit
@@ -54,8 +55,10 @@ def unavailable_reason() -> str | None:
         return f"no ray CLI in {VENV}/bin"
     probe = f"mh{os.getpid()}probe"
     try:
-        for cmd in (["ip", "netns", "add", probe], ["ip", "netns", "exec", probe, "unshare", "--mount",
-                                                    "--propagation", "private", "true"]):
+        for cmd in (
+            ["ip", "netns", "add", probe],
+            ["ip", "netns", "exec", probe, "unshare", "--mount", "--propagation", "private", "true"],
+        ):
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
             if r.returncode:
                 return f"`{' '.join(cmd)}` failed: {r.stderr.strip()[-300:]}"
@@ -125,9 +128,17 @@ class TwoHosts:
     deletes the namespaces (their veth and mounts go with them) and removes the temp folder.
     """
 
-    def __init__(self, *, source: Path = ROOT, worktree: bool = True, num_cpus: int = 2,
-                 object_store_mb: int = 300, port: int = 6379, start_timeout: float = 180,
-                 node_env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        source: Path = ROOT,
+        worktree: bool = True,
+        num_cpus: int = 2,
+        object_store_mb: int = 300,
+        port: int = 6379,
+        start_timeout: float = 180,
+        node_env: Mapping[str, str] | None = None,
+    ) -> None:
         """``worktree``: also copy ``source``'s uncommitted changes (modified, deleted and untracked files)
         into the clones. ``node_env``: extra environment of both Ray nodes (and so of their workers)."""
         self.source = Path(source)
@@ -163,17 +174,19 @@ class TwoHosts:
         """The environment of a driver on either host: RAY_ADDRESS (the head), the token, PATH with the venv's bin,
         PYTHONPATH=P. ``extra`` overrides; a None value removes the variable (e.g. ``{"RAY_AUTH_TOKEN": None}``)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB_PREFIXES) and k not in _SCRUB}
-        env.update({
-            "PATH": f"{self.venv_bin}:{env.get('PATH', '/usr/local/bin:/usr/bin:/bin')}",
-            "VIRTUAL_ENV": str(self.project / ".venv"),
-            "PYTHONPATH": str(self.project),
-            "RAY_ADDRESS": self.head_address,
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN": self.token,
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "DVC_NO_ANALYTICS": "1",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "PATH": f"{self.venv_bin}:{env.get('PATH', '/usr/local/bin:/usr/bin:/bin')}",
+                "VIRTUAL_ENV": str(self.project / ".venv"),
+                "PYTHONPATH": str(self.project),
+                "RAY_ADDRESS": self.head_address,
+                "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN": self.token,
+                "RAY_USAGE_STATS_ENABLED": "0",
+                "DVC_NO_ANALYTICS": "1",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         for k, v in (extra or {}).items():
             if v is None:
                 env.pop(k, None)
@@ -192,16 +205,27 @@ class TwoHosts:
         argv = ["sh", "-c", cmd] if isinstance(cmd, str) else [os.fspath(c) for c in cmd]
         # cwd is set after entering the mount namespace (env -C): a cwd (or nsenter --wd) opened outside would
         # keep pointing at host1's P on host2
-        return ["nsenter", "--mount", "--net", f"--target={host.holder.pid}", "--",
-                "env", "-C", os.fspath(cwd or self.project), *argv]
+        return [
+            "nsenter",
+            "--mount",
+            "--net",
+            f"--target={host.holder.pid}",
+            "--",
+            "env",
+            "-C",
+            os.fspath(cwd or self.project),
+            *argv,
+        ]
 
-    def _popen(self, host: Host, cmd: Cmd, env: Mapping[str, str | None] | None, cwd: Any,
-               **kwargs: Any) -> subprocess.Popen[Any]:
+    def _popen(
+        self, host: Host, cmd: Cmd, env: Mapping[str, str | None] | None, cwd: Any, **kwargs: Any
+    ) -> subprocess.Popen[Any]:
         kwargs.setdefault("start_new_session", True)
         return subprocess.Popen(self._argv(host, cmd, cwd), env=self.env(env), **kwargs)
 
-    def _run(self, host: Host, cmd: Cmd, env: Mapping[str, str | None] | None, timeout: float, check: bool,
-             cwd: Any) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, host: Host, cmd: Cmd, env: Mapping[str, str | None] | None, timeout: float, check: bool, cwd: Any
+    ) -> subprocess.CompletedProcess[str]:
         p = self._popen(host, cmd, env, cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             out, err = p.communicate(timeout=timeout)
@@ -214,24 +238,46 @@ class TwoHosts:
             raise AssertionError(f"{host.name}: {cmd!r} exited {r.returncode}\n{out[-3000:]}\n{err[-5000:]}")
         return r
 
-    def host1_run(self, cmd: Cmd, env: Mapping[str, str | None] | None = None, timeout: float = 300,
-                  check: bool = False, cwd: str | os.PathLike[str] | None = None) -> subprocess.CompletedProcess[str]:
+    def host1_run(
+        self,
+        cmd: Cmd,
+        env: Mapping[str, str | None] | None = None,
+        timeout: float = 300,
+        check: bool = False,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``cmd`` (argv, or a string for ``sh -c``) on host1, cwd P, env ``self.env(env)``; text output
         captured. ``check``: raise AssertionError (with the output) on a non-zero exit."""
         return self._run(self.host1, cmd, env, timeout, check, cwd)
 
-    def host2_run(self, cmd: Cmd, env: Mapping[str, str | None] | None = None, timeout: float = 300,
-                  check: bool = False, cwd: str | os.PathLike[str] | None = None) -> subprocess.CompletedProcess[str]:
+    def host2_run(
+        self,
+        cmd: Cmd,
+        env: Mapping[str, str | None] | None = None,
+        timeout: float = 300,
+        check: bool = False,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Like host1_run, on host2 (its network and its private P)."""
         return self._run(self.host2, cmd, env, timeout, check, cwd)
 
-    def host1_popen(self, cmd: Cmd, env: Mapping[str, str | None] | None = None,
-                    cwd: str | os.PathLike[str] | None = None, **kwargs: Any) -> subprocess.Popen[Any]:
+    def host1_popen(
+        self,
+        cmd: Cmd,
+        env: Mapping[str, str | None] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        **kwargs: Any,
+    ) -> subprocess.Popen[Any]:
         """Start ``cmd`` on host1 (Popen kwargs pass through; own session by default: os.killpg(p.pid, ...))."""
         return self._popen(self.host1, cmd, env, cwd, **kwargs)
 
-    def host2_popen(self, cmd: Cmd, env: Mapping[str, str | None] | None = None,
-                    cwd: str | os.PathLike[str] | None = None, **kwargs: Any) -> subprocess.Popen[Any]:
+    def host2_popen(
+        self,
+        cmd: Cmd,
+        env: Mapping[str, str | None] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        **kwargs: Any,
+    ) -> subprocess.Popen[Any]:
         """Like host1_popen, on host2."""
         return self._popen(self.host2, cmd, env, cwd, **kwargs)
 
@@ -260,7 +306,10 @@ class TwoHosts:
         script = "set -e; " + "; ".join(mounts) + "; echo ready; exec sleep infinity"
         host.holder = subprocess.Popen(
             ["ip", "netns", "exec", host.netns, "unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         assert host.holder.stdout is not None and host.holder.stderr is not None
         if host.holder.stdout.readline().strip() != b"ready":
             raise RuntimeError(f"{host.name} mount set-up failed: {host.holder.stderr.read().decode()[-2000:]}")
@@ -269,9 +318,18 @@ class TwoHosts:
     def _start_node(self, host: Host, *args: str) -> None:
         host.temp_dir.mkdir(parents=True, exist_ok=True)
         resources = '{"%s": 1}' % host.name
-        cmd = ["ray", "start", *args, f"--node-ip-address={host.ip}", f"--num-cpus={self.num_cpus}",
-               f"--resources={resources}", f"--object-store-memory={self.object_store_mb * 2**20}",
-               f"--temp-dir={host.temp_dir}", "--disable-usage-stats", "--block"]
+        cmd = [
+            "ray",
+            "start",
+            *args,
+            f"--node-ip-address={host.ip}",
+            f"--num-cpus={self.num_cpus}",
+            f"--resources={resources}",
+            f"--object-store-memory={self.object_store_mb * 2**20}",
+            f"--temp-dir={host.temp_dir}",
+            "--disable-usage-stats",
+            "--block",
+        ]
         offset = host.log.stat().st_size if host.log.exists() else 0  # the log is appended to on restarts
         with open(host.log, "ab") as log:  # the child keeps its own descriptor
             host.node = self._popen(host, cmd, self._node_env(), None, stdout=log, stderr=subprocess.STDOUT)
@@ -297,12 +355,14 @@ class TwoHosts:
 
     def wait_nodes(self, n: int, timeout: float = 120) -> None:
         """Until the cluster has exactly ``n`` alive nodes (a driver on host1 polls)."""
-        script = ("import ray, sys, time\nray.init(logging_level='ERROR')\nd = time.time() + %r\n"
-                  "while time.time() < d:\n"
-                  "    a = [x for x in ray.nodes() if x['Alive']]\n"
-                  "    if len(a) == %d: sys.exit(0)\n"
-                  "    time.sleep(0.5)\n"
-                  "sys.exit('alive nodes: %%d' %% len(a))\n" % (timeout, n))
+        script = (
+            "import ray, sys, time\nray.init(logging_level='ERROR')\nd = time.time() + %r\n"
+            "while time.time() < d:\n"
+            "    a = [x for x in ray.nodes() if x['Alive']]\n"
+            "    if len(a) == %d: sys.exit(0)\n"
+            "    time.sleep(0.5)\n"
+            "sys.exit('alive nodes: %%d' %% len(a))\n" % (timeout, n)
+        )
         self.host1_run(["python", "-c", script], timeout=timeout + 60, check=True)
 
     def start_host2(self, wait: bool = True) -> None:
@@ -404,5 +464,13 @@ def two_hosts() -> Iterator[TwoHosts]:
         yield th
 
 
-__all__ = ["TwoHosts", "two_hosts", "Host", "skip_unless_available", "unavailable_reason", "cleanup_stale", "ROOT",
-           "VENV"]
+__all__ = [
+    "TwoHosts",
+    "two_hosts",
+    "Host",
+    "skip_unless_available",
+    "unavailable_reason",
+    "cleanup_stale",
+    "ROOT",
+    "VENV",
+]

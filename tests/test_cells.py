@@ -1,5 +1,6 @@
 """Study cells as Ray Train runs on the session's real local Ray cluster (2 CPUs), logging to a real MLflow store:
 the queue, a KD baseline's teacher, a failing cell, the cache that makes a re-run train nothing again."""
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,9 @@ def _steps(tracker: Tracker, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in tracker.client.get_metric_history(run_id, key))
 
 
-def test_cells_train_as_ray_train_runs_queue_fail_alone_and_are_kept(ray_cluster, tiny_params, mlflow_uri,
-                                                                     tmp_path: Path, caplog):
+def test_cells_train_as_ray_train_runs_queue_fail_alone_and_are_kept(
+    ray_cluster, tiny_params, mlflow_uri, tmp_path: Path, caplog
+):
     """Three 1-worker cells on 2 CPUs: the plan runs two at once and queues the third (no deadlock). The adaptive-depth
     cell is evaluated over its whole grid; the KD baseline's teacher is trained first by its own Ray Train run (its
     epochs logged as teacher_*), then distilled into the base-net; a diverging cell fails at once, alone, named (no
@@ -32,8 +34,17 @@ def test_cells_train_as_ray_train_runs_queue_fail_alone_and_are_kept(ray_cluster
 
     from adaskip.orchestration.cells import cell_hash, run_cells
 
-    spec = StudySpec(name="s", seeds=[0], epochs=2, overrides={"train": {"workers": 1, "cpus_per_worker": 1}}, variants={
-        "adn": {}, "kd": {"baseline": "base", "teacher": "super"}, "bad": {"overrides": {"train": {"lr": 1e30}}}})
+    spec = StudySpec(
+        name="s",
+        seeds=[0],
+        epochs=2,
+        overrides={"train": {"workers": 1, "cpus_per_worker": 1}},
+        variants={
+            "adn": {},
+            "kd": {"baseline": "base", "teacher": "super"},
+            "bad": {"overrides": {"train": {"lr": 1e30}}},
+        },
+    )
     todo = cells(spec, tiny_params)
     tracker = Tracker(mlflow_uri, "t")
     parent = tracker.start_run("study")
@@ -43,7 +54,9 @@ def test_cells_train_as_ray_train_runs_queue_fail_alone_and_are_kept(ray_cluster
         run_cells(todo, cache, tracker, parent)
     assert "bad-seed0: RecurringTrainingError" in str(err.value) and "loss is nan" in str(err.value), str(err.value)
     log = caplog.text
-    assert "plan: 3 cells, each 1 worker x 1 CPU; the cluster (1 node(s), 2 CPUs, 0 GPUs) runs 2 at once, 2 waves" in log
+    assert (
+        "plan: 3 cells, each 1 worker x 1 CPU; the cluster (1 node(s), 2 CPUs, 0 GPUs) runs 2 at once, 2 waves" in log
+    )
     assert all(f"cell {c} " in log for c in ("adn-seed0 done", "kd-seed0 done", "bad-seed0 failed"))
 
     runs = {r.data.tags["variant"]: r for r in tracker.children(parent)}
@@ -66,4 +79,6 @@ def test_cells_train_as_ray_train_runs_queue_fail_alone_and_are_kept(ray_cluster
     rows = run_cells(good, cache, tracker, parent)
     assert len(tracker.children(parent)) == 3  # nothing trained again
     assert set(rows[rows.variant == "kd"].skip) == {"TTTT"}
-    assert (rows.variant == "adn").sum() == 16 and rows.acc1.between(0, 100).all() and rows.ratio_mandatory.notna().all()
+    assert (
+        (rows.variant == "adn").sum() == 16 and rows.acc1.between(0, 100).all() and rows.ratio_mandatory.notna().all()
+    )

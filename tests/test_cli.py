@@ -1,5 +1,6 @@
 """The ``adaskip`` command's parsers import nothing heavy: ``--help`` (and every subcommand's) starts in a fraction of a
 second, whatever the handlers need."""
+
 from __future__ import annotations
 
 import subprocess
@@ -11,11 +12,15 @@ HEAVY = ("torch", "timm", "torchvision", "pandas", "mlflow", "ray", "sklearn")
 
 
 @pytest.mark.subprocess
-@pytest.mark.parametrize("argv", [["--help"], ["export", "--help"], ["select", "--help"], ["recipe", "--help"],
-                                  ["doctor", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["export", "--help"], ["select", "--help"], ["recipe", "--help"], ["doctor", "--help"]]
+)
 def test_help_imports_no_heavy_package(argv: list[str]):
-    code = ("import sys\nfrom adaskip.cli import main\ntry:\n    main(%r)\nexcept SystemExit as e:\n    assert e.code == 0\n"
-            "print(sorted({m.split('.')[0] for m in sys.modules} & set(%r)))" % (argv, HEAVY))
+    code = (
+        "import sys\nfrom adaskip.cli import main\ntry:\n    main(%r)\n"
+        "except SystemExit as e:\n    assert e.code == 0\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(%r)))" % (argv, HEAVY)
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout[-500:]

@@ -1,5 +1,6 @@
 """The two-host cluster harness itself (tests/multihost.py): two Ray nodes on separate networks and disks, token
 authentication, and the Gloo interface problem a multi-host run has to solve. Root only; `make test-cluster`."""
+
 from __future__ import annotations
 
 import json
@@ -60,10 +61,16 @@ os._exit(0)
 
 def _gloo_pair(th: TwoHosts, port: int, ifnames: tuple[str, str] | None) -> list[subprocess.Popen[str]]:
     """Rank 0 on host1, rank 1 on host2; GLOO_SOCKET_IFNAME=each host's veth if ``ifnames``."""
-    return [run(["python", "-c", GLOO, str(rank), th.host1.ip, str(port)],
-                env={"GLOO_SOCKET_IFNAME": ifnames[rank]} if ifnames else None,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for rank, run in enumerate((th.host1_popen, th.host2_popen))]
+    return [
+        run(
+            ["python", "-c", GLOO, str(rank), th.host1.ip, str(port)],
+            env={"GLOO_SOCKET_IFNAME": ifnames[rank]} if ifnames else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank, run in enumerate((th.host1_popen, th.host2_popen))
+    ]
 
 
 def _first_exit(procs: list[subprocess.Popen[str]], timeout: float) -> subprocess.Popen[str]:
@@ -83,7 +90,7 @@ def _kill(procs: list[subprocess.Popen[str]]) -> None:
         p.wait()
 
 
-def test_two_hosts(two_hosts: TwoHosts) -> None:
+def test_two_hosts(two_hosts: TwoHosts) -> None:  # noqa: F811 (the fixture)
     th = two_hosts
     h1, h2 = th.host1, th.host2
     P, S = th.project, th.shared
@@ -113,11 +120,22 @@ def test_two_hosts(two_hosts: TwoHosts) -> None:
     # hosts fails without GLOO_SOCKET_IFNAME (each rank advertises its host name's address, loopback) and works
     # with each host's veth
     fast = {"RAY_gcs_server_port_wait_time_s": "2"}  # give up after 2 connect attempts, not 20
-    refused = [th.host2_popen(["python", "-c", CONNECT], env={**fast, "RAY_AUTH_TOKEN": "0" * 64},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
-               th.host1_popen(["python", "-c", CONNECT],
-                              env={**fast, "RAY_AUTH_TOKEN": None, "RAY_AUTH_MODE": "disabled"},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+    refused = [
+        th.host2_popen(
+            ["python", "-c", CONNECT],
+            env={**fast, "RAY_AUTH_TOKEN": "0" * 64},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ),
+        th.host1_popen(
+            ["python", "-c", CONNECT],
+            env={**fast, "RAY_AUTH_TOKEN": None, "RAY_AUTH_MODE": "disabled"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ),
+    ]
     loopback = _gloo_pair(th, 29511, None)
     veth = _gloo_pair(th, 29512, (h1.ifname, h2.ifname))
     try:

@@ -2,13 +2,13 @@
 tracking server with PostgreSQL on the head host (credentials required), a shared folder as storage (NFS; the S3
 path is covered by tests/test_storage.py against an S3 API server), `adaskip doctor`, then `dvc repro` of the
 default pipeline and a 2-variant x 2-seed study from the head host. Root only; `make test-cluster`."""
+
 from __future__ import annotations
 
 import json
 import subprocess
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,8 +21,14 @@ pytestmark = [pytest.mark.cluster, pytest.mark.ray, pytest.mark.subprocess]
 USER, PASSWORD = "adaskip", "cluster-test-password-1"  # MLflow wants 12+ characters
 # Each cell a 2-worker DDP run with one worker per host (1 CPU each): the two hosts' 2 + 2 CPUs run two cells at once.
 DDP_CELLS = {"train": {"workers": 2, "cpus_per_worker": 1, "placement": "spread"}}
-STUDY = {"name": "cluster", "seeds": [0, 1], "epochs": 2, "reference": "adn", "overrides": DDP_CELLS,
-         "variants": {"adn": {}, "individual_full": {"baseline": "super"}}}
+STUDY = {
+    "name": "cluster",
+    "seeds": [0, 1],
+    "epochs": 2,
+    "reference": "adn",
+    "overrides": DDP_CELLS,
+    "variants": {"adn": {}, "individual_full": {"baseline": "super"}},
+}
 
 # Run on host1 (the only place that reaches the server): every run of the experiment with its status and tags, the
 # epochs logged per train run, and the model artifact of the newest train run.
@@ -53,7 +59,7 @@ print("RESULT " + json.dumps({n["NodeID"]: n["NodeManagerAddress"] for n in ray.
 def _result(proc) -> dict:
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert line, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def _watch_checkpoints(root: Path, seen: set[str], stop: threading.Event) -> None:
@@ -65,7 +71,7 @@ def _watch_checkpoints(root: Path, seen: set[str], stop: threading.Event) -> Non
 
 
 @pytest.fixture(scope="module")
-def cluster(two_hosts: TwoHosts):
+def cluster(two_hosts: TwoHosts):  # noqa: F811 (the fixture)
     """The tracking server on host1 and the environment of a driver there (README "Scaling out", steps 1-3)."""
     th = two_hosts
     creds = {"MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": PASSWORD}
@@ -74,17 +80,42 @@ def cluster(two_hosts: TwoHosts):
     server_log = (th.root / "mlflow-server.log").open("w")
     # HTTPS with a self-signed pair (README "A tracking server"): every node verifies it with the certificate, in a
     # folder both hosts read
-    server = th.host1_popen(["python", "-m", "adaskip.tracking.server", "--host", th.host1.ip, "--port", "5000",
-                             "--state", str(th.root / "mlflow"), "--self-signed"], env=creds, stdout=server_log,
-                            stderr=subprocess.STDOUT)
+    server = th.host1_popen(
+        [
+            "python",
+            "-m",
+            "adaskip.tracking.server",
+            "--host",
+            th.host1.ip,
+            "--port",
+            "5000",
+            "--state",
+            str(th.root / "mlflow"),
+            "--self-signed",
+        ],
+        env=creds,
+        stdout=server_log,
+        stderr=subprocess.STDOUT,
+    )
     uri, cert = f"https://{th.host1.ip}:5000", th.root / "mlflow" / "tls" / "server.crt"
-    ready = th.host1_run(["python", "-c", f"import ssl, urllib.request, time\nfor _ in range(240):\n    try:\n"
-                          f"        urllib.request.urlopen('{uri}/health', timeout=1, context="
-                          f"ssl.create_default_context(cafile='{cert}')); break\n"
-                          f"    except OSError: time.sleep(0.5)\nelse: raise SystemExit('no server')"], timeout=180)
+    ready = th.host1_run(
+        [
+            "python",
+            "-c",
+            f"import ssl, urllib.request, time\nfor _ in range(240):\n    try:\n"
+            f"        urllib.request.urlopen('{uri}/health', timeout=1, context="
+            f"ssl.create_default_context(cafile='{cert}')); break\n"
+            f"    except OSError: time.sleep(0.5)\nelse: raise SystemExit('no server')",
+        ],
+        timeout=180,
+    )
     assert ready.returncode == 0, (th.root / "mlflow-server.log").read_text()[-3000:] + ready.stderr
-    env = {"MLFLOW_TRACKING_URI": uri, **creds, "MLFLOW_TRACKING_SERVER_CERT_PATH": str(cert),
-           "ADASKIP_STORAGE": str(th.shared / "ray")}
+    env = {
+        "MLFLOW_TRACKING_URI": uri,
+        **creds,
+        "MLFLOW_TRACKING_SERVER_CERT_PATH": str(cert),
+        "ADASKIP_STORAGE": str(th.shared / "ray"),
+    }
     for f, text in (("params.yaml", None), ("studies/ablation/study.yaml", yaml.safe_dump(STUDY))):
         for project in (th.project, th.host2_project):  # the same checkout on every node
             if text is None:  # spread the two DDP workers over both hosts; 4 epochs (the INSPECT checks count them)
@@ -127,14 +158,18 @@ def test_clients_without_credentials_or_token_are_refused(cluster):
     th, env = cluster
     uri = env["MLFLOW_TRACKING_URI"]
     trust = {"MLFLOW_TRACKING_SERVER_CERT_PATH": env["MLFLOW_TRACKING_SERVER_CERT_PATH"]}
-    r = th.host2_run(["python", "-c", f"from mlflow.tracking import MlflowClient\n"
-                      f"MlflowClient('{uri}').search_experiments()"], env=trust, timeout=120)
+    r = th.host2_run(
+        ["python", "-c", f"from mlflow.tracking import MlflowClient\nMlflowClient('{uri}').search_experiments()"],
+        env=trust,
+        timeout=120,
+    )
     assert r.returncode != 0 and "401" in r.stderr, r.stderr[-2000:]
     # with the password but without the certificate: refused before sending it
     r = th.host2_run(["adaskip", "doctor"], env={**env, "MLFLOW_TRACKING_SERVER_CERT_PATH": None}, timeout=300)
     assert r.returncode != 0 and "certificate does not verify" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
-    r = th.host2_run(["python", "-c", "import ray; ray.init(); print('CONNECTED')"], env={"RAY_AUTH_TOKEN": None},
-                     timeout=120)
+    r = th.host2_run(
+        ["python", "-c", "import ray; ray.init(); print('CONNECTED')"], env={"RAY_AUTH_TOKEN": None}, timeout=120
+    )
     assert r.returncode != 0 and "CONNECTED" not in r.stdout
 
 
@@ -185,8 +220,9 @@ def test_a_dead_worker_host_during_training_resumes_on_the_other(cluster):
     raw = yaml.safe_load((th.project / "params.yaml").read_text())
     raw["train"]["epochs"] = 8  # another params hash: a new run
     (th.project / "params-kill.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    proc = th.host1_popen(["python", "pipelines/train.py", "--params", "params-kill.yaml"], env=env,
-                          stdout=-1, stderr=-1, text=True)
+    proc = th.host1_popen(
+        ["python", "pipelines/train.py", "--params", "params-kill.yaml"], env=env, stdout=-1, stderr=-1, text=True
+    )
     deadline = time.time() + 900
     while not checkpoint_recorded(th.shared / "ray", "train-*"):
         assert proc.poll() is None and time.time() < deadline, "training ended before a checkpoint was recorded"
@@ -198,8 +234,11 @@ def test_a_dead_worker_host_during_training_resumes_on_the_other(cluster):
     try:
         assert proc.returncode == 0, out[-2000:] + err[-5000:]
         result = _result(th.host1_run(["python", "-c", INSPECT, str(th.root / "dl2")], env=env, timeout=300))
-        runs = [x for x in result["runs"] if x["tags"].get("adaskip.stage") == "train"
-                and result["epochs"][x["id"]] != list(range(1, 5))]
+        runs = [
+            x
+            for x in result["runs"]
+            if x["tags"].get("adaskip.stage") == "train" and result["epochs"][x["id"]] != list(range(1, 5))
+        ]
         [run] = runs  # one run for this training, not one per restart
         assert run["status"] == "FINISHED"
         assert result["epochs"][run["id"]] == list(range(1, 9))  # each epoch once
@@ -216,7 +255,8 @@ c = MlflowClient()
 exp = c.get_experiment_by_name("adaskip")
 [parent] = c.search_runs([exp.experiment_id], f"tags.`adaskip.study` = '{sys.argv[1]}'")
 cells = c.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-print("RESULT " + json.dumps({r.info.run_name: {"status": r.info.status, "nodes": r.data.tags.get("adaskip.train_nodes"),
+print("RESULT " + json.dumps({r.info.run_name: {
+    "status": r.info.status, "nodes": r.data.tags.get("adaskip.train_nodes"),
     "epochs": sorted(m.step for m in c.get_metric_history(r.info.run_id, "val_acc_super"))} for r in cells}))
 """
 
@@ -235,8 +275,9 @@ def test_a_dead_worker_host_mid_study_resumes_its_cells(cluster):
         (project / path).write_text(yaml.safe_dump(study))
     log = th.root / "kill-study.log"
     with log.open("w") as out:
-        proc = th.host1_popen(["python", "pipelines/cells.py", "--study", path], env=env, stdout=out,
-                              stderr=subprocess.STDOUT)
+        proc = th.host1_popen(
+            ["python", "pipelines/cells.py", "--study", path], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.time() + 900
         while not checkpoint_recorded(th.shared / "ray", "study-kill/cell-*"):
@@ -264,12 +305,14 @@ def test_a_dead_worker_host_mid_study_resumes_its_cells(cluster):
 def _wait_replaced(th: TwoHosts, timeout: float = 300) -> None:
     """Until Ray has marked the killed node dead and the restarted one alive (a dead node stays 'alive' for a while,
     and a task pinned to it never runs)."""
-    script = ("import ray, sys, time\nray.init(logging_level='ERROR')\nd = time.time() + %r\n"
-              "while time.time() < d:\n"
-              "    nodes = ray.nodes()\n"
-              "    if sum(n['Alive'] for n in nodes) == 2 and any(not n['Alive'] for n in nodes): sys.exit(0)\n"
-              "    time.sleep(1)\n"
-              "sys.exit('the killed node is still listed alive')\n" % timeout)
+    script = (
+        "import ray, sys, time\nray.init(logging_level='ERROR')\nd = time.time() + %r\n"
+        "while time.time() < d:\n"
+        "    nodes = ray.nodes()\n"
+        "    if sum(n['Alive'] for n in nodes) == 2 and any(not n['Alive'] for n in nodes): sys.exit(0)\n"
+        "    time.sleep(1)\n"
+        "sys.exit('the killed node is still listed alive')\n" % timeout
+    )
     th.host1_run(["python", "-c", script], timeout=timeout + 60, check=True)
 
 
@@ -293,15 +336,23 @@ def test_study_variants_run_at_once(cluster):
     variants = {"adn": {}, "individual_full": {"baseline": "super"}}
     times, each, spans = {}, [], {}
     for mode in ("alone", "ahead"):  # each its own study name: its own cache and MLflow parent
-        study = {**STUDY, "name": f"conc-{mode}", "seeds": [0], "epochs": 20, "variants": variants,
-                 "overrides": {"train": {"workers": 1, "cpus_per_worker": 1}}}
+        study = {
+            **STUDY,
+            "name": f"conc-{mode}",
+            "seeds": [0],
+            "epochs": 20,
+            "variants": variants,
+            "overrides": {"train": {"workers": 1, "cpus_per_worker": 1}},
+        }
         path = f"studies/{mode}/study.yaml"
         for project in (th.project, th.host2_project):
             (project / path).parent.mkdir(parents=True, exist_ok=True)
             (project / path).write_text(yaml.safe_dump(study))
         start = time.time()
         for v in variants:  # what DVC's matrix runs, one stage after another
-            cmd = ["python", "pipelines/cells.py", "--study", path, "--variant", v] + (["--alone"] if mode == "alone" else [])
+            cmd = ["python", "pipelines/cells.py", "--study", path, "--variant", v] + (
+                ["--alone"] if mode == "alone" else []
+            )
             t = time.time()
             r = th.host1_run(cmd, env=env, timeout=1800)
             assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
@@ -309,9 +360,11 @@ def test_study_variants_run_at_once(cluster):
         times[mode] = time.time() - start
         spans[mode] = _result(th.host1_run(["python", "-c", CELL_TIMES, f"conc-{mode}"], env=env, timeout=120))
     ratio = times["ahead"] / times["alone"]
-    print(f"2-variant x 1-seed study of 1-CPU cells on two hosts (2 real cores): one variant after another "
-          f"{times['alone']:.0f} s (stages {', '.join(f'{t:.0f}' for t in each[:2])} s); all at once "
-          f"{times['ahead']:.0f} s (stages {', '.join(f'{t:.0f}' for t in each[2:])} s); ratio {ratio:.2f}")
+    print(
+        f"2-variant x 1-seed study of 1-CPU cells on two hosts (2 real cores): one variant after another "
+        f"{times['alone']:.0f} s (stages {', '.join(f'{t:.0f}' for t in each[:2])} s); all at once "
+        f"{times['ahead']:.0f} s (stages {', '.join(f'{t:.0f}' for t in each[2:])} s); ratio {ratio:.2f}"
+    )
     ahead, alone = spans["ahead"], spans["alone"]
     assert len(ahead) == len(alone) == 2
     assert max(s for s, _ in ahead.values()) < min(e for _, e in ahead.values())  # both cells ran together

@@ -1,5 +1,6 @@
 """Every private API adaskip leans on (README "Private APIs"), checked where it is: an upgrade of Ray, torch, timm or
 MLflow that moves or renames one fails here, by name, instead of deep inside a run."""
+
 from __future__ import annotations
 
 import importlib
@@ -12,8 +13,12 @@ import pytest
 PRIVATE = [
     ("ray.train.torch.config", "_TorchBackend", ["on_start"], "ray"),
     ("ray.train.v2._internal.execution.failure_handling", "DefaultFailurePolicy", ["_is_retryable_error"], "ray"),
-    ("ray.train.v2._internal.execution.scaling_policy.fixed", "FixedScalingPolicy",
-     ["after_controller_start", "_maybe_send_resource_request", "_cancel_resource_request"], "ray"),
+    (
+        "ray.train.v2._internal.execution.scaling_policy.fixed",
+        "FixedScalingPolicy",
+        ["after_controller_start", "_maybe_send_resource_request", "_cancel_resource_request"],
+        "ray",
+    ),
     ("ray.train.v2.api.data_parallel_trainer", "DataParallelTrainer", ["_initialize_and_run_controller"], "ray"),
     ("ray._private.ray_logging", "global_worker_stdstream_dispatcher", ["add_handler"], "ray"),
     ("torch.onnx._constants", "ONNX_MIN_OPSET", [], "torch"),

@@ -1,4 +1,5 @@
 """params.yaml validation: every bad value fails before any work, with one message naming the key."""
+
 from __future__ import annotations
 
 import copy
@@ -53,32 +54,35 @@ def test_defaults_are_the_shipped_params(defaults):
             assert parse_params(raw) == shipped, f"{section}.{key}"
 
 
-@pytest.mark.parametrize("dotted, value, expect", [
-    ("train.alpah", 0.5, "train.alpah: unknown key"),                      # misspelled key
-    ("bogus.x", 1, "bogus: unknown key"),                                   # unknown section
-    ("train.alpha", 1.5, "train.alpha"),                                    # out of range
-    ("train.alpha", -0.1, "train.alpha"),
-    ("train.epochs", "many", "train.epochs"),                               # wrong type
-    ("train.epochs", 0, "train.epochs"),
-    ("train.temperature", 0, "train.temperature"),
-    ("train.scheduler", "exponential", "train.scheduler"),
-    ("train.precision", "fp8", "train.precision"),
-    ("model.name", "vgg16", "model.name"),                                  # unknown model
-    ("model.split", [0, 2, 3, 1], "model.split"),                           # no mandatory block
-    ("model.split", [3, 4, 6, 3], "model.split"),                           # no skippable block
-    ("model.split", [1, 1], "model.split"),                                 # wrong length
-    ("model.kwargs", {"no_such_arg": 1}, "model.kwargs"),
-    ("model.kwargs", {"resnet": {"no_such_arg": 1}}, "model.kwargs"),       # in the family's section
-    ("model.kwargs", {"resnet": {}, "drop_rate": 0.1}, "model.kwargs: mixes family sections"),
-    ("model.name", "vit_base_patch16_224", "model.name / data.image_size"),  # img_size 32 set by hand below
-    ("tune.alpha", [0.8, 0.3], "tune.alpha"),
-    ("tune.alpha", [0.2, 1.3], "tune.alpha"),
-    ("tune.splits", [[2, 2, 3, 2], [0, 1, 1, 1]], "tune.splits"),
-    ("tune.splits", "some", "tune.splits"),
-    ("evaluate.parallelism", 0, "evaluate.parallelism"),
-    ("data.name", "mnist", "data.name"),
-    ("data.val_fraction", 0.9, "data"),
-])
+@pytest.mark.parametrize(
+    "dotted, value, expect",
+    [
+        ("train.alpah", 0.5, "train.alpah: unknown key"),  # misspelled key
+        ("bogus.x", 1, "bogus: unknown key"),  # unknown section
+        ("train.alpha", 1.5, "train.alpha"),  # out of range
+        ("train.alpha", -0.1, "train.alpha"),
+        ("train.epochs", "many", "train.epochs"),  # wrong type
+        ("train.epochs", 0, "train.epochs"),
+        ("train.temperature", 0, "train.temperature"),
+        ("train.scheduler", "exponential", "train.scheduler"),
+        ("train.precision", "fp8", "train.precision"),
+        ("model.name", "vgg16", "model.name"),  # unknown model
+        ("model.split", [0, 2, 3, 1], "model.split"),  # no mandatory block
+        ("model.split", [3, 4, 6, 3], "model.split"),  # no skippable block
+        ("model.split", [1, 1], "model.split"),  # wrong length
+        ("model.kwargs", {"no_such_arg": 1}, "model.kwargs"),
+        ("model.kwargs", {"resnet": {"no_such_arg": 1}}, "model.kwargs"),  # in the family's section
+        ("model.kwargs", {"resnet": {}, "drop_rate": 0.1}, "model.kwargs: mixes family sections"),
+        ("model.name", "vit_base_patch16_224", "model.name / data.image_size"),  # img_size 32 set by hand below
+        ("tune.alpha", [0.8, 0.3], "tune.alpha"),
+        ("tune.alpha", [0.2, 1.3], "tune.alpha"),
+        ("tune.splits", [[2, 2, 3, 2], [0, 1, 1, 1]], "tune.splits"),
+        ("tune.splits", "some", "tune.splits"),
+        ("evaluate.parallelism", 0, "evaluate.parallelism"),
+        ("data.name", "mnist", "data.name"),
+        ("data.val_fraction", 0.9, "data"),
+    ],
+)
 def test_bad_values_name_the_key(defaults, dotted, value, expect):
     """Validation rejects a bad key or value; what only building the model finds (a model, split or kwargs that
     cannot be built or run on the data, a tune.splits candidate) Params.check_model rejects, with the same line."""
@@ -92,8 +96,12 @@ def test_bad_values_name_the_key(defaults, dotted, value, expect):
 
 
 FAMILIES = {  # name: the stage depths its candidate splits derive from
-    "resnet18": [2, 2, 2, 2], "resnet50": [3, 4, 6, 3], "mobilenetv2_100": [2, 3, 4, 3, 3],
-    "deit_tiny_patch16_224": [3, 3, 3, 3], "swin_tiny_patch4_window7_224": [2, 2, 6, 2]}
+    "resnet18": [2, 2, 2, 2],
+    "resnet50": [3, 4, 6, 3],
+    "mobilenetv2_100": [2, 3, 4, 3, 3],
+    "deit_tiny_patch16_224": [3, 3, 3, 3],
+    "swin_tiny_patch4_window7_224": [2, 2, 6, 2],
+}
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -118,7 +126,9 @@ def test_a_model_that_cannot_run_on_the_data_fails_validation_fast(defaults):
     parse_params(defaults).check_model()  # imports done
     start = time.monotonic()
     p = parse_params(_with(_with(defaults, "model.name", "vit_base_patch16_224"), "data.image_size", 8), "params.yaml")
-    with pytest.raises(ConfigError, match="params.yaml: model.name / data.image_size: VisionTransformer cannot run on 3x8x8"):
+    with pytest.raises(
+        ConfigError, match="params.yaml: model.name / data.image_size: VisionTransformer cannot run on 3x8x8"
+    ):
         p.check_model(source="params.yaml")
     assert time.monotonic() - start < 10
 
@@ -126,10 +136,12 @@ def test_a_model_that_cannot_run_on_the_data_fails_validation_fast(defaults):
 def test_validation_is_the_schema_and_builds_no_model(defaults):
     """Validating params imports neither torch nor timm (a Ray worker or task given validated Params builds nothing
     more than what it trains or evaluates); the model is checked once, explicitly, by the stages that build it."""
-    code = ("import sys, yaml; from adaskip.config import parse_params; "
-            "raw = yaml.safe_load(open('params.yaml')); raw['model']['name'] = 'vgg16'; "
-            "raw['tune']['splits'] = [[0, 1, 1, 1]]; p = parse_params(raw); "
-            "print(p.model.name, 'timm' in sys.modules, 'torch' in sys.modules)")
+    code = (
+        "import sys, yaml; from adaskip.config import parse_params; "
+        "raw = yaml.safe_load(open('params.yaml')); raw['model']['name'] = 'vgg16'; "
+        "raw['tune']['splits'] = [[0, 1, 1, 1]]; p = parse_params(raw); "
+        "print(p.model.name, 'timm' in sys.modules, 'torch' in sys.modules)"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.stdout.split() == ["vgg16", "False", "False"], r.stderr
     p = parse_params(_with(defaults, "tune.splits", [[2, 2, 3, 2], [0, 1, 1, 1]]))
@@ -147,8 +159,13 @@ def test_only_the_stages_that_build_a_model_check_it(tmp_path, defaults):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
 
     def stage(name: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(ROOT / "pipelines" / f"{name}.py")], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, str(ROOT / "pipelines" / f"{name}.py")],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     r = stage("tune")
     assert r.returncode == 2 and "params.yaml: tune.splits: [0, 1, 1, 1]: split" in r.stderr, r.stderr
@@ -190,8 +207,13 @@ def test_malformed_yaml_and_non_mapping(tmp_path):
 def test_stage_scripts_fail_cleanly_on_bad_params(tmp_path, defaults, stage):
     """Each stage exits non-zero with one line naming the key, no traceback, and writes nothing."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(_with(defaults, "train.alpha", 2.0)))
-    r = subprocess.run([sys.executable, str(ROOT / "pipelines" / f"{stage}.py")], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "pipelines" / f"{stage}.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr
     assert "train.alpha" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
@@ -204,8 +226,9 @@ def test_tune_disabled_passes_params_on_and_train_takes_the_chosen_config(tmp_pa
     names the stage to run."""
     raw = _with(_with(defaults, "tune.enabled", False), "train.alpha", 0.7)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    r = subprocess.run([sys.executable, str(ROOT / "pipelines" / "tune.py")], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "pipelines" / "tune.py")], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     best = json.loads((tmp_path / "results" / "best_config.json").read_text())
     assert best["alpha"] == 0.7 and best["split"] == [2, 2, 3, 2] and best["objective"] is None  # resnet34 [3,4,6,3]
@@ -214,6 +237,11 @@ def test_tune_disabled_passes_params_on_and_train_takes_the_chosen_config(tmp_pa
     with pytest.raises(ConfigError, match=r"best_config.json: train.alpha"):
         apply_tuned(tuned, {"alpha": 3, "temperature": 1.0, "split": None})
     (tmp_path / "results" / "best_config.json").unlink()
-    r = subprocess.run([sys.executable, str(ROOT / "pipelines" / "train.py")], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "pipelines" / "train.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2 and "run the tune stage first" in r.stderr, r.stderr

@@ -1,4 +1,5 @@
 """What a run prints: the per-epoch line, rank 0 only, and the filter that keeps Ray's repeated lines out."""
+
 from __future__ import annotations
 
 import logging
@@ -9,8 +10,17 @@ from adaskip import console
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
-METRICS = {"train_total": 0.81234, "train_acc_super": 91.24, "train_acc_base": 90.0, "val_acc_super": 97.41,
-           "val_acc_base": 96.29, "lr": 0.18, "epoch": 3, "ratio.s0.m1": 0.29, "ratio_mandatory": 0.19}
+METRICS = {
+    "train_total": 0.81234,
+    "train_acc_super": 91.24,
+    "train_acc_base": 90.0,
+    "val_acc_super": 97.41,
+    "val_acc_base": 96.29,
+    "lr": 0.18,
+    "epoch": 3,
+    "ratio.s0.m1": 0.29,
+    "ratio_mandatory": 0.19,
+}
 
 
 def test_epoch_line_is_compact_and_aligned():
@@ -18,13 +28,24 @@ def test_epoch_line_is_compact_and_aligned():
     assert line == "epoch  3/15  loss 0.812  train  91.2  val super  97.4 base  96.3  lr 0.18    12.3 s"
     assert "ratio" not in line
     # every epoch of a run has the same width, so the columns line up
-    assert len({len(console.epoch_line(e, 15, {**METRICS, "val_acc_base": v, "lr": lr}, s))
-                for e, v, lr, s in [(1, 9.0, 0.2, 1.0), (9, 100.0, 0.0895, 99.9), (15, 55.5, 1e-05, 5.0)]}) == 1
+    assert (
+        len(
+            {
+                len(console.epoch_line(e, 15, {**METRICS, "val_acc_base": v, "lr": lr}, s))
+                for e, v, lr, s in [(1, 9.0, 0.2, 1.0), (9, 100.0, 0.0895, 99.9), (15, 55.5, 1e-05, 5.0)]
+            }
+        )
+        == 1
+    )
 
 
 def test_epoch_line_of_a_baseline_uses_its_own_loss_and_accuracy():
-    line = console.epoch_line(1, 2, {"train_loss": 1.5, "train_acc_correct": 50.0, "val_acc_super": 60.0,
-                                     "val_acc_base": 40.0, "lr": 0.1}, 2.0)
+    line = console.epoch_line(
+        1,
+        2,
+        {"train_loss": 1.5, "train_acc_correct": 50.0, "val_acc_super": 60.0, "val_acc_base": 40.0, "lr": 0.1},
+        2.0,
+    )
     assert "loss 1.500" in line and "train  50.0" in line
 
 
@@ -34,7 +55,8 @@ def test_duration(seconds, text):
 
 
 RAY_LINES = [
-    "Failed to query Ray Train Controller actor state. State API may be temporarily unavailable. Continuing to monitor.",
+    "Failed to query Ray Train Controller actor state. State API may be temporarily unavailable. "
+    "Continuing to monitor.",
     "Attempting to start training worker group of size 2 with the following resources: [{'CPU': 0.9}] * 2",
     "Requesting resources: {'CPU': 0.9} * 2",
     "Started training worker group of size 2: ",
@@ -77,25 +99,52 @@ def test_quiet_ray_output_filters_the_forwarded_batches(monkeypatch):
     assert not console.quiet_ray_output()  # installed once
     dispatcher.emit({"pid": 1, "lines": RAY_LINES + KEPT_LINES})
     dispatcher.emit({"pid": 2, "lines": RAY_LINES[:2]})  # nothing left: nothing printed
-    dispatcher.emit({"pid": 3, "actor_name": "PlacementGroupCleaner", "lines": ["Traceback (most recent call last):",
-                     "ConnectionError: Found multiple active Ray instances"]})  # a Ray Train watchdog: all of it
+    dispatcher.emit(
+        {
+            "pid": 3,
+            "actor_name": "PlacementGroupCleaner",
+            "lines": ["Traceback (most recent call last):", "ConnectionError: Found multiple active Ray instances"],
+        }
+    )  # a Ray Train watchdog: all of it
     dispatcher.emit({"pid": 4, "actor_name": "RayTrainWorker", "lines": WORKER_TRACEBACK})
-    assert printed == [console.condense_tracebacks(KEPT_LINES), ["Error in training function:", "RuntimeError: Connection reset by peer [10.0.0.6]"]]
+    assert printed == [
+        console.condense_tracebacks(KEPT_LINES),
+        ["Error in training function:", "RuntimeError: Connection reset by peer [10.0.0.6]"],
+    ]
 
 
 # What a surviving DDP worker logs when its peer's host dies (Ray Train then restarts the group).
-WORKER_TRACEBACK = ["Error in training function:", "Traceback (most recent call last):",
-                    '  File "adaskip/training/loop.py", line 242, in fit', "    out, loss = step(images, targets)",
-                    "                ^^^^^^^^^^^^^^^^^^^^^^^", "", "RuntimeError: Connection reset by peer [10.0.0.6]"]
+WORKER_TRACEBACK = [
+    "Error in training function:",
+    "Traceback (most recent call last):",
+    '  File "adaskip/training/loop.py", line 242, in fit',
+    "    out, loss = step(images, targets)",
+    "                ^^^^^^^^^^^^^^^^^^^^^^^",
+    "",
+    "RuntimeError: Connection reset by peer [10.0.0.6]",
+]
 
 
 def test_tracebacks_keep_their_heading_and_exception_lines():
     assert console.condense_tracebacks(WORKER_TRACEBACK) == WORKER_TRACEBACK[:1] + WORKER_TRACEBACK[-1:]
-    chained = ["Traceback (most recent call last):", '  File "a.py", line 1, in <module>', "KeyError: 'x'", "",
-               "During handling of the above exception, another exception occurred:", "",
-               "Traceback (most recent call last):", '  File "a.py", line 3, in <module>', "ValueError: bad"]
+    chained = [
+        "Traceback (most recent call last):",
+        '  File "a.py", line 1, in <module>',
+        "KeyError: 'x'",
+        "",
+        "During handling of the above exception, another exception occurred:",
+        "",
+        "Traceback (most recent call last):",
+        '  File "a.py", line 3, in <module>',
+        "ValueError: bad",
+    ]
     assert console.condense_tracebacks(chained) == [
-        "KeyError: 'x'", "", "During handling of the above exception, another exception occurred:", "", "ValueError: bad"]
+        "KeyError: 'x'",
+        "",
+        "During handling of the above exception, another exception occurred:",
+        "",
+        "ValueError: bad",
+    ]
     plain = ["epoch 1/2  loss 1.0", "  indented, outside any traceback"]
     assert console.condense_tracebacks(plain) == plain
 
@@ -111,8 +160,9 @@ def test_quiet_ray_output_is_off_when_verbose(monkeypatch):
     assert dispatcher.handlers == [("ray_print_logs", print)]
 
 
-@pytest.mark.parametrize("flag,tty,expected", [("1", False, True), ("0", True, False), (None, True, True),
-                                               (None, False, False)])
+@pytest.mark.parametrize(
+    "flag,tty,expected", [("1", False, True), ("0", True, False), (None, True, True), (None, False, False)]
+)
 def test_progress_bars_follow_the_driver(monkeypatch, flag, tty, expected):
     if flag is None:
         monkeypatch.delenv(console.PROGRESS_ENV, raising=False)

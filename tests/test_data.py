@@ -1,4 +1,5 @@
 """Tests of adaskip.data: digits subsets, loaders, manifests, ImageFolder and CIFAR from local folders."""
+
 from __future__ import annotations
 
 import json
@@ -30,6 +31,7 @@ def _rows(subsets: Subsets) -> dict[str, set[int]]:
 
 # --- config -------------------------------------------------------------------------------------------
 
+
 def test_config_rejects_unknown_keys_and_is_frozen() -> None:
     with pytest.raises(ValidationError):
         DataConfig(name="digits", batch_size=3)
@@ -49,6 +51,7 @@ def test_config_requires_path_except_for_digits() -> None:
 
 
 # --- digits -------------------------------------------------------------------------------------------
+
 
 def test_digits_subsets_disjoint_complete_and_stratified(digits: Subsets) -> None:
     rows = _rows(digits)
@@ -87,6 +90,7 @@ def test_digits_shapes_labels_and_augmentation() -> None:
 
 # --- loaders ------------------------------------------------------------------------------------------
 
+
 def test_loader_batches_and_seeded_order(digits: Subsets) -> None:
     loader = make_loader(digits.val, batch_size=64, shuffle=True, seed=0)
     batches = list(loader)
@@ -111,6 +115,7 @@ def test_distributed_sampler_shards_disjointly(digits: Subsets) -> None:
 
 
 # --- prepare ------------------------------------------------------------------------------------------
+
 
 def test_prepare_writes_manifest_with_stable_fingerprint(tmp_path: Path) -> None:
     out = tmp_path / "prepared"
@@ -220,8 +225,8 @@ def test_imagefolder_val_class_unknown_to_train(folder: Path) -> None:
         load_subsets(DataConfig(name="imagefolder", path=str(folder)))
 
 
-
 # --- loader worker processes (data.workers) -----------------------------------------------------------
+
 
 def test_default_workers_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     assert default_workers("digits", cpus=64) == 0  # in-memory tensors: no workers
@@ -299,6 +304,7 @@ def test_workers_decode_and_augment(folder: Path) -> None:
     assert not loader.pin_memory and not make_loader(subsets.train, 4, True, 0, device="cpu").pin_memory
     assert make_loader(subsets.train, 4, True, 0, num_workers=2, device="cuda").pin_memory  # pinned only for CUDA
 
+
 # --- cifar --------------------------------------------------------------------------------------------
 
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -306,8 +312,12 @@ CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "
 
 def _cifar_batch(path: Path, n: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    entry = {"batch_label": path.name, "labels": [int(i % 10) for i in range(seed, seed + n)],
-             "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "filenames": [f"{i}.png" for i in range(n)]}
+    entry = {
+        "batch_label": path.name,
+        "labels": [int(i % 10) for i in range(seed, seed + n)],
+        "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        "filenames": [f"{i}.png" for i in range(n)],
+    }
     with open(path, "wb") as f:
         pickle.dump(entry, f, protocol=2)
 

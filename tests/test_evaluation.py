@@ -1,4 +1,5 @@
 """adaskip.evaluation: shared-prefix grid, grid accuracy, complexity, Pareto front, trade-off AUC."""
+
 from __future__ import annotations
 
 import math
@@ -11,9 +12,15 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import adaskip
-from adaskip.evaluation import (complexity_table, evaluate_grid, grid_logits, measure_latency, pareto_front,
-                                summarise, tradeoff_auc)
-from adaskip.models import SkipAwareNorm
+from adaskip.evaluation import (
+    complexity_table,
+    evaluate_grid,
+    grid_logits,
+    measure_latency,
+    pareto_front,
+    summarise,
+    tradeoff_auc,
+)
 from conftest import merge
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
@@ -73,7 +80,7 @@ def test_grid_logits_equal_plain_forwards(fixture, request):
     with torch.no_grad():
         grid = grid_logits(model, x)
         assert list(grid) == [str(c) for c in model.configs()]
-        assert len(grid) == 2 ** model.num_stages
+        assert len(grid) == 2**model.num_stages
         for cfg in model.configs():
             torch.testing.assert_close(grid[str(cfg)], model(x, skip=cfg), rtol=0, atol=0)
         # the grid really differs between configurations (so the equality above can fail)
@@ -112,10 +119,10 @@ def test_grid_logits_counts_stage_passes(resnet18, mobilenet, monkeypatch):
             assert [calls[i] for i in range(s)] == [2 ** (i + 1) for i in range(s)]
             monkeypatch.undo()
         calls = _count_stage_passes(resnet18, monkeypatch)
-        grid_logits(resnet18, x, prefix="T")         # 1 pass for the prefix, then the 3-stage subtree
+        grid_logits(resnet18, x, prefix="T")  # 1 pass for the prefix, then the 3-stage subtree
         assert [calls[i] for i in range(4)] == [1, 2, 4, 8]
         calls.clear()
-        grid_logits(resnet18, x, configs=["FFFF", "FFFT"])   # share the first three stages
+        grid_logits(resnet18, x, configs=["FFFF", "FFFT"])  # share the first three stages
         assert [calls[i] for i in range(4)] == [1, 1, 1, 2]
 
 
@@ -128,11 +135,11 @@ def test_evaluate_grid_matches_plain_forwards(resnet18):
     # accuracies are far from 0 and differ between configurations
     y = torch.randint(0, 10, (20,), generator=g)
     y[:10] = ref["FFFF"][:10].argmax(1)
-    loader = DataLoader(TensorDataset(x, y), batch_size=8)      # 8 + 8 + 4: a partial last batch
-    resnet18.train()                            # evaluate_grid must evaluate in eval mode ...
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)  # 8 + 8 + 4: a partial last batch
+    resnet18.train()  # evaluate_grid must evaluate in eval mode ...
     try:
         df = evaluate_grid(resnet18, loader, progress=False)
-        assert resnet18.training                # ... and restore the caller's mode
+        assert resnet18.training  # ... and restore the caller's mode
     finally:
         resnet18.eval()
     assert list(df.columns[:5]) == ["skip", "acc1", "acc5", "loss", "n"]
@@ -153,10 +160,10 @@ def test_evaluate_grid_matches_plain_forwards(resnet18):
 
 def test_pareto_front_hand_made():
     macs = [4, 3, 3, 2, 2, 1, 5]
-    acc = [80, 78, 78, 70, 75, 60, 79]   # (3,78) tied twice; (2,70) dominated by (2,75); (5,79) by (4,80)
+    acc = [80, 78, 78, 70, 75, 60, 79]  # (3,78) tied twice; (2,70) dominated by (2,75); (5,79) by (4,80)
     assert pareto_front(macs, acc) == [True, True, True, False, True, True, False]
     assert pareto_front([1, 1], [50, 50]) == [True, True]
-    assert pareto_front([1, 2], [50, 50]) == [True, False]       # same accuracy, more MACs
+    assert pareto_front([1, 2], [50, 50]) == [True, False]  # same accuracy, more MACs
     assert pareto_front([], []) == []
     with pytest.raises(ValueError):
         pareto_front([1, 2], [1])
@@ -165,7 +172,7 @@ def test_pareto_front_hand_made():
 def test_tradeoff_auc_hand_made():
     # c = (0.25, 0.5, 1): 0 on [0, .25), 50 on [.25, .5), 60 on [.5, 1) -> 12.5 + 30
     assert tradeoff_auc([1, 2, 4], [50, 60, 70]) == pytest.approx(42.5)
-    assert tradeoff_auc([4, 2, 1], [70, 60, 50]) == pytest.approx(42.5)         # order-free
+    assert tradeoff_auc([4, 2, 1], [70, 60, 50]) == pytest.approx(42.5)  # order-free
     # a dominated config (more MACs, less accuracy) does not lower the staircase
     assert tradeoff_auc([1, 2, 3, 4], [50, 60, 55, 70]) == pytest.approx(42.5)
     # explicit macs_max: c = (0.125, 0.25, 0.5), last step 70 * 0.5
@@ -182,13 +189,13 @@ def test_tradeoff_auc_hand_made():
 def test_tradeoff_auc_monotone():
     macs, acc = [1.0, 2.0, 3.0, 4.0], [50.0, 60.0, 65.0, 70.0]
     base = tradeoff_auc(macs, acc)
-    for i in range(3):                          # any (non-super-net) config more accurate -> larger
+    for i in range(3):  # any (non-super-net) config more accurate -> larger
         better = list(acc)
         better[i] += 1.0
         assert tradeoff_auc(macs, better) > base
     worse = [a - 1.0 for a in acc]
     assert tradeoff_auc(macs, worse) < base
-    cheaper = [0.5, 2.0, 3.0, 4.0]              # a cheaper config at the same accuracy -> larger
+    cheaper = [0.5, 2.0, 3.0, 4.0]  # a cheaper config at the same accuracy -> larger
     assert tradeoff_auc(cheaper, acc) > base
     assert tradeoff_auc(macs, acc, macs_max=4.0) == pytest.approx(base)
 
@@ -200,17 +207,25 @@ def test_complexity_table_and_summary(resnet18):
     by = table.set_index("skip")
     assert by.loc["FFFF", "macs"] == adaskip.count_macs(resnet18, "FFFF", (3, 32, 32))
     assert by.loc["TTFF", "skipped_stages"] == 2
-    for skip in by.index:                       # adding a T flag strictly lowers MACs and params
+    for skip in by.index:  # adding a T flag strictly lowers MACs and params
         for i, flag in enumerate(skip):
             if flag == "F":
-                more = skip[:i] + "T" + skip[i + 1:]
+                more = skip[:i] + "T" + skip[i + 1 :]
                 assert by.loc[more, "macs"] < by.loc[skip, "macs"]
                 assert by.loc[more, "params"] < by.loc[skip, "params"]
     assert by["macs"].idxmax() == "FFFF" and by["macs"].idxmin() == "TTTT"
 
-    grid = pd.DataFrame({"skip": list(by.index), "acc1": [90.0 - 2 * s for s in by["skipped_stages"]],
-                         "acc5": 99.0, "loss": 0.1, "n": 10, "latency_ms": 1.0})
-    grid.loc[grid["skip"] == "TFFF", "acc1"] = 95.0          # a cheaper config beats the super-net
+    grid = pd.DataFrame(
+        {
+            "skip": list(by.index),
+            "acc1": [90.0 - 2 * s for s in by["skipped_stages"]],
+            "acc5": 99.0,
+            "loss": 0.1,
+            "n": 10,
+            "latency_ms": 1.0,
+        }
+    )
+    grid.loc[grid["skip"] == "TFFF", "acc1"] = 95.0  # a cheaper config beats the super-net
     summary = summarise(grid, table)
     for col in ("skip", "macs", "params", "acc1", "acc5", "latency_ms", "pareto"):
         assert col in summary.columns

@@ -6,6 +6,7 @@ one model file per family built once per module, with scrambled norms so that a 
 configuration per family; every configuration of a small trained model of each family (one epoch on digits); one
 subprocess checks every TorchScript and ONNX file at once.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from adaskip.errors import AdaskipError
-from adaskip.export import (ExportError, ExportVerificationError, SubNetwork, export_subnetwork,
-                            load_exported)
+from adaskip.export import ExportError, ExportVerificationError, SubNetwork, export_subnetwork, load_exported
 from adaskip.models import SkipAwareNorm, count_macs, count_params, create_model
 from adaskip.training import CheckpointError, load_model, save_atomic
 
@@ -36,8 +36,10 @@ MODELS = {
     "swin": ("swin_tiny_patch4_window7_224", {"img_size": SIZE, "embed_dim": 24}),
 }
 FORMATS = ["torch", "torchscript", "onnx"]
-pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning"),
-              pytest.mark.usefixtures("one_thread")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 def _configs(family: str) -> list[str]:
@@ -77,8 +79,10 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
         _scramble_norms(net, seed=i)
         macs = {str(c): count_macs(net, c, (3, SIZE, SIZE)) for c in net.configs()}
         files[family] = root / f"{family}.pt"
-        save_atomic({"spec": net.spec, "state_dict": net.state_dict(), "macs": macs, "metrics": {}, "weights": "raw"},
-                    files[family])
+        save_atomic(
+            {"spec": net.spec, "state_dict": net.state_dict(), "macs": macs, "metrics": {}, "weights": "raw"},
+            files[family],
+        )
     return files
 
 
@@ -144,8 +148,7 @@ def test_export_matches_adaptive_model(family, skip, fmt, model_files, nets, tmp
         assert isinstance(sub, SubNetwork) and not sub.training
         assert not any(isinstance(m, SkipAwareNorm) for m in sub.modules())
         assert sum(p.numel() for p in sub.parameters()) == result.params
-        assert sub.blocks_per_stage == [m if t == "T" else m + k
-                                        for (m, k), t in zip(net.blocks_per_stage, skip)]
+        assert sub.blocks_per_stage == [m if t == "T" else m + k for (m, k), t in zip(net.blocks_per_stage, skip)]
         with FlopCounterMode(display=False) as counter:
             sub(torch.zeros(1, 3, SIZE, SIZE))
         if family != "vit":  # CPU attention is counted by count_macs' custom mapping only
@@ -190,8 +193,14 @@ def test_fresh_process_loads_without_adaskip(model_files, nets, tmp_path):
         assert not any(m.split(".")[0] in ("adaskip", "timm") for m in sys.modules)
         print("ok")
     """)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("ok") and proc.stdout.count("\n") == len(jobs) + 1
 
@@ -289,24 +298,60 @@ def test_cli(model_files, tmp_path, capsys):
     assert _cli(["export", str(model_files["swin"]), "--skip", "ttft", "--format", "onnx", "--out", str(out)]) == 0
     printed = capsys.readouterr()
     assert out.is_file() and printed.err == ""
-    line, = printed.out.strip().splitlines()
+    (line,) = printed.out.strip().splitlines()
     assert all(s in line for s in ("TTFT", "onnx", str(out), "MACs", "params", "max |diff|"))
 
-    assert _cli(["export", str(model_files["resnet"]), "--skip", "TTXF", "--format", "torch", "--out",
-                 str(tmp_path / "x.pt"), "--image-size", str(SIZE)]) == 2
+    assert (
+        _cli(
+            [
+                "export",
+                str(model_files["resnet"]),
+                "--skip",
+                "TTXF",
+                "--format",
+                "torch",
+                "--out",
+                str(tmp_path / "x.pt"),
+                "--image-size",
+                str(SIZE),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "expected 4 characters" in err
-    assert _cli(["export", str(tmp_path / "nope.pt"), "--skip", "TTTT", "--format", "torch", "--out",
-                 str(tmp_path / "x.pt")]) == 2
+    assert (
+        _cli(
+            [
+                "export",
+                str(tmp_path / "nope.pt"),
+                "--skip",
+                "TTTT",
+                "--format",
+                "torch",
+                "--out",
+                str(tmp_path / "x.pt"),
+            ]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
     assert issubclass(ExportError, AdaskipError) and issubclass(CheckpointError, AdaskipError)
 
 
-# every family's sub-networks export in CI (test_export_matches_adaptive_model); all 2^S of a trained model: ResNet in CI,
-# the others (30-50 s each) in make test-extended
-@pytest.mark.parametrize("name", ["resnet34", *(pytest.param(n, marks=pytest.mark.extended) for n in
-                                               ("mobilenetv2_100", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224"))])
+# every family's sub-networks export in CI (test_export_matches_adaptive_model); all 2^S of a trained model:
+# ResNet in CI, the others (30-50 s each) in make test-extended
+@pytest.mark.parametrize(
+    "name",
+    [
+        "resnet34",
+        *(
+            pytest.param(n, marks=pytest.mark.extended)
+            for n in ("mobilenetv2_100", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224")
+        ),
+    ],
+)
 def test_every_configuration_of_a_trained_model_exports(name, tiny_raw, tmp_path):
     """A small model of each family trained on digits (one epoch of self-distillation in this process, tests/conftest
     TINY at 16 px: both norm sets trained), its model file written as the train stage writes it; every one of its
@@ -322,17 +367,30 @@ def test_every_configuration_of_a_trained_model_exports(name, tiny_raw, tmp_path
     metrics = fit(params, WorkerEnv(report=lambda m, state: final.update(state or {})), epochs=1)
     assert math.isfinite(metrics["train_total"])
     path = tmp_path / "model.pt"
-    save_atomic({"spec": final["spec"], "state_dict": final["model"], "macs": final["macs"], "metrics": metrics,
-                 "weights": "raw", "image_size": params.data.image_size}, path)
+    save_atomic(
+        {
+            "spec": final["spec"],
+            "state_dict": final["model"],
+            "macs": final["macs"],
+            "metrics": metrics,
+            "weights": "raw",
+            "image_size": params.data.image_size,
+        },
+        path,
+    )
     net, file = load_model(path)
     trained = build_from_spec(final["spec"])
     load_state(trained, final["model"], "trained")
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), trained.state_dict().values()))
-    pairs = [(a, b) for i in range(net.num_stages) for sa in net.skip_aware_norms(i)
-             for a, b in zip(sa.full.state_dict().values(), sa.skipped.state_dict().values())]
+    pairs = [
+        (a, b)
+        for i in range(net.num_stages)
+        for sa in net.skip_aware_norms(i)
+        for a, b in zip(sa.full.state_dict().values(), sa.skipped.state_dict().values())
+    ]
     assert pairs and any(not torch.equal(a, b) for a, b in pairs)  # trained: the two norm sets went their own ways
     for cfg in net.configs():
         for fmt in FORMATS:
             result = export_subnetwork(net, str(cfg), fmt, tmp_path / f"{cfg}.{fmt}", image_size=file["image_size"])
             assert result.max_abs_diff <= result.tolerance and result.skip == str(cfg), result
-    assert len(list(tmp_path.glob("*.onnx"))) == 2 ** net.num_stages
+    assert len(list(tmp_path.glob("*.onnx"))) == 2**net.num_stages

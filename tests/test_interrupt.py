@@ -2,6 +2,7 @@
 resumes in the same MLflow run: `train` (SIGTERM) from its latest checkpoint, `tune` (Ctrl-C) with its
 finished trials kept, a study's `cells` (SIGTERM mid-cell) with only the remaining epochs trained (real processes,
 real Ray)."""
+
 from __future__ import annotations
 
 import json
@@ -32,9 +33,16 @@ def _stage(project: Path, stage: str = "train", *args: str) -> subprocess.Popen:
     reads while the test polls fills up and blocks the stage."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     with open(project / f"{stage}.log", "w") as log:
-        return subprocess.Popen([sys.executable, str(ROOT / "pipelines" / f"{stage}.py"), *args], cwd=project, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "pipelines" / f"{stage}.py"), *args],
+            cwd=project,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
 
 
 def _output(project: Path, stage: str = "train") -> str:
@@ -48,20 +56,28 @@ def _project(tmp_path: Path, tiny_raw: dict[str, Any], override: dict[str, Any])
 
 
 def test_sigterm_during_train_then_resume(tmp_path: Path, tiny_raw: dict[str, Any]):
-    params = _project(tmp_path, tiny_raw, {"data": {"image_size": 32}, "train": {"workers": 1, "epochs": 6}})  # ~1 s/epoch
+    params = _project(
+        tmp_path, tiny_raw, {"data": {"image_size": 32}, "train": {"workers": 1, "epochs": 6}}
+    )  # ~1 s/epoch
     t = params["train"]  # what the tune stage would have chosen: train reads it
-    write_json({"alpha": t["alpha"], "temperature": t["temperature"], "split": [2, 2, 3, 2]},
-               tmp_path / "results" / "best_config.json")
+    write_json(
+        {"alpha": t["alpha"], "temperature": t["temperature"], "split": [2, 2, 3, 2]},
+        tmp_path / "results" / "best_config.json",
+    )
     proc = _stage(tmp_path)
     deadline = time.time() + 900
-    while not checkpoint_recorded(tmp_path, ".ray_results/train-*"):  # epoch 1's checkpoint, once Ray Train has recorded it
+    while not checkpoint_recorded(
+        tmp_path, ".ray_results/train-*"
+    ):  # epoch 1's checkpoint, once Ray Train has recorded it
         assert proc.poll() is None and time.time() < deadline, _output(tmp_path)[-3000:]
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=300) == 130, _output(tmp_path)[-3000:]
     out = _output(tmp_path)
     assert "interrupted: outputs of this stage were not written" in out
-    assert not (tmp_path / "models" / "model.pt").exists() and not (tmp_path / "results" / "train_metrics.json").exists()
+    assert (
+        not (tmp_path / "models" / "model.pt").exists() and not (tmp_path / "results" / "train_metrics.json").exists()
+    )
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", params["mlflow"]["experiment"])
     runs = tracker.client.search_runs([tracker.experiment_id])
     assert [r.info.status for r in runs] == ["KILLED"]
@@ -84,16 +100,23 @@ def test_sigterm_mid_cell_then_the_study_trains_only_the_remaining_epochs(tmp_pa
     epoch, trains only the epochs left, and logs into the same MLflow runs, each epoch once."""
     epochs = 8
     _project(tmp_path, tiny_raw, {"data": {"image_size": 32}})
-    study = {"name": "s", "seeds": [0, 1], "epochs": epochs, "overrides": {"train": {"workers": 1, "cpus_per_worker": 1}},
-             "variants": {"adn": {}}}
+    study = {
+        "name": "s",
+        "seeds": [0, 1],
+        "epochs": epochs,
+        "overrides": {"train": {"workers": 1, "cpus_per_worker": 1}},
+        "variants": {"adn": {}},
+    }
     (tmp_path / "studies" / "s").mkdir(parents=True)
     (tmp_path / "studies" / "s" / "study.yaml").write_text(yaml.safe_dump(study))
     args = ("--study", "studies/s/study.yaml")
     proc = _stage(tmp_path, "cells", *args)
     deadline = time.time() + 900
     # mid-cell: a few epochs in, and Ray Train has recorded a checkpoint
-    while not (re.search(rf"epoch +3/{epochs} ", _output(tmp_path, "cells"))
-               and checkpoint_recorded(tmp_path, ".ray_results/study-s/cell-*")):
+    while not (
+        re.search(rf"epoch +3/{epochs} ", _output(tmp_path, "cells"))
+        and checkpoint_recorded(tmp_path, ".ray_results/study-s/cell-*")
+    ):
         assert proc.poll() is None and time.time() < deadline, _output(tmp_path, "cells")[-3000:]
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
@@ -107,7 +130,11 @@ def test_sigterm_mid_cell_then_the_study_trains_only_the_remaining_epochs(tmp_pa
 
     proc = _stage(tmp_path, "cells", *args)
     assert proc.wait(timeout=900) == 0, _output(tmp_path, "cells")[-3000:]
-    second = _output(tmp_path, "cells")[len(first):] if _output(tmp_path, "cells").startswith(first) else _output(tmp_path, "cells")
+    second = (
+        _output(tmp_path, "cells")[len(first) :]
+        if _output(tmp_path, "cells").startswith(first)
+        else _output(tmp_path, "cells")
+    )
     resumed = [int(m) for m in re.findall(rf"adn-seed\d: resumes after epoch (\d+) of {epochs}", second)]
     assert resumed and all(0 < e < epochs for e in resumed), second[-3000:]
     assert "Traceback" not in second, second[-3000:]
@@ -143,8 +170,14 @@ def _result_lines(project: Path) -> dict[str, int]:
 def test_ctrl_c_during_tune_keeps_finished_trials(tmp_path: Path, tiny_raw: dict[str, Any]):
     # One trial at a time, each (about 30 s) well beyond Tune's experiment-state period (10 s, then written to
     # the storage folder asynchronously): the state that shows the first trial finished comes while the second runs.
-    params = _project(tmp_path, tiny_raw, {"data": {"image_size": 32},
-                                 "tune": {"num_samples": 2, "max_concurrent_trials": 1, "epochs": 30, "grace_period": 30}})
+    params = _project(
+        tmp_path,
+        tiny_raw,
+        {
+            "data": {"image_size": 32},
+            "tune": {"num_samples": 2, "max_concurrent_trials": 1, "epochs": 30, "grace_period": 30},
+        },
+    )
     (tmp_path / "results").mkdir()  # the train stage's metrics, which the sweep's summary quotes
     (tmp_path / "results" / "train_metrics.json").write_text(json.dumps({"objective": 50.0}))
     proc = _stage(tmp_path, "tune")
@@ -159,7 +192,10 @@ def test_ctrl_c_during_tune_keeps_finished_trials(tmp_path: Path, tiny_raw: dict
     assert proc.wait(timeout=300) == 130, _output(tmp_path, "tune")[-3000:]
     out = _output(tmp_path, "tune")
     assert "interrupted: outputs of this stage were not written" in out
-    assert not (tmp_path / "results" / "tune_trials.csv").exists() and not (tmp_path / "results" / "best_config.json").exists()
+    assert (
+        not (tmp_path / "results" / "tune_trials.csv").exists()
+        and not (tmp_path / "results" / "best_config.json").exists()
+    )
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", params["mlflow"]["experiment"])
     parents = tracker.client.search_runs([tracker.experiment_id], "tags.`adaskip.stage` = 'tune'")
     assert [r.info.status for r in parents] == [KILLED]
@@ -188,8 +224,11 @@ def test_ctrl_c_during_evaluate_keeps_finished_subtrees(tmp_path: Path, tiny_raw
 
     # 4 subtrees on 2 CPUs, two at a time, each a few seconds (latency reps at 32 px): Ctrl-C after the first ones
     # lands while others are running
-    params = _project(tmp_path, tiny_raw, {"data": {"image_size": 32}, "evaluate": {"parallelism": 4, "latency_reps": 1000,
-                                                                                      "latency_batch_sizes": [1]}})
+    params = _project(
+        tmp_path,
+        tiny_raw,
+        {"data": {"image_size": 32}, "evaluate": {"parallelism": 4, "latency_reps": 1000, "latency_batch_sizes": [1]}},
+    )
     net = Params.model_validate(params).build_model(num_classes=10)  # untrained weights do
     save_atomic({"spec": net.spec, "state_dict": net.state_dict()}, tmp_path / "models" / "model.pt")
     proc = _stage(tmp_path, "evaluate")
@@ -215,7 +254,7 @@ def test_ctrl_c_during_evaluate_keeps_finished_subtrees(tmp_path: Path, tiny_raw
     proc = _stage(tmp_path, "evaluate")
     assert proc.wait(timeout=600) == 0, _output(tmp_path, "evaluate")[-3000:]
     grid = pd.read_csv(tmp_path / "results" / "eval_grid.csv", dtype={"skip": str}).set_index("skip")
-    assert len(grid) == 2 ** net.num_stages
+    assert len(grid) == 2**net.num_stages
     assert set(grid.index[grid.acc1 == -1.0]) == marked  # finished subtrees kept, the others evaluated
     assert not list(tmp_path.glob(".ray_results/evaluate-*"))  # done: nothing left to resume
     parents = tracker.client.search_runs([tracker.experiment_id], "tags.`adaskip.stage` = 'evaluate'")

@@ -8,6 +8,7 @@ Speed notes (the suite must stay fast on 2 CPU cores):
   and on CPU for every family, and ``test_vit_macs_count_attention_on_cpu`` checks the CPU attention
   kernel is counted, so the meta shortcut does not hide a CPU-only counting problem.
 """
+
 from __future__ import annotations
 
 import copy
@@ -132,12 +133,15 @@ def test_default_split_formula():
     assert default_split([3, 4, 6, 3]) == [2, 2, 3, 2]
 
 
-@pytest.mark.parametrize("name, mandatory, skippable", [
-    ("resnet50", [2, 2, 3, 2], [1, 2, 3, 1]),
-    ("mobilenetv2_100", [1, 2, 2, 2, 2], [1, 1, 2, 1, 1]),
-    ("vit_base_patch16_224", [2, 2, 2, 2], [1, 1, 1, 1]),
-    ("swin_tiny_patch4_window7_224", [1, 1, 3, 1], [1, 1, 3, 1]),
-])
+@pytest.mark.parametrize(
+    "name, mandatory, skippable",
+    [
+        ("resnet50", [2, 2, 3, 2], [1, 2, 3, 1]),
+        ("mobilenetv2_100", [1, 2, 2, 2, 2], [1, 1, 2, 1, 1]),
+        ("vit_base_patch16_224", [2, 2, 2, 2], [1, 1, 1, 1]),
+        ("swin_tiny_patch4_window7_224", [1, 1, 3, 1], [1, 1, 3, 1]),
+    ],
+)
 def test_default_split_per_family(model_224, name, mandatory, skippable):
     model = model_224(name)
     assert model.num_stages == len(mandatory)
@@ -164,7 +168,7 @@ def test_stage_blocks_are_timm_blocks_in_order(model_224):
     vit = model_224("vit_base_patch16_224")
     blocks = list(vit.backbone.blocks)
     for i in range(4):
-        assert [b for b in vit.mandatory_blocks(i)] == blocks[3 * i:3 * i + 2]
+        assert [b for b in vit.mandatory_blocks(i)] == blocks[3 * i : 3 * i + 2]
         assert vit.skippable_blocks(i)[0] is blocks[3 * i + 2]
     # Swin: stage i = layers[i].blocks
     swin = model_224("swin_tiny_patch4_window7_224")
@@ -198,28 +202,39 @@ def test_custom_split_honoured():
     assert vit.blocks_per_stage == [(1, 2), (2, 1), (1, 2), (2, 1)]
 
 
-@pytest.mark.parametrize("name, kwargs, split", [("resnet18", {"channels": [8, 8, 16, 16]}, None),
-                                                 ("deit_tiny_patch16_224", {"img_size": 32}, [1, 2, 1, 2])])
+@pytest.mark.parametrize(
+    "name, kwargs, split",
+    [("resnet18", {"channels": [8, 8, 16, 16]}, None), ("deit_tiny_patch16_224", {"img_size": 32}, [1, 2, 1, 2])],
+)
 def test_model_carries_its_spec(name, kwargs, split):
     """create_model records what rebuilds the model (the split as resolved), the "spec" a model file saves."""
     from adaskip.training import build_from_spec
 
     net = create_model(name, num_classes=3, split=split, num_stages=4, **kwargs)
-    assert net.spec == {"name": name, "num_classes": 3, "split": net.split, "skip_aware_norm": True,
-                        "num_stages": 4, "kwargs": kwargs}
+    assert net.spec == {
+        "name": name,
+        "num_classes": 3,
+        "split": net.split,
+        "skip_aware_norm": True,
+        "num_stages": 4,
+        "kwargs": kwargs,
+    }
     again = build_from_spec(net.spec)
     assert again.spec == net.spec and again.blocks_per_stage == net.blocks_per_stage
     assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in net.state_dict().items()}
 
 
-@pytest.mark.parametrize("split, pattern", [
-    ([0, 2, 3, 2], r"stage 0 has 3 blocks.*\[1, 2\]"),      # no mandatory block
-    ([2, 2, 3, 3], r"stage 3 has 3 blocks.*\[1, 2\]"),      # no skippable block
-    ([2, 4, 3, 2], r"stage 1 has 4 blocks.*\[1, 3\]"),      # more than the stage has
-    ([2, 2, -1, 2], r"stage 2 has 6 blocks.*\[1, 5\]"),
-    ([2, 2, 3], r"3 entries.*4 stages"),                    # wrong length
-    ([2, 2, 3, 2, 1], r"5 entries.*4 stages"),
-])
+@pytest.mark.parametrize(
+    "split, pattern",
+    [
+        ([0, 2, 3, 2], r"stage 0 has 3 blocks.*\[1, 2\]"),  # no mandatory block
+        ([2, 2, 3, 3], r"stage 3 has 3 blocks.*\[1, 2\]"),  # no skippable block
+        ([2, 4, 3, 2], r"stage 1 has 4 blocks.*\[1, 3\]"),  # more than the stage has
+        ([2, 2, -1, 2], r"stage 2 has 6 blocks.*\[1, 5\]"),
+        ([2, 2, 3], r"3 entries.*4 stages"),  # wrong length
+        ([2, 2, 3, 2, 1], r"5 entries.*4 stages"),
+    ],
+)
 def test_impossible_split_raises(split, pattern):
     with pytest.raises(ValueError, match=pattern):
         _meta_model("resnet50", split=split)
@@ -272,10 +287,17 @@ def test_supported_models_cover_families():
 # --------------------------------------------------------------------------------------------------
 # 2. skip parsing and configurations
 # --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("value", [
-    "TTFF", "ttff", "TtFf", [True, True, False, False], (True, True, False, False),
-    SkipConfig((True, True, False, False)),
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "TTFF",
+        "ttff",
+        "TtFf",
+        [True, True, False, False],
+        (True, True, False, False),
+        SkipConfig((True, True, False, False)),
+    ],
+)
 def test_skip_parsing_accepts(value):
     cfg = SkipConfig.parse(value, 4)
     assert cfg == SkipConfig((True, True, False, False))
@@ -288,19 +310,22 @@ def test_skip_none_is_super_net():
     assert str(SkipConfig.super_net(3)) == "FFF" and str(SkipConfig.base_net(3)) == "TTT"
 
 
-@pytest.mark.parametrize("value, pattern", [
-    ("TTF", r"3 flag.*4 stages"),
-    ("TTFFF", r"5 flag.*4 stages"),
-    ("", r"0 flag.*4 stages"),
-    ([True, False], r"2 flag.*4 stages"),
-    (SkipConfig((True, True, True)), r"3 flag.*4 stages"),
-    ("TTFX", r"invalid character.*'X'"),
-    ("TT F", r"invalid character"),
-    ("1100", r"invalid character"),
-    ([1, 1, 0, 0], r"bools"),
-    (["T", "T", "F", "F"], r"bools"),
-    (5, r"string like 'TTFF'"),
-])
+@pytest.mark.parametrize(
+    "value, pattern",
+    [
+        ("TTF", r"3 flag.*4 stages"),
+        ("TTFFF", r"5 flag.*4 stages"),
+        ("", r"0 flag.*4 stages"),
+        ([True, False], r"2 flag.*4 stages"),
+        (SkipConfig((True, True, True)), r"3 flag.*4 stages"),
+        ("TTFX", r"invalid character.*'X'"),
+        ("TT F", r"invalid character"),
+        ("1100", r"invalid character"),
+        ([1, 1, 0, 0], r"bools"),
+        (["T", "T", "F", "F"], r"bools"),
+        (5, r"string like 'TTFF'"),
+    ],
+)
 def test_skip_parsing_rejects(value, pattern):
     with pytest.raises(ValueError, match=pattern):
         SkipConfig.parse(value, 4)
@@ -324,7 +349,7 @@ def test_model_skip_parsing(plain_model):
 def test_configs(model_224, name, stages):
     configs = model_224(name).configs()
     names = [str(c) for c in configs]
-    assert len(configs) == 2 ** stages
+    assert len(configs) == 2**stages
     assert len(set(names)) == len(names) == len(set(configs))
     assert set(names) == {"".join(p) for p in itertools.product("FT", repeat=stages)}
     assert names[0] == "F" * stages and names[-1] == "T" * stages
@@ -372,8 +397,9 @@ def _truncated_plain(name: str, plain: nn.Module, model: AdaptiveDepthNet, skip:
             p.layers[i].blocks = nn.Sequential(*list(p.layers[i].blocks)[:m])
         elif name.startswith("deit"):
             per = len(p.blocks) // model.num_stages
-            p.blocks = nn.Sequential(*[nn.Identity() if i * per + m <= k < (i + 1) * per else b
-                                       for k, b in enumerate(p.blocks)])
+            p.blocks = nn.Sequential(
+                *[nn.Identity() if i * per + m <= k < (i + 1) * per else b for k, b in enumerate(p.blocks)]
+            )
         else:  # pragma: no cover
             raise AssertionError(name)
     return p
@@ -432,8 +458,7 @@ def test_skipped_blocks_do_not_run(plain_model, name):
     for i in range(s):
         for kind, blocks in (("mandatory", model.mandatory_blocks(i)), ("skippable", model.skippable_blocks(i))):
             for j, block in enumerate(blocks):
-                handles.append(block.register_forward_hook(
-                    lambda mod, inp, out, key=(i, kind, j): calls.update([key])))
+                handles.append(block.register_forward_hook(lambda mod, inp, out, key=(i, kind, j): calls.update([key])))
     x = _inputs(name)
     try:
         for skip in ("T" * s, _mixed(s), "F" * s):
@@ -488,7 +513,9 @@ def _bn_state(model: AdaptiveDepthNet):
             for which in ("full", "skipped"):
                 bn = getattr(norm, which)
                 sets[(i, k, which)] = (bn.running_mean.clone(), int(bn.num_batches_tracked))
-        for k, bn in enumerate(m for b in model.skippable_blocks(i) for m in b.modules() if isinstance(m, nn.BatchNorm2d)):
+        for k, bn in enumerate(
+            m for b in model.skippable_blocks(i) for m in b.modules() if isinstance(m, nn.BatchNorm2d)
+        ):
             sets[(i, k, "skippable")] = (bn.running_mean.clone(), int(bn.num_batches_tracked))
     return sets
 
@@ -543,8 +570,9 @@ def test_no_skip_aware_norm_sub_networks_share_norms(plain_model):
     x = _inputs("resnet18")
     with torch.no_grad():
         torch.testing.assert_close(model(x, skip="FFFF"), plain(x), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(model(x, skip="TFTF"), _truncated_plain("resnet18", plain, model, "TFTF")(x),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model(x, skip="TFTF"), _truncated_plain("resnet18", plain, model, "TFTF")(x), rtol=1e-5, atol=1e-5
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -637,8 +665,12 @@ def test_timm_key_round_trip(plain_model):
     keys = list(model.state_dict())
     mapped = Counter(timm_key(model, k) for k in keys)
     assert set(mapped) == set(plain.state_dict())
-    wrapped = {f"{p}.{k}" for p, m in model.backbone.named_modules() if isinstance(m, SkipAwareNorm)
-               for k in m.full.state_dict()}
+    wrapped = {
+        f"{p}.{k}"
+        for p, m in model.backbone.named_modules()
+        if isinstance(m, SkipAwareNorm)
+        for k in m.full.state_dict()
+    }
     assert wrapped and {k for k, n in mapped.items() if n == 2} == wrapped
     assert all(n in (1, 2) for n in mapped.values())
     # resnet18: layer1.0 is mandatory (wrapped), layer1.1 skippable (not)
@@ -682,7 +714,9 @@ def test_macs_mobilenetv2_ratio(macs_224):
     assert macs["TTTTT"] / macs["FFFFF"] == pytest.approx(0.22 / 0.32, rel=0.02)
 
 
-@pytest.mark.parametrize("name", ["resnet50", "mobilenetv2_100", "vit_base_patch16_224", "swin_tiny_patch4_window7_224"])
+@pytest.mark.parametrize(
+    "name", ["resnet50", "mobilenetv2_100", "vit_base_patch16_224", "swin_tiny_patch4_window7_224"]
+)
 def test_macs_monotone_and_additive(macs_224, name):
     macs = macs_224(name)
     s = len(next(iter(macs)))
@@ -693,7 +727,7 @@ def test_macs_monotone_and_additive(macs_224, name):
         # adding a T flag strictly reduces MACs
         for i, flag in enumerate(skip):
             if flag == "F":
-                assert macs[skip[:i] + "T" + skip[i + 1:]] < value, (skip, i)
+                assert macs[skip[:i] + "T" + skip[i + 1 :]] < value, (skip, i)
         # skipping stage i always saves the same amount (its skippable blocks)
         assert value == full - sum(d for d, f in zip(saved, skip) if f == "T"), skip
 
@@ -737,7 +771,9 @@ def _numel(modules) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
 
 
-@pytest.mark.parametrize("name", ["resnet50", "mobilenetv2_100", "vit_base_patch16_224", "swin_tiny_patch4_window7_224"])
+@pytest.mark.parametrize(
+    "name", ["resnet50", "mobilenetv2_100", "vit_base_patch16_224", "swin_tiny_patch4_window7_224"]
+)
 def test_count_params(model_224, name):
     with torch.device("meta"):
         plain_count = sum(p.numel() for p in timm.create_model(name).parameters())
@@ -757,11 +793,14 @@ def test_count_params(model_224, name):
     assert extra > 0 and sum(p.numel() for p in aware.parameters()) == plain_count + extra
 
 
-@pytest.mark.parametrize("depths, expect", [
-    ([3, 4, 6, 3], [[2, 2, 3, 2], [1, 1, 2, 1], [2, 3, 4, 2]]),
-    ([2, 2, 2, 2], [[1, 1, 1, 1]]),                       # one block each side only
-    ([3, 3, 3, 3], [[2, 2, 2, 2], [1, 1, 1, 1]]),         # the rule already leaves one skippable block
-])
+@pytest.mark.parametrize(
+    "depths, expect",
+    [
+        ([3, 4, 6, 3], [[2, 2, 3, 2], [1, 1, 2, 1], [2, 3, 4, 2]]),
+        ([2, 2, 2, 2], [[1, 1, 1, 1]]),  # one block each side only
+        ([3, 3, 3, 3], [[2, 2, 2, 2], [1, 1, 1, 1]]),  # the rule already leaves one skippable block
+    ],
+)
 def test_candidate_splits_follow_stage_depths(depths, expect):
     from adaskip.models import candidate_splits
 

@@ -1,4 +1,5 @@
 """End to end: the real `dvc repro` in a fresh git repo on tiny settings, then the contract files and MLflow."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,11 @@ from adaskip.tracking import FINISHED, Tracker
 
 from conftest import ROOT, TINY, merge
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.subprocess]  # dvc repro and stage scripts on a `ray start` head
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.ray,
+    pytest.mark.subprocess,
+]  # dvc repro and stage scripts on a `ray start` head
 EPOCHS = 4
 COPY = ["adaskip", "pipelines", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"]
 
@@ -47,9 +52,23 @@ def ray_address() -> Iterator[str]:
     ray = str(Path(sys.executable).parent / "ray")
     log = Path(tmp) / "start.log"
     with log.open("w") as out:
-        head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-                                 "--num-cpus=2", "--include-dashboard=false", f"--object-store-memory={300 * 2**20}",
-                                 f"--temp-dir={tmp}"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        head = subprocess.Popen(
+            [
+                ray,
+                "start",
+                "--head",
+                "--block",
+                "--node-ip-address=127.0.0.1",
+                f"--port={port}",
+                "--num-cpus=2",
+                "--include-dashboard=false",
+                f"--object-store-memory={300 * 2**20}",
+                f"--temp-dir={tmp}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.time() + 300
         while "block forever" not in log.read_text():  # printed once the head is up
@@ -78,7 +97,9 @@ def project(tmp_path_factory) -> Path:
             shutil.copy2(src, dst)
     # one training worker here: 2-worker DDP is covered by tests/test_ray.py, and each worker costs start-up time;
     # 4 epochs: TINY's 2 (cosine to 0) leave the tiny net near 30 %, too close to chance to tell a broken pipeline
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), merge(TINY, {"train": {"workers": 1, "epochs": EPOCHS}}))
+    params = merge(
+        yaml.safe_load((ROOT / "params.yaml").read_text()), merge(TINY, {"train": {"workers": 1, "epochs": EPOCHS}})
+    )
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _sh(repo, "git", "init", "-q")
     _sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
@@ -131,7 +152,9 @@ TINY_SPLITS = [[2, 2, 3, 2], [1, 1, 2, 1], [2, 3, 4, 2]]  # tune.splits: auto fo
 def test_mlflow_runs(reproduced: Path):
     tracker = Tracker(f"sqlite:///{reproduced / 'mlflow.db'}", "adaskip")
     runs = tracker.client.search_runs([tracker.experiment_id], max_results=1000)
-    assert runs and all(r.info.status in (FINISHED, "KILLED") for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    assert runs and all(r.info.status in (FINISHED, "KILLED") for r in runs), [
+        (r.info.run_name, r.info.status) for r in runs
+    ]
     stages = {r.data.tags.get("adaskip.stage"): r for r in runs if "adaskip.stage" in r.data.tags}
     assert set(stages) == {"train", "tune", "evaluate", "report"}
     assert all(r.info.status == FINISHED for r in stages.values())
@@ -143,7 +166,9 @@ def test_mlflow_runs(reproduced: Path):
     assert trained == {k: best[k] for k in ("alpha", "temperature", "split")}
     assert stages["tune"].info.start_time < train.info.start_time
     grid_children = tracker.children(stages["evaluate"].info.run_id)
-    assert sorted(r.data.tags["skip"] for r in grid_children) == sorted(pd.read_csv(reproduced / "results" / "eval_grid.csv").skip)
+    assert sorted(r.data.tags["skip"] for r in grid_children) == sorted(
+        pd.read_csv(reproduced / "results" / "eval_grid.csv").skip
+    )
     assert all({"acc1", "macs", "latency_ms", "latency_p50_ms_b32"} <= set(r.data.metrics) for r in grid_children)
     assert len(tracker.children(stages["tune"].info.run_id)) == 2  # one per trial
     # evaluate's registry entries: the grid beside the trained version, its aliases on versions serving each default
@@ -156,7 +181,8 @@ def test_mlflow_runs(reproduced: Path):
         mv = tracker.client.get_model_version_by_alias("adaskip", alias)
         assert mv.tags[f"adaskip.alias.{alias}"] == skip and mv.tags.get("adaskip.skip", "FFFF") == skip
         assert (mv.version == version) == (skip == "FFFF") and mv.source == tracker.client.get_model_version(
-            "adaskip", version).source
+            "adaskip", version
+        ).source
     import mlflow.artifacts
 
     root = Path(mlflow.artifacts.download_artifacts("models:/adaskip@base", tracking_uri=tracker.uri))
@@ -180,8 +206,13 @@ def test_ray_head_requires_the_token(reproduced: Path, ray_address: str):
     """The Ray servers listen on every interface; with adaskip's defaults a client without the token is refused
     (the stages above joined with it)."""
     code = f"import ray; ray.init(address={ray_address!r})"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
     assert r.returncode != 0 and "InvalidAuthToken" in r.stderr + r.stdout, (r.stdout + r.stderr)[-2000:]
 
 
@@ -194,9 +225,17 @@ def test_study_pipeline(reproduced: Path, ray_address: str, tmp_path: Path):
     study_dir.mkdir(parents=True)
     shutil.copy2(ROOT / "studies" / "ablation" / "dvc.yaml", study_dir / "dvc.yaml")
     # three 1-CPU cells on 2 CPUs: two at once, the third queued (no deadlock); the KD baseline trains its teacher
-    spec = {"name": "ablation", "seeds": [0], "epochs": 1, "overrides": {"train": {"workers": 1, "cpus_per_worker": 1}},
-            "variants": {"adn": {}, "individual_full": {"baseline": "super"},
-                         "kd_individual_base": {"baseline": "base", "teacher": "super"}}}
+    spec = {
+        "name": "ablation",
+        "seeds": [0],
+        "epochs": 1,
+        "overrides": {"train": {"workers": 1, "cpus_per_worker": 1}},
+        "variants": {
+            "adn": {},
+            "individual_full": {"baseline": "super"},
+            "kd_individual_base": {"baseline": "base", "teacher": "super"},
+        },
+    }
     (study_dir / "study.yaml").write_text(yaml.safe_dump(spec))
     git = ("git", "-c", "user.name=t", "-c", "user.email=t@t")
     _sh(reproduced, *git, "add", "-A")
@@ -205,7 +244,10 @@ def test_study_pipeline(reproduced: Path, ray_address: str, tmp_path: Path):
     ran = [line.split("'")[1].split(":")[-1] for line in r.stdout.splitlines() if line.startswith("Running stage")]
     assert sorted(ran) == ["cells@adn", "cells@individual_full", "cells@kd_individual_base", "compare"], r.stdout
     assert ran[-1] == "compare" and "(3 of 3 cells, " in r.stderr, r.stderr[-3000:]  # adn's and those run ahead
-    assert "plan: 3 cells, each 1 worker x 1 CPU; the cluster (1 node(s), 2 CPUs, 0 GPUs) runs 2 at once, 2 waves" in r.stderr
+    assert (
+        "plan: 3 cells, each 1 worker x 1 CPU; the cluster (1 node(s), 2 CPUs, 0 GPUs) runs 2 at once, 2 waves"
+        in r.stderr
+    )
     assert "kd_individual_base-seed0 teacher: epoch 1/1" in r.stderr and "Traceback" not in r.stderr
     res = study_dir / "results"
     adn, ind, kd = (pd.read_csv(res / "cells" / f"{v}.csv") for v in ("adn", "individual_full", "kd_individual_base"))
@@ -222,15 +264,28 @@ def test_study_pipeline(reproduced: Path, ray_address: str, tmp_path: Path):
     parent = parents[0].info.run_id
     children = tracker.children(parent)
     assert sorted((c.data.tags["variant"], c.data.tags["seed"]) for c in children) == [
-        ("adn", "0"), ("individual_full", "0"), ("kd_individual_base", "0")]
+        ("adn", "0"),
+        ("individual_full", "0"),
+        ("kd_individual_base", "0"),
+    ]
     [kd_run] = [c for c in children if c.data.tags["variant"] == "kd_individual_base"]
     assert "teacher_train_loss" in kd_run.data.metrics and "train_kd" in kd_run.data.metrics
     assert all(c.info.status == FINISHED for c in children)
     _sh(reproduced, *git, "add", "-A")
     _sh(reproduced, *git, "commit", "-qm", "study results")
 
-    r = _sh(reproduced, "dvc", "exp", "run", "-n", "alpha09", "studies/ablation/dvc.yaml",
-            "-S", "studies/ablation/study.yaml:++variants.adn.overrides.train.alpha=0.9", RAY_ADDRESS=ray_address)
+    r = _sh(
+        reproduced,
+        "dvc",
+        "exp",
+        "run",
+        "-n",
+        "alpha09",
+        "studies/ablation/dvc.yaml",
+        "-S",
+        "studies/ablation/study.yaml:++variants.adn.overrides.train.alpha=0.9",
+        RAY_ADDRESS=ray_address,
+    )
     assert "Running stage 'studies/ablation/dvc.yaml:cells@adn'" in r.stdout
     assert "Running stage 'studies/ablation/dvc.yaml:cells@individual_full'" not in r.stdout, r.stdout
     assert len(tracker.children(parent)) == 4  # the changed variant's new cell, in the same study run
@@ -244,9 +299,14 @@ def test_study_pipeline(reproduced: Path, ray_address: str, tmp_path: Path):
 
 # every family's model and export are in test_config and test_export (in CI); the pipeline runs, about 3 min each:
 # make test-extended
-@pytest.mark.parametrize("name", [pytest.param("mobilenetv2_100", marks=pytest.mark.extended),
-                                  pytest.param("deit_tiny_patch16_224", marks=pytest.mark.extended),
-                                  pytest.param("swin_tiny_patch4_window7_224", marks=pytest.mark.extended)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("mobilenetv2_100", marks=pytest.mark.extended),
+        pytest.param("deit_tiny_patch16_224", marks=pytest.mark.extended),
+        pytest.param("swin_tiny_patch4_window7_224", marks=pytest.mark.extended),
+    ],
+)
 def test_any_family_by_changing_model_name(reproduced: Path, ray_address: str, name: str, tmp_path: Path):
     """Another family (the ResNet is the run above) by changing model.name only: the sweep's splits follow its stage
     depths, ViT/Swin get img_size from data.image_size, and every stage runs on it. One sweep trial and one epoch:
@@ -255,8 +315,19 @@ def test_any_family_by_changing_model_name(reproduced: Path, ray_address: str, n
     from adaskip.training import load_model
 
     proj = _copy(reproduced, tmp_path / "proj")
-    r = _sh(proj, "dvc", "exp", "run", "-S", f"model.name={name}", "-S", "tune.num_samples=1", "-S", "train.epochs=1",
-            RAY_ADDRESS=ray_address)
+    r = _sh(
+        proj,
+        "dvc",
+        "exp",
+        "run",
+        "-S",
+        f"model.name={name}",
+        "-S",
+        "tune.num_samples=1",
+        "-S",
+        "train.epochs=1",
+        RAY_ADDRESS=ray_address,
+    )
     ran = {line.split("'")[1] for line in r.stdout.splitlines() if line.startswith("Running stage")}
     assert ran == {"tune", "train", "evaluate", "report"}, r.stdout
     params = load_params(proj / "params.yaml")
@@ -266,4 +337,4 @@ def test_any_family_by_changing_model_name(reproduced: Path, ray_address: str, n
     trained = json.loads((proj / "results" / "train_metrics.json").read_text())["trained_with"]
     assert trained["split"] == net.split and net.split in params.tune_splits()
     grid = pd.read_csv(proj / "results" / "eval_grid.csv")
-    assert len(grid) == 2 ** net.num_stages and grid.acc1.notna().all()
+    assert len(grid) == 2**net.num_stages and grid.acc1.notna().all()

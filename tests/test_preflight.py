@@ -1,4 +1,5 @@
 """The cluster preflight (adaskip doctor) on a real local Ray: each check finds its problem and names the fix."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 No Ray: ``fit`` runs in this process. The last test trains a plain timm model on digits, saves it, and shows
 that adaptive-depth training started from it reaches the from-scratch super-net accuracy in fewer epochs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,8 +42,12 @@ def _plain(num_classes: int = NUM_CLASSES, seed: int = 0, name: str = NAME, **kw
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
-                for t, lo, hi in ((m.weight, 0.5, 1.5), (m.bias, -0.3, 0.3), (m.running_mean, -0.2, 0.2),
-                                  (m.running_var, 0.5, 1.5)):
+                for t, lo, hi in (
+                    (m.weight, 0.5, 1.5),
+                    (m.bias, -0.3, 0.3),
+                    (m.running_mean, -0.2, 0.2),
+                    (m.running_var, 0.5, 1.5),
+                ):
                     t.copy_(torch.rand(t.shape, generator=gen) * (hi - lo) + lo)
     return model.eval()
 
@@ -129,17 +134,24 @@ def _unchanged(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> bool:
 
 def test_wrong_architecture_is_a_clear_error(tmp_path):
     path = tmp_path / "resnet18.safetensors"
-    safetensors.torch.save_file(timm.create_model("resnet18", num_classes=NUM_CLASSES, **KWARGS).state_dict(), str(path))
+    safetensors.torch.save_file(
+        timm.create_model("resnet18", num_classes=NUM_CLASSES, **KWARGS).state_dict(), str(path)
+    )
     model = _adaptive()
     snapshot = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(PretrainedError, match=r"^model\.pretrained: .*resnet18\.safetensors does not fit the model "
-                                               r"resnet34 \(.*(missing|unexpected) keys.*layer"):
+    with pytest.raises(
+        PretrainedError,
+        match=r"^model\.pretrained: .*resnet18\.safetensors does not fit the model "
+        r"resnet34 \(.*(missing|unexpected) keys.*layer",
+    ):
         load_pretrained(model, str(path))
     assert _unchanged(model, snapshot)  # no partial load
 
     wide = tmp_path / "wide.pth"  # same keys, other widths: a shape mismatch outside the head is an error
     torch.save(timm.create_model(NAME, num_classes=NUM_CLASSES, channels=[16, 32, 64, 128]).state_dict(), wide)
-    with pytest.raises(PretrainedError, match=r"^model\.pretrained: .*wide\.pth does not fit .*shape mismatches.*conv1\.weight"):
+    with pytest.raises(
+        PretrainedError, match=r"^model\.pretrained: .*wide\.pth does not fit .*shape mismatches.*conv1\.weight"
+    ):
         load_pretrained(model, str(wide))
     assert _unchanged(model, snapshot)
 
@@ -181,8 +193,11 @@ def test_hub_name_offline_is_a_fast_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     before = constants.HF_HUB_OFFLINE
     start = time.monotonic()
-    with pytest.raises(PretrainedError, match=r"^model\.pretrained: cannot download timm weights 'resnet34\.a1_in1k' "
-                                               r"offline: pass a local .*\.safetensors file"):
+    with pytest.raises(
+        PretrainedError,
+        match=r"^model\.pretrained: cannot download timm weights 'resnet34\.a1_in1k' "
+        r"offline: pass a local .*\.safetensors file",
+    ):
         load_pretrained(_adaptive(), "resnet34.a1_in1k", **KWARGS)
     assert time.monotonic() - start < 10
     assert constants.HF_HUB_OFFLINE == before  # restored
@@ -194,7 +209,9 @@ def test_hub_name_on_this_machine(tmp_path):
     if pretrained_mod._hub_reachable():
         pytest.skip("the hub is reachable here")
     start = time.monotonic()
-    with pytest.raises(PretrainedError, match=r"^model\.pretrained: cannot (download|load) timm weights 'hf-hub:timm/resnet34"):
+    with pytest.raises(
+        PretrainedError, match=r"^model\.pretrained: cannot (download|load) timm weights 'hf-hub:timm/resnet34"
+    ):
         load_pretrained(_adaptive(), "hf-hub:timm/resnet34.a1_in1k", **KWARGS)
     assert time.monotonic() - start < 15
 
@@ -214,7 +231,10 @@ def test_params_validation(tiny_raw, tmp_path, monkeypatch):
     p = parse_params(merge(tiny_raw, {"model": {"pretrained": "w.pth"}}))
     p.check_model()
     assert p.model.pretrained == str(tmp_path / "w.pth")  # absolute: Ray workers run with another cwd
-    assert parse_params(merge(tiny_raw, {"model": {"pretrained": "resnet34.a1_in1k"}})).model.pretrained == "resnet34.a1_in1k"
+    assert (
+        parse_params(merge(tiny_raw, {"model": {"pretrained": "resnet34.a1_in1k"}})).model.pretrained
+        == "resnet34.a1_in1k"
+    )
     assert parse_params(merge(tiny_raw, {"model": {"pretrained": None}})).model.pretrained is None
 
 
@@ -265,8 +285,11 @@ def runs(tmp_path_factory):
     out = {"plain_acc": plain_acc, "path": path, "params": pretrained_params}
     for label, params in (("scratch", scratch_params), ("pretrained", pretrained_params)):
         curve, states = [], []
-        fit(params, WorkerEnv(report=lambda m, s, c=curve, st=states: (c.append(m["val_acc_super"]), st.append(s))),
-            epochs=EPOCHS)
+        fit(
+            params,
+            WorkerEnv(report=lambda m, s, c=curve, st=states: (c.append(m["val_acc_super"]), st.append(s))),
+            epochs=EPOCHS,
+        )
         out[label], out[label + "_states"] = curve, states
     return out
 
@@ -275,8 +298,10 @@ def test_pretrained_start_reaches_scratch_accuracy_in_fewer_epochs(runs):
     threshold = runs["scratch"][-1]
     scratch_n, pre_n = _epochs_to(runs["scratch"], threshold), _epochs_to(runs["pretrained"], threshold)
     print(f"\nplain timm model pretrained {PRETRAIN_EPOCHS} epochs on digits: val acc {runs['plain_acc']:.1f}%")
-    print(f"val super-net accuracy per epoch ({EPOCHS} epochs of adaptive-depth training, threshold {threshold:.1f}% "
-          "= the scratch run's final):")
+    print(
+        f"val super-net accuracy per epoch ({EPOCHS} epochs of adaptive-depth training, threshold {threshold:.1f}% "
+        "= the scratch run's final):"
+    )
     for label, n in (("scratch", scratch_n), ("pretrained", pre_n)):
         print(f"  {label:>10}: {', '.join(f'{a:.1f}' for a in runs[label])}  -> epochs to threshold: {n}")
     assert scratch_n is not None and pre_n is not None, runs
@@ -287,12 +312,16 @@ def test_pretrained_start_reaches_scratch_accuracy_in_fewer_epochs(runs):
 
 def test_resumed_run_keeps_its_checkpoint(runs, monkeypatch):
     """A resumed run with model.pretrained set does not reload the pretrained weights: the checkpoint wins."""
+
     def boom(*args, **kwargs):
         raise AssertionError("pretrained weights reloaded on resume")
 
     monkeypatch.setattr(loop, "load_pretrained", boom)
     state = runs["scratch_states"][-2]  # resume at the last epoch: one epoch runs from the scratch checkpoint
     reported = []
-    fit(runs["params"], WorkerEnv(report=lambda m, s: reported.append(m["val_acc_super"]), resume_state=state),
-        epochs=EPOCHS)
+    fit(
+        runs["params"],
+        WorkerEnv(report=lambda m, s: reported.append(m["val_acc_super"]), resume_state=state),
+        epochs=EPOCHS,
+    )
     assert len(reported) == 1  # only the last epoch ran, from the scratch checkpoint

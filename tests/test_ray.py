@@ -1,4 +1,5 @@
 """Ray Train, Ray Tune and the parallel grid on a real local Ray cluster, logging to a real MLflow store."""
+
 from __future__ import annotations
 
 import os
@@ -51,10 +52,16 @@ def test_train_ddp_worker_failure_resumes(ray_cluster, tiny_raw, mlflow_uri, tmp
     killed: list[int] = []
     killer = threading.Thread(target=_kill_a_worker_after_a_checkpoint, args=(storage / "train-x", killed), daemon=True)
     killer.start()
-    metrics, state = run_training(params, Storage(str(storage)), "train-x", TrackingTarget(mlflow_uri, "t", run_id), epochs=EPOCHS)
+    metrics, state = run_training(
+        params, Storage(str(storage)), "train-x", TrackingTarget(mlflow_uri, "t", run_id), epochs=EPOCHS
+    )
     killer.join(timeout=1)
     assert killed, "no worker was killed"
-    assert metrics["epoch"] == EPOCHS and state["epoch"] == EPOCHS - 1 and set(state) >= {"model", "optimizer", "spec", "macs"}
+    assert (
+        metrics["epoch"] == EPOCHS
+        and state["epoch"] == EPOCHS - 1
+        and set(state) >= {"model", "optimizer", "spec", "macs"}
+    )
     assert metrics["val_acc_super"] > 25 and metrics["val_acc_base"] > 25  # 10 classes: chance is 10 %
     # rank 0 only (not once per worker), and each epoch once: an epoch the killed group had logged but not
     # checkpointed is trained again by the restarted group, which does not log it again
@@ -74,8 +81,15 @@ def test_sweep_survives_a_crashing_trial(ray_cluster, tiny_params, mlflow_uri, t
     params = tiny_params.model_copy(update={"tune": tiny_params.tune.model_copy(update={"num_samples": 1})})
     tracker = Tracker(mlflow_uri, "t")
     parent = tracker.start_run("tune")
-    trials = run_sweep(params, Storage(str(tmp_path / "ray")), "sweep", mlflow_uri, "t", parent,
-                       space={"lr": tune.grid_search([0.1, 1e12])})
+    trials = run_sweep(
+        params,
+        Storage(str(tmp_path / "ray")),
+        "sweep",
+        mlflow_uri,
+        "t",
+        parent,
+        space={"lr": tune.grid_search([0.1, 1e12])},
+    )
     tracker.end_leftovers(parent)
     assert len(trials) == 2
     ok, bad = trials[trials.error.isna()], trials[trials.error.notna()]
@@ -103,12 +117,16 @@ def test_parallel_grid_equals_in_process_grid(ray_cluster, tiny_params, tmp_path
     subsets = load_subsets(tiny_params.data)
     net = tiny_params.build_model(num_classes=subsets.num_classes)
     grid = evaluate_parallel({"spec": net.spec, "state_dict": net.state_dict()}, tiny_params, Storage(str(tmp_path)))
-    assert len(grid) == 2 ** net.num_stages
+    assert len(grid) == 2**net.num_stages
     assert set(grid.columns) >= {"skip", "macs", "params", "acc1", "acc5", "latency_ms", "pareto"}
     assert grid.pareto.dtype == bool and grid.pareto.any()
     by_skip = grid.set_index("skip")
-    assert by_skip.macs["FFFF"] > by_skip.macs["TFFF"] > by_skip.macs["TTFF"] > by_skip.macs["TTTF"] > by_skip.macs["TTTT"]
-    local = evaluate_grid(net.eval(), make_loader(subsets.test, 128, shuffle=False, seed=0), progress=False).set_index("skip")
+    assert (
+        by_skip.macs["FFFF"] > by_skip.macs["TFFF"] > by_skip.macs["TTFF"] > by_skip.macs["TTTF"] > by_skip.macs["TTTT"]
+    )
+    local = evaluate_grid(net.eval(), make_loader(subsets.test, 128, shuffle=False, seed=0), progress=False).set_index(
+        "skip"
+    )
     pd.testing.assert_series_equal(by_skip.acc1.sort_index(), local.acc1.sort_index(), check_names=False, atol=1e-9)
 
     saved = sorted(tmp_path.glob("*.csv"))
@@ -116,9 +134,10 @@ def test_parallel_grid_equals_in_process_grid(ray_cluster, tiny_params, tmp_path
     kept = pd.read_csv(saved[0], dtype={"skip": str}).assign(acc1=-1.0)  # a marker only a reused file can carry
     kept.to_csv(saved[0], index=False)
     saved[1].unlink()  # this subtree was still running when the stage was interrupted
-    again = evaluate_parallel({"spec": net.spec, "state_dict": net.state_dict()}, tiny_params, Storage(str(tmp_path))).set_index("skip")
+    again = evaluate_parallel(
+        {"spec": net.spec, "state_dict": net.state_dict()}, tiny_params, Storage(str(tmp_path))
+    ).set_index("skip")
     assert (again.acc1[kept.skip] == -1.0).all()  # reused, not evaluated again
     redone = again.index.difference(kept.skip)
     assert len(redone) == 2 ** (net.num_stages - 1) and saved[1].exists()
     pd.testing.assert_series_equal(again.acc1[redone], by_skip.acc1[redone])
-

@@ -1,5 +1,6 @@
 """Recipes (params overlays in recipes/, ``adaskip recipe``) and the recipe knobs they set: mixup/cutmix, EMA and
 channels-last training. Fast, CPU, no Ray."""
+
 from __future__ import annotations
 
 import re
@@ -38,7 +39,7 @@ def _keys(overlay: dict[str, Any], prefix: str = "") -> set[str]:
 
 
 def _comments(text: str) -> list[str]:
-    return [line[line.index("#"):] for line in text.splitlines() if "#" in line]
+    return [line[line.index("#") :] for line in text.splitlines() if "#" in line]
 
 
 def _key_order(text: str) -> list[str]:
@@ -115,8 +116,19 @@ def test_resnet50_recipe_is_the_papers(params_file, tmp_path):
 # ----------------------------------------------------------------------------- adaskip recipe
 def test_cli_keeps_comments_and_order(params_file, tmp_path, capsys):
     original = params_file.read_text()
-    assert _run_cli("recipe", "cifar100", "--params", str(params_file), "--set", f"data.path={tmp_path}",
-                    "--set", "train.epochs=7") == 0
+    assert (
+        _run_cli(
+            "recipe",
+            "cifar100",
+            "--params",
+            str(params_file),
+            "--set",
+            f"data.path={tmp_path}",
+            "--set",
+            "train.epochs=7",
+        )
+        == 0
+    )
     text = params_file.read_text()
     assert text != original
     assert _comments(text) == _comments(original)
@@ -127,13 +139,16 @@ def test_cli_keeps_comments_and_order(params_file, tmp_path, capsys):
     assert "data.name: digits -> cifar100" in out and "train.epochs: 15 -> 7" in out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["cifar100", "--set", "train.lrr=0.1"], "train.lrr: unknown key"),
-    (["cifar100", "--set", "trian.lr=0.1"], "trian: unknown key"),
-    (["cifar100", "--set", "train.lr=-1"], "train.lr"),
-    (["no_such_recipe"], "unknown recipe 'no_such_recipe'"),
-    (["cifar100", "--set", "train.lr"], "expected section.key=value"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["cifar100", "--set", "train.lrr=0.1"], "train.lrr: unknown key"),
+        (["cifar100", "--set", "trian.lr=0.1"], "trian: unknown key"),
+        (["cifar100", "--set", "train.lr=-1"], "train.lr"),
+        (["no_such_recipe"], "unknown recipe 'no_such_recipe'"),
+        (["cifar100", "--set", "train.lr"], "expected section.key=value"),
+    ],
+)
 def test_cli_bad_input_exits_2_and_leaves_params(argv, message, params_file, tmp_path, capsys):
     original = params_file.read_text()
     sets = ["--set", f"data.path={tmp_path}"] if argv[0] == "cifar100" else []
@@ -156,7 +171,10 @@ def test_cli_help_lists_shipped_recipes(capsys):
 
 def test_parse_sets():
     assert parse_sets(["train.lr=0.1", "model.kwargs={a: 1}", "data.path="]) == {
-        "train": {"lr": 0.1}, "model": {"kwargs": {"a": 1}}, "data": {"path": None}}
+        "train": {"lr": 0.1},
+        "model": {"kwargs": {"a": 1}},
+        "data": {"path": None},
+    }
 
 
 # ----------------------------------------------------------------------------- mixup / cutmix
@@ -236,8 +254,12 @@ def test_fit_trains_on_mixed_soft_targets(tiny_params, monkeypatch, distill):
 
     monkeypatch.setattr(loop, "distill_step" if distill else "plain_step", record)
     with pytest.raises(Stop):
-        loop.fit(_train(tiny_params, mixup=0.8, cutmix=1.0), loop.WorkerEnv(), epochs=1,
-                 mode=loop.SELF_DISTILLATION if distill else loop.FitMode(alone="TTTT"))
+        loop.fit(
+            _train(tiny_params, mixup=0.8, cutmix=1.0),
+            loop.WorkerEnv(),
+            epochs=1,
+            mode=loop.SELF_DISTILLATION if distill else loop.FitMode(alone="TTTT"),
+        )
     assert seen[0].dim() == 2 and seen[0].shape[1] == 10
 
 
@@ -302,8 +324,16 @@ def test_channels_last_gives_the_same_step(tiny_params):
 
 
 def test_channels_last_only_for_convolutional_families(tiny_params):
-    vit = adaskip.create_model("deit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=8, depth=4,
-                               embed_dim=32, num_heads=2, num_stages=2)
+    vit = adaskip.create_model(
+        "deit_tiny_patch16_224",
+        num_classes=3,
+        img_size=32,
+        patch_size=8,
+        depth=4,
+        embed_dim=32,
+        num_heads=2,
+        num_stages=2,
+    )
     assert loop.memory_format(tiny_params, vit) == torch.contiguous_format
     assert loop.memory_format(_train(tiny_params, channels_last=False), tiny_resnet()) == torch.contiguous_format
 
@@ -315,8 +345,12 @@ def test_fit_feeds_channels_last_batches(tiny_params, monkeypatch):
         pass
 
     def record(model, images, *args, **kwargs):
-        seen.append((images.is_contiguous(memory_format=torch.channels_last),
-                     model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)))
+        seen.append(
+            (
+                images.is_contiguous(memory_format=torch.channels_last),
+                model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last),
+            )
+        )
         raise Stop
 
     monkeypatch.setattr(loop, "distill_step", record)

@@ -1,5 +1,6 @@
 """Credentials stay in the environment: URIs carrying one are refused or cleaned, and what adaskip prints or logs is
 redacted (passwords in URIs, credentials in query strings, the values of secret variables)."""
+
 from __future__ import annotations
 
 import io
@@ -16,9 +17,17 @@ from adaskip.tracking import resolve_uri
 SECRET = "wJalrXUtnFEMI-K7MDENG"
 
 
-@pytest.mark.parametrize("uri, has", [("s3://bucket/prefix", False), ("s3://AKID:secret@bucket/p", True),
-                                      ("http://user@host:5000", False), ("https://u:p@host", True),
-                                      ("https://host/x?X-Amz-Signature=abc&y=1", True), ("/a/path:with@signs", False)])
+@pytest.mark.parametrize(
+    "uri, has",
+    [
+        ("s3://bucket/prefix", False),
+        ("s3://AKID:secret@bucket/p", True),
+        ("http://user@host:5000", False),
+        ("https://u:p@host", True),
+        ("https://host/x?X-Amz-Signature=abc&y=1", True),
+        ("/a/path:with@signs", False),
+    ],
+)
 def test_credentials_in(uri: str, has: bool):
     assert credentials_in(uri) is has
 
@@ -26,10 +35,14 @@ def test_credentials_in(uri: str, has: bool):
 def test_redact_uris_queries_and_secret_values(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "short")  # too short to mask: it would mask ordinary words
-    text = (f"s3://AKID:{SECRET}@bucket/x failed; see https://admin:pw1234@10.0.0.5:5000/#/ and "
-            f"https://b.s3/o?X-Amz-Credential=AKID%2F&X-Amz-Signature=f00d&part=1; key {SECRET}; a short story")
-    assert redact(text) == ("s3://***@bucket/x failed; see https://***@10.0.0.5:5000/#/ and "
-                            "https://b.s3/o?X-Amz-Credential=***&X-Amz-Signature=***&part=1; key ***; a short story")
+    text = (
+        f"s3://AKID:{SECRET}@bucket/x failed; see https://admin:pw1234@10.0.0.5:5000/#/ and "
+        f"https://b.s3/o?X-Amz-Credential=AKID%2F&X-Amz-Signature=f00d&part=1; key {SECRET}; a short story"
+    )
+    assert redact(text) == (
+        "s3://***@bucket/x failed; see https://***@10.0.0.5:5000/#/ and "
+        "https://b.s3/o?X-Amz-Credential=***&X-Amz-Signature=***&part=1; key ***; a short story"
+    )
 
 
 def test_log_records_and_error_lines_are_redacted(monkeypatch):

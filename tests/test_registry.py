@@ -1,6 +1,7 @@
 """The adaptive network as an MLflow Model in the Model Registry, served by the real `mlflow models serve` with the
 sub-network as an inference parameter; and MLflow as users browse it: experiment kind, per-stage skip params,
 dataset inputs, Pareto tags on the registered version."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.subprocess, pytest.mark.usefixtures("one_thread")]  # a server start: ~30-60 s on 2 busy cores
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.subprocess,
+    pytest.mark.usefixtures("one_thread"),
+]  # a server start: ~30-60 s on 2 busy cores
 
 
 def _post(url: str, body: dict) -> dict:
@@ -41,8 +46,9 @@ def test_registered_model_serves_every_subnetwork(tmp_path: Path, tiny_params, m
         for p in net.parameters():
             if p.dim() == 1 and not p.any():
                 p.uniform_(0.5, 1.5)
-    save_atomic({"spec": net.spec, "state_dict": net.state_dict(), "image_size": size},
-                tmp_path / "models" / "model.pt")
+    save_atomic(
+        {"spec": net.spec, "state_dict": net.state_dict(), "image_size": size}, tmp_path / "models" / "model.pt"
+    )
     model_file = "models/model.pt"
     S = net.num_stages
 
@@ -53,8 +59,9 @@ def test_registered_model_serves_every_subnetwork(tmp_path: Path, tiny_params, m
         version = tracker.log_model(train_run, model_file, "adaskip", size)
     assert version == 1
     # evaluate stage: grid children with skip params, Pareto tags on the version that serves this file
-    grid = pd.DataFrame({"skip": ["T" * S, "F" * S], "acc1": [80.0, 90.5], "macs": [1.2e6, 3.4e6],
-                         "pareto": [True, True]})
+    grid = pd.DataFrame(
+        {"skip": ["T" * S, "F" * S], "acc1": [80.0, 90.5], "macs": [1.2e6, 3.4e6], "pareto": [True, True]}
+    )
     with tracker.run("evaluate-x", {"adaskip.stage": "evaluate"}) as parent:
         tracker.log_dataset(parent, tiny_params.data.model_dump(mode="json"), "evaluation")
         for skip in grid.skip:
@@ -69,7 +76,8 @@ def test_registered_model_serves_every_subnetwork(tmp_path: Path, tiny_params, m
     child = tracker.children(parent)[0]
     assert child.data.params["skip"] == child.info.run_name
     assert [child.data.params[f"skip_stage{i}"] for i in range(1, S + 1)] == [
-        str(c == "T").lower() for c in child.info.run_name]
+        str(c == "T").lower() for c in child.info.run_name
+    ]
     for run_id, context in ((train_run, "training"), (parent, "evaluation")):
         (ds,) = client.get_run(run_id).inputs.dataset_inputs
         assert ds.dataset.name == tiny_params.data.name and ds.dataset.digest
@@ -93,22 +101,49 @@ def test_registered_model_serves_every_subnetwork(tmp_path: Path, tiny_params, m
     # adaskip profile through the registry, as a user runs it: the table attached to version 1
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "OMP_NUM_THREADS": "1", "ADASKIP_PROGRESS": "0"}
     cli = [str(Path(sys.executable).parent / "adaskip")]
-    done = subprocess.run(cli + ["profile", "models:/adaskip/1", "--batch", "1", "4", "--threads", "1", "--reps", "5",
-                                 "--out", "latency.csv"], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        cli
+        + [
+            "profile",
+            "models:/adaskip/1",
+            "--batch",
+            "1",
+            "4",
+            "--threads",
+            "1",
+            "--reps",
+            "5",
+            "--out",
+            "latency.csv",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "attached to adaskip version 1 for cpu:" in done.stdout
     table = pd.read_csv(tmp_path / "latency.csv", dtype={"skip": str})
-    assert len(table) == 2 * 2 ** S and set(table.threads) == {1} and set(table.batch_size) == {1, 4}
+    assert len(table) == 2 * 2**S and set(table.threads) == {1} and set(table.batch_size) == {1, 4}
     front = with_latency(grid, [tmp_path / "latency.csv"]).query("pareto")
     b1 = sorted(front["latency_p50_ms_b1"])
-    budgets = {"tight": {"max_latency_ms": b1[len(b1) // 2]}, "loose": {"max_latency_ms": b1[-1] * 2},
-               "tight at batch 4": {"max_latency_ms": float(front["latency_p50_ms_b4"].median()), "batch": 4},
-               "MACs": {"max_macs": float(front.macs.median())}, "accuracy": {"min_acc": float(front.acc1.median())}}
+    budgets = {
+        "tight": {"max_latency_ms": b1[len(b1) // 2]},
+        "loose": {"max_latency_ms": b1[-1] * 2},
+        "tight at batch 4": {"max_latency_ms": float(front["latency_p50_ms_b4"].median()), "batch": 4},
+        "MACs": {"max_macs": float(front.macs.median())},
+        "accuracy": {"min_acc": float(front.acc1.median())},
+    }
 
     def selected(budget: dict) -> str:  # what `adaskip select` picks from the same grid and table
         flags = [a for k, v in budget.items() for a in (f"--{k.replace('_', '-')}", str(v))]
-        out = subprocess.run(cli + ["select", "--grid", "grid.csv", "--latency", "latency.csv"] + flags, env=env,
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            cli + ["select", "--grid", "grid.csv", "--latency", "latency.csv"] + flags,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stderr
         return out.stdout.split(":")[0]
 
@@ -144,11 +179,13 @@ def test_registered_model_serves_every_subnetwork(tmp_path: Path, tiny_params, m
         assert status == 400 and body["message"].startswith(f"no sub-network fits latency <= {b1[0] / 2:g} ms"), body
         assert f"p50 {b1[0]:.3g} ms" in body["message"]  # the smallest achievable latency
         bad = "X" + "T" * (S - 1)
-        for params, start in (({"skip": bad}, f"skip '{bad}' is not a sub-network of this model"),
-                              ({"max_latency_ms": -1}, "max_latency_ms must be a number >= 0, got -1.0"),
-                              ({"max_macs": 1e6, "batch": 0}, "batch must be an integer >= 1, got 0"),
-                              ({"skip": "F" * S, "min_acc": 50}, "skip and a budget (min_acc) were both given"),
-                              ({"max_latency_ms": 1, "batch": 7}, "batch 7: no latency measured at that batch")):
+        for params, start in (
+            ({"skip": bad}, f"skip '{bad}' is not a sub-network of this model"),
+            ({"max_latency_ms": -1}, "max_latency_ms must be a number >= 0, got -1.0"),
+            ({"max_macs": 1e6, "batch": 0}, "batch must be an integer >= 1, got 0"),
+            ({"skip": "F" * S, "min_acc": 50}, "skip and a budget (min_acc) were both given"),
+            ({"max_latency_ms": 1, "batch": 7}, "batch 7: no latency measured at that batch"),
+        ):
             status, body = _post_error(url, {"inputs": x.tolist(), "params": params})
             assert status == 400 and body["message"].startswith(start), (params, body)
     log = (tmp_path / "serve.log").read_text()

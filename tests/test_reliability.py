@@ -1,5 +1,6 @@
 """Bad input that is not params.yaml: damaged or foreign checkpoints, an unreachable tracking server; and what a
 local run exposes on the network."""
+
 from __future__ import annotations
 
 import os
@@ -71,8 +72,13 @@ def test_evaluate_stage_on_a_corrupt_model(model_file: Path):
     """One line naming the file, exit 2, no traceback, no grid written."""
     model_file.write_bytes(b"not a checkpoint")
     (model_file.parent.parent / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    r = subprocess.run([sys.executable, str(ROOT / "pipelines" / "evaluate.py")], cwd=model_file.parent.parent,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "pipelines" / "evaluate.py")],
+        cwd=model_file.parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr
     assert "models/model.pt" in r.stderr and "corrupt" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (model_file.parent.parent / "results" / "eval_grid.csv").exists()
@@ -131,8 +137,14 @@ def test_local_ray_listens_on_loopback_only(tmp_path: Path):
     adaskip's torch config (which torch alone would bind to every interface)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     out = tmp_path / "rank0.txt"
-    r = subprocess.run([sys.executable, "-c", LISTENERS, str(out), str(tmp_path / "ray")], capture_output=True,
-                       text=True, timeout=600, cwd=tmp_path, env=env)
+    r = subprocess.run(
+        [sys.executable, "-c", LISTENERS, str(out), str(tmp_path / "ray")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rank0 = [line.split() for line in out.read_text().splitlines() if line.strip()]
     assert ["sum", "2.0", "0"] in rank0  # the process group worked
@@ -147,7 +159,8 @@ before = dict(os.environ)
 import adaskip.orchestration, adaskip.orchestration.cluster, adaskip.stage, adaskip.cli
 assert dict(os.environ) == before, sorted(set(os.environ.items()) ^ set(before.items()))
 adaskip.orchestration.configure_ray_env()
-print(os.environ["RAY_USAGE_STATS_ENABLED"], os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"], os.environ["RAY_AUTH_MODE"])
+print(os.environ["RAY_USAGE_STATS_ENABLED"], os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"],
+      os.environ["RAY_AUTH_MODE"])
 """
 
 
@@ -156,11 +169,15 @@ def test_importing_adaskip_leaves_the_environment_alone():
     """Ray's environment is set by configure_ray_env, called by the stage harness and the CLI, not on import;
     what the user set wins."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TUNE_"))}
-    r = subprocess.run([sys.executable, "-c", ENV_ON_IMPORT], capture_output=True, text=True, timeout=300,
-                       env={**env, "RAY_AUTH_MODE": "disabled"})
+    r = subprocess.run(
+        [sys.executable, "-c", ENV_ON_IMPORT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "RAY_AUTH_MODE": "disabled"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split() == ["0", "0", "disabled"]
-
 
 
 @pytest.mark.ray

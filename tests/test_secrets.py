@@ -3,6 +3,7 @@ real tracking server (basic auth over HTTPS, in a network namespace of its own) 
 environment; then every object in the bucket, every MLflow param, tag, artifact and registered model (read through
 the server), every file of the project, the tracking server's own state and the stages' output are scanned for them.
 """
+
 from __future__ import annotations
 
 import base64
@@ -22,12 +23,23 @@ from conftest import BUCKET, ROOT, TINY, merge
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.subprocess, pytest.mark.extended]
 
 USER = "adaskip-admin"
-SECRETS = {"AWS_SECRET_ACCESS_KEY": "adaskipLeakS3SecretKey0f9e8d7c6b5a",
-           "AWS_SESSION_TOKEN": "adaskipLeakS3SessionToken5a4b3c2d1e",
-           "MLFLOW_TRACKING_PASSWORD": "adaskipLeakTrackingPassword6e5f",
-           "RAY_AUTH_TOKEN": "adaskipleakraytoken1b2c3d4e5f60718293a4b5c6d7e8f9"}
-COPY = ["adaskip", "pipelines", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore",
-        "studies/ablation/dvc.yaml"]
+SECRETS = {
+    "AWS_SECRET_ACCESS_KEY": "adaskipLeakS3SecretKey0f9e8d7c6b5a",
+    "AWS_SESSION_TOKEN": "adaskipLeakS3SessionToken5a4b3c2d1e",
+    "MLFLOW_TRACKING_PASSWORD": "adaskipLeakTrackingPassword6e5f",
+    "RAY_AUTH_TOKEN": "adaskipleakraytoken1b2c3d4e5f60718293a4b5c6d7e8f9",
+}
+COPY = [
+    "adaskip",
+    "pipelines",
+    "dvc.yaml",
+    "params.yaml",
+    ".dvcignore",
+    ".gitignore",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    "studies/ablation/dvc.yaml",
+]
 
 
 def _needles() -> dict[str, bytes]:
@@ -47,12 +59,36 @@ def tracking_server(netns, tmp_path: Path) -> Iterator[dict[str, str]]:
     ns, addr = netns
     state = Path(tempfile.mkdtemp(prefix="adaskip-leak-"))  # under /tmp: the postgres user must open it
     port = 5000 + os.getpid() % 1000
-    env = {**os.environ, "MLFLOW_TRACKING_USERNAME": USER,
-           "MLFLOW_TRACKING_PASSWORD": SECRETS["MLFLOW_TRACKING_PASSWORD"]}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_USERNAME": USER,
+        "MLFLOW_TRACKING_PASSWORD": SECRETS["MLFLOW_TRACKING_PASSWORD"],
+    }
     log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "adaskip.tracking.server", "--state",
-                             str(state), "--host", addr, "--port", str(port), "--workers", "1", "--self-signed"],
-                            env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+    proc = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            sys.executable,
+            "-m",
+            "adaskip.tracking.server",
+            "--state",
+            str(state),
+            "--host",
+            addr,
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--self-signed",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
     try:
         ready = dict(line.strip().partition("=")[::2] for line in (proc.stdout.readline(), proc.stdout.readline()))
         assert ready.get("MLFLOW_TRACKING_URI") == f"https://{addr}:{port}", (tmp_path / "server.log").read_text()
@@ -68,11 +104,18 @@ def _project(root: Path) -> Path:
     for name in COPY:
         src, dst = ROOT / name, root / name
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy2(src, dst)
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy2(
+            src, dst
+        )
     params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), merge(TINY, {"train": {"workers": 1}}))
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    study = {"name": "ablation", "seeds": [0], "epochs": 1, "overrides": {"train": {"workers": 1, "cpus_per_worker": 1}},
-             "variants": {"adn": {}, "kd_individual_base": {"baseline": "base", "teacher": "super"}}}
+    study = {
+        "name": "ablation",
+        "seeds": [0],
+        "epochs": 1,
+        "overrides": {"train": {"workers": 1, "cpus_per_worker": 1}},
+        "variants": {"adn": {}, "kd_individual_base": {"baseline": "base", "teacher": "super"}},
+    }
     (root / "studies" / "ablation" / "study.yaml").write_text(yaml.safe_dump(study))
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "init"]):
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, check=True)
@@ -85,10 +128,17 @@ def test_no_secret_is_persisted_anywhere(s3_server, tracking_server, tmp_path: P
 
     project = _project(tmp_path / "proj")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env.update({**s3_server, **SECRETS, "DVC_NO_ANALYTICS": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-                "ADASKIP_STORAGE": f"s3://{BUCKET}/leak",
-                "PATH": f"{Path(sys.executable).parent}:{env['PATH']}",
-                **{k: v for k, v in tracking_server.items() if k != "state"}})
+    env.update(
+        {
+            **s3_server,
+            **SECRETS,
+            "DVC_NO_ANALYTICS": "1",
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            "ADASKIP_STORAGE": f"s3://{BUCKET}/leak",
+            "PATH": f"{Path(sys.executable).parent}:{env['PATH']}",
+            **{k: v for k, v in tracking_server.items() if k != "state"},
+        }
+    )
     output = b""
     for target in ([], ["studies/ablation/dvc.yaml"]):  # tune, train, evaluate, report; then the study
         r = subprocess.run(["dvc", "repro", *target], cwd=project, env=env, capture_output=True, timeout=1800)
@@ -98,10 +148,18 @@ def test_no_secret_is_persisted_anywhere(s3_server, tracking_server, tmp_path: P
     assert (project / "studies" / "ablation" / "results" / "comparison.csv").is_file()
 
     leaks: dict[str, list[str]] = {}
-    s3 = boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="leak/")
-            for o in page.get("Contents", [])]
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_server["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="leak/")
+        for o in page.get("Contents", [])
+    ]
     assert any(k.endswith(".pkl") for k in keys), keys[:50]  # Tune's experiment and trial state among them
     for key in keys:
         if found := _found(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()):

@@ -1,10 +1,10 @@
 """Latency tables of the evaluation grid (p50/p90 per batch size and thread count, device, long form) and
 `adaskip select`: the best sub-network within a budget, its exit codes, and chaining into the export."""
+
 from __future__ import annotations
 
 import argparse
 import importlib.util
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -42,9 +42,17 @@ def tiny(tmp_path_factory) -> dict[str, Any]:
     from adaskip.training import save_atomic
 
     root = tmp_path_factory.mktemp("proj")
-    raw = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), merge(TINY, {
-        "evaluate": {"latency_batch_sizes": BATCHES, "latency_reps": 3, "latency_warmup": 1},
-        "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}, "cluster": {"storage": str(root / "store")}}))
+    raw = merge(
+        yaml.safe_load((ROOT / "params.yaml").read_text()),
+        merge(
+            TINY,
+            {
+                "evaluate": {"latency_batch_sizes": BATCHES, "latency_reps": 3, "latency_warmup": 1},
+                "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"},
+                "cluster": {"storage": str(root / "store")},
+            },
+        ),
+    )
     params = Params.model_validate(raw)
     size, num_classes = params.data.image_size, load_subsets(params.data).num_classes
     torch.manual_seed(0)
@@ -79,8 +87,9 @@ def test_several_thread_counts_get_suffixes_and_long_form_round_trips(tiny):
     assert {f"latency_{s}_ms_b{b}_t{t}" for s in ("p50", "p90") for b in (1, 2) for t in (1, 2)} <= set(wide.columns)
     assert (wide.latency_ms == wide.latency_p50_ms_b2_t1).all() and (wide.threads == 1).all()
     back = latency_long(wide).sort_values(["skip", "batch_size", "threads"]).reset_index(drop=True)
-    pd.testing.assert_frame_equal(back, long.sort_values(["skip", "batch_size", "threads"]).reset_index(drop=True),
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        back, long.sort_values(["skip", "batch_size", "threads"]).reset_index(drop=True), check_dtype=False
+    )
 
 
 def test_config_keys():
@@ -140,8 +149,22 @@ def test_select_export_writes_a_verified_file(tiny, tmp_path, monkeypatch, capsy
     monkeypatch.chdir(tiny["root"])
     tiny["grid"].to_csv(tmp_path / "grid.csv", index=False)
     out = tmp_path / "chosen.pt"
-    assert _cli("select", "--grid", str(tmp_path / "grid.csv"), "--max-latency-ms", "1e9", "--batch", "4",
-                "--export", "torch", "--out", str(out)) == 0
+    assert (
+        _cli(
+            "select",
+            "--grid",
+            str(tmp_path / "grid.csv"),
+            "--max-latency-ms",
+            "1e9",
+            "--batch",
+            "4",
+            "--export",
+            "torch",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     chosen, exported = capsys.readouterr().out.strip().splitlines()
     skip = chosen.split(":")[0]
     assert "per batch of 4" in chosen and exported.startswith(f"exported {skip} (torch) -> {out}")
@@ -155,23 +178,38 @@ def _grid() -> pd.DataFrame:
     """Hand-made: MACs fall and accuracy falls along the Pareto front; FFTT is dominated (more MACs than TTFF,
     less accurate) but the fastest of all; TTFF and FTTF tie on MACs and accuracy."""
     rows = [  # skip, macs, acc1, p50 b1, p50 b8
-        ("FFFF", 400, 80.0, 4.0, 20.0), ("TFFF", 300, 79.0, 3.0, 15.0), ("TTFF", 200, 75.0, 2.0, 10.0),
-        ("FTTF", 200, 75.0, 2.5, 11.0), ("TTTT", 100, 60.0, 1.0, 5.0), ("FFTT", 350, 70.0, 0.5, 2.0)]
+        ("FFFF", 400, 80.0, 4.0, 20.0),
+        ("TFFF", 300, 79.0, 3.0, 15.0),
+        ("TTFF", 200, 75.0, 2.0, 10.0),
+        ("FTTF", 200, 75.0, 2.5, 11.0),
+        ("TTTT", 100, 60.0, 1.0, 5.0),
+        ("FFTT", 350, 70.0, 0.5, 2.0),
+    ]
     df = pd.DataFrame(rows, columns=["skip", "macs", "acc1", "latency_p50_ms_b1", "latency_p50_ms_b8"])
-    df = df.assign(acc5=99.0, params=1000, latency_ms=df.latency_p50_ms_b1, device="cpu:Test CPU", threads=1,
-                   latency_p90_ms_b1=df.latency_p50_ms_b1 * 1.1, latency_p90_ms_b8=df.latency_p50_ms_b8 * 1.1)
+    df = df.assign(
+        acc5=99.0,
+        params=1000,
+        latency_ms=df.latency_p50_ms_b1,
+        device="cpu:Test CPU",
+        threads=1,
+        latency_p90_ms_b1=df.latency_p50_ms_b1 * 1.1,
+        latency_p90_ms_b8=df.latency_p50_ms_b8 * 1.1,
+    )
     return summarise(df.drop(columns=["macs", "params"]), df[["skip", "macs", "params"]])
 
 
-@pytest.mark.parametrize("budget, expected", [
-    (Budget(max_latency_ms=3.0), "TFFF"),
-    (Budget(max_latency_ms=2.9), "FTTF"),                    # ties with TTFF on accuracy and MACs: skip order
-    (Budget(max_latency_ms=10.5, batch=8), "TTFF"),          # at batch 8 only TTFF of the tie fits
-    (Budget(max_latency_ms=1.0), "TTTT"),                    # FFTT is faster but not on the Pareto front
-    (Budget(max_macs=299), "FTTF"),
-    (Budget(min_acc=76), "FFFF"),
-    (Budget(max_macs=350, min_acc=70, max_latency_ms=2.2, device="test"), "TTFF"),
-])
+@pytest.mark.parametrize(
+    "budget, expected",
+    [
+        (Budget(max_latency_ms=3.0), "TFFF"),
+        (Budget(max_latency_ms=2.9), "FTTF"),  # ties with TTFF on accuracy and MACs: skip order
+        (Budget(max_latency_ms=10.5, batch=8), "TTFF"),  # at batch 8 only TTFF of the tie fits
+        (Budget(max_latency_ms=1.0), "TTTT"),  # FFTT is faster but not on the Pareto front
+        (Budget(max_macs=299), "FTTF"),
+        (Budget(min_acc=76), "FFFF"),
+        (Budget(max_macs=350, min_acc=70, max_latency_ms=2.2, device="test"), "TTFF"),
+    ],
+)
 def test_choose_most_accurate_within_budget(budget, expected):
     grid = _grid()
     assert not grid.set_index("skip").pareto["FFTT"]
@@ -184,11 +222,11 @@ def test_select_cli_exit_codes(tmp_path, capsys):
     _grid().to_csv(path, index=False)
     g = ("select", "--grid", str(path))
     assert _cli(*g, "--max-latency-ms", "3") == 0
-    line, = capsys.readouterr().out.strip().splitlines()
+    (line,) = capsys.readouterr().out.strip().splitlines()
     assert line.startswith("TFFF: top-1 79.00 %") and "p50 3 ms / p90 3.3 ms per batch of 1 on cpu:Test CPU" in line
 
     assert _cli(*g, "--max-latency-ms", "0.1", "--min-acc", "50") == 1
-    line, = capsys.readouterr().out.strip().splitlines()
+    (line,) = capsys.readouterr().out.strip().splitlines()
     assert line.startswith("no sub-network fits latency <= 0.1 ms at batch 1, top-1 >= 50 %")
     assert "cheapest on the Pareto front is TTTT" in line and "p50 1 ms" in line
 
@@ -220,7 +258,19 @@ def test_select_cli_exit_codes(tmp_path, capsys):
 def test_help_has_an_example(capsys):
     assert _cli("select", "--help") == 0
     text = capsys.readouterr().out
-    assert all(s in text for s in ("--max-latency-ms", "--batch", "--device", "--max-macs", "--min-acc", "--export",
-                                   "--run", "examples:", "adaskip select --max-macs"))
+    assert all(
+        s in text
+        for s in (
+            "--max-latency-ms",
+            "--batch",
+            "--device",
+            "--max-macs",
+            "--min-acc",
+            "--export",
+            "--run",
+            "examples:",
+            "adaskip select --max-macs",
+        )
+    )
     with pytest.raises(SelectError):
         Budget().check()

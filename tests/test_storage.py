@@ -1,4 +1,5 @@
 """One storage setting for everything Ray persists: a local or shared path, or an S3 URI (a real S3 API server)."""
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,6 @@ import pytest
 from adaskip.config import ConfigError, parse_params
 from adaskip.orchestration.storage import Storage, StorageError
 from conftest import BUCKET
-
 
 
 def _roundtrip(store: Storage) -> None:
@@ -94,12 +94,22 @@ def test_train_checkpoints_go_to_s3(tiny_raw, s3_env, tmp_path):
     from conftest import merge
 
     params = merge(tiny_raw, {"train": {"workers": 1, "epochs": 2}})
-    r = subprocess.run([sys.executable, "-c", TRAIN_ON_S3, json.dumps(params), f"s3://{BUCKET}/ray"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_ADDRESS": ""})
+    r = subprocess.run(
+        [sys.executable, "-c", TRAIN_ON_S3, json.dumps(params), f"s3://{BUCKET}/ray"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout.strip().splitlines()[-1]) == {"epoch": 2, "state_epoch": 1, "has_model": True}
-    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"]).list_objects_v2(
-        Bucket=BUCKET, Prefix="ray/train-s3/")["Contents"]]
+    keys = [
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"]).list_objects_v2(
+            Bucket=BUCKET, Prefix="ray/train-s3/"
+        )["Contents"]
+    ]
     assert any(k.endswith("/state.pt") and "/checkpoint_" in k for k in keys), keys
     assert not list(tmp_path.rglob("state.pt"))
     store = Storage.resolve(f"s3://{BUCKET}/ray", tmp_path)

@@ -1,5 +1,6 @@
 """Ablation studies: the spec, the aggregation (mean/std over seeds, ADN vs baseline joined per configuration),
 the BN re-estimation switch, the residual-ratio diagnostics, and the compare stage on real files."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,19 +24,23 @@ def _rows() -> pd.DataFrame:
     """Two seeds of an adaptive-depth network over a 2-stage grid and two individually trained baselines."""
     r = []
     for seed, (ff, ft, tf, tt) in ((0, (90, 88, 86, 84)), (1, (92, 86, 88, 80))):
-        r += [{"variant": "adn", "seed": seed, "skip": s, "macs": m, "acc1": a, "acc5": 99.0, "baseline": None}
-              for s, m, a in (("FF", 40, ff), ("FT", 30, ft), ("TF", 30, tf), ("TT", 20, tt))]
-    r += [{"variant": "ind_full", "seed": 0, "skip": "FF", "macs": 40, "acc1": 91.0, "acc5": 99.0, "baseline": "FF"},
-          {"variant": "ind_full", "seed": 1, "skip": "FF", "macs": 40, "acc1": 89.0, "acc5": 99.0, "baseline": "FF"},
-          {"variant": "ind_base", "seed": 0, "skip": "TT", "macs": 20, "acc1": 80.0, "acc5": 99.0, "baseline": "TT"},
-          {"variant": "ind_base", "seed": 2, "skip": "TT", "macs": 20, "acc1": 70.0, "acc5": 99.0, "baseline": "TT"}]
+        r += [
+            {"variant": "adn", "seed": seed, "skip": s, "macs": m, "acc1": a, "acc5": 99.0, "baseline": None}
+            for s, m, a in (("FF", 40, ff), ("FT", 30, ft), ("TF", 30, tf), ("TT", 20, tt))
+        ]
+    r += [
+        {"variant": "ind_full", "seed": 0, "skip": "FF", "macs": 40, "acc1": 91.0, "acc5": 99.0, "baseline": "FF"},
+        {"variant": "ind_full", "seed": 1, "skip": "FF", "macs": 40, "acc1": 89.0, "acc5": 99.0, "baseline": "FF"},
+        {"variant": "ind_base", "seed": 0, "skip": "TT", "macs": 20, "acc1": 80.0, "acc5": 99.0, "baseline": "TT"},
+        {"variant": "ind_base", "seed": 2, "skip": "TT", "macs": 20, "acc1": 70.0, "acc5": 99.0, "baseline": "TT"},
+    ]
     return pd.DataFrame(r)
 
 
 def test_aggregate_mean_and_std_over_seeds():
     agg = stats.aggregate(_rows()).set_index(["variant", "skip"])
     assert agg.loc[("adn", "FF"), "acc1_mean"] == 91.0
-    assert agg.loc[("adn", "FF"), "acc1_std"] == pytest.approx(2 ** 0.5)  # sample std of 90, 92
+    assert agg.loc[("adn", "FF"), "acc1_std"] == pytest.approx(2**0.5)  # sample std of 90, 92
     assert agg.loc[("adn", "TT"), "acc1_mean"] == 82.0 and agg.loc[("adn", "TT"), "seeds"] == 2
     assert agg.loc[("ind_base", "TT"), "acc1_mean"] == 75.0
     assert len(agg) == 4 + 1 + 1
@@ -48,7 +53,9 @@ def test_compare_joins_per_configuration_paired_by_seed():
     assert ff.baseline == "ind_full" and ff.seeds == 2
     assert ff.delta_acc1_mean == pytest.approx(((90 - 91) + (92 - 89)) / 2)
     assert ff.delta_acc1_std == pytest.approx(pd.Series([-1.0, 3.0]).std())
-    assert ff.ci_low == pytest.approx(1 - 12.7062 * 2, abs=1e-3) and ff.ci_high == pytest.approx(1 + 12.7062 * 2, abs=1e-3)
+    assert ff.ci_low == pytest.approx(1 - 12.7062 * 2, abs=1e-3) and ff.ci_high == pytest.approx(
+        1 + 12.7062 * 2, abs=1e-3
+    )
     tt = cmp.loc["TT"]  # the baseline has seeds 0 and 2, ADN 0 and 1: only seed 0 pairs
     assert tt.seeds == 1 and tt.delta_acc1_mean == pytest.approx(84 - 80) and tt.delta_acc1_std == 0.0
     assert tt.ci_low != tt.ci_low and tt.detectable != tt.detectable  # one seed, no `n`: undefined (NaN)
@@ -68,8 +75,28 @@ def _paired(deltas, n=10000, acc=90.0):
     """Rows of a reference and a baseline at one configuration whose per-seed differences are ``deltas``."""
     r = []
     for seed, d in enumerate(deltas):
-        r += [{"variant": "adn", "seed": seed, "skip": "FF", "macs": 40, "acc1": acc + d / 2, "acc5": 99.0, "n": n, "baseline": None},
-              {"variant": "ind", "seed": seed, "skip": "FF", "macs": 40, "acc1": acc - d / 2, "acc5": 99.0, "n": n, "baseline": "FF"}]
+        r += [
+            {
+                "variant": "adn",
+                "seed": seed,
+                "skip": "FF",
+                "macs": 40,
+                "acc1": acc + d / 2,
+                "acc5": 99.0,
+                "n": n,
+                "baseline": None,
+            },
+            {
+                "variant": "ind",
+                "seed": seed,
+                "skip": "FF",
+                "macs": 40,
+                "acc1": acc - d / 2,
+                "acc5": 99.0,
+                "n": n,
+                "baseline": "FF",
+            },
+        ]
     return pd.DataFrame(r)
 
 
@@ -84,18 +111,21 @@ def test_a_clear_difference_is_called_and_a_noisy_one_is_not():
     noisy = stats.compare(_paired([-4.0, 5.0, -3.0, 6.0, 1.0]), "adn").iloc[0]
     assert noisy.ci_low < 0 < noisy.ci_high
     call = stats.verdict(noisy.ci_low, noisy.ci_high, noisy.detectable, noisy.seeds)
-    assert call == f"inconclusive (detectable: {noisy.detectable:.1f} %p)" and noisy.detectable > abs(noisy.delta_acc1_mean)
-    assert f"| {call} |" in stats.comparison_markdown(stats.compare(_paired([-4.0, 5.0, -3.0, 6.0, 1.0]), "adn"),
-                                                      stats.aggregate(_paired([1.0])), spec)
+    assert call == f"inconclusive (detectable: {noisy.detectable:.1f} %p)" and noisy.detectable > abs(
+        noisy.delta_acc1_mean
+    )
+    assert f"| {call} |" in stats.comparison_markdown(
+        stats.compare(_paired([-4.0, 5.0, -3.0, 6.0, 1.0]), "adn"), stats.aggregate(_paired([1.0])), spec
+    )
 
 
 def test_confidence_interval_and_detectable_difference_by_hand():
     # deltas 1, 2, 3: mean 2, sd 1, k 3; t(0.975, 2) = 4.302653, t(0.80, 2) = 1.060660
     lo, hi, det = stats.paired_stats([1.0, 2.0, 3.0])
-    assert (lo, hi) == (pytest.approx(2 - 4.302653 / 3 ** 0.5, abs=1e-5), pytest.approx(2 + 4.302653 / 3 ** 0.5, abs=1e-5))
-    assert det == pytest.approx((4.302653 + 1.060660) / 3 ** 0.5, abs=1e-5)  # 3.0965 %p: seed spread dominates
+    assert (lo, hi) == (pytest.approx(2 - 4.302653 / 3**0.5, abs=1e-5), pytest.approx(2 + 4.302653 / 3**0.5, abs=1e-5))
+    assert det == pytest.approx((4.302653 + 1.060660) / 3**0.5, abs=1e-5)  # 3.0965 %p: seed spread dominates
     # 100 test images at 90 %: (1.959964 + 0.841621) * sqrt(2 * 0.9 * 0.1 / 100) * 100 = 11.886 %p > 3.10
-    assert stats.paired_stats([1.0, 2.0, 3.0], 100, 90.0)[2] == pytest.approx(2.801585 * 0.0018 ** 0.5 * 100, abs=1e-4)
+    assert stats.paired_stats([1.0, 2.0, 3.0], 100, 90.0)[2] == pytest.approx(2.801585 * 0.0018**0.5 * 100, abs=1e-4)
     assert stats.paired_stats([1.0, 2.0, 3.0], 100, 90.0)[2] == pytest.approx(11.8860, abs=1e-3)
     lo, hi, det = stats.paired_stats([2.5], 100, 90.0)  # one seed: no interval, only the test-set floor
     assert lo != lo and hi != hi and det == pytest.approx(11.8860, abs=1e-3)
@@ -107,17 +137,23 @@ def test_summary_per_variant():
     assert s["ind_full"]["configs"] == 1
 
 
-@pytest.mark.parametrize("raw, match", [
-    ({"name": "s", "seeds": [0, 0], "variants": {"adn": {}}}, "seeds must be distinct"),
-    ({"name": "s", "seeds": [0], "variants": {"x": {}}}, "reference 'adn' is not one of"),
-    ({"name": "s", "seeds": [0], "variants": {"adn": {"baseline": "super"}}}, "must be an adaptive-depth variant"),
-    ({"name": "s", "seeds": [0], "variants": {"adn": {}, "b": {"baseline": "TXF"}}}, "baseline must be"),
-    ({"name": "s", "seeds": [0], "variants": {"adn": {}, "b": {"baselin": "super"}}}, "unknown key"),
-    ({"name": "s", "seeds": [], "variants": {"adn": {}}}, "seeds"),
-    ({"name": "s", "seeds": [0], "variants": {"adn": {}, "a@b": {}}}, "variant names may hold"),
-    ({"name": "s", "seeds": [0], "variants": {"adn": {}, "kd": {"teacher": "super"}}}, "teacher needs baseline"),
-    ({"name": "s", "seeds": [0], "variants": {"adn": {}, "kd": {"baseline": "base", "teacher": "FX"}}}, "teacher must be"),
-])
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        ({"name": "s", "seeds": [0, 0], "variants": {"adn": {}}}, "seeds must be distinct"),
+        ({"name": "s", "seeds": [0], "variants": {"x": {}}}, "reference 'adn' is not one of"),
+        ({"name": "s", "seeds": [0], "variants": {"adn": {"baseline": "super"}}}, "must be an adaptive-depth variant"),
+        ({"name": "s", "seeds": [0], "variants": {"adn": {}, "b": {"baseline": "TXF"}}}, "baseline must be"),
+        ({"name": "s", "seeds": [0], "variants": {"adn": {}, "b": {"baselin": "super"}}}, "unknown key"),
+        ({"name": "s", "seeds": [], "variants": {"adn": {}}}, "seeds"),
+        ({"name": "s", "seeds": [0], "variants": {"adn": {}, "a@b": {}}}, "variant names may hold"),
+        ({"name": "s", "seeds": [0], "variants": {"adn": {}, "kd": {"teacher": "super"}}}, "teacher needs baseline"),
+        (
+            {"name": "s", "seeds": [0], "variants": {"adn": {}, "kd": {"baseline": "base", "teacher": "FX"}}},
+            "teacher must be",
+        ),
+    ],
+)
 def test_study_file_errors_name_the_problem(tmp_path, raw, match):
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -126,10 +162,25 @@ def test_study_file_errors_name_the_problem(tmp_path, raw, match):
 
 
 def test_cells_validate_each_variant(tiny_params):
-    spec = study.StudySpec(name="s", seeds=[3, 4], epochs=1, variants={
-        "adn": {}, "no_sd": {"overrides": {"train": {"self_distillation": False}}}, "ind_base": {"baseline": "base"}})
+    spec = study.StudySpec(
+        name="s",
+        seeds=[3, 4],
+        epochs=1,
+        variants={
+            "adn": {},
+            "no_sd": {"overrides": {"train": {"self_distillation": False}}},
+            "ind_base": {"baseline": "base"},
+        },
+    )
     cells = study.cells(spec, tiny_params)
-    assert [c.key for c in cells] == ["adn-seed3", "adn-seed4", "no_sd-seed3", "no_sd-seed4", "ind_base-seed3", "ind_base-seed4"]
+    assert [c.key for c in cells] == [
+        "adn-seed3",
+        "adn-seed4",
+        "no_sd-seed3",
+        "no_sd-seed4",
+        "ind_base-seed3",
+        "ind_base-seed4",
+    ]
     assert all(c.params.train.epochs == 1 for c in cells) and cells[1].params.train.seed == 4
     assert cells[2].params.train.self_distillation is False and cells[0].params.train.self_distillation is True
     assert cells[4].baseline == "TTTT" and cells[0].baseline is None
@@ -148,8 +199,9 @@ def test_cells_validate_each_variant(tiny_params):
 
 
 def _study_cells(tiny_params, overrides=None, **variants):
-    spec = study.StudySpec(name="s", seeds=[0, 1], epochs=1, overrides=overrides or {},
-                           variants={"adn": {}, **variants})
+    spec = study.StudySpec(
+        name="s", seeds=[0, 1], epochs=1, overrides=overrides or {}, variants={"adn": {}, **variants}
+    )
     return study.cells(spec, tiny_params)
 
 
@@ -164,7 +216,10 @@ def test_plan_fits_cells_by_the_resources_each_asks(tiny_params):
     one = _study_cells(tiny_params, {"train": {"workers": 1, "cpus_per_worker": 1}}, ind={"baseline": "super"})
     plan = plan_cells(one, CPU2)
     assert (plan.cells, plan.at_once, plan.waves) == (4, 2, 2)
-    assert plan.line() == "plan: 4 cells, each 1 worker x 1 CPU; the cluster (1 node(s), 2 CPUs, 0 GPUs) runs 2 at once, 2 waves"
+    assert (
+        plan.line()
+        == "plan: 4 cells, each 1 worker x 1 CPU; the cluster (1 node(s), 2 CPUs, 0 GPUs) runs 2 at once, 2 waves"
+    )
     two_hosts = {"a": {"CPU": 2.0}, "b": {"CPU": 2.0}}
     ddp = _study_cells(tiny_params, {"train": {"workers": 2, "cpus_per_worker": 0.9}})
     assert (plan_cells(ddp, two_hosts).at_once, plan_cells(ddp, CPU2).at_once) == (2, 1)
@@ -175,15 +230,25 @@ def test_plan_fits_cells_by_the_resources_each_asks(tiny_params):
     assert "each 8 workers x 1 GPU" in plan_cells(gpus, eight).line()
 
 
-@pytest.mark.parametrize("overrides, nodes, match", [
-    ({"train": {"workers": 8, "use_gpu": True}}, {"a": {"CPU": 8.0, "GPU": 4.0}},
-     r"study variant 'adn': a cell asks 8 workers x 1 GPU \(train.workers, train.use_gpu\) but the Ray cluster has "
-     r"8 CPUs and 4 GPUs on 1 node\(s\), so it could never start"),
-    ({"train": {"use_gpu": True}}, CPU2, r"train.use_gpu is true but the Ray cluster has no GPU"),
-    ({"evaluate": {"use_gpu": True}}, CPU2, r"evaluate.use_gpu is true but the Ray cluster has no GPU"),
-    ({"train": {"workers": 1, "cpus_per_worker": 3}}, {"a": {"CPU": 2.0}, "b": {"CPU": 2.0}},
-     r"1 worker x 3 CPU \(train.workers, train.cpus_per_worker\).*lower train.workers or train.cpus_per_worker"),
-])
+@pytest.mark.parametrize(
+    "overrides, nodes, match",
+    [
+        (
+            {"train": {"workers": 8, "use_gpu": True}},
+            {"a": {"CPU": 8.0, "GPU": 4.0}},
+            r"study variant 'adn': a cell asks 8 workers x 1 GPU \(train.workers, train.use_gpu\) "
+            r"but the Ray cluster has "
+            r"8 CPUs and 4 GPUs on 1 node\(s\), so it could never start",
+        ),
+        ({"train": {"use_gpu": True}}, CPU2, r"train.use_gpu is true but the Ray cluster has no GPU"),
+        ({"evaluate": {"use_gpu": True}}, CPU2, r"evaluate.use_gpu is true but the Ray cluster has no GPU"),
+        (
+            {"train": {"workers": 1, "cpus_per_worker": 3}},
+            {"a": {"CPU": 2.0}, "b": {"CPU": 2.0}},
+            r"1 worker x 3 CPU \(train.workers, train.cpus_per_worker\).*lower train.workers or train.cpus_per_worker",
+        ),
+    ],
+)
 def test_plan_refuses_a_cell_that_can_never_run(tiny_params, overrides, nodes, match):
     from adaskip.orchestration.cells import plan_cells
 
@@ -192,13 +257,16 @@ def test_plan_refuses_a_cell_that_can_never_run(tiny_params, overrides, nodes, m
 
 
 def test_study_overrides_apply_to_every_cell_before_its_variant(tiny_params):
-    every = _study_cells(tiny_params, {"train": {"workers": 1, "alpha": 0.7}},
-                         mine={"overrides": {"train": {"alpha": 0.9}}})
+    every = _study_cells(
+        tiny_params, {"train": {"workers": 1, "alpha": 0.7}}, mine={"overrides": {"train": {"alpha": 0.9}}}
+    )
     assert {c.params.train.workers for c in every} == {1}
     assert [c.params.train.alpha for c in every] == [0.7, 0.7, 0.9, 0.9]
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match="cpus_per_cell is gone: a cell is a Ray Train run that asks train.workers"):
+    with pytest.raises(
+        ValidationError, match="cpus_per_cell is gone: a cell is a Ray Train run that asks train.workers"
+    ):
         study.StudySpec.model_validate({"name": "s", "seeds": [0], "cpus_per_cell": 1, "variants": {"adn": {}}})
 
 
@@ -211,12 +279,20 @@ def test_cell_hash_follows_what_a_cell_trains_with(tiny_params):
     [cell] = study.cells(spec, tiny_params)
 
     def changed(**sections) -> str:
-        params = cell.params.model_copy(update={k: getattr(cell.params, k).model_copy(update=v) for k, v in sections.items()})
+        params = cell.params.model_copy(
+            update={k: getattr(cell.params, k).model_copy(update=v) for k, v in sections.items()}
+        )
         return cell_hash(dataclasses.replace(cell, params=params))
 
     same = cell_hash(cell)
-    assert changed(cluster={"storage": "/nfs/x"}, mlflow={"tracking_uri": "http://h:5000"},
-                   tune={"num_samples": 9, "enabled": False}) == same
+    assert (
+        changed(
+            cluster={"storage": "/nfs/x"},
+            mlflow={"tracking_uri": "http://h:5000"},
+            tune={"num_samples": 9, "enabled": False},
+        )
+        == same
+    )
     assert changed(train={"placement": "spread", "max_failures": 5}) == same  # where and how often it may restart
     assert changed(train={"alpha": 0.7}) != same and changed(train={"seed": 5}) != same
     assert changed(train={"workers": 1}) != same  # another batch per worker: other results
@@ -228,9 +304,18 @@ def test_run_ahead_picks_the_cells_later_stages_need(tiny_params, tmp_path):
     DVC. (ray is imported by the module, but nothing here starts it.)"""
     from adaskip.orchestration.cells import cell_hash, run_ahead
 
-    spec = study.StudySpec(name="s", seeds=[0, 1], epochs=1, reference="current", variants={
-        "current": {}, "missing": {"baseline": "super"}, "changed": {"overrides": {"train": {"alpha": 0.7}}},
-        "legacy": {"baseline": "base"}})
+    spec = study.StudySpec(
+        name="s",
+        seeds=[0, 1],
+        epochs=1,
+        reference="current",
+        variants={
+            "current": {},
+            "missing": {"baseline": "super"},
+            "changed": {"overrides": {"train": {"alpha": 0.7}}},
+            "legacy": {"baseline": "base"},
+        },
+    )
     every = study.cells(spec, tiny_params)
     files = {v: tmp_path / f"{v}.csv" for v in spec.variants}
     rows = lambda variant, hashes: pd.DataFrame({"variant": variant, "skip": "FFFF", "cell_hash": hashes})  # noqa: E731
@@ -276,7 +361,12 @@ def test_residual_ratios_measure_what_each_block_changes():
     assert all(v > 0 for v in ratios.values())
     block = model.skippable_blocks(0)[0]
     with torch.no_grad():  # a block whose residual branches output zero changes nothing
-        block.attn.proj.weight.zero_(), block.attn.proj.bias.zero_(), block.mlp.fc2.weight.zero_(), block.mlp.fc2.bias.zero_()
+        (
+            block.attn.proj.weight.zero_(),
+            block.attn.proj.bias.zero_(),
+            block.mlp.fc2.weight.zero_(),
+            block.mlp.fc2.bias.zero_(),
+        )
     assert residual_ratios(model, x)["s0.s0"] == pytest.approx(0.0, abs=1e-7)
     base_only = residual_ratios(model, x, "TT")
     assert base_only and not any(".s" in k for k in base_only)  # skipped blocks do not run
@@ -291,31 +381,64 @@ def test_compare_stage_writes_every_output(tmp_path):
     (res / "cells").mkdir(parents=True)
     for variant, rows in _rows().groupby("variant"):
         rows.to_csv(res / "cells" / f"{variant}.csv", index=False)
-    (tmp_path / "studies" / "s" / "study.yaml").write_text(yaml.safe_dump(
-        {"name": "s", "seeds": [0, 1], "variants": {"adn": {}, "ind_full": {"baseline": "super"}, "ind_base": {"baseline": "base"}}}))
+    (tmp_path / "studies" / "s" / "study.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "s",
+                "seeds": [0, 1],
+                "variants": {"adn": {}, "ind_full": {"baseline": "super"}, "ind_base": {"baseline": "base"}},
+            }
+        )
+    )
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}", "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, str(ROOT / "pipelines" / "compare.py"), "--study", "studies/s/study.yaml"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "pipelines" / "compare.py"), "--study", "studies/s/study.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in res.iterdir()) == ["cells", "comparison.csv", "comparison.md", "curves.csv",
-                                                    "summary.json", "tradeoff.png"]
+    assert sorted(p.name for p in res.iterdir()) == [
+        "cells",
+        "comparison.csv",
+        "comparison.md",
+        "curves.csv",
+        "summary.json",
+        "tradeoff.png",
+    ]
     summary = json.loads((res / "summary.json").read_text())
     assert summary["adn"]["acc1_super"] == 91.0 and summary["ind_base"]["acc1_base"] == 75.0
     assert (res / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
     (res / "cells" / "ind_base.csv").unlink()
-    r = subprocess.run([sys.executable, str(ROOT / "pipelines" / "compare.py"), "--study", "studies/s/study.yaml"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "pipelines" / "compare.py"), "--study", "studies/s/study.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 2 and "no results for variant 'ind_base'" in r.stderr and not (res / "summary.json").exists()
     (tmp_path / "studies" / "s" / "study.yaml").write_text("name: s\nseeds: [0]\nvariants: {adn: {bogus: 1}}\n")
-    r = subprocess.run([sys.executable, str(ROOT / "pipelines" / "compare.py"), "--study", "studies/s/study.yaml"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "pipelines" / "compare.py"), "--study", "studies/s/study.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 2 and "variants.adn.bogus: unknown key" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_shipped_study_is_valid(tiny_params):
     spec = study.load_study(ROOT / "studies" / "ablation" / "study.yaml")
-    assert {"adn", "no_self_distillation", "no_skip_aware_norm", "individual_full", "individual_base"} <= set(spec.variants)
+    assert {"adn", "no_self_distillation", "no_skip_aware_norm", "individual_full", "individual_base"} <= set(
+        spec.variants
+    )
     assert len(spec.seeds) >= 3
     assert spec.variants["kd_individual_base"].teacher == "super"
     assert len(study.cells(spec, Params.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text())))) == 18

@@ -1,6 +1,7 @@
 """The tracking server (adaskip.tracking.server), for real: PostgreSQL, `mlflow server --serve-artifacts`, an MLflow
 client over HTTP; on a non-loopback address (in a network namespace of its own) with basic auth over HTTPS (a
 self-signed certificate), and plain HTTP refused there."""
+
 from __future__ import annotations
 
 import os
@@ -59,15 +60,30 @@ def server_env(with_creds: bool) -> dict[str, str]:
     return {**env, CREDS[0]: USER, CREDS[1]: PASSWORD} if with_creds else env
 
 
-def start(state: Path, host: str, port: int, log: Path, env: dict[str, str],
-          prefix: tuple[str, ...] = (), *args: str) -> subprocess.Popen:
-    cmd = [*prefix, sys.executable, "-m", "adaskip.tracking.server", "--state", str(state), "--host", host,
-           "--port", str(port), "--workers", "1", *args]
+def start(
+    state: Path, host: str, port: int, log: Path, env: dict[str, str], prefix: tuple[str, ...] = (), *args: str
+) -> subprocess.Popen:
+    cmd = [
+        *prefix,
+        sys.executable,
+        "-m",
+        "adaskip.tracking.server",
+        "--state",
+        str(state),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        *args,
+    ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
 
 
-def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 90,
-               context: Optional[ssl.SSLContext] = None) -> str:
+def wait_ready(
+    proc: subprocess.Popen, url: str, log: Path, timeout: float = 90, context: Optional[ssl.SSLContext] = None
+) -> str:
     """Wait for /health, then return the server's ready line."""
     deadline = time.monotonic() + timeout
     while True:
@@ -113,8 +129,9 @@ def assert_stopped(proc: subprocess.Popen, state: Path, log: Path) -> None:
     assert not (state / "pg" / "data" / "postmaster.pid").exists()
 
 
-def test_loopback_server_tracks_and_proxies_artifacts(state: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_loopback_server_tracks_and_proxies_artifacts(
+    state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow
     from mlflow.entities import RunStatus
 
@@ -126,8 +143,13 @@ def test_loopback_server_tracks_and_proxies_artifacts(state: Path, tmp_path: Pat
         url = f"http://127.0.0.1:{port}"
         assert wait_ready(proc, url, log) == f"MLFLOW_TRACKING_URI={url}"
         assert (state / "pg" / "data" / "PG_VERSION").exists()
-        second = subprocess.run([sys.executable, "-m", "adaskip.tracking.server", "--state", str(state), "--port",
-                                 str(free_port())], env=server_env(False), capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            [sys.executable, "-m", "adaskip.tracking.server", "--state", str(state), "--port", str(free_port())],
+            env=server_env(False),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode == 2 and "another tracking server is running" in second.stderr, second.stderr
 
         client = mlflow.MlflowClient(tracking_uri=url)
@@ -153,9 +175,13 @@ def test_loopback_server_tracks_and_proxies_artifacts(state: Path, tmp_path: Pat
 
 
 def test_non_loopback_server_requires_credentials(state: Path, tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "adaskip.tracking.server", "--state", str(state / "s"),
-                           "--host", "198.18.0.1"], env=server_env(with_creds=False),
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "adaskip.tracking.server", "--state", str(state / "s"), "--host", "198.18.0.1"],
+        env=server_env(with_creds=False),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "not a loopback address" in lines[0] and CREDS[1] in lines[0], done.stderr
@@ -164,9 +190,13 @@ def test_non_loopback_server_requires_credentials(state: Path, tmp_path: Path) -
 
 def test_non_loopback_server_without_tls_is_refused(state: Path) -> None:
     """Beyond loopback, basic auth over plain HTTP would send the password in clear: refused unless --insecure."""
-    done = subprocess.run([sys.executable, "-m", "adaskip.tracking.server", "--state", str(state / "s"),
-                           "--host", "198.18.0.1"], env=server_env(with_creds=True),
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "adaskip.tracking.server", "--state", str(state / "s"), "--host", "198.18.0.1"],
+        env=server_env(with_creds=True),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: --host 198.18.0.1 is not a loopback address: serve HTTPS"), done.stderr
     assert "--self-signed" in done.stderr and "--insecure" in done.stderr and PASSWORD not in done.stderr
@@ -191,8 +221,9 @@ def _read_all(sock: socket.socket) -> bytes:
     return data
 
 
-def test_non_loopback_server_authenticates(state: Path, tmp_path: Path, netns: tuple[str, str],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_non_loopback_server_authenticates(
+    state: Path, tmp_path: Path, netns: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow
 
     from adaskip.tracking import TrackingError, check_reachable
@@ -220,8 +251,10 @@ def test_non_loopback_server_authenticates(state: Path, tmp_path: Path, netns: t
         # plain HTTP to the HTTPS port: no HTTP answer, nothing of the store, the password not echoed
         with socket.create_connection((addr, port), timeout=10) as s:
             token = b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-            s.sendall(f"GET /api/2.0/mlflow/experiments/search HTTP/1.1\r\nHost: {addr}\r\n"
-                      f"Authorization: Basic {token}\r\n\r\n".encode())
+            s.sendall(
+                f"GET /api/2.0/mlflow/experiments/search HTTP/1.1\r\nHost: {addr}\r\n"
+                f"Authorization: Basic {token}\r\n\r\n".encode()
+            )
             answer = _read_all(s)
         assert not answer.startswith(b"HTTP/1.1 200") and b"experiments" not in answer
         assert PASSWORD.encode() not in answer and token.encode() not in answer

@@ -4,11 +4,11 @@ Reference values are written out with plain torch ops (exp / sum / log), indepen
 ``adaskip.training``; the train step is checked against one backward of the whole objective, and
 the DDP path against one process on the joint batch.
 """
+
 from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 import traceback
 
 import pytest
@@ -16,8 +16,18 @@ import torch
 import torch.nn.functional as F
 
 import adaskip
-from adaskip.training import (DistillConfig, Precision, cross_entropy, distill_step, distillation_terms,
-                              feature_loss, kd_loss, kd_step, plain_step, unwrap)
+from adaskip.training import (
+    DistillConfig,
+    Precision,
+    cross_entropy,
+    distill_step,
+    distillation_terms,
+    feature_loss,
+    kd_loss,
+    kd_step,
+    plain_step,
+    unwrap,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
@@ -28,9 +38,20 @@ NUM_CLASSES = 5
 def tiny_vit(seed: int = 0) -> adaskip.AdaptiveDepthNet:
     """DeiT with 4 blocks in 2 stages (1 mandatory + 1 skippable each), 32 px, no BatchNorm, dropout 0."""
     torch.manual_seed(seed)
-    return adaskip.create_model("deit_tiny_patch16_224", num_classes=NUM_CLASSES, img_size=32, patch_size=8,
-                                depth=4, embed_dim=32, num_heads=2, num_stages=2, drop_rate=0.0,
-                                drop_path_rate=0.0, attn_drop_rate=0.0, proj_drop_rate=0.0)
+    return adaskip.create_model(
+        "deit_tiny_patch16_224",
+        num_classes=NUM_CLASSES,
+        img_size=32,
+        patch_size=8,
+        depth=4,
+        embed_dim=32,
+        num_heads=2,
+        num_stages=2,
+        drop_rate=0.0,
+        drop_path_rate=0.0,
+        attn_drop_rate=0.0,
+        proj_drop_rate=0.0,
+    )
 
 
 def batch(n: int = 8, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +71,7 @@ def ref_kd(super_logits, base_logits, temperature=1.0, top_k=None):
         idx = torch.argsort(s, dim=1, descending=True)[:, :top_k]
         s, b = torch.gather(s, 1, idx), torch.gather(b, 1, idx)
     p, q = ref_softmax(s / temperature), ref_softmax(b / temperature)
-    return temperature ** 2 * (p * (torch.log(p) - torch.log(q))).sum() / s.shape[0]
+    return temperature**2 * (p * (torch.log(p) - torch.log(q))).sum() / s.shape[0]
 
 
 def ref_ce(logits, targets, label_smoothing=0.0):
@@ -147,8 +168,11 @@ def test_kd_loss_no_gradient_to_teacher():
 # ----------------------------------------------------------------------------- distillation_terms
 def _logits(seed=0, n=6, c=NUM_CLASSES):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, c, generator=g, requires_grad=True), torch.randn(n, c, generator=g, requires_grad=True),
-            torch.randint(0, c, (n,), generator=g))
+    return (
+        torch.randn(n, c, generator=g, requires_grad=True),
+        torch.randn(n, c, generator=g, requires_grad=True),
+        torch.randint(0, c, (n,), generator=g),
+    )
 
 
 def test_distillation_terms_combination():
@@ -156,7 +180,9 @@ def test_distillation_terms_combination():
     g = torch.Generator().manual_seed(5)
     sf = [torch.randn(6, 3, 4, generator=g), torch.randn(6, 8, generator=g)]
     bf = [torch.randn(6, 3, 4, generator=g, requires_grad=True), torch.randn(6, 8, generator=g, requires_grad=True)]
-    cfg = DistillConfig(alpha=0.3, temperature=2.0, top_k=3, feature_weight=0.5, base_ce_weight=0.2, label_smoothing=0.0)
+    cfg = DistillConfig(
+        alpha=0.3, temperature=2.0, top_k=3, feature_weight=0.5, base_ce_weight=0.2, label_smoothing=0.0
+    )
     t = distillation_terms(s, b, y, cfg, sf, bf)
 
     feat_ref = (((bf[0] - sf[0]) ** 2).mean() + ((bf[1] - sf[1]) ** 2).mean()) / 2
@@ -188,8 +214,12 @@ def test_distillation_terms_default_is_paper_loss():
 
 def test_distillation_terms_without_self_distillation():
     s, b, y = _logits(2)
-    t = distillation_terms(s, b, y, DistillConfig(alpha=0.4, self_distillation=False, base_ce_weight=0.7,
-                                                  feature_weight=1.0, label_smoothing=0.0))
+    t = distillation_terms(
+        s,
+        b,
+        y,
+        DistillConfig(alpha=0.4, self_distillation=False, base_ce_weight=0.7, feature_weight=1.0, label_smoothing=0.0),
+    )
     assert t.kd.item() == 0.0
     assert t.base_objective.item() == pytest.approx(0.6 * ref_ce(b, y).item(), rel=1e-5)
     t.base_objective.backward()
@@ -216,9 +246,19 @@ def test_soft_targets():
     assert t.base_objective.item() == pytest.approx(ref.item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("kwargs", [dict(alpha=-0.1), dict(alpha=1.01), dict(temperature=0.0),
-                                    dict(temperature=-1.0), dict(top_k=0), dict(top_k=-3),
-                                    dict(feature_weight=-1.0), dict(base_ce_weight=-0.5)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(alpha=-0.1),
+        dict(alpha=1.01),
+        dict(temperature=0.0),
+        dict(temperature=-1.0),
+        dict(top_k=0),
+        dict(top_k=-3),
+        dict(feature_weight=-1.0),
+        dict(base_ce_weight=-0.5),
+    ],
+)
 def test_distill_config_rejects(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs)).split("_")[0]):
         DistillConfig(**kwargs)
@@ -241,9 +281,11 @@ def manual_objective(net, x, y, cfg: DistillConfig):
     s, sf = net(x, skip="FF", return_features=True)
     b, bf = net(x, skip="TT", return_features=True)
     feat = sum(((bb - ss.detach()) ** 2).mean() for ss, bb in zip(sf, bf)) / len(sf)
-    total = (cfg.alpha * ref_ce(s, y, cfg.label_smoothing)
-             + (1 - cfg.alpha) * (ref_kd(s, b, cfg.temperature, cfg.top_k) + cfg.feature_weight * feat)
-             + cfg.base_ce_weight * ref_ce(b, y, cfg.label_smoothing))
+    total = (
+        cfg.alpha * ref_ce(s, y, cfg.label_smoothing)
+        + (1 - cfg.alpha) * (ref_kd(s, b, cfg.temperature, cfg.top_k) + cfg.feature_weight * feat)
+        + cfg.base_ce_weight * ref_ce(b, y, cfg.label_smoothing)
+    )
     return total
 
 
@@ -312,8 +354,15 @@ def test_kd_step_distils_a_separate_teacher_into_one_sub_network():
     teacher, model, ref = tiny_vit(1), tiny_vit(), tiny_vit()
     t_before, before = params(teacher), params(model)
     cfg = DistillConfig(alpha=0.3, temperature=2.0, base_ce_weight=0.2, label_smoothing=0.0)
-    metrics = kd_step(model, lambda images: teacher(images, skip="FF"), x, y,
-                      torch.optim.SGD(model.parameters(), lr=0.5), cfg, skip="TT")
+    metrics = kd_step(
+        model,
+        lambda images: teacher(images, skip="FF"),
+        x,
+        y,
+        torch.optim.SGD(model.parameters(), lr=0.5),
+        cfg,
+        skip="TT",
+    )
     opt = torch.optim.SGD(ref.parameters(), lr=0.5)
     opt.zero_grad()
     student = ref(x, skip="TT")
@@ -335,8 +384,9 @@ def test_plain_step_on_timm_model():
     import timm
 
     torch.manual_seed(0)
-    model = timm.create_model("deit_tiny_patch16_224", num_classes=NUM_CLASSES, img_size=32, patch_size=8, depth=2,
-                              embed_dim=32, num_heads=2)
+    model = timm.create_model(
+        "deit_tiny_patch16_224", num_classes=NUM_CLASSES, img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2
+    )
     x, y = batch()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     first = plain_step(model, x, y, opt)
@@ -376,21 +426,28 @@ def test_fit_gives_baselines_the_recipes_label_smoothing(tiny_params, monkeypatc
         def step(*args, **kwargs):
             cfg = kwargs.get("cfg") or next((a for a in args if isinstance(a, DistillConfig)), None)
             raise Seen(name, cfg.label_smoothing if cfg is not None else kwargs.get("label_smoothing", 0.0))
+
         return step
 
     monkeypatch.setattr(loop, "plain_step", record("plain"))
     monkeypatch.setattr(loop, "kd_step", record("kd"))
     p = tiny_params.model_copy(update={"train": tiny_params.train.model_copy(update={"label_smoothing": 0.1})})
     with pytest.raises(Seen) as seen:
-        loop.fit(p, loop.WorkerEnv(), epochs=1, mode=loop.FitMode(
-            alone="TTTT", teacher=(lambda images: torch.zeros(len(images), 10)) if teacher else None))
+        loop.fit(
+            p,
+            loop.WorkerEnv(),
+            epochs=1,
+            mode=loop.FitMode(alone="TTTT", teacher=(lambda images: torch.zeros(len(images), 10)) if teacher else None),
+        )
     assert seen.value.args == ("kd" if teacher else "plain", 0.1)
 
 
 # ----------------------------------------------------------------------------- DDP (gloo, 2 processes)
 DDP_STEPS = 3
-DDP_CONFIGS = {"default": DistillConfig(temperature=2.0, top_k=3, label_smoothing=0.0),
-               "feat": DistillConfig(alpha=0.3, feature_weight=0.5, base_ce_weight=0.2, label_smoothing=0.0)}
+DDP_CONFIGS = {
+    "default": DistillConfig(temperature=2.0, top_k=3, label_smoothing=0.0),
+    "feat": DistillConfig(alpha=0.3, feature_weight=0.5, base_ce_weight=0.2, label_smoothing=0.0),
+}
 DDP_LR = 0.2
 
 
@@ -441,8 +498,9 @@ def ddp_result(tmp_path_factory):
             p.kill()
             p.join()
     errors = [f.read_text() for f in sorted(out.glob("error-rank*.txt"))]
-    assert not errors and all(p.exitcode == 0 for p in procs), \
+    assert not errors and all(p.exitcode == 0 for p in procs), (
         f"exit codes {[p.exitcode for p in procs]}\n" + "\n".join(errors)
+    )
     return {name: tuple(torch.load(out / f"{name}-rank{r}.pt") for r in range(2)) for name in DDP_CONFIGS}
 
 

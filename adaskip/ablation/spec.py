@@ -9,6 +9,7 @@ is an adaptive-depth network evaluated over its whole grid. Expanding a study in
 params (building its model unless told not to); :mod:`adaskip.orchestration.cells` trains and evaluates the cells,
 :mod:`adaskip.ablation.stats` aggregates and compares what they measured.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,13 +22,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ..config import ConfigError, Params, format_errors, merge_params, params_hash, parse_params
 
+
 class Variant(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     overrides: dict[str, Any] = Field({}, description="params.yaml sections to override, e.g. {train: {alpha: 0.7}}")
-    baseline: Optional[str] = Field(None, description="train only this sub-network with CE: super, base or a skip string")
-    teacher: Optional[str] = Field(None, description="with baseline: distil it from this sub-network (super, base or "
-                                   "a skip string), trained alone first in the same cell (a KD baseline)")
+    baseline: Optional[str] = Field(
+        None, description="train only this sub-network with CE: super, base or a skip string"
+    )
+    teacher: Optional[str] = Field(
+        None,
+        description="with baseline: distil it from this sub-network (super, base or "
+        "a skip string), trained alone first in the same cell (a KD baseline)",
+    )
 
     @field_validator("baseline", "teacher")
     @classmethod
@@ -50,17 +57,22 @@ class StudySpec(BaseModel):
     seeds: list[int] = Field(min_length=1)
     epochs: Optional[int] = Field(None, ge=1, description="per cell; null = train.epochs")
     reference: str = Field("adn", description="the variant compared against the baselines")
-    overrides: dict[str, Any] = Field({}, description="params.yaml sections every cell overrides before its variant's "
-                                      "own, e.g. what each cell's Ray Train run asks: {train: {workers: 8, use_gpu: true}}")
+    overrides: dict[str, Any] = Field(
+        {},
+        description="params.yaml sections every cell overrides before its variant's "
+        "own, e.g. what each cell's Ray Train run asks: {train: {workers: 8, use_gpu: true}}",
+    )
     variants: dict[str, Variant] = Field(min_length=1)
 
     @model_validator(mode="before")
     @classmethod
     def _no_cpus_per_cell(cls, raw: Any) -> Any:
         if isinstance(raw, dict) and "cpus_per_cell" in raw:
-            raise ValueError("cpus_per_cell is gone: a cell is a Ray Train run that asks train.workers x "
-                             "train.cpus_per_worker (or one GPU each with train.use_gpu); set them under the study's "
-                             "overrides, e.g. overrides: {train: {workers: 1, cpus_per_worker: 1}}")
+            raise ValueError(
+                "cpus_per_cell is gone: a cell is a Ray Train run that asks train.workers x "
+                "train.cpus_per_worker (or one GPU each with train.use_gpu); set them under the study's "
+                "overrides, e.g. overrides: {train: {workers: 1, cpus_per_worker: 1}}"
+            )
         return raw
 
     @field_validator("variants")
@@ -147,8 +159,12 @@ def cells(spec: StudySpec, base: Params, variants: Optional[list[str]] = None) -
 def mlflow_tags(spec: StudySpec, base: Params) -> dict[str, str]:
     """Tags of the study's one MLflow parent run, which every variant's stage continues: another study name,
     base params or epoch count is another study, while variants and seeds are its children."""
-    return {"adaskip.stage": "study", "adaskip.study": spec.name,
-            "adaskip.params_hash": params_hash(base, "data", "model", "train", "evaluate"), "adaskip.epochs": str(spec.epochs)}
+    return {
+        "adaskip.stage": "study",
+        "adaskip.study": spec.name,
+        "adaskip.params_hash": params_hash(base, "data", "model", "train", "evaluate"),
+        "adaskip.epochs": str(spec.epochs),
+    }
 
 
 def _baseline_skip(baseline: str, num_stages: int) -> str:

@@ -3,6 +3,7 @@ adaptive-depth network against individually trained baselines (paired by seed, w
 smallest detectable difference), per-variant summaries (DVC metrics) and the comparison table in markdown.
 pandas and scipy only: nothing here builds a model or trains.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -16,14 +17,30 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean, std and count over seeds per (variant, skip) of the cells' grid rows
     (columns ``variant, seed, skip, macs, acc1, acc5``)."""
     g = rows.groupby(["variant", "skip"], sort=False)
-    out = g.agg(macs=("macs", "first"), seeds=("seed", "nunique"),
-                **{f"{m}_{f}": (m, f) for m in METRICS for f in ("mean", "std")}).reset_index()
+    out = g.agg(
+        macs=("macs", "first"),
+        seeds=("seed", "nunique"),
+        **{f"{m}_{f}": (m, f) for m in METRICS for f in ("mean", "std")},
+    ).reset_index()
     return out.fillna({f"{m}_std": 0.0 for m in METRICS})  # one seed: no spread, not NaN
 
 
-COMPARE_COLUMNS = ["skip", "macs", "baseline", "seeds", "test_images", "adn_acc1_mean", "adn_acc1_std",
-                   "baseline_acc1_mean", "baseline_acc1_std", "delta_acc1_mean", "delta_acc1_std", "ci_low", "ci_high",
-                   "detectable"]
+COMPARE_COLUMNS = [
+    "skip",
+    "macs",
+    "baseline",
+    "seeds",
+    "test_images",
+    "adn_acc1_mean",
+    "adn_acc1_std",
+    "baseline_acc1_mean",
+    "baseline_acc1_std",
+    "delta_acc1_mean",
+    "delta_acc1_std",
+    "ci_low",
+    "ci_high",
+    "detectable",
+]
 CONFIDENCE, POWER = 0.95, 0.80
 
 
@@ -42,20 +59,30 @@ def compare(rows: pd.DataFrame, reference: str) -> pd.DataFrame:
     pairs["delta"] = pairs.acc1 - pairs.acc1_baseline
     pairs["test_images"] = pairs[["n", "n_baseline"]].min(axis=1) if "n" in pairs else float("nan")
     g = pairs.groupby(["skip", "variant_baseline"], sort=False)
-    out = g.agg(macs=("macs", "first"), seeds=("seed", "nunique"), test_images=("test_images", "min"),
-                adn_acc1_mean=("acc1", "mean"), adn_acc1_std=("acc1", "std"),
-                baseline_acc1_mean=("acc1_baseline", "mean"), baseline_acc1_std=("acc1_baseline", "std"),
-                delta_acc1_mean=("delta", "mean"), delta_acc1_std=("delta", "std")).reset_index()
+    out = g.agg(
+        macs=("macs", "first"),
+        seeds=("seed", "nunique"),
+        test_images=("test_images", "min"),
+        adn_acc1_mean=("acc1", "mean"),
+        adn_acc1_std=("acc1", "std"),
+        baseline_acc1_mean=("acc1_baseline", "mean"),
+        baseline_acc1_std=("acc1_baseline", "std"),
+        delta_acc1_mean=("delta", "mean"),
+        delta_acc1_std=("delta", "std"),
+    ).reset_index()
     out = out.rename(columns={"variant_baseline": "baseline"})
-    stats = {key: paired_stats(p.delta.tolist(), p.test_images.min(), (p.acc1.mean() + p.acc1_baseline.mean()) / 2)
-             for key, p in g}
+    stats = {
+        key: paired_stats(p.delta.tolist(), p.test_images.min(), (p.acc1.mean() + p.acc1_baseline.mean()) / 2)
+        for key, p in g
+    }
     out[["ci_low", "ci_high", "detectable"]] = [stats[(r.skip, r.baseline)] for r in out.itertuples(index=False)]
     out = out.fillna({c: 0.0 for c in ("adn_acc1_std", "baseline_acc1_std", "delta_acc1_std")})  # one seed: no spread
     return out[COMPARE_COLUMNS].sort_values(["macs", "baseline"], ascending=[False, True], ignore_index=True)
 
 
-def paired_stats(deltas: list[float], test_images: float = float("nan"),
-                 accuracy: float = float("nan")) -> tuple[float, float, float]:
+def paired_stats(
+    deltas: list[float], test_images: float = float("nan"), accuracy: float = float("nan")
+) -> tuple[float, float, float]:
     """(ci_low, ci_high, detectable) of paired per-seed differences ``deltas`` (in %p), as a study of
     ``k = len(deltas)`` seeds on ``test_images`` test images, with accuracies near ``accuracy`` (%), can state them.
 
@@ -80,10 +107,14 @@ def paired_stats(deltas: list[float], test_images: float = float("nan"),
     floor = float("nan")
     if test_images == test_images and accuracy == accuracy and test_images > 0:  # both known (not NaN)
         p = min(max(accuracy / 100, 0.0), 1.0)
-        floor = (stats.norm.ppf(0.5 + CONFIDENCE / 2) + stats.norm.ppf(POWER)) * (2 * p * (1 - p) / test_images) ** 0.5 * 100
+        floor = (
+            (stats.norm.ppf(0.5 + CONFIDENCE / 2) + stats.norm.ppf(POWER))
+            * (2 * p * (1 - p) / test_images) ** 0.5
+            * 100
+        )
     if k < 2:
         return float("nan"), float("nan"), floor
-    se = float(d.std()) / k ** 0.5
+    se = float(d.std()) / k**0.5
     t_conf = stats.t.ppf(0.5 + CONFIDENCE / 2, k - 1)
     half = t_conf * se
     seeds_term = (t_conf + stats.t.ppf(POWER, k - 1)) * se
@@ -97,8 +128,12 @@ def summary(agg: pd.DataFrame, rows: pd.DataFrame) -> dict[str, dict[str, float]
     out: dict[str, dict[str, float]] = {}
     for variant, a in agg.groupby("variant", sort=False):
         a = a.sort_values("macs")
-        entry = {"acc1_super": float(a.acc1_mean.iloc[-1]), "acc1_base": float(a.acc1_mean.iloc[0]),
-                 "acc1_mean_over_configs": float(a.acc1_mean.mean()), "configs": int(len(a))}
+        entry = {
+            "acc1_super": float(a.acc1_mean.iloc[-1]),
+            "acc1_base": float(a.acc1_mean.iloc[0]),
+            "acc1_mean_over_configs": float(a.acc1_mean.mean()),
+            "configs": int(len(a)),
+        }
         for col in ("ratio_mandatory", "ratio_skippable"):
             if col in rows:
                 v = rows.loc[rows.variant == variant, col].dropna()
@@ -116,31 +151,46 @@ def comparison_markdown(comparison: pd.DataFrame, agg: pd.DataFrame, spec: Study
         lines.append("No individual baseline shares a configuration with the reference variant: nothing to compare.")
     else:
         sizes = sorted({int(n) for n in comparison.test_images.dropna()})
-        size = (f"{' / '.join(map(str, sizes))} images per seed, the same images for every seed" if sizes
-                else "size not recorded in the results")
-        lines += [f"`{spec.reference}` (one adaptive-depth network) against individually trained networks of the same "
-                  "depth, test top-1 %, mean +- std over seeds. delta: "
-                  f"`{spec.reference}` minus individual in percentage points, paired by seed, mean [95 % t-interval "
-                  "over seeds]; detectable: the smallest delta this study finds with 80 % power (the larger of the "
-                  f"seed-to-seed and the test-set limit; `adaskip.ablation.stats.paired_stats`). Test set: {size}.", "",
-                  "| config | MACs | baseline | " + spec.reference + " | individual | delta (%p) [95 % CI] | detectable (%p) "
-                  f"| verdict for {spec.reference} |",
-                  "|---|---|---|---|---|---|---|---|"]
+        size = (
+            f"{' / '.join(map(str, sizes))} images per seed, the same images for every seed"
+            if sizes
+            else "size not recorded in the results"
+        )
+        lines += [
+            f"`{spec.reference}` (one adaptive-depth network) against individually trained networks of the same "
+            "depth, test top-1 %, mean +- std over seeds. delta: "
+            f"`{spec.reference}` minus individual in percentage points, paired by seed, mean [95 % t-interval "
+            "over seeds]; detectable: the smallest delta this study finds with 80 % power (the larger of the "
+            f"seed-to-seed and the test-set limit; `adaskip.ablation.stats.paired_stats`). Test set: {size}.",
+            "",
+            "| config | MACs | baseline | " + spec.reference + " | individual | delta (%p) [95 % CI] | detectable (%p) "
+            f"| verdict for {spec.reference} |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in comparison.itertuples(index=False):
             ci = f" [{r.ci_low:+.2f}, {r.ci_high:+.2f}]" if r.seeds >= 2 else ""
             det = f"{r.detectable:.1f}" if r.detectable == r.detectable else "n/a"
-            lines.append(f"| {r.skip} | {r.macs / 1e6:.2f} M | {r.baseline} | {r.adn_acc1_mean:.2f} +- {r.adn_acc1_std:.2f} | "
-                         f"{r.baseline_acc1_mean:.2f} +- {r.baseline_acc1_std:.2f} | {r.delta_acc1_mean:+.2f}{ci} | {det} | "
-                         f"{verdict(r.ci_low, r.ci_high, r.detectable, r.seeds)} |")
-    lines += ["", "## Every variant (test top-1 %, mean +- std over seeds)", "",
-              "| variant | config | MACs | top-1 | seeds |", "|---|---|---|---|---|"]
+            lines.append(
+                f"| {r.skip} | {r.macs / 1e6:.2f} M | {r.baseline} | {r.adn_acc1_mean:.2f} +- {r.adn_acc1_std:.2f} | "
+                f"{r.baseline_acc1_mean:.2f} +- {r.baseline_acc1_std:.2f} | {r.delta_acc1_mean:+.2f}{ci} | {det} | "
+                f"{verdict(r.ci_low, r.ci_high, r.detectable, r.seeds)} |"
+            )
+    lines += [
+        "",
+        "## Every variant (test top-1 %, mean +- std over seeds)",
+        "",
+        "| variant | config | MACs | top-1 | seeds |",
+        "|---|---|---|---|---|",
+    ]
     for r in agg.itertuples(index=False):
-        lines.append(f"| {r.variant} | {r.skip} | {r.macs / 1e6:.2f} M | {r.acc1_mean:.2f} +- {r.acc1_std:.2f} | {r.seeds} |")
+        lines.append(
+            f"| {r.variant} | {r.skip} | {r.macs / 1e6:.2f} M | {r.acc1_mean:.2f} +- {r.acc1_std:.2f} | {r.seeds} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def verdict(ci_low: float, ci_high: float, detectable: float, seeds: int) -> str:
-    """"better" / "worse" (the reference against the baseline) only when the 95 % interval excludes zero;
+    """ "better" / "worse" (the reference against the baseline) only when the 95 % interval excludes zero;
     otherwise "inconclusive", with the smallest difference the study could have detected."""
     if seeds < 2:
         return "inconclusive (one seed: no confidence interval)"

@@ -1,6 +1,7 @@
 """The ``adaskip`` console command: one module per subcommand, each with its parser and a handler that calls the
 library. Parsers import nothing heavy (``adaskip --help`` starts in well under a second); a handler imports what its
 command needs when it runs."""
+
 from __future__ import annotations
 
 import argparse

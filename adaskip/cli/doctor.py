@@ -1,4 +1,5 @@
 """``adaskip doctor``: preflight every alive node of the cluster before a long run."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,12 +8,15 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    d = sub.add_parser("doctor", help="check every node of the Ray cluster before a long run",
-                       description="One task on every alive node of the cluster RAY_ADDRESS names checks the adaskip "
-                       "code and torch/timm/ray/mlflow versions against this machine's, that the MLflow tracking "
-                       "server answers, that the storage (cluster.storage / ADASKIP_STORAGE) is shared and "
-                       "writable, that data.path is readable, and the network interface torch.distributed will use. "
-                       "Prints one line per node; exit code 1 when a node fails.")
+    d = sub.add_parser(
+        "doctor",
+        help="check every node of the Ray cluster before a long run",
+        description="One task on every alive node of the cluster RAY_ADDRESS names checks the adaskip "
+        "code and torch/timm/ray/mlflow versions against this machine's, that the MLflow tracking "
+        "server answers, that the storage (cluster.storage / ADASKIP_STORAGE) is shared and "
+        "writable, that data.path is readable, and the network interface torch.distributed will use. "
+        "Prints one line per node; exit code 1 when a node fails.",
+    )
     d.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
     d.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each node (default: %(default)s)")
     d.set_defaults(func=run)

@@ -1,4 +1,5 @@
 """``adaskip select``: the best sub-network under a latency / MACs / accuracy budget, optionally exported."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,33 +7,51 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("select", help="choose the best sub-network under a latency / MACs / accuracy budget",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Read the evaluation grid (results/eval_grid.csv, or an MLflow evaluate run's "
-                       "eval_grid.json)\nand print the most accurate Pareto-front sub-network within every budget "
-                       "given (ties: fewer MACs),\nwith its figures. Latency is the p50 in ms per forward of one "
-                       "batch, measured by evaluate at\nevaluate.latency_batch_sizes on the grid's device.\n"
-                       "exit 0: chosen; 1: none fits (one line: what the cheapest costs); 2: bad arguments (one line)",
-                       epilog="examples:\n"
-                       "  adaskip select --max-latency-ms 2.5                 # batch: the first measured\n"
-                       "  adaskip select --max-latency-ms 20 --batch 32 --device cpu --min-acc 80\n"
-                       "  adaskip select --max-macs 3e6 --export onnx --out small.onnx   # then export it, verified\n"
-                       "  adaskip select --run 3f2c...e1 --min-acc 85          # the grid of an MLflow evaluate run\n"
-                       "  adaskip select --latency results/latency-*.csv --device xeon --max-latency-ms 2  # profiled")
+    s = sub.add_parser(
+        "select",
+        help="choose the best sub-network under a latency / MACs / accuracy budget",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Read the evaluation grid (results/eval_grid.csv, or an MLflow evaluate run's "
+        "eval_grid.json)\nand print the most accurate Pareto-front sub-network within every budget "
+        "given (ties: fewer MACs),\nwith its figures. Latency is the p50 in ms per forward of one "
+        "batch, measured by evaluate at\nevaluate.latency_batch_sizes on the grid's device.\n"
+        "exit 0: chosen; 1: none fits (one line: what the cheapest costs); 2: bad arguments (one line)",
+        epilog="examples:\n"
+        "  adaskip select --max-latency-ms 2.5                 # batch: the first measured\n"
+        "  adaskip select --max-latency-ms 20 --batch 32 --device cpu --min-acc 80\n"
+        "  adaskip select --max-macs 3e6 --export onnx --out small.onnx   # then export it, verified\n"
+        "  adaskip select --run 3f2c...e1 --min-acc 85          # the grid of an MLflow evaluate run\n"
+        "  adaskip select --latency results/latency-*.csv --device xeon --max-latency-ms 2  # profiled",
+    )
     s.add_argument("--grid", metavar="CSV", help="evaluation grid (default: results/eval_grid.csv)")
     s.add_argument("--run", metavar="RUN_ID", help="MLflow evaluate run whose eval_grid.json to read instead")
     s.add_argument("--params", default="params.yaml", help="for --run: its mlflow.tracking_uri (default: %(default)s)")
     s.add_argument("--max-latency-ms", type=float, metavar="X", help="p50 ms per batch at most")
-    s.add_argument("--batch", type=int, metavar="B", help="batch size --max-latency-ms refers to (default: the "
-                   "first of evaluate.latency_batch_sizes)")
-    s.add_argument("--device", metavar="D", help="the grid's device whose latency counts (exact, or a unique part: "
-                   "cpu, H100); needed when the grid holds several")
-    s.add_argument("--latency", nargs="+", type=Path, metavar="CSV", help="latency tables (adaskip profile's long "
-                   "form) to use instead of the grid's own, e.g. measured on the serving machine")
+    s.add_argument(
+        "--batch",
+        type=int,
+        metavar="B",
+        help="batch size --max-latency-ms refers to (default: the first of evaluate.latency_batch_sizes)",
+    )
+    s.add_argument(
+        "--device",
+        metavar="D",
+        help="the grid's device whose latency counts (exact, or a unique part: "
+        "cpu, H100); needed when the grid holds several",
+    )
+    s.add_argument(
+        "--latency",
+        nargs="+",
+        type=Path,
+        metavar="CSV",
+        help="latency tables (adaskip profile's long "
+        "form) to use instead of the grid's own, e.g. measured on the serving machine",
+    )
     s.add_argument("--max-macs", type=float, metavar="M", help="multiply-accumulates per image at most (3.5e8)")
     s.add_argument("--min-acc", type=float, metavar="A", help="test top-1 accuracy at least, in %%")
-    s.add_argument("--export", metavar="FORMAT", help="export the choice (torch, torchscript or onnx), "
-                   "as `adaskip export` does")
+    s.add_argument(
+        "--export", metavar="FORMAT", help="export the choice (torch, torchscript or onnx), as `adaskip export` does"
+    )
     s.add_argument("--out", type=Path, metavar="FILE", help="the export's output file")
     s.add_argument("--model", default="models/model.pt", help="model file to export from (default: %(default)s)")
     s.add_argument("--image-size", type=int, metavar="N", help="export input resolution (default: the model file's)")
@@ -56,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
     if args.export:
         from ..export import export_subnetwork
 
-        print(export_subnetwork(args.model, choice.chosen["skip"], args.export, args.out,
-                                image_size=args.image_size).line())
+        print(
+            export_subnetwork(
+                args.model, choice.chosen["skip"], args.export, args.out, image_size=args.image_size
+            ).line()
+        )
     return 0

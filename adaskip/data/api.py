@@ -1,4 +1,5 @@
 """Entry points: ``load_subsets`` for training code and ``prepare`` for the pipeline's data stage."""
+
 from __future__ import annotations
 
 import importlib
@@ -57,11 +58,17 @@ def validate(subsets: Subsets) -> None:
 
 def manifest(cfg: DataConfig, subsets: Subsets) -> dict[str, Any]:
     """The description of the prepared dataset written to ``manifest.json``."""
-    return {"name": cfg.name,
-            "path": str(Path(cfg.path).expanduser().resolve()) if cfg.path else None,
-            "num_classes": subsets.num_classes, "in_chans": subsets.in_chans, "class_names": subsets.class_names,
-            "sizes": {k: len(getattr(subsets, k)) for k in ("train", "val", "test")},
-            "image_size": cfg.image_size, "seed": cfg.seed, "fingerprint": fingerprint(cfg)}
+    return {
+        "name": cfg.name,
+        "path": str(Path(cfg.path).expanduser().resolve()) if cfg.path else None,
+        "num_classes": subsets.num_classes,
+        "in_chans": subsets.in_chans,
+        "class_names": subsets.class_names,
+        "sizes": {k: len(getattr(subsets, k)) for k in ("train", "val", "test")},
+        "image_size": cfg.image_size,
+        "seed": cfg.seed,
+        "fingerprint": fingerprint(cfg),
+    }
 
 
 def prepare(cfg: DataConfig, out_dir: str | Path) -> dict[str, Any]:

@@ -1,4 +1,5 @@
 """Shared pieces: the ``Subsets`` tuple, a transforming subset and the stratified train/val carve."""
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,13 @@ class Subsets(NamedTuple):
 class TransformSubset(Dataset):
     """``base[indices[i]]`` with ``transform`` applied to the image; ``targets`` lists the labels."""
 
-    def __init__(self, base: Any, indices: Sequence[int], transform: Optional[Callable] = None,
-                 targets: Optional[Sequence[int]] = None) -> None:
+    def __init__(
+        self,
+        base: Any,
+        indices: Sequence[int],
+        transform: Optional[Callable] = None,
+        targets: Optional[Sequence[int]] = None,
+    ) -> None:
         self.base = base
         self.indices = [int(i) for i in indices]
         self.transform = transform

@@ -1,4 +1,5 @@
 """CIFAR-10/100 from the official python-pickle folder layout on local disk; never downloads."""
+
 from __future__ import annotations
 
 import hashlib
@@ -52,8 +53,9 @@ def _root(cfg: DataConfig) -> Path:
     base = _CLASSES[cfg.name].base_folder
     path = Path(str(cfg.path)).expanduser()
     if not path.exists():
-        raise DataError(f"data.path '{cfg.path}' does not exist: point data.path in params.yaml at a folder "
-                        f"holding {base}")
+        raise DataError(
+            f"data.path '{cfg.path}' does not exist: point data.path in params.yaml at a folder holding {base}"
+        )
     return path.parent if path.name == base else path
 
 
@@ -61,8 +63,10 @@ def _batch_files(cfg: DataConfig) -> list[Path]:
     cls = _CLASSES[cfg.name]
     folder = _root(cfg) / cls.base_folder
     if not folder.is_dir():
-        raise DataError(f"data.path '{cfg.path}' has no {cls.base_folder} folder: extract "
-                        f"{cls.filename} there (download it by hand; nothing is downloaded at run time)")
+        raise DataError(
+            f"data.path '{cfg.path}' has no {cls.base_folder} folder: extract "
+            f"{cls.filename} there (download it by hand; nothing is downloaded at run time)"
+        )
     names = [n for n, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
@@ -86,8 +90,10 @@ def _open(cfg: DataConfig, train: bool) -> CIFAR10:
     try:
         return _CLASSES[cfg.name](root=str(_root(cfg)), train=train, download=False)
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError) as e:
-        raise DataError(f"cannot read the {cfg.name} batches under '{cfg.path}' ({one_line(e)}): "
-                        f"re-extract {_CLASSES[cfg.name].filename} into data.path") from e
+        raise DataError(
+            f"cannot read the {cfg.name} batches under '{cfg.path}' ({one_line(e)}): "
+            f"re-extract {_CLASSES[cfg.name].filename} into data.path"
+        ) from e
 
 
 def load(cfg: DataConfig) -> Subsets:
@@ -98,9 +104,13 @@ def load(cfg: DataConfig) -> Subsets:
     def make(is_training: bool) -> Callable:
         return build_transform(cfg.image_size, is_training, cfg.augment, native_size=32)
 
-    subsets = Subsets(train=TransformSubset(train_base, keep, make(True)),
-                      val=TransformSubset(train_base, val, make(False)),
-                      test=TransformSubset(test_base, range(len(test_base)), make(False)),
-                      num_classes=len(train_base.classes), in_chans=3, class_names=list(train_base.classes))
+    subsets = Subsets(
+        train=TransformSubset(train_base, keep, make(True)),
+        val=TransformSubset(train_base, val, make(False)),
+        test=TransformSubset(test_base, range(len(test_base)), make(False)),
+        num_classes=len(train_base.classes),
+        in_chans=3,
+        class_names=list(train_base.classes),
+    )
     log.info("%s from %s: train %d, val %d, test %d", cfg.name, cfg.path, len(keep), len(val), len(test_base))
     return subsets

@@ -1,4 +1,5 @@
 """Dataset configuration (the ``data:`` block of params.yaml) and the error raised for unreadable data."""
+
 from __future__ import annotations
 
 from typing import Literal, Optional
@@ -32,18 +33,23 @@ class DataConfig(BaseModel):
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     seed: int = 0
     augment: bool = True
-    workers: Optional[int] = Field(None, ge=0, description="DataLoader worker processes per rank (decoding and "
-                                   "augmentation); null = 0 for digits, else min(4, CPUs per rank - 1)")
+    workers: Optional[int] = Field(
+        None,
+        ge=0,
+        description="DataLoader worker processes per rank (decoding and "
+        "augmentation); null = 0 for digits, else min(4, CPUs per rank - 1)",
+    )
 
     @model_validator(mode="after")
     def _path_required(self) -> "DataConfig":
         if self.name != "digits" and not self.path:
-            raise ValueError(f"data.path is required for dataset '{self.name}': set data.path in params.yaml "
-                             f"to {_PATH_HINT[self.name]}")
+            raise ValueError(
+                f"data.path is required for dataset '{self.name}': set data.path in params.yaml "
+                f"to {_PATH_HINT[self.name]}"
+            )
         return self
 
 
 def one_line(e: BaseException) -> str:
     """``"Type: message"`` of ``e`` on a single line, for embedding in a DataError."""
     return " ".join(f"{type(e).__name__}: {e}".split())
-

@@ -1,4 +1,5 @@
 """The embedded default: scikit-learn's 1797 8x8 handwritten digits, held in memory as tensors."""
+
 from __future__ import annotations
 
 import hashlib
@@ -24,8 +25,14 @@ _MAX_VALUE = 16.0  # digits pixels are integers in [0, 16]
 class TensorImageDataset(Dataset):
     """Single-channel images ``(N, 1, S, S)`` served as ``(3, S, S)``, with an optional tensor transform."""
 
-    def __init__(self, images: Tensor, labels: Tensor, transform: Optional[Callable[[Tensor], Tensor]] = None,
-                 in_chans: int = 3, source_index: Optional[Tensor] = None) -> None:
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        transform: Optional[Callable[[Tensor], Tensor]] = None,
+        in_chans: int = 3,
+        source_index: Optional[Tensor] = None,
+    ) -> None:
         self.images = images
         self.source_index = source_index  # rows of the original array, for provenance
         self.labels = labels
@@ -66,8 +73,9 @@ def _upscale(images: np.ndarray, size: int) -> Tensor:
 
 def _augmentation(fill: float) -> Callable[[Tensor], Tensor]:
     # No flips: a mirrored digit is another (or no) digit.
-    return v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1),
-                           interpolation=v2.InterpolationMode.BILINEAR, fill=fill)
+    return v2.RandomAffine(
+        degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), interpolation=v2.InterpolationMode.BILINEAR, fill=fill
+    )
 
 
 def partition_digits(cfg: DataConfig) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -94,5 +102,11 @@ def load(cfg: DataConfig) -> Subsets:
         rows = torch.from_numpy(index[name])
         return TensorImageDataset(x[rows], y[rows], transform, source_index=rows)
 
-    return Subsets(train=part("train", aug), val=part("val"), test=part("test"),
-                   num_classes=10, in_chans=3, class_names=[str(d) for d in range(10)])
+    return Subsets(
+        train=part("train", aug),
+        val=part("val"),
+        test=part("test"),
+        num_classes=10,
+        in_chans=3,
+        class_names=[str(d) for d in range(10)],
+    )

@@ -1,4 +1,5 @@
 """ImageFolder-style datasets: ``path/train/<class>/*`` plus ``path/val/<class>/*`` (or ``path/test``)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -56,8 +57,10 @@ class SafeImageFolder(ImageFolder):
         if self._fixed_classes is not None:
             extra = sorted(set(found) - set(self._fixed_classes))
             if extra:
-                raise DataError(f"'{directory}' has class folders missing from train/: {', '.join(extra[:5])}: "
-                                "use the same class folder names in every split")
+                raise DataError(
+                    f"'{directory}' has class folders missing from train/: {', '.join(extra[:5])}: "
+                    "use the same class folder names in every split"
+                )
             found = self._fixed_classes
         return found, {c: i for i, c in enumerate(found)}
 
@@ -65,8 +68,10 @@ class SafeImageFolder(ImageFolder):
 def _dirs(cfg: DataConfig) -> tuple[Path, Path]:
     root = Path(str(cfg.path)).expanduser()
     if not root.is_dir():
-        raise DataError(f"data.path '{cfg.path}' does not exist or is not a folder: point data.path in "
-                        f"params.yaml at a folder with train/ and val/ (or test/) subfolders")
+        raise DataError(
+            f"data.path '{cfg.path}' does not exist or is not a folder: point data.path in "
+            f"params.yaml at a folder with train/ and val/ (or test/) subfolders"
+        )
     if not (root / "train").is_dir():
         raise DataError(f"data.path '{cfg.path}' has no train/ subfolder: {_LAYOUT}")
     held = [root / d for d in HELD_OUT_DIRS if (root / d).is_dir()]
@@ -88,8 +93,10 @@ def _open(cfg: DataConfig) -> tuple[SafeImageFolder, SafeImageFolder]:
     counts = Counter(train.targets)
     empty = [c for i, c in enumerate(train.classes) if counts[i] == 0]
     if empty:
-        raise DataError(f"class folder(s) {', '.join(empty[:5])} in '{train_dir}' hold no images "
-                        f"({'/'.join(IMG_EXTENSIONS)}): add images or remove the folder(s)")
+        raise DataError(
+            f"class folder(s) {', '.join(empty[:5])} in '{train_dir}' hold no images "
+            f"({'/'.join(IMG_EXTENSIONS)}): add images or remove the folder(s)"
+        )
     test = _folder(test_dir, train.classes)
     if len(test) == 0:
         raise DataError(f"'{test_dir}' holds no images: {_LAYOUT}")
@@ -117,9 +124,20 @@ def load(cfg: DataConfig) -> Subsets:
     def make(is_training: bool) -> Callable:
         return build_transform(cfg.image_size, is_training, cfg.augment)
 
-    log.info("imagefolder %s: %d classes, train %d, val %d, test %d (%s)", cfg.path, len(train_base.classes),
-             len(keep), len(val), len(test_base), Path(test_base.root).name)
-    return Subsets(train=TransformSubset(train_base, keep, make(True)),
-                   val=TransformSubset(train_base, val, make(False)),
-                   test=TransformSubset(test_base, range(len(test_base)), make(False)),
-                   num_classes=len(train_base.classes), in_chans=3, class_names=list(train_base.classes))
+    log.info(
+        "imagefolder %s: %d classes, train %d, val %d, test %d (%s)",
+        cfg.path,
+        len(train_base.classes),
+        len(keep),
+        len(val),
+        len(test_base),
+        Path(test_base.root).name,
+    )
+    return Subsets(
+        train=TransformSubset(train_base, keep, make(True)),
+        val=TransformSubset(train_base, val, make(False)),
+        test=TransformSubset(test_base, range(len(test_base)), make(False)),
+        num_classes=len(train_base.classes),
+        in_chans=3,
+        class_names=list(train_base.classes),
+    )

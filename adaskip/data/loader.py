@@ -1,4 +1,5 @@
 """DataLoader construction, seeded and optionally sharded for distributed training, with worker processes."""
+
 from __future__ import annotations
 
 import os
@@ -46,9 +47,16 @@ def _worker_seed(seed: int, distributed: Optional[tuple[int, int]]) -> int:
     return int(np.random.SeedSequence([seed, distributed[0]]).generate_state(1)[0])
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
-                drop_last: bool = False, distributed: Optional[tuple[int, int]] = None,
-                device: Optional[torch.device | str] = None) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    distributed: Optional[tuple[int, int]] = None,
+    device: Optional[torch.device | str] = None,
+) -> DataLoader:
     """A DataLoader whose order (and worker RNG) follows ``seed``.
 
     ``num_workers`` processes (kept across epochs) each run the dataset's ``__getitem__``, so decoding and
@@ -70,11 +78,20 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num
         rank, world_size = distributed
         if not 0 <= rank < world_size:
             raise ValueError(f"distributed=(rank, world_size) needs 0 <= rank < world_size, got {distributed}")
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
-                                     drop_last=drop_last)
+        sampler = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
     pin = device is not None and torch.device(device).type == "cuda"
     # the loader's generator seeds the workers only: one base seed per iterator, i.e. once per run when the
     # workers persist, once per epoch without workers (where it is unused)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
-                      generator=torch.Generator().manual_seed(_worker_seed(seed, distributed)), pin_memory=pin,
-                      persistent_workers=num_workers > 0, prefetch_factor=PREFETCH_FACTOR if num_workers else None)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(_worker_seed(seed, distributed)),
+        pin_memory=pin,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=PREFETCH_FACTOR if num_workers else None,
+    )

@@ -1,6 +1,7 @@
 """Per-sub-network cost: multiply-accumulates, parameters and measured latency (:func:`latency_long_table`:
 p50/p90 milliseconds per forward of one batch for every configuration x batch size x thread count on the model's
 device; :mod:`.latency` turns it into the grid's wide columns and back)."""
+
 from __future__ import annotations
 
 import platform
@@ -20,15 +21,22 @@ from .grid import select_configs
 from .latency import LONG_COLUMNS
 
 
-def complexity_table(model: nn.Module, configs: Optional[Iterable[SkipLike]] = None,
-                     input_size: Sequence[int] = (3, 224, 224)) -> pd.DataFrame:
+def complexity_table(
+    model: nn.Module, configs: Optional[Iterable[SkipLike]] = None, input_size: Sequence[int] = (3, 224, 224)
+) -> pd.DataFrame:
     """One row per configuration (default: all 2^S): ``skip``, ``macs`` (multiply-accumulates of one
     image of shape ``input_size``), ``params`` (parameters the sub-network uses) and
     ``skipped_stages`` (number of ``T`` flags)."""
     net = unwrap(model)
-    rows = [{"skip": str(cfg), "macs": int(count_macs(net, cfg, tuple(input_size))),
-             "params": int(count_params(net, cfg)), "skipped_stages": cfg.num_skipped}
-            for cfg in select_configs(net, configs)]
+    rows = [
+        {
+            "skip": str(cfg),
+            "macs": int(count_macs(net, cfg, tuple(input_size))),
+            "params": int(count_params(net, cfg)),
+            "skipped_stages": cfg.num_skipped,
+        }
+        for cfg in select_configs(net, configs)
+    ]
     return pd.DataFrame(rows, columns=["skip", "macs", "params", "skipped_stages"])
 
 
@@ -37,8 +45,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_latencies(model: nn.Module, skip: SkipLike = None, input_size: Sequence[int] = (3, 224, 224),
-                      batch_size: int = 1, warmup: int = 2, reps: int = 10) -> np.ndarray:
+def measure_latencies(
+    model: nn.Module,
+    skip: SkipLike = None,
+    input_size: Sequence[int] = (3, 224, 224),
+    batch_size: int = 1,
+    warmup: int = 2,
+    reps: int = 10,
+) -> np.ndarray:
     """Wall-clock milliseconds (``time.perf_counter``, CUDA synchronised) of each of ``reps`` plain
     ``model(x, skip=skip)`` forwards of a batch of ``batch_size`` zero images under ``torch.no_grad``, in eval
     mode, on the model's device, after ``warmup`` untimed forwards (the previous train/eval mode is restored)."""
@@ -68,19 +82,32 @@ def measure_latencies(model: nn.Module, skip: SkipLike = None, input_size: Seque
     return times
 
 
-def measure_latency(model: nn.Module, skip: SkipLike = None, input_size: Sequence[int] = (3, 224, 224),
-                    batch_size: int = 1, warmup: int = 2, reps: int = 10) -> float:
+def measure_latency(
+    model: nn.Module,
+    skip: SkipLike = None,
+    input_size: Sequence[int] = (3, 224, 224),
+    batch_size: int = 1,
+    warmup: int = 2,
+    reps: int = 10,
+) -> float:
     """Median milliseconds per forward of a batch of ``batch_size`` (:func:`measure_latencies`)."""
     return float(np.median(measure_latencies(model, skip, input_size, batch_size, warmup, reps)))
 
 
-def latency_table(model: nn.Module, configs: Optional[Iterable[SkipLike]] = None,
-                  input_size: Sequence[int] = (3, 224, 224), batch_size: int = 1, warmup: int = 2,
-                  reps: int = 10) -> pd.DataFrame:
+def latency_table(
+    model: nn.Module,
+    configs: Optional[Iterable[SkipLike]] = None,
+    input_size: Sequence[int] = (3, 224, 224),
+    batch_size: int = 1,
+    warmup: int = 2,
+    reps: int = 10,
+) -> pd.DataFrame:
     """``skip`` and ``latency_ms`` (:func:`measure_latency`) for each configuration (default: all)."""
     net = unwrap(model)
-    rows = [{"skip": str(cfg), "latency_ms": measure_latency(net, cfg, input_size, batch_size, warmup, reps)}
-            for cfg in select_configs(net, configs)]
+    rows = [
+        {"skip": str(cfg), "latency_ms": measure_latency(net, cfg, input_size, batch_size, warmup, reps)}
+        for cfg in select_configs(net, configs)
+    ]
     return pd.DataFrame(rows, columns=["skip", "latency_ms"])
 
 
@@ -111,10 +138,16 @@ def resolve_threads(settings: Sequence[Optional[int]]) -> list[int]:
     return list(dict.fromkeys(counts))
 
 
-def latency_long_table(model: nn.Module, configs: Optional[Iterable[SkipLike]] = None,
-                       input_size: Sequence[int] = (3, 224, 224), batch_sizes: Sequence[int] = (1,),
-                       threads: Sequence[Optional[int]] = (None,), warmup: int = 2, reps: int = 10,
-                       on_row: Optional[Callable[[], None]] = None) -> pd.DataFrame:
+def latency_long_table(
+    model: nn.Module,
+    configs: Optional[Iterable[SkipLike]] = None,
+    input_size: Sequence[int] = (3, 224, 224),
+    batch_sizes: Sequence[int] = (1,),
+    threads: Sequence[Optional[int]] = (None,),
+    warmup: int = 2,
+    reps: int = 10,
+    on_row: Optional[Callable[[], None]] = None,
+) -> pd.DataFrame:
     """One row per configuration x batch size x thread count (:data:`LONG_COLUMNS`): p50 and p90 (numpy
     percentiles) of :func:`measure_latencies`, milliseconds per forward of one batch, on the model's device. The
     thread count is set with ``torch.set_num_threads`` for each measurement and restored afterwards; ``on_row`` is

@@ -7,6 +7,7 @@ depth first: the stem runs once, stage ``i`` runs once per distinct prefix of ``
 costs ``2 + 4 + ... + 2^S = 2^(S+1) - 2`` stage passes instead of ``S * 2^S`` and one stem pass instead
 of ``2^S``, while only one activation per depth (O(S)) is alive at a time.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,8 +48,9 @@ def _parse_prefix(prefix: Optional[str], num_stages: int) -> tuple[bool, ...]:
     return tuple(c == "T" for c in prefix.upper())
 
 
-def select_configs(model: nn.Module, configs: Optional[Iterable[SkipLike]] = None,
-                   prefix: Optional[str] = None) -> list[SkipConfig]:
+def select_configs(
+    model: nn.Module, configs: Optional[Iterable[SkipLike]] = None, prefix: Optional[str] = None
+) -> list[SkipConfig]:
     """The requested configurations (default: all 2^S in canonical order), de-duplicated in their
     given order, restricted to those whose skip string starts with ``prefix``."""
     net = unwrap(model)
@@ -56,14 +58,15 @@ def select_configs(model: nn.Module, configs: Optional[Iterable[SkipLike]] = Non
     requested = net.configs() if configs is None else [net.skip_config(c) for c in configs]
     seen, out = set(), []
     for cfg in requested:
-        if cfg not in seen and cfg.flags[:len(flags)] == flags:
+        if cfg not in seen and cfg.flags[: len(flags)] == flags:
             seen.add(cfg)
             out.append(cfg)
     return out
 
 
-def grid_logits(model: nn.Module, x: Tensor, configs: Optional[Iterable[SkipLike]] = None,
-                prefix: Optional[str] = None) -> dict[str, Tensor]:
+def grid_logits(
+    model: nn.Module, x: Tensor, configs: Optional[Iterable[SkipLike]] = None, prefix: Optional[str] = None
+) -> dict[str, Tensor]:
     """Logits of every requested sub-network for the batch ``x``, keyed by skip string.
 
     ``configs``: skip strings / flag sequences / SkipConfigs (default: all 2^S). ``prefix``: a
@@ -98,9 +101,14 @@ def grid_logits(model: nn.Module, x: Tensor, configs: Optional[Iterable[SkipLike
     return {str(cfg): out[cfg.flags] for cfg in selected}
 
 
-def evaluate_grid(model: nn.Module, loader: Iterable, configs: Optional[Iterable[SkipLike]] = None,
-                  prefix: Optional[str] = None, device: str | torch.device = "cpu",
-                  progress: bool = True) -> pd.DataFrame:
+def evaluate_grid(
+    model: nn.Module,
+    loader: Iterable,
+    configs: Optional[Iterable[SkipLike]] = None,
+    prefix: Optional[str] = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> pd.DataFrame:
     """Top-1/top-5 accuracy (percent), mean cross-entropy and sample count of every requested
     sub-network over ``loader`` (batches of ``(images, integer labels)``), one pass over the data.
 
@@ -136,7 +144,9 @@ def evaluate_grid(model: nn.Module, loader: Iterable, configs: Optional[Iterable
         net.train(was_training)
     if keys and n == 0:
         raise ValueError("evaluate_grid: the loader yielded no samples")
-    rows = [{"skip": k, "acc1": 100.0 * hits1[k] / n, "acc5": 100.0 * hits5[k] / n,
-             "loss": loss_sum[k] / n, "n": n} for k in keys]
+    rows = [
+        {"skip": k, "acc1": 100.0 * hits1[k] / n, "acc5": 100.0 * hits5[k] / n, "loss": loss_sum[k] / n, "n": n}
+        for k in keys
+    ]
     log.debug("evaluated %d sub-network(s) on %d samples", len(keys), n)
     return pd.DataFrame(rows, columns=GRID_COLUMNS)

@@ -1,6 +1,7 @@
 """Latency tables as pandas only (no torch): the long form, one row per configuration x batch size x thread
 count (:data:`LONG_COLUMNS`), and the evaluation grid's wide columns ``latency_ms``, ``latency_p50_ms_b{B}[_t{T}]``,
 ``latency_p90_ms_b{B}[_t{T}]``, ``device`` and ``threads``. Every figure is milliseconds per forward of one batch."""
+
 from __future__ import annotations
 
 import re

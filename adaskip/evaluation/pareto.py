@@ -1,4 +1,5 @@
 """Accuracy/efficiency trade-off: Pareto front, area under the trade-off curve, summary table."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -24,8 +25,8 @@ def pareto_front(macs: Sequence[float], acc: Sequence[float]) -> list[bool]:
     one strict inequality. Identical points do not dominate each other: all copies stay on the front.
     """
     m, a = _as_pair(macs, acc)
-    le_m = m[None, :] <= m[:, None]           # [i, j]: j costs no more than i
-    ge_a = a[None, :] >= a[:, None]           # [i, j]: j is at least as accurate as i
+    le_m = m[None, :] <= m[:, None]  # [i, j]: j costs no more than i
+    ge_a = a[None, :] >= a[:, None]  # [i, j]: j is at least as accurate as i
     strict = (m[None, :] < m[:, None]) | (a[None, :] > a[:, None])
     dominated = (le_m & ge_a & strict).any(axis=1)
     return [not d for d in dominated]
@@ -61,7 +62,7 @@ def tradeoff_auc(macs: Sequence[float], acc: Sequence[float], macs_max: float | 
         return 0.0
     order = np.argsort(c, kind="stable")
     c, a = c[order], a[order]
-    best = np.maximum.accumulate(a)           # best accuracy affordable at cost c[k]
+    best = np.maximum.accumulate(a)  # best accuracy affordable at cost c[k]
     # On [c[k], c[k+1]) the staircase is best[k]; the last step runs to 1. Equal costs give
     # zero-width steps, and the later one already includes their maximum.
     widths = np.diff(np.append(c, 1.0))
@@ -84,6 +85,9 @@ def summarise(grid_df: pd.DataFrame, complexity_df: pd.DataFrame) -> pd.DataFram
     merged = merged.sort_values(["macs", "skip"], ascending=[False, True], kind="stable").reset_index(drop=True)
     merged["pareto"] = pareto_front(merged["macs"], merged["acc1"]) if len(merged) else []
     merged["pareto"] = merged["pareto"].astype(bool)
-    first = [c for c in ("skip", "macs", "params", "skipped_stages", "acc1", "acc5", "loss", "n", "latency_ms", "pareto")
-             if c in merged.columns]
+    first = [
+        c
+        for c in ("skip", "macs", "params", "skipped_stages", "acc1", "acc5", "loss", "n", "latency_ms", "pareto")
+        if c in merged.columns
+    ]
     return merged[first + [c for c in merged.columns if c not in first]]

@@ -4,6 +4,7 @@ Intermediate sub-networks share the super-net's (or, with skip-aware norms, the 
 statistics although their activations differ. Re-estimating them on training batches, per configuration,
 tests how much of an intermediate configuration's accuracy gap is a statistics mismatch.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,17 +36,26 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, skip: SkipLike, batches: 
     return net.eval()
 
 
-def recalibrated_grid(model: nn.Module, loader: Iterable, calibration: Iterable,
-                      configs: Optional[Iterable[SkipLike]] = None, prefix: Optional[str] = None,
-                      batches: int = 10, device: str | torch.device = "cpu") -> pd.DataFrame:
+def recalibrated_grid(
+    model: nn.Module,
+    loader: Iterable,
+    calibration: Iterable,
+    configs: Optional[Iterable[SkipLike]] = None,
+    prefix: Optional[str] = None,
+    batches: int = 10,
+    device: str | torch.device = "cpu",
+) -> pd.DataFrame:
     """:func:`evaluate_grid`, but every intermediate sub-network (neither super- nor base-net, which were
     trained with their own statistics) is evaluated after :func:`recalibrate_bn` on ``calibration``."""
     net = unwrap(model).to(device)
     selected = select_configs(net, configs, prefix)
     ends = {SkipConfig.super_net(net.num_stages), SkipConfig.base_net(net.num_stages)}
     parts = [evaluate_grid(net, loader, [c for c in selected if c in ends], device=device, progress=False)]
-    parts += [evaluate_grid(recalibrate_bn(net, calibration, c, batches), loader, [c], device=device, progress=False)
-              for c in selected if c not in ends]
+    parts += [
+        evaluate_grid(recalibrate_bn(net, calibration, c, batches), loader, [c], device=device, progress=False)
+        for c in selected
+        if c not in ends
+    ]
     order = {str(c): i for i, c in enumerate(selected)}
     table = pd.concat(parts, ignore_index=True)
     return table.sort_values("skip", key=lambda s: s.map(order)).reset_index(drop=True)

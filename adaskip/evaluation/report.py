@@ -1,5 +1,6 @@
 """The accuracy-vs-MACs trade-off plot (one run's grid, or a study's per-variant curves) and the markdown
 summary of one pipeline run."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,9 @@ import pandas as pd
 from .pareto import tradeoff_auc
 
 
-def tradeoff_plot(table: pd.DataFrame, path: str | Path, title: str = "accuracy vs MACs",
-                  group: Optional[str] = None) -> None:
+def tradeoff_plot(
+    table: pd.DataFrame, path: str | Path, title: str = "accuracy vs MACs", group: Optional[str] = None
+) -> None:
     """Test top-1 accuracy against MACs, saved as a PNG at ``path`` (which may be a temporary name without .png).
 
     Without ``group``: one point per sub-network of an evaluation grid (columns ``skip, macs, acc1, pareto``),
@@ -36,8 +38,17 @@ def tradeoff_plot(table: pd.DataFrame, path: str | Path, title: str = "accuracy 
         for name, a in table.groupby(group, sort=False):
             a = a.sort_values("macs")
             # markers only: several configurations share a MACs value, so a line through them would zigzag
-            ax.errorbar(a.macs / 1e6, a.acc1_mean, yerr=a.acc1_std, label=name, capsize=3, linestyle="none",
-                        marker="s" if len(a) == 1 else "o", markersize=8 if len(a) == 1 else 4, alpha=0.85)
+            ax.errorbar(
+                a.macs / 1e6,
+                a.acc1_mean,
+                yerr=a.acc1_std,
+                label=name,
+                capsize=3,
+                linestyle="none",
+                marker="s" if len(a) == 1 else "o",
+                markersize=8 if len(a) == 1 else 4,
+                alpha=0.85,
+            )
     ax.set(xlabel="MMACs per image", ylabel="test top-1 accuracy (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=None if group is None else 8, loc="lower right")
@@ -50,24 +61,37 @@ def summary_metrics(grid: pd.DataFrame, trained: dict[str, Any], best: Optional[
     """The contract's results/metrics.json: trained super/base accuracy and the best trial's objective."""
     by_macs = grid.sort_values("macs")
     base, sup = by_macs.iloc[0], by_macs.iloc[-1]
-    return {"super_acc1": float(sup.acc1), "base_acc1": float(base.acc1), "super_acc5": float(sup.acc5),
-            "base_acc5": float(base.acc5), "val_acc_super": trained.get("val_acc_super"),
-            "val_acc_base": trained.get("val_acc_base"), "test_tradeoff_auc": tradeoff_auc(grid.macs, grid.acc1),
-            "base_macs_ratio": float(base.macs / sup.macs),
-            "tune_best_objective": None if best is None else best.get("objective")}
+    return {
+        "super_acc1": float(sup.acc1),
+        "base_acc1": float(base.acc1),
+        "super_acc5": float(sup.acc5),
+        "base_acc5": float(base.acc5),
+        "val_acc_super": trained.get("val_acc_super"),
+        "val_acc_base": trained.get("val_acc_base"),
+        "test_tradeoff_auc": tradeoff_auc(grid.macs, grid.acc1),
+        "base_macs_ratio": float(base.macs / sup.macs),
+        "tune_best_objective": None if best is None else best.get("objective"),
+    }
 
 
 def report_markdown(grid: pd.DataFrame, metrics: dict[str, Any], best: Optional[dict[str, Any]]) -> str:
     """results/report.md of one pipeline run: super-/base-net accuracy, what tune chose, the evaluation grid."""
-    lines = ["# adaskip report", "",
-             f"Super-net test top-1 **{metrics['super_acc1']:.1f}%**, base-net **{metrics['base_acc1']:.1f}%** "
-             f"at {100 * metrics['base_macs_ratio']:.0f}% of the super-net's MACs; "
-             f"{int(grid.pareto.sum())} of {len(grid)} sub-networks on the Pareto front.", ""]
+    lines = [
+        "# adaskip report",
+        "",
+        f"Super-net test top-1 **{metrics['super_acc1']:.1f}%**, base-net **{metrics['base_acc1']:.1f}%** "
+        f"at {100 * metrics['base_macs_ratio']:.0f}% of the super-net's MACs; "
+        f"{int(grid.pareto.sum())} of {len(grid)} sub-networks on the Pareto front.",
+        "",
+    ]
     chosen = f"alpha={best['alpha']:.3f}, T={best['temperature']:.2f}, split={best['split']}" if best else ""
     if best is not None and best.get("objective") is not None:
-        lines += [f"Tune chose {chosen}: the best validation objective of its trials ({best['objective']:.2f} after "
-                  f"{best.get('epochs', '?')} epochs; {best.get('failed_trials', 0)} trial(s) failed); train trained "
-                  "it for the full epochs. The test split is used by evaluate only.", ""]
+        lines += [
+            f"Tune chose {chosen}: the best validation objective of its trials ({best['objective']:.2f} after "
+            f"{best.get('epochs', '?')} epochs; {best.get('failed_trials', 0)} trial(s) failed); train trained "
+            "it for the full epochs. The test split is used by evaluate only.",
+            "",
+        ]
     elif best is not None:
         lines += [f"Tune disabled (tune.enabled: false): trained params.yaml's {chosen}.", ""]
     cols = [c for c in ("skip", "macs", "params", "acc1", "acc5", "latency_ms", "pareto") if c in grid]

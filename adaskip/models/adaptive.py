@@ -1,4 +1,5 @@
 """Adaptive-depth networks over timm models: every stage has a mandatory and a skippable sub-path."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -49,8 +50,14 @@ class AdaptiveDepthNet(nn.Module):
     structure below only refers to its modules, so the state dict keeps timm's names.
     """
 
-    def __init__(self, backbone: nn.Module, family: Family, split: Optional[Sequence[int]] = None,
-                 skip_aware_norm: bool = True, num_stages: int = 4) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        family: Family,
+        split: Optional[Sequence[int]] = None,
+        skip_aware_norm: bool = True,
+        num_stages: int = 4,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.family = family.name
@@ -65,8 +72,12 @@ class AdaptiveDepthNet(nn.Module):
         # model file's "spec"; ``adaskip.training.build_from_spec(net.spec)`` builds the same architecture.
         self.spec: Optional[dict] = None
         self._stages = [
-            _Stage(s.pre, s.blocks[:m], s.blocks[m:],
-                   [n for b in s.blocks[:m] for n in wrap_block_norms(b)] if skip_aware_norm else [])
+            _Stage(
+                s.pre,
+                s.blocks[:m],
+                s.blocks[m:],
+                [n for b in s.blocks[:m] for n in wrap_block_norms(b)] if skip_aware_norm else [],
+            )
             for s, m in zip(raw, split)
         ]
 
@@ -140,7 +151,10 @@ class AdaptiveDepthNet(nn.Module):
         return (logits, feats) if return_features else logits
 
     def extra_repr(self) -> str:
-        return f"family={self.family}, split={self.split}, blocks={self.blocks_per_stage}, skip_aware_norm={self.skip_aware_norm}"
+        return (
+            f"family={self.family}, split={self.split}, blocks={self.blocks_per_stage}, "
+            f"skip_aware_norm={self.skip_aware_norm}"
+        )
 
 
 @torch.no_grad()
@@ -161,15 +175,20 @@ def check_input_size(model: AdaptiveDepthNet, image_size: int, in_chans: int = 3
         model(torch.zeros(2, in_chans, image_size, image_size))
     except (RuntimeError, AssertionError, ValueError, IndexError) as e:
         first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise ValueError(f"{model.backbone.__class__.__name__} cannot run on {in_chans}x{image_size}x{image_size} "
-                         f"images: {first[:200]}") from None
+        raise ValueError(
+            f"{model.backbone.__class__.__name__} cannot run on {in_chans}x{image_size}x{image_size} "
+            f"images: {first[:200]}"
+        ) from None
     finally:
         model.train(was_training)
 
 
 def _check_split(split: Sequence[int], sizes: Sequence[int]) -> None:
     if len(split) != len(sizes):
-        raise ValueError(f"split {list(split)} has {len(split)} entries but the model has {len(sizes)} stages of {list(sizes)} blocks")
+        raise ValueError(
+            f"split {list(split)} has {len(split)} entries but the model has {len(sizes)} stages "
+            f"of {list(sizes)} blocks"
+        )
     for i, (m, n) in enumerate(zip(split, sizes)):
         if not 1 <= m <= n - 1:
             raise ValueError(
@@ -194,8 +213,14 @@ def supported_models() -> list[str]:
     return timm.list_models([p for f in FAMILIES for p in f.patterns])
 
 
-def create_model(name: str, num_classes: int = 1000, split: Optional[Sequence[int]] = None,
-                 skip_aware_norm: bool = True, num_stages: int = 4, **timm_kwargs) -> AdaptiveDepthNet:
+def create_model(
+    name: str,
+    num_classes: int = 1000,
+    split: Optional[Sequence[int]] = None,
+    skip_aware_norm: bool = True,
+    num_stages: int = 4,
+    **timm_kwargs,
+) -> AdaptiveDepthNet:
     """Create timm model ``name`` (never pretrained: nothing downloads) as an AdaptiveDepthNet.
 
     ``split``: mandatory blocks per stage (default: the paper's rule). ``num_stages``: only for ViT/DeiT,
@@ -209,10 +234,19 @@ def create_model(name: str, num_classes: int = 1000, split: Optional[Sequence[in
         raise ValueError("pretrained=True would download weights; load local ones with adaskip.load_timm_weights")
     backbone = timm.create_model(name, pretrained=False, num_classes=num_classes, **timm_kwargs)
     if not isinstance(backbone, family.cls):
-        raise ValueError(f"model {name!r} is a {type(backbone).__name__}, not the {family.cls.__name__} that family {family.name} wraps")
+        raise ValueError(
+            f"model {name!r} is a {type(backbone).__name__}, "
+            f"not the {family.cls.__name__} that family {family.name} wraps"
+        )
     net = AdaptiveDepthNet(backbone, family, split=split, skip_aware_norm=skip_aware_norm, num_stages=num_stages)
-    net.spec = {"name": name, "num_classes": num_classes, "split": list(net.split), "skip_aware_norm": skip_aware_norm,
-                "num_stages": num_stages, "kwargs": dict(timm_kwargs)}  # split: as resolved (null: the paper's rule)
+    net.spec = {
+        "name": name,
+        "num_classes": num_classes,
+        "split": list(net.split),
+        "skip_aware_norm": skip_aware_norm,
+        "num_stages": num_stages,
+        "kwargs": dict(timm_kwargs),
+    }  # split: as resolved (null: the paper's rule)
     return net
 
 
@@ -222,7 +256,7 @@ def timm_key(model: AdaptiveDepthNet, key: str) -> str:
     for prefix in _skip_aware_prefixes(model):
         for part in (".full.", ".skipped."):
             if key.startswith(prefix + part):
-                return prefix + "." + key[len(prefix + part):]
+                return prefix + "." + key[len(prefix + part) :]
     return key
 
 
@@ -239,10 +273,16 @@ def load_timm_weights(model: AdaptiveDepthNet, state_dict: Mapping[str, Tensor])
     mapping = {k: timm_key(model, k) for k in target}
     missing = sorted(set(mapping.values()) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(mapping.values()))
-    shapes = [f"{k}: {tuple(state_dict[v].shape)} vs {tuple(target[k].shape)}"
-              for k, v in mapping.items() if v in state_dict and state_dict[v].shape != target[k].shape]
-    problems = [f"{label} ({len(keys)}): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-                for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if keys]
+    shapes = [
+        f"{k}: {tuple(state_dict[v].shape)} vs {tuple(target[k].shape)}"
+        for k, v in mapping.items()
+        if v in state_dict and state_dict[v].shape != target[k].shape
+    ]
+    problems = [
+        f"{label} ({len(keys)}): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
+        if keys
+    ]
     if problems:
         raise ValueError("timm weights do not fit this model: " + "; ".join(problems))
     model.load_state_dict({k: state_dict[v] for k, v in mapping.items()}, strict=True)

@@ -1,4 +1,5 @@
 """Multiply-accumulates and parameter counts per sub-network."""
+
 from __future__ import annotations
 
 from typing import Sequence

@@ -7,6 +7,7 @@ keep *learning new features* (large ratio). For pre-activation blocks (ViT, Swin
 ``||F(h)|| / ||h||``; for post-activation ResNet blocks it is the change the block makes after its ReLU.
 Blocks that change the shape (a stage's downsampling block) have no identity path and are left out.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -30,6 +31,7 @@ def residual_ratios(model: AdaptiveDepthNet, x: Tensor, skip: SkipLike = None) -
             if isinstance(output, Tensor) and output.shape == h.shape:
                 num = (output - h).flatten(1).norm(dim=1)
                 ratios[name] = float((num / h.flatten(1).norm(dim=1).clamp_min(1e-12)).mean())
+
         return record
 
     for i in range(model.num_stages):

@@ -2,6 +2,7 @@
 
 Each family only names timm's own modules and calls them in timm's own order; no timm code is copied.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,7 +33,6 @@ class Family:
     stages: Callable[[nn.Module, int], list[StageBlocks]]
     head: Callable[[nn.Module, Tensor], Tensor]
     fixed_size: bool = False  # built for one input size: timm's img_size argument must match the data's
-
 
 
 def _seq(modules: list[nn.Module]) -> Optional[nn.Module]:
@@ -71,7 +71,7 @@ def _mbv2_stages(m: EfficientNet, _: int) -> list[StageBlocks]:
 
 
 def _mbv2_head(m: EfficientNet, x: Tensor) -> Tensor:
-    for group in m.blocks[max(_adaptive_groups(m)) + 1:]:
+    for group in m.blocks[max(_adaptive_groups(m)) + 1 :]:
         x = group(x)
     return m.forward_head(m.bn2(m.conv_head(x)))
 
@@ -84,7 +84,9 @@ def _vit_stem(m: VisionTransformer, x: Tensor) -> Tensor:
 def _vit_stages(m: VisionTransformer, num_groups: int) -> list[StageBlocks]:
     blocks = list(m.blocks)
     if not 1 <= num_groups <= len(blocks) // 2:
-        raise ValueError(f"num_stages={num_groups} impossible for {len(blocks)} blocks: need 2 blocks per stage at least")
+        raise ValueError(
+            f"num_stages={num_groups} impossible for {len(blocks)} blocks: need 2 blocks per stage at least"
+        )
     return [StageBlocks(None, [blocks[i] for i in idx]) for idx in np.array_split(np.arange(len(blocks)), num_groups)]
 
 
@@ -102,8 +104,17 @@ def _swin_head(m: SwinTransformer, x: Tensor) -> Tensor:
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("resnet", ("resnet*", "resnext*", "wide_resnet*"), ResNet, _resnet_stem, _resnet_stages, lambda m, x: m.forward_head(x)),
+    Family(
+        "resnet",
+        ("resnet*", "resnext*", "wide_resnet*"),
+        ResNet,
+        _resnet_stem,
+        _resnet_stages,
+        lambda m, x: m.forward_head(x),
+    ),
     Family("mobilenetv2", ("mobilenetv2_*",), EfficientNet, _mbv2_stem, _mbv2_stages, _mbv2_head),
     Family("vit", ("vit_*", "deit_*"), VisionTransformer, _vit_stem, _vit_stages, _vit_head, fixed_size=True),
-    Family("swin", ("swin_*",), SwinTransformer, lambda m, x: m.patch_embed(x), _swin_stages, _swin_head, fixed_size=True),
+    Family(
+        "swin", ("swin_*",), SwinTransformer, lambda m, x: m.patch_embed(x), _swin_stages, _swin_head, fixed_size=True
+    ),
 )

@@ -1,5 +1,6 @@
 """Skip-aware normalization (docs/method.md section 3): a second norm set for mandatory blocks, used when their
 stage is skipped."""
+
 from __future__ import annotations
 
 import copy

@@ -3,6 +3,7 @@
 Every error is a ``PretrainedError`` naming ``model.pretrained`` (stage scripts print it as one line). The only
 adaskip import is ``adaskip.errors`` (a leaf module), so this package still depends on nothing else of adaskip.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,15 +47,20 @@ def check_source(source: str) -> None:
     if is_local(source):
         path = Path(source).expanduser()
         if not path.is_file():
-            raise PretrainedError(f"{KEY}: {source} does not exist: point it at a plain timm weights file "
-                                  f"({', '.join(FILE_SUFFIXES)}) or use a timm hub name")
+            raise PretrainedError(
+                f"{KEY}: {source} does not exist: point it at a plain timm weights file "
+                f"({', '.join(FILE_SUFFIXES)}) or use a timm hub name"
+            )
     elif not source.startswith(HUB_PREFIXES) and not timm.is_model(source):
-        raise PretrainedError(f"{KEY}: {source!r} is neither a local weights file ({', '.join(FILE_SUFFIXES)}) nor a "
-                              "timm model name (e.g. resnet34.a1_in1k or hf-hub:timm/resnet34.a1_in1k)")
+        raise PretrainedError(
+            f"{KEY}: {source!r} is neither a local weights file ({', '.join(FILE_SUFFIXES)}) nor a "
+            "timm model name (e.g. resnet34.a1_in1k or hf-hub:timm/resnet34.a1_in1k)"
+        )
 
 
-def load_pretrained(model: AdaptiveDepthNet, source: str, log: Optional[logging.Logger] = None,
-                    **timm_kwargs: Any) -> AdaptiveDepthNet:
+def load_pretrained(
+    model: AdaptiveDepthNet, source: str, log: Optional[logging.Logger] = None, **timm_kwargs: Any
+) -> AdaptiveDepthNet:
     """Load plain timm weights from ``source`` into ``model``; both norm sets start from them.
 
     ``source``: a local ``.pth``/``.pt``/``.bin`` (a state dict, or a dict holding one under ``state_dict`` or
@@ -76,18 +82,28 @@ def _read_file(source: str) -> dict[str, Tensor]:
             obj: Any = safetensors.torch.load_file(str(path), device="cpu")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile,
-            safetensors.SafetensorError) as e:
+    except (
+        OSError,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        safetensors.SafetensorError,
+    ) as e:
         first = (str(e).splitlines() or [""])[0][:200]
         raise PretrainedError(f"{KEY}: {source} is not a readable weights file ({type(e).__name__}: {first})") from None
     if isinstance(obj, dict) and "spec" in obj and "state_dict" in obj:
-        raise PretrainedError(f"{KEY}: {source} is an adaskip model file, not plain timm weights: pass the plain "
-                              "timm model's state_dict (torch.save(timm_model.state_dict(), ...))")
+        raise PretrainedError(
+            f"{KEY}: {source} is an adaskip model file, not plain timm weights: pass the plain "
+            "timm model's state_dict (torch.save(timm_model.state_dict(), ...))"
+        )
     if isinstance(obj, dict) and not _is_state_dict(obj):
         obj = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), dict)), obj)
     if not isinstance(obj, dict) or not obj or not _is_state_dict(obj):
-        raise PretrainedError(f"{KEY}: {source} holds no state dict (expected a dict of tensors, or one under "
-                              "'state_dict' or 'model')")
+        raise PretrainedError(
+            f"{KEY}: {source} holds no state dict (expected a dict of tensors, or one under 'state_dict' or 'model')"
+        )
     return {k.removeprefix("module."): v for k, v in obj.items()}  # DDP-saved weights
 
 
@@ -123,14 +139,17 @@ def _download(source: str, timm_kwargs: dict[str, Any]) -> dict[str, Tensor]:
         plain = timm.create_model(source, pretrained=True, **timm_kwargs)
     except Exception as e:  # noqa: BLE001  (hub, HTTP and cache errors have no common base)
         if isinstance(e, RuntimeError) and "loading state_dict" in str(e):  # timm's strict load of what it fetched
-            raise PretrainedError(f"{KEY}: the weights of {source!r} do not fit model.kwargs {timm_kwargs}: "
-                                  f"{' '.join(str(e).split())[:300]}") from None
+            raise PretrainedError(
+                f"{KEY}: the weights of {source!r} do not fit model.kwargs {timm_kwargs}: "
+                f"{' '.join(str(e).split())[:300]}"
+            ) from None
         instead = f"pass a local {' / '.join(FILE_SUFFIXES)} file of plain timm weights instead"
         if not online and isinstance(e, OSError):  # huggingface_hub's "not in the local cache"
             raise PretrainedError(f"{KEY}: cannot download timm weights {source!r} offline: {instead}") from None
         first = (str(e).splitlines() or [""])[0][:200]
-        raise PretrainedError(f"{KEY}: cannot load timm weights {source!r} ({type(e).__name__}: {first}): "
-                              f"{instead}") from None
+        raise PretrainedError(
+            f"{KEY}: cannot load timm weights {source!r} ({type(e).__name__}: {first}): {instead}"
+        ) from None
     finally:
         constants.HF_HUB_OFFLINE = saved
     return plain.state_dict()
@@ -148,8 +167,9 @@ def head_prefixes(model: AdaptiveDepthNet) -> list[str]:
     return names
 
 
-def _load(model: AdaptiveDepthNet, state_dict: Mapping[str, Tensor], source: str,
-          log: logging.Logger) -> AdaptiveDepthNet:
+def _load(
+    model: AdaptiveDepthNet, state_dict: Mapping[str, Tensor], source: str, log: logging.Logger
+) -> AdaptiveDepthNet:
     target = {timm_key(model, k): v for k, v in model.state_dict().items()}
     prefixes = head_prefixes(model)
     in_head = lambda k: any(k == p or k.startswith(p + ".") for p in prefixes)  # noqa: E731
@@ -164,12 +184,20 @@ def _load(model: AdaptiveDepthNet, state_dict: Mapping[str, Tensor], source: str
         load_timm_weights(model, sd)
     except ValueError as e:
         name = (getattr(model.backbone, "pretrained_cfg", None) or {}).get("architecture", model.family)
-        raise PretrainedError(f"{KEY}: {source} does not fit the model {name} "
-                              f"({str(e).removeprefix('timm weights do not fit this model: ')})") from None
+        raise PretrainedError(
+            f"{KEY}: {source} does not fit the model {name} "
+            f"({str(e).removeprefix('timm weights do not fit this model: ')})"
+        ) from None
     if reinit:
         got = f"{src[0]} classes" if src else "none"
-        log.info("%s: %s loaded; its classifier head (%s) has %s, the model %d: head re-initialised",
-                 KEY, source, ", ".join(prefixes), got, model.num_classes)
+        log.info(
+            "%s: %s loaded; its classifier head (%s) has %s, the model %d: head re-initialised",
+            KEY,
+            source,
+            ", ".join(prefixes),
+            got,
+            model.num_classes,
+        )
     else:
         log.info("%s: %s loaded (both norm sets start from its weights)", KEY, source)
     return model

@@ -1,4 +1,5 @@
 """Skip configurations (docs/method.md section 2): which stages run only their mandatory sub-path."""
+
 from __future__ import annotations
 
 import itertools

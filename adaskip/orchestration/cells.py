@@ -9,6 +9,7 @@ the rest; each cell's trainer is driven from a thread of this process, so a lost
 restart from the latest checkpoint, never the study. A finished cell's rows are kept in the cache, named by the
 hash of the cell's params; its trained model (a KD baseline's teacher too) is kept there until the rows are.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as futures
@@ -108,11 +109,14 @@ def place(bundles: list[Resources], free: dict[str, Resources]) -> Optional[dict
     return left
 
 
-def release(free: dict[str, Resources], before: dict[str, Resources],
-            after: dict[str, Resources]) -> dict[str, Resources]:
+def release(
+    free: dict[str, Resources], before: dict[str, Resources], after: dict[str, Resources]
+) -> dict[str, Resources]:
     """``free`` with what a finished cell held (``before`` minus ``after`` its placement) given back."""
-    return {n: {k: v + before.get(n, {}).get(k, 0.0) - after.get(n, {}).get(k, 0.0) for k, v in r.items()}
-            for n, r in free.items()}
+    return {
+        n: {k: v + before.get(n, {}).get(k, 0.0) - after.get(n, {}).get(k, 0.0) for k, v in r.items()}
+        for n, r in free.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -126,8 +130,10 @@ class Plan:
     waves: int
 
     def line(self) -> str:
-        return (f"plan: {self.cells} cells, each {self.per_cell}; the cluster ({self.cluster}) runs {self.at_once} at "
-                f"once, {self.waves} wave{'s' if self.waves != 1 else ''}")
+        return (
+            f"plan: {self.cells} cells, each {self.per_cell}; the cluster ({self.cluster}) runs {self.at_once} at "
+            f"once, {self.waves} wave{'s' if self.waves != 1 else ''}"
+        )
 
 
 def _asks(cell: Cell) -> str:
@@ -144,16 +150,22 @@ def plan_cells(cells: list[Cell], nodes: dict[str, Resources]) -> Plan:
     for c in cells:
         t, where = c.params.train, f"study variant {c.variant!r}"
         if t.use_gpu and gpus < 1:
-            raise ConfigError(f"{where}: train.use_gpu is true but the Ray cluster has no GPU: attach GPU nodes "
-                              "(RAY_ADDRESS) or set train.use_gpu: false")
+            raise ConfigError(
+                f"{where}: train.use_gpu is true but the Ray cluster has no GPU: attach GPU nodes "
+                "(RAY_ADDRESS) or set train.use_gpu: false"
+            )
         if c.params.evaluate.use_gpu and gpus < 1:
-            raise ConfigError(f"{where}: evaluate.use_gpu is true but the Ray cluster has no GPU: attach GPU nodes "
-                              "(RAY_ADDRESS) or set evaluate.use_gpu: false")
+            raise ConfigError(
+                f"{where}: evaluate.use_gpu is true but the Ray cluster has no GPU: attach GPU nodes "
+                "(RAY_ADDRESS) or set evaluate.use_gpu: false"
+            )
         if place(worker_bundles(c), nodes) is None:
             unit = "train.use_gpu" if t.use_gpu else "train.cpus_per_worker"
-            raise ConfigError(f"{where}: a cell asks {_asks(c)} (train.workers, {unit}) but the Ray cluster has "
-                              f"{cpus:g} CPUs and {gpus:g} GPUs on {len(nodes)} node(s), so it could never start: lower "
-                              f"train.workers or {unit}, or attach nodes (RAY_ADDRESS)")
+            raise ConfigError(
+                f"{where}: a cell asks {_asks(c)} (train.workers, {unit}) but the Ray cluster has "
+                f"{cpus:g} CPUs and {gpus:g} GPUs on {len(nodes)} node(s), so it could never start: lower "
+                f"train.workers or {unit}, or attach nodes (RAY_ADDRESS)"
+            )
     waves, queue, at_once = 0, list(cells), 0
     while queue:  # every cell as long as the others: start all that fit, then they all finish
         free, started = nodes, []
@@ -170,11 +182,15 @@ def plan_cells(cells: list[Cell], nodes: dict[str, Resources]) -> Plan:
 
 def cluster_nodes() -> dict[str, Resources]:
     """The CPUs and GPUs of every alive node of the attached Ray cluster."""
-    return {n["NodeID"]: {k: float(n["Resources"].get(k, 0.0)) for k in ("CPU", "GPU")}
-            for n in ray.nodes() if n.get("Alive")}
+    return {
+        n["NodeID"]: {k: float(n["Resources"].get(k, 0.0)) for k in ("CPU", "GPU")}
+        for n in ray.nodes()
+        if n.get("Alive")
+    }
 
 
 # --- one cell ---------------------------------------------------------------------------------------------------------
+
 
 @ray.remote(num_cpus=0)
 class _EpochCounter:
@@ -233,8 +249,9 @@ def _grid_gpus(cell: Cell) -> int:
 class _Cell:
     """Trains and evaluates one cell from a thread of the driver; every file it keeps is in the study's cache."""
 
-    def __init__(self, cell: Cell, cache: Storage, tracker: Optional["Tracker"], run_id: Optional[str],
-                 counter: Any) -> None:
+    def __init__(
+        self, cell: Cell, cache: Storage, tracker: Optional["Tracker"], run_id: Optional[str], counter: Any
+    ) -> None:
         self.cell, self.cache, self.tracker, self.run_id = cell, cache, tracker, run_id
         self.name = f"cell-{cell_hash(cell)}"
         self.progress = Progress(counter, cell.key) if counter is not None else None
@@ -252,10 +269,21 @@ class _Cell:
             kept = torch.load(io.BytesIO(self.cache.read_bytes(f"{name}.pt")), map_location="cpu", weights_only=True)
             return kept["metrics"], kept
         label = f"{self.cell.key}{' teacher' if prefix else ''}: "
-        metrics, state = run_training(self.cell.params, self.cache, name, self._target(), alone=alone, prefix=prefix,
-                                      progress=self.progress, label=label)
-        file = {"spec": state["spec"], "state_dict": state.get("ema") or state["model"],
-                "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        metrics, state = run_training(
+            self.cell.params,
+            self.cache,
+            name,
+            self._target(),
+            alone=alone,
+            prefix=prefix,
+            progress=self.progress,
+            label=label,
+        )
+        file = {
+            "spec": state["spec"],
+            "state_dict": state.get("ema") or state["model"],
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        }
         buf = io.BytesIO()
         torch.save(file, buf)
         self.cache.write_bytes(f"{name}.pt", buf.getvalue())
@@ -274,8 +302,12 @@ class _Cell:
         t = c.params.train
         threads = max(1, round(t.cpus_per_worker)) if not t.use_gpu else 1
         # held by this cell in the driver's plan while its workers are gone: the grid runs in the cell's room
-        grid = ray.remote(num_cpus=0 if _grid_gpus(c) else t.cpus_per_worker, num_gpus=_grid_gpus(c),
-                          max_retries=2, runtime_env=GRID_POOL)(_cell_grid)
+        grid = ray.remote(
+            num_cpus=0 if _grid_gpus(c) else t.cpus_per_worker,
+            num_gpus=_grid_gpus(c),
+            max_retries=2,
+            runtime_env=GRID_POOL,
+        )(_cell_grid)
         rows = ray.get(grid.remote(model, c, threads))
         ratios = {k: metrics[k] for k in ("ratio_mandatory", "ratio_skippable") if k in metrics}
         rows = rows.assign(variant=c.variant, seed=c.seed, baseline=c.baseline, **ratios, cell_hash=cell_hash(c))
@@ -289,8 +321,13 @@ def _cell_run(tracker: Optional["Tracker"], cell: Cell, parent_run_id: Optional[
     """The cell's MLflow child run: an interrupted one continued (its epochs logged once), else a new one."""
     if tracker is None:
         return None
-    tags = {"variant": cell.variant, "seed": str(cell.seed), "baseline": cell.baseline or "none",
-            "teacher": cell.teacher or "none", "adaskip.cell_hash": cell_hash(cell)}
+    tags = {
+        "variant": cell.variant,
+        "seed": str(cell.seed),
+        "baseline": cell.baseline or "none",
+        "teacher": cell.teacher or "none",
+        "adaskip.cell_hash": cell_hash(cell),
+    }
     run_id = tracker.find_run({"adaskip.cell_hash": cell_hash(cell)}, parent_run_id)
     if run_id is not None:
         return tracker.reopen(run_id)
@@ -319,8 +356,13 @@ def _counter() -> Any:
     return _EpochCounter.options(scheduling_strategy=here).remote()
 
 
-def run_cells(cells: list[Cell], cache: Storage, tracker: Optional["Tracker"] = None,
-              parent_run_id: Optional[str] = None, optional: Collection[str] = ()) -> pd.DataFrame:
+def run_cells(
+    cells: list[Cell],
+    cache: Storage,
+    tracker: Optional["Tracker"] = None,
+    parent_run_id: Optional[str] = None,
+    optional: Collection[str] = (),
+) -> pd.DataFrame:
     """Run every cell not already in ``cache`` (one MLflow child run each, under ``parent_run_id``), as many at once
     as the cluster fits (the plan, logged first; a cell that can never fit is a ConfigError before any work);
     returns the rows of the cells that finished. A failed cell fails the study after the others finish, unless its
@@ -329,18 +371,29 @@ def run_cells(cells: list[Cell], cache: Storage, tracker: Optional["Tracker"] = 
     files = {c.key: cell_file(c) for c in cells}
     todo = unfinished(cells, cache)
     if len(todo) < len(cells):
-        log.info("%d of %d cells already done (run ahead by an earlier stage, or kept from an interrupted run)",
-                 len(cells) - len(todo), len(cells))
+        log.info(
+            "%d of %d cells already done (run ahead by an earlier stage, or kept from an interrupted run)",
+            len(cells) - len(todo),
+            len(cells),
+        )
     errors, failed = [], set()
     if todo:
         errors, failed = _schedule(todo, len(cells), cache, tracker, parent_run_id, optional)
     if errors:
-        raise AdaskipError(f"{len(errors)} study cell(s) failed (the others are kept; re-run to retry):\n" + "\n".join(errors))
+        raise AdaskipError(
+            f"{len(errors)} study cell(s) failed (the others are kept; re-run to retry):\n" + "\n".join(errors)
+        )
     return pd.concat([cache.read_csv(files[c.key]) for c in cells if c.key not in failed], ignore_index=True)
 
 
-def _schedule(todo: list[Cell], total: int, cache: Storage, tracker: Optional["Tracker"],
-              parent_run_id: Optional[str], optional: Collection[str]) -> tuple[list[str], set[str]]:
+def _schedule(
+    todo: list[Cell],
+    total: int,
+    cache: Storage,
+    tracker: Optional["Tracker"],
+    parent_run_id: Optional[str],
+    optional: Collection[str],
+) -> tuple[list[str], set[str]]:
     """Start queued cells while the cluster has room for their workers, each driven from a thread; wait, report
     and start more as they finish. Returns the error lines and the keys of the cells that failed."""
     nodes = cluster_nodes()
@@ -368,22 +421,36 @@ def _schedule(todo: list[Cell], total: int, cache: Storage, tracker: Optional["T
                 if bars and reading is not None:  # a restarted cell counts again: capped at its epochs
                     counts, reading = _read(reading, counts)
                     bar.n = sum(min(counts.get(c.key, 0), _epochs(c)) for c in todo)
-                    bar.set_postfix_str(", ".join(f"{c.key} {counts.get(c.key, 0)}/{_epochs(c)}"
-                                                  for c, *_ in running.values()))
+                    bar.set_postfix_str(
+                        ", ".join(f"{c.key} {counts.get(c.key, 0)}/{_epochs(c)}" for c, *_ in running.values())
+                    )
                 for f in done:
                     cell, before, after = running.pop(f)
                     free = release(free, before, after)
                     finished += 1
                     _finish(tracker, runs[cell.key], cell, f, errors, failed, optional)
-                    log.info("cell %s %s (%d of %d cells, %s)", cell.key, "failed" if cell.key in failed else "done",
-                             finished, total, duration(time.perf_counter() - started))
+                    log.info(
+                        "cell %s %s (%d of %d cells, %s)",
+                        cell.key,
+                        "failed" if cell.key in failed else "done",
+                        finished,
+                        total,
+                        duration(time.perf_counter() - started),
+                    )
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C: the process exits, its threads with it
     return errors, failed
 
 
-def _finish(tracker: Optional["Tracker"], run_id: Optional[str], cell: Cell, f: futures.Future, errors: list[str],
-            failed: set[str], optional: Collection[str]) -> None:
+def _finish(
+    tracker: Optional["Tracker"],
+    run_id: Optional[str],
+    cell: Cell,
+    f: futures.Future,
+    errors: list[str],
+    failed: set[str],
+    optional: Collection[str],
+) -> None:
     """End a finished cell's MLflow run with its grid, or its error, and note a failure."""
     from ..tracking import FAILED, FINISHED
 

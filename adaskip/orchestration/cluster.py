@@ -1,4 +1,5 @@
 """Starting or joining a Ray cluster."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -11,16 +12,24 @@ from typing import Optional
 log = logging.getLogger(__name__)
 
 # The environment Ray reads, which configure_ray_env sets.
-RAY_ENV = (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AUTH_MODE", "token"), ("RAY_DEDUP_LOGS", "1"),
-           # epoch lines are never folded into "[repeated Nx across cluster]": a study's cells train at once and
-           # their lines differ only in numbers, which Ray's de-duplication ignores
-           ("RAY_DEDUP_LOGS_ALLOW_REGEX", r"epoch +\d+/\d+ "),
-           ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600"), ("TUNE_DISABLE_SIGINT_HANDLER", "1"))
+RAY_ENV = (
+    ("RAY_USAGE_STATS_ENABLED", "0"),
+    ("RAY_AUTH_MODE", "token"),
+    ("RAY_DEDUP_LOGS", "1"),
+    # epoch lines are never folded into "[repeated Nx across cluster]": a study's cells train at once and
+    # their lines differ only in numbers, which Ray's de-duplication ignores
+    ("RAY_DEDUP_LOGS_ALLOW_REGEX", r"epoch +\d+/\d+ "),
+    ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600"),
+    ("TUNE_DISABLE_SIGINT_HANDLER", "1"),
+)
 # ... and for a local Ray only: its servers on loopback (read once, when ray is first imported); no preemption watcher
 # (spot nodes of a cloud cluster) nor Prometheus metrics (no dashboard), whose per-run actors cost a Ray Train run
 # about 5 s of CPU on 2 cores (a study starts one run per cell)
-LOCAL_RAY_ENV = (("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"), ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),
-                 ("RAY_TRAIN_METRICS_ENABLED", "0"))
+LOCAL_RAY_ENV = (
+    ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"),
+    ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),
+    ("RAY_TRAIN_METRICS_ENABLED", "0"),
+)
 
 
 def configure_ray_env() -> None:
@@ -49,11 +58,25 @@ def configure_ray_env() -> None:
 # What the driver's environment says about the tracking server and the storage, passed on to every task and worker
 # of the job: a node on another host reaches them with the same settings and credentials (Ray's token keeps them
 # from anyone outside the cluster).
-FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-                 "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_INSECURE_TLS",
-                 "ADASKIP_STORAGE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-                 "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "ADASKIP_VERBOSE", "ADASKIP_PROGRESS",
-                 "MLFLOW_LOGGING_LEVEL")
+FORWARDED_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "ADASKIP_STORAGE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "ADASKIP_VERBOSE",
+    "ADASKIP_PROGRESS",
+    "MLFLOW_LOGGING_LEVEL",
+)
 
 
 def joins_cluster() -> bool:
@@ -81,8 +104,13 @@ def init_ray(num_cpus: int | None = None) -> None:
         # idle worker processes Ray keeps (default: one per CPU, the rest killed after 1 s idle): a study's Ray
         # Train actors keep more than that busy, so a finished grid task's process, torch imported, would go
         os.environ.setdefault("RAY_num_workers_soft_limit", str(2 * cpus + 4))
-        ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=300 * 2**20,
-                 log_to_driver=True, configure_logging=False)
+        ray.init(
+            num_cpus=cpus,
+            include_dashboard=False,
+            object_store_memory=300 * 2**20,
+            log_to_driver=True,
+            configure_logging=False,
+        )
     quiet_ray_output()  # Ray's repeated status lines out of the forwarded worker output (ADASKIP_VERBOSE=1: all)
     # Ray's core worker installs a C-level SIGTERM handler that aborts the process; put the stage's own back, so
     # SIGTERM still ends MLflow runs as KILLED and exits 130 like Ctrl-C.

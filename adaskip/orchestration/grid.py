@@ -1,4 +1,5 @@
 """The evaluation grid as parallel Ray tasks: each task evaluates one subtree of stage prefixes."""
+
 from __future__ import annotations
 
 import itertools
@@ -16,8 +17,15 @@ from ..errors import AdaskipError
 from ..data import load_subsets, make_loader
 from ..data.base import Subsets
 from ..data.loader import resolve_workers
-from ..evaluation import (complexity_table, evaluate_grid, latency_long_table, latency_wide, recalibrated_grid,
-                          select_configs, summarise)
+from ..evaluation import (
+    complexity_table,
+    evaluate_grid,
+    latency_long_table,
+    latency_wide,
+    recalibrated_grid,
+    select_configs,
+    summarise,
+)
 from ..models import AdaptiveDepthNet
 from .storage import Storage
 
@@ -32,8 +40,9 @@ def prefixes(num_stages: int, parallelism: int) -> list[str]:
     return ["".join(p) for p in itertools.product("FT", repeat=depth)]
 
 
-def grid_accuracy(model: AdaptiveDepthNet, subsets: Subsets, p: Params, configs: Optional[list],
-                  recalibrate: bool) -> pd.DataFrame:
+def grid_accuracy(
+    model: AdaptiveDepthNet, subsets: Subsets, p: Params, configs: Optional[list], recalibrate: bool
+) -> pd.DataFrame:
     """Accuracy of ``configs`` on the test split; with ``recalibrate`` every intermediate configuration after
     re-estimating its BN statistics on training batches (``evaluate.recalibrate_bn``)."""
     device = next(model.parameters()).device  # the GPU with evaluate.use_gpu
@@ -42,8 +51,7 @@ def grid_accuracy(model: AdaptiveDepthNet, subsets: Subsets, p: Params, configs:
     if not recalibrate:
         return evaluate_grid(model, loader, configs, device=device, progress=False)
     calibration = make_loader(subsets.train, p.evaluate.batch_size, shuffle=True, seed=0, num_workers=workers)
-    return recalibrated_grid(model, loader, calibration, configs, batches=p.evaluate.recalibrate_batches,
-                             device=device)
+    return recalibrated_grid(model, loader, calibration, configs, batches=p.evaluate.recalibrate_batches, device=device)
 
 
 def _evaluate_subtree(model_file: dict[str, Any], p: Params, prefix: str) -> pd.DataFrame:
@@ -67,8 +75,9 @@ def _evaluate_subtree(model_file: dict[str, Any], p: Params, prefix: str) -> pd.
 def subtree_latency(model: AdaptiveDepthNet, configs: list, size: tuple[int, ...], p: Params) -> pd.DataFrame:
     """Wide latency columns of ``configs`` measured in this process, on the model's device."""
     e = p.evaluate
-    long = latency_long_table(model, configs, size, e.latency_batch_sizes, e.latency_threads, e.latency_warmup,
-                              e.latency_reps)
+    long = latency_long_table(
+        model, configs, size, e.latency_batch_sizes, e.latency_threads, e.latency_warmup, e.latency_reps
+    )
     return latency_wide(long)
 
 
@@ -81,13 +90,16 @@ def evaluate_parallel(model_file: dict[str, Any], params: Params, done: Optional
     finished = [done.read_csv(saved[p]) for p in kept]
     gpus = 1 if params.evaluate.use_gpu else 0
     if gpus and ray.cluster_resources().get("GPU", 0) < 1:  # the tasks would wait for a GPU forever
-        raise EvaluationError("evaluate.use_gpu is true but the Ray cluster has no GPU: attach GPU nodes "
-                              "(RAY_ADDRESS) or set evaluate.use_gpu: false")
+        raise EvaluationError(
+            "evaluate.use_gpu is true but the Ray cluster has no GPU: attach GPU nodes "
+            "(RAY_ADDRESS) or set evaluate.use_gpu: false"
+        )
     task = ray.remote(num_cpus=params.evaluate.task_cpus(), num_gpus=gpus)(_evaluate_subtree)
     ref = ray.put(model_file)
     pending = {task.remote(ref, params, p): p for p in subtrees if p not in kept}
-    with tqdm(total=len(subtrees), initial=len(finished), desc="evaluation grid", unit="subtree",
-              disable=not progress_bars()) as bar:
+    with tqdm(
+        total=len(subtrees), initial=len(finished), desc="evaluation grid", unit="subtree", disable=not progress_bars()
+    ) as bar:
         while pending:
             [ready], _ = ray.wait(list(pending))
             part, prefix = ray.get(ready), pending.pop(ready)
@@ -96,4 +108,6 @@ def evaluate_parallel(model_file: dict[str, Any], params: Params, done: Optional
             finished.append(part)
             bar.update()
     table = pd.concat(finished, ignore_index=True)
-    return summarise(table.drop(columns=["macs", "params", "skipped_stages"]), table[["skip", "macs", "params", "skipped_stages"]])
+    return summarise(
+        table.drop(columns=["macs", "params", "skipped_stages"]), table[["skip", "macs", "params", "skipped_stages"]]
+    )

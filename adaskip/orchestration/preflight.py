@@ -6,6 +6,7 @@ visible), ``data.path`` and a local ``model.pretrained`` readable, and a network
 that the other nodes can reach. ``adaskip doctor`` prints the report; every stage that joins a cluster
 (``RAY_ADDRESS``) runs it first and stops on a problem.
 """
+
 from __future__ import annotations
 
 import functools
@@ -70,12 +71,19 @@ def code_versions() -> dict[str, str]:
     for f in sorted(root.rglob("*.py")):
         digest.update(f.relative_to(root).as_posix().encode() + f.read_bytes())
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10).stdout.strip() or "none"
+        commit = (
+            subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or "none"
+        )
     except OSError:
         commit = "none"
-    return {"adaskip": digest.hexdigest()[:12], "git": commit[:10],
-            **{p: importlib.metadata.version(p) for p in PACKAGES}}
+    return {
+        "adaskip": digest.hexdigest()[:12],
+        "git": commit[:10],
+        **{p: importlib.metadata.version(p) for p in PACKAGES},
+    }
 
 
 def _check_node(expect: Expect) -> NodeReport:
@@ -88,11 +96,16 @@ def _check_node(expect: Expect) -> NodeReport:
     for key, want in expect.versions.items():
         if key == "git" or mine.get(key) == want:  # the commit only names the code: its digest decides
             continue
-        what = (f"adaskip source (digest {mine[key]}, commit {mine['git']})" if key == "adaskip"
-                else f"{key} {mine.get(key)}")
+        what = (
+            f"adaskip source (digest {mine[key]}, commit {mine['git']})"
+            if key == "adaskip"
+            else f"{key} {mine.get(key)}"
+        )
         theirs = f"{want}, commit {expect.versions['git']}" if key == "adaskip" else want
-        report.problems.append(f"{what} differs from the driver's ({theirs}): install the same checkout and "
-                               "requirements.lock on every node")
+        report.problems.append(
+            f"{what} differs from the driver's ({theirs}): install the same checkout and "
+            "requirements.lock on every node"
+        )
     report.problems += _tracking_problems(expect, ip) + _storage_problems(expect, ip) + _data_problems(expect)
     report.problems += _network_problems(ip)
     if expect.tracking_uri.startswith("https://") and not any("tracking server" in p for p in report.problems):
@@ -116,9 +129,11 @@ def _tracking_problems(expect: Expect, ip: str) -> list[str]:
 
     uri = expect.tracking_uri
     if uri.startswith(LOCAL_TRACKING) and ip != expect.driver_ip:
-        return [f"MLflow tracking URI {uri} is a file on the driver's host, which this host cannot log to: start a "
-                "tracking server (python -m adaskip.tracking.server, see README 'Scaling out') and set "
-                "MLFLOW_TRACKING_URI=http://<server>:<port>"]
+        return [
+            f"MLflow tracking URI {uri} is a file on the driver's host, which this host cannot log to: start a "
+            "tracking server (python -m adaskip.tracking.server, see README 'Scaling out') and set "
+            "MLFLOW_TRACKING_URI=http://<server>:<port>"
+        ]
     try:
         check_access(uri)
     except TrackingError as e:
@@ -128,12 +143,16 @@ def _tracking_problems(expect: Expect, ip: str) -> list[str]:
 
 def _storage_problems(expect: Expect, ip: str) -> list[str]:
     store = expect.storage
-    fix = ("set cluster.storage (or ADASKIP_STORAGE) to a folder mounted at the same path on every node (NFS) or to "
-           "s3://bucket/prefix")
+    fix = (
+        "set cluster.storage (or ADASKIP_STORAGE) to a folder mounted at the same path on every node (NFS) or to "
+        "s3://bucket/prefix"
+    )
     try:
         if not store.exists(f"{PROBE_DIR}/{expect.probe}"):
-            return [f"storage {store} does not hold the file the driver just wrote there (a folder private to each "
-                    f"host?): {fix}"]
+            return [
+                f"storage {store} does not hold the file the driver just wrote there (a folder private to each "
+                f"host?): {fix}"
+            ]
         mine = f"{PROBE_DIR}/{expect.probe}-{ip}"
         store.write_bytes(mine, b"ok")
         store.remove(mine)
@@ -146,8 +165,11 @@ def _data_problems(expect: Expect) -> list[str]:
     def readable(path: str) -> bool:
         return os.access(path, os.R_OK | os.X_OK) if os.path.isdir(path) else os.access(path, os.R_OK)
 
-    return [f"{key} {path} is not readable here: make it available at the same path on every node"
-            for key, path in expect.paths.items() if not readable(path)]
+    return [
+        f"{key} {path} is not readable here: make it available at the same path on every node"
+        for key, path in expect.paths.items()
+        if not readable(path)
+    ]
 
 
 def _network_problems(ip: str) -> list[str]:
@@ -157,16 +179,21 @@ def _network_problems(ip: str) -> list[str]:
     import psutil
 
     if chosen and chosen not in psutil.net_if_addrs():
-        return [f"GLOO_SOCKET_IFNAME={chosen} names no interface of this host: unset it (adaskip picks the "
-                "interface of the node's Ray address) or name an existing one"]
+        return [
+            f"GLOO_SOCKET_IFNAME={chosen} names no interface of this host: unset it (adaskip picks the "
+            "interface of the node's Ray address) or name an existing one"
+        ]
     if not chosen and interface_of(ip) is None:
-        return [f"the node's Ray address {ip} is on no interface of this host: start the node with "
-                "--node-ip-address=<an address of this host> or set GLOO_SOCKET_IFNAME"]
+        return [
+            f"the node's Ray address {ip} is on no interface of this host: start the node with "
+            "--node-ip-address=<an address of this host> or set GLOO_SOCKET_IFNAME"
+        ]
     return []
 
 
-def run_preflight(tracking_uri: str, storage: Storage, paths: Optional[dict[str, str]] = None,
-                  timeout: float = 60.0) -> list[NodeReport]:
+def run_preflight(
+    tracking_uri: str, storage: Storage, paths: Optional[dict[str, str]] = None, timeout: float = 60.0
+) -> list[NodeReport]:
     """One check task on every alive node; returns their reports (a node that does not answer in ``timeout``
     seconds gets a problem of its own)."""
     probe, existed = uuid.uuid4().hex[:12], storage.exists()
@@ -174,8 +201,10 @@ def run_preflight(tracking_uri: str, storage: Storage, paths: Optional[dict[str,
     expect = Expect(code_versions(), tracking_uri, storage, probe, dict(paths or {}), ray.util.get_node_ip_address())
     task = ray.remote(num_cpus=0, max_retries=0)(_check_node)
     nodes = [n for n in ray.nodes() if n["Alive"]]
-    refs = {task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(expect): n
-            for n in nodes}
+    refs = {
+        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(expect): n
+        for n in nodes
+    }
     try:
         ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
         reports = []
@@ -187,8 +216,14 @@ def run_preflight(tracking_uri: str, storage: Storage, paths: Optional[dict[str,
                 reports.append(NodeReport(n["NodeID"], n["NodeManagerAddress"], "?", [f"check crashed: {e}"[:300]]))
         for ref in late:
             n = refs[ref]
-            reports.append(NodeReport(n["NodeID"], n["NodeManagerAddress"], "?",
-                                      [f"did not answer in {timeout:.0f} s: is the node busy or cut off?"]))
+            reports.append(
+                NodeReport(
+                    n["NodeID"],
+                    n["NodeManagerAddress"],
+                    "?",
+                    [f"did not answer in {timeout:.0f} s: is the node busy or cut off?"],
+                )
+            )
             ray.cancel(ref, force=True)
     finally:
         storage.remove(f"{PROBE_DIR}/{probe}" if existed else "")  # a storage made for the probe goes with it
@@ -198,8 +233,10 @@ def run_preflight(tracking_uri: str, storage: Storage, paths: Optional[dict[str,
 def required_paths(params: Params) -> dict[str, str]:
     """The local files and folders a run of ``params`` reads on every node."""
     pretrained = params.model.pretrained
-    paths = {"data.path": params.data.path,
-             "model.pretrained": pretrained if pretrained and os.path.exists(pretrained) else None}
+    paths = {
+        "data.path": params.data.path,
+        "model.pretrained": pretrained if pretrained and os.path.exists(pretrained) else None,
+    }
     return {k: v for k, v in paths.items() if v}
 
 
@@ -208,6 +245,8 @@ def require_ready(tracking_uri: str, storage: Storage, paths: Optional[dict[str,
     reports = run_preflight(tracking_uri, storage, paths)
     bad = [r for r in reports if r.problems]
     if bad:
-        raise PreflightError(f"preflight: {len(bad)} of {len(reports)} node(s) cannot run this pipeline "
-                             "(adaskip doctor repeats this check):\n" + "\n".join(r.line() for r in bad))
+        raise PreflightError(
+            f"preflight: {len(bad)} of {len(reports)} node(s) cannot run this pipeline "
+            "(adaskip doctor repeats this check):\n" + "\n".join(r.line() for r in bad)
+        )
     return reports

@@ -5,6 +5,7 @@ object store URI (``s3://bucket/prefix``; S3-compatible stores such as MinIO tak
 ``AWS_ENDPOINT_URL`` and keys from the usual AWS variables). Everything goes through pyarrow's filesystem API, the
 one Ray uses itself, so the driver and the workers never assume a path they share. No Ray import here.
 """
+
 from __future__ import annotations
 
 import io
@@ -32,8 +33,10 @@ class StorageError(AdaskipError):
 def check_uri(uri: str, where: str = ENV) -> None:
     """Refuse a storage URI that carries a credential: Ray persists the storage path with every run and trial."""
     if credentials_in(uri):
-        raise StorageError(f"{where}: {redact(uri)} carries a credential in the URI; give only s3://bucket/prefix and "
-                           "the keys in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or an instance role)")
+        raise StorageError(
+            f"{where}: {redact(uri)} carries a credential in the URI; give only s3://bucket/prefix and "
+            "the keys in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or an instance role)"
+        )
 
 
 def s3_credential_source() -> str:

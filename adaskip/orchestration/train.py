@@ -1,4 +1,5 @@
 """Ray Train: distributed self-distillation with per-epoch checkpoints, resume and rank-0 MLflow logging."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -56,8 +57,21 @@ def rendezvous_on_loopback() -> None:
         addr, port = os.environ.get("MASTER_ADDR", ""), int(os.environ.get("MASTER_PORT", 0))
         if os.environ.get("RANK") == "0" and port and ipaddress.ip_address(addr).is_loopback:
             sock = socket.create_server((addr, port))
-            _KEEP.extend([sock, TCPStore(addr, port, int(os.environ["WORLD_SIZE"]), True, timeout,
-                                         wait_for_workers=False, multi_tenant=True, master_listen_fd=sock.fileno())])
+            _KEEP.extend(
+                [
+                    sock,
+                    TCPStore(
+                        addr,
+                        port,
+                        int(os.environ["WORLD_SIZE"]),
+                        True,
+                        timeout,
+                        wait_for_workers=False,
+                        multi_tenant=True,
+                        master_listen_fd=sock.fileno(),
+                    ),
+                ]
+            )
         return default(url, timeout=timeout, **kwargs)
 
     handlers["env"] = env_handler
@@ -133,8 +147,9 @@ class _Trainer(TorchTrainer):
         controller_init_kwargs["failure_policy"] = _RecurringErrorsFinal(self.run_config.failure_config)
         if not joins_cluster():
             controller_init_kwargs["scaling_policy"] = _NoAutoscaler(self.scaling_config)
-        controller_init_kwargs["callbacks"] = [c for c in controller_init_kwargs["callbacks"]
-                                               if type(c).__name__ not in _NOT_NEEDED]
+        controller_init_kwargs["callbacks"] = [
+            c for c in controller_init_kwargs["callbacks"] if type(c).__name__ not in _NOT_NEEDED
+        ]
         return super()._initialize_and_run_controller(**controller_init_kwargs)
 
 
@@ -153,8 +168,13 @@ class Progress:
             log.debug("progress counter unavailable: %s", describe(e))
 
 
-def epoch_reporter(tracking: Optional[TrackingTarget], rank: int, api: ModuleType = ray.train, prefix: str = "",
-                   progress: Optional[Progress] = None):
+def epoch_reporter(
+    tracking: Optional[TrackingTarget],
+    rank: int,
+    api: ModuleType = ray.train,
+    prefix: str = "",
+    progress: Optional[Progress] = None,
+):
     """Per epoch: metrics to MLflow (rank 0; names prefixed with ``prefix``, e.g. a KD baseline's ``teacher_``), a
     tick to ``progress``, then metrics and rank 0's checkpoint state to ``api`` (``ray.train`` in a Train worker,
     ``ray.tune`` in an in-process Tune trial)."""
@@ -247,6 +267,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch
 
     from ..training import SELF_DISTILLATION, WorkerEnv, fit  # here, not at the top: Tune trial drivers need no timm
+
     params: Params = config["params"]  # validated by the driver (a frozen pydantic model pickles as it is)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -258,18 +279,33 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         log.info("%sresumes after epoch %d of %d (its latest checkpoint)", label, int(resume["epoch"]) + 1, epochs)
     device = get_device()
     alone: Optional[Alone] = config.get("alone")
-    env = WorkerEnv(rank=rank, world_size=world, device=device,
-                    wrap=lambda m: prepare_model(m, parallel_strategy_kwargs={"find_unused_parameters": True}),
-                    report=epoch_reporter(config.get("tracking"), rank, prefix=config.get("prefix", ""),
-                                          progress=config.get("progress")),
-                    resume_state=resume, label=config.get("label", ""))
+    env = WorkerEnv(
+        rank=rank,
+        world_size=world,
+        device=device,
+        wrap=lambda m: prepare_model(m, parallel_strategy_kwargs={"find_unused_parameters": True}),
+        report=epoch_reporter(
+            config.get("tracking"), rank, prefix=config.get("prefix", ""), progress=config.get("progress")
+        ),
+        resume_state=resume,
+        label=config.get("label", ""),
+    )
     fit(params, env, epochs=epochs, mode=alone.fit_mode(params, device) if alone else SELF_DISTILLATION)
 
 
-def make_trainer(params: Params, storage: Storage, name: str, tracking: Optional[TrackingTarget] = None,
-                 epochs: Optional[int] = None, workers: Optional[int] = None, callbacks: tuple = (),
-                 alone: Optional[Alone] = None, prefix: str = "", progress: Optional[Progress] = None,
-                 label: str = "") -> TorchTrainer:
+def make_trainer(
+    params: Params,
+    storage: Storage,
+    name: str,
+    tracking: Optional[TrackingTarget] = None,
+    epochs: Optional[int] = None,
+    workers: Optional[int] = None,
+    callbacks: tuple = (),
+    alone: Optional[Alone] = None,
+    prefix: str = "",
+    progress: Optional[Progress] = None,
+    label: str = "",
+) -> TorchTrainer:
     """A TorchTrainer whose ``(storage, name)`` is deterministic, so re-running resumes it, and which does not
     retry recurring errors. ``alone``: a baseline's one sub-network (default: self-distillation of them all);
     ``prefix``: before every metric name logged to MLflow; ``progress``: where rank 0 counts its epochs;
@@ -277,27 +313,41 @@ def make_trainer(params: Params, storage: Storage, name: str, tracking: Optional
     t = params.train
     n = workers or t.workers
     resources = {"GPU": 1} if t.use_gpu else {"CPU": t.cpus_per_worker}
-    config = {"params": params, "tracking": tracking, "epochs": epochs, "threads": max(1, round(t.cpus_per_worker)),
-              "alone": alone, "prefix": prefix, "progress": progress, "label": label}
+    config = {
+        "params": params,
+        "tracking": tracking,
+        "epochs": epochs,
+        "threads": max(1, round(t.cpus_per_worker)),
+        "alone": alone,
+        "prefix": prefix,
+        "progress": progress,
+        "label": label,
+    }
     return _Trainer(
-        train_loop_per_worker, train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=n, use_gpu=t.use_gpu, resources_per_worker=resources,
-                                     placement_strategy=t.placement.upper()),
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=n, use_gpu=t.use_gpu, resources_per_worker=resources, placement_strategy=t.placement.upper()
+        ),
         torch_config=LoopbackTorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-        run_config=RunConfig(name=name, storage_path=storage.path, storage_filesystem=storage.filesystem,
-                             callbacks=list(callbacks),
-                             # Ray Train's own INFO lines (worker group starts, every report and checkpoint): only
-                             # with ADASKIP_VERBOSE=1; its log files under the Ray session keep them all the same
-                             logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             # a finite controller limit: an unschedulable worker group fails instead of retrying forever
-                             failure_config=FailureConfig(max_failures=t.max_failures,
-                                                          controller_failure_limit=max(1, t.max_failures))),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage.path,
+            storage_filesystem=storage.filesystem,
+            callbacks=list(callbacks),
+            # Ray Train's own INFO lines (worker group starts, every report and checkpoint): only
+            # with ADASKIP_VERBOSE=1; its log files under the Ray session keep them all the same
+            logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # a finite controller limit: an unschedulable worker group fails instead of retrying forever
+            failure_config=FailureConfig(max_failures=t.max_failures, controller_failure_limit=max(1, t.max_failures)),
+        ),
     )
 
 
-def run_training(params: Params, storage: Storage, name: str, tracking: Optional[TrackingTarget] = None,
-                 **kwargs) -> tuple[dict[str, float], dict[str, Any]]:
+def run_training(
+    params: Params, storage: Storage, name: str, tracking: Optional[TrackingTarget] = None, **kwargs
+) -> tuple[dict[str, float], dict[str, Any]]:
     """Train with Ray Train; returns the final metrics and the final checkpoint state (model + spec)."""
     try:
         result = make_trainer(params, storage, name, tracking, **kwargs).fit()
@@ -306,8 +356,9 @@ def run_training(params: Params, storage: Storage, name: str, tracking: Optional
     except TrainingFailedError as e:
         if (cause := recurring_error(e)) is None:
             raise
-        raise RecurringTrainingError(f"training failed and was not retried (every restart would fail the same way): "
-                                     f"{describe(cause)}") from None
+        raise RecurringTrainingError(
+            f"training failed and was not retried (every restart would fail the same way): {describe(cause)}"
+        ) from None
     if result.error is not None:
         raise result.error
     from ..training.checkpoint import read_torch_file

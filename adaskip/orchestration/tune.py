@@ -4,6 +4,7 @@ Each trial trains with the same loop as the ``train`` stage: with ``tune.workers
 TorchTrainer (DDP across that many workers: what a cluster wants), with ``tune.workers: 0`` in the trial's own
 process (no worker group to start: on a 2-core laptop that saves about a minute per trial).
 """
+
 from __future__ import annotations
 
 import json
@@ -72,16 +73,27 @@ def _trial(config: dict[str, Any]) -> None:
     tracker = Tracker(s.uri, s.experiment)
     tags = {"trial_id": ctx.get_trial_id()}
     run_id = tracker.find_run(tags, s.parent_run_id)  # a resumed sweep continues its interrupted trials' runs
-    run_id = tracker.reopen(run_id) if run_id else tracker.start_run(f"trial-{ctx.get_trial_id()}", tags, s.parent_run_id)
-    tracker.log_params(run_id, {**{k: v for k, v in config.items() if k not in ("base", "setup")}, "workers": s.workers})
+    run_id = (
+        tracker.reopen(run_id) if run_id else tracker.start_run(f"trial-{ctx.get_trial_id()}", tags, s.parent_run_id)
+    )
+    tracker.log_params(
+        run_id, {**{k: v for k, v in config.items() if k not in ("base", "setup")}, "workers": s.workers}
+    )
     target = TrackingTarget(s.uri, s.experiment, run_id)
     try:
         if s.workers == 0:
             _train_in_process(params, s.epochs, target)
         else:
             configure_ray_env()  # this trial drives a Ray Train run of its own (its controller reads them)
-            result = make_trainer(params, Storage(s.storage_uri), f"train-{ctx.get_trial_id()}", target,
-                                  epochs=s.epochs, workers=s.workers, callbacks=(TuneReportCallback(),)).fit()
+            result = make_trainer(
+                params,
+                Storage(s.storage_uri),
+                f"train-{ctx.get_trial_id()}",
+                target,
+                epochs=s.epochs,
+                workers=s.workers,
+                callbacks=(TuneReportCallback(),),
+            ).fit()
             if result.error is not None:
                 raise result.error
         tracker.end_run(run_id, FINISHED)
@@ -100,8 +112,16 @@ def _concurrency(params: Params) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
 
 
-def run_sweep(params: Params, storage: Storage, name: str, uri: str, experiment: str, parent_run_id: str,
-              space: Optional[dict[str, Any]] = None, net: Optional[AdaptiveDepthNet] = None) -> pd.DataFrame:
+def run_sweep(
+    params: Params,
+    storage: Storage,
+    name: str,
+    uri: str,
+    experiment: str,
+    parent_run_id: str,
+    space: Optional[dict[str, Any]] = None,
+    net: Optional[AdaptiveDepthNet] = None,
+) -> pd.DataFrame:
     """Run the sweep (resuming an interrupted one with the same name); one row per trial. ``net``: params.model
     already built (the candidate splits follow its stage depths; default: built here).
 
@@ -123,19 +143,32 @@ def run_sweep(params: Params, storage: Storage, name: str, uri: str, experiment:
     fs, path = storage.filesystem, f"{storage.path}/{name}"
     concurrent = _concurrency(params)
     tune_config = tune.TuneConfig(
-        metric=METRIC, mode="max", num_samples=t.num_samples,
+        metric=METRIC,
+        mode="max",
+        num_samples=t.num_samples,
         reuse_actors=True,  # a finished trial's process takes the next one: torch and timm are imported once per slot
-        scheduler=ASHAScheduler(time_attr="training_iteration", max_t=t.epochs, grace_period=min(t.grace_period, t.epochs)),
+        scheduler=ASHAScheduler(
+            time_attr="training_iteration", max_t=t.epochs, grace_period=min(t.grace_period, t.epochs)
+        ),
         # BasicVariantGenerator ignores TuneConfig.max_concurrent_trials: give it the limit itself.
-        search_alg=tune.search.BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrent))
+        search_alg=tune.search.BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrent),
+    )
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
         log.info("resuming the sweep at %s (finished trials are kept)", storage.child(name))
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True, restart_errored=False, storage_filesystem=fs)
     else:
-        tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config,
-                           run_config=tune.RunConfig(name=name, storage_path=storage.path, storage_filesystem=fs,
-                                                     verbose=1 if verbose() else 0,  # no per-trial tables
-                                                     failure_config=tune.FailureConfig(max_failures=0)))
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune_config,
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage.path,
+                storage_filesystem=fs,
+                verbose=1 if verbose() else 0,  # no per-trial tables
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
     # Tune's default output engine prints its experiment header and paths at any verbosity; the legacy one at
     # verbose=0 prints nothing (RAY_AIR_NEW_OUTPUT is read when fit starts)
     quiet = {} if verbose() or "RAY_AIR_NEW_OUTPUT" in os.environ else {"RAY_AIR_NEW_OUTPUT": "0"}
@@ -176,8 +209,15 @@ def trials_table(grid: tune.ResultGrid) -> pd.DataFrame:
     for r in grid:
         cfg, m = r.config or {}, r.metrics or {}
         dims = {k: (json.dumps(v) if k == "split" else v) for k, v in cfg.items() if k not in ("base", "setup")}
-        rows.append({"trial_id": m.get("trial_id", r.path and Path(r.path).name), **dims,
-                     "objective": m.get(METRIC), "val_acc_super": m.get("val_acc_super"),
-                     "val_acc_base": m.get("val_acc_base"), "epochs": m.get("training_iteration"),
-                     "error": None if r.error is None else describe(r.error)})
+        rows.append(
+            {
+                "trial_id": m.get("trial_id", r.path and Path(r.path).name),
+                **dims,
+                "objective": m.get(METRIC),
+                "val_acc_super": m.get("val_acc_super"),
+                "val_acc_base": m.get("val_acc_base"),
+                "epochs": m.get("training_iteration"),
+                "error": None if r.error is None else describe(r.error),
+            }
+        )
     return pd.DataFrame(rows)

@@ -2,6 +2,7 @@
 names its sub-network (``params={"skip": "TTFF"}``) or a budget (``{"max_latency_ms": 5}``, with an optional
 ``"batch"``; ``{"max_macs": M}``; ``{"min_acc": A}``), answered from the tables attached beside the model
 (:data:`ATTACHED`: the evaluate stage's grid, ``adaskip profile``'s latency tables per device)."""
+
 from __future__ import annotations
 
 import sys
@@ -81,12 +82,13 @@ def _version_skip(root: Path) -> str | None:
     try:
         tags = mlflow.MlflowClient().get_model_version(info["model_name"], str(info["model_version"])).tags
     except MlflowException as e:
-        _log(f"adaskip: the registry did not say which sub-network version {info} serves ({e.message[:200]}): "
-             "the super-net by default")
+        _log(
+            f"adaskip: the registry did not say which sub-network version {info} serves ({e.message[:200]}): "
+            "the super-net by default"
+        )
         return None
     skip = tags.get(SKIP_TAG)
-    _log(f"adaskip: serving {info['model_name']} version {info['model_version']}, by default "
-         f"{skip or 'the super-net'}")
+    _log(f"adaskip: serving {info['model_name']} version {info['model_version']}, by default {skip or 'the super-net'}")
     return skip
 
 
@@ -101,12 +103,18 @@ def signature(image_size: int, num_classes: int, num_stages: int):
     from mlflow.models import ModelSignature
     from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
-    params = [ParamSpec("skip", "string", None), ParamSpec("max_latency_ms", "double", None),
-              ParamSpec("batch", "long", None), ParamSpec("max_macs", "double", None),
-              ParamSpec("min_acc", "double", None)]
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, image_size, image_size))]),
-                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes))]),
-                          params=ParamSchema(params))
+    params = [
+        ParamSpec("skip", "string", None),
+        ParamSpec("max_latency_ms", "double", None),
+        ParamSpec("batch", "long", None),
+        ParamSpec("max_macs", "double", None),
+        ParamSpec("min_acc", "double", None),
+    ]
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, image_size, image_size))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes))]),
+        params=ParamSchema(params),
+    )
 
 
 def requirements() -> list[str]:

@@ -1,4 +1,5 @@
 """`mlflow models serve` of a registered adaskip model on this machine's loopback, for tests and benchmarks."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,12 +22,34 @@ def local_server(tracking_uri: str, model_uri: str, log_file: Path, workers: int
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     bindir = str(Path(sys.executable).parent)  # the server runs `uvicorn` from PATH: this environment's
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "OMP_NUM_THREADS": "1",
-           "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "OMP_NUM_THREADS": "1",
+        "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
+    }
     log = open(log_file, "wb")
-    server = subprocess.Popen([str(Path(bindir) / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager",
-                               "local", "--host", "127.0.0.1", "--port", str(port), "-w", str(workers)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            str(Path(bindir) / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            model_uri,
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "-w",
+            str(workers),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 180
         while True:

@@ -13,6 +13,7 @@ plain HTTP only when told --insecure (the password would cross the network in cl
 what clients verify it with) once the server answers; SIGTERM/SIGINT stop MLflow, then PostgreSQL. Re-running with
 the same state folder reuses its data.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,37 +60,59 @@ class _Stop(Exception):
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m adaskip.tracking.server", description=__doc__.split("\n\n")[0],
+        prog="python -m adaskip.tracking.server",
+        description=__doc__.split("\n\n")[0],
         epilog="Clients set MLFLOW_TRACKING_URI=https://HOST:PORT (plus MLFLOW_TRACKING_USERNAME/PASSWORD when the "
-               "server authenticates, and MLFLOW_TRACKING_SERVER_CERT_PATH for a certificate their system does not "
-               "trust). A host other than loopback (also 0.0.0.0) requires those two variables in this command's "
-               "environment: they become the basic-auth admin the first time the state folder is used (later "
-               "changes of the password go through MLflow's update-password API), and TLS (or --insecure).")
-    p.add_argument("--state", type=Path, default=Path(".mlflow-server"),
-                   help="folder for PostgreSQL's data (pg/), artifacts and auth files; reused when it exists "
-                        "(default: %(default)s)")
+        "server authenticates, and MLFLOW_TRACKING_SERVER_CERT_PATH for a certificate their system does not "
+        "trust). A host other than loopback (also 0.0.0.0) requires those two variables in this command's "
+        "environment: they become the basic-auth admin the first time the state folder is used (later "
+        "changes of the password go through MLflow's update-password API), and TLS (or --insecure).",
+    )
+    p.add_argument(
+        "--state",
+        type=Path,
+        default=Path(".mlflow-server"),
+        help="folder for PostgreSQL's data (pg/), artifacts and auth files; reused when it exists "
+        "(default: %(default)s)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address the HTTP server listens on (default: %(default)s)")
     p.add_argument("--port", type=int, default=5000, help="HTTP port (default: %(default)s)")
-    p.add_argument("--artifacts", default=None,
-                   help="where the server stores artifacts: a folder or a URI like s3://bucket/path "
-                        "(default: STATE/artifacts)")
-    p.add_argument("--pg-port", type=int, default=5432,
-                   help="PostgreSQL's port number; it only names its unix socket (STATE/pg/.s.PGSQL.N), "
-                        "no TCP port is opened (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=4,
-                   help="uvicorn worker processes of the MLflow server (default: %(default)s)")
-    p.add_argument("--allowed-hosts", default="",
-                   help="extra comma-separated Host header values clients may use (DNS names of this machine) "
-                        "for a non-loopback host; the host address and this machine's name are allowed anyway")
+    p.add_argument(
+        "--artifacts",
+        default=None,
+        help="where the server stores artifacts: a folder or a URI like s3://bucket/path (default: STATE/artifacts)",
+    )
+    p.add_argument(
+        "--pg-port",
+        type=int,
+        default=5432,
+        help="PostgreSQL's port number; it only names its unix socket (STATE/pg/.s.PGSQL.N), "
+        "no TCP port is opened (default: %(default)s)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=4, help="uvicorn worker processes of the MLflow server (default: %(default)s)"
+    )
+    p.add_argument(
+        "--allowed-hosts",
+        default="",
+        help="extra comma-separated Host header values clients may use (DNS names of this machine) "
+        "for a non-loopback host; the host address and this machine's name are allowed anyway",
+    )
     tls = p.add_argument_group("TLS (required beyond loopback unless --insecure)")
     tls.add_argument("--certfile", type=Path, help="serve HTTPS with this certificate chain (PEM; with --keyfile)")
     tls.add_argument("--keyfile", type=Path, help="the certificate's private key (PEM)")
-    tls.add_argument("--self-signed", action="store_true",
-                     help="serve HTTPS with a self-signed certificate for this machine's names and --allowed-hosts, "
-                          "made once in STATE/tls; clients set MLFLOW_TRACKING_SERVER_CERT_PATH=STATE/tls/server.crt")
-    tls.add_argument("--insecure", action="store_true",
-                     help="serve plain HTTP beyond loopback: the password crosses the network in clear (a network "
-                          "only you use, or TLS terminated in front of this server)")
+    tls.add_argument(
+        "--self-signed",
+        action="store_true",
+        help="serve HTTPS with a self-signed certificate for this machine's names and --allowed-hosts, "
+        "made once in STATE/tls; clients set MLFLOW_TRACKING_SERVER_CERT_PATH=STATE/tls/server.crt",
+    )
+    tls.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve plain HTTP beyond loopback: the password crosses the network in clear (a network "
+        "only you use, or TLS terminated in front of this server)",
+    )
     return p.parse_args(argv)
 
 
@@ -117,8 +140,10 @@ def credentials(host: str) -> Optional[tuple[str, str]]:
         return None
     user, password = os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV)
     if not user or not password or not user.isprintable():
-        raise ServerError(f"--host {host} is not a loopback address: set {USER_ENV} and {PASSWORD_ENV} (the "
-                          "basic-auth admin; MLflow wants a password of 12 or more characters) in the environment")
+        raise ServerError(
+            f"--host {host} is not a loopback address: set {USER_ENV} and {PASSWORD_ENV} (the "
+            "basic-auth admin; MLflow wants a password of 12 or more characters) in the environment"
+        )
     return user, password
 
 
@@ -139,8 +164,10 @@ def tls_pair(args: argparse.Namespace, state: Path) -> Optional[tuple[Path, Path
             names += socket.gethostbyname_ex(socket.gethostname())[2]
         return self_signed_pair(state / "tls", names)
     if not is_loopback(args.host) and not args.insecure:
-        raise ServerError(f"--host {args.host} is not a loopback address: serve HTTPS (--certfile/--keyfile, or "
-                          "--self-signed for a lab cluster), or pass --insecure to send the password in clear")
+        raise ServerError(
+            f"--host {args.host} is not a loopback address: serve HTTPS (--certfile/--keyfile, or "
+            "--self-signed for a lab cluster), or pass --insecure to send the password in clear"
+        )
     return None
 
 
@@ -153,11 +180,17 @@ def self_signed_pair(folder: Path, names: list[str]) -> tuple[Path, Path]:
     from cryptography.x509.oid import NameOID
 
     cert, key = folder / "server.crt", folder / "server.key"
-    sans = [x509.IPAddress(ipaddress.ip_address(n.strip("[]"))) if _is_ip(n) else x509.DNSName(n)
-            for n in dict.fromkeys(names) if n]
+    sans = [
+        x509.IPAddress(ipaddress.ip_address(n.strip("[]"))) if _is_ip(n) else x509.DNSName(n)
+        for n in dict.fromkeys(names)
+        if n
+    ]
     if cert.is_file() and key.is_file():
-        have = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(
-            x509.SubjectAlternativeName).value
+        have = (
+            x509.load_pem_x509_certificate(cert.read_bytes())
+            .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            .value
+        )
         if set(sans) <= set(have):
             return cert, key
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -165,20 +198,41 @@ def self_signed_pair(folder: Path, names: list[str]) -> tuple[Path, Path]:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"adaskip tracking server {socket.gethostname()}")])
     now = datetime.now(timezone.utc)
     public = private.public_key()
-    built = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(public)
-             .serial_number(x509.random_serial_number())
-             .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=825))
-             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-             .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, content_commitment=False,
-                                          key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                          crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
-             .sign(private, hashes.SHA256()))
-    write_private(key, private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                             serialization.NoEncryption()).decode())
+    built = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=825))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
+        .sign(private, hashes.SHA256())
+    )
+    write_private(
+        key,
+        private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode(),
+    )
     cert.write_bytes(built.public_bytes(serialization.Encoding.PEM))
     return cert, key
 
@@ -219,11 +273,11 @@ def pg_bindir(data: Path) -> Path:
         return known
     if on_path := shutil.which("pg_ctl"):
         return Path(on_path).resolve().parent
-    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
-                    key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    debian = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0
+    )
     if not debian:
-        raise ServerError(f"PostgreSQL's server (initdb, pg_ctl) is not installed; on Debian/Ubuntu: "
-                          f"{PG_INSTALL_HINT}")
+        raise ServerError(f"PostgreSQL's server (initdb, pg_ctl) is not installed; on Debian/Ubuntu: {PG_INSTALL_HINT}")
     return debian[-1].parent
 
 
@@ -234,8 +288,10 @@ def pg_os_user() -> Optional[pwd.struct_passwd]:
     try:
         return pwd.getpwnam(PG_USER)
     except KeyError:
-        raise ServerError(f"running as root, PostgreSQL needs an unprivileged OS user `{PG_USER}`; "
-                          f"installing PostgreSQL creates it: {PG_INSTALL_HINT}") from None
+        raise ServerError(
+            f"running as root, PostgreSQL needs an unprivileged OS user `{PG_USER}`; "
+            f"installing PostgreSQL creates it: {PG_INSTALL_HINT}"
+        ) from None
 
 
 @dataclass
@@ -253,30 +309,34 @@ class Postgres:
     def as_user(self, *argv: str) -> subprocess.CompletedProcess:
         """Run ``argv`` as the PostgreSQL user, in its own session (a terminal's Ctrl-C is ours to handle)."""
         prefix = ["runuser", "-u", self.user.pw_name, "--"] if self.user else []
-        return subprocess.run([*prefix, *argv], cwd=self.dir, capture_output=True, text=True,
-                              start_new_session=True)
+        return subprocess.run([*prefix, *argv], cwd=self.dir, capture_output=True, text=True, start_new_session=True)
 
     def run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """One of PostgreSQL's binaries (initdb, pg_ctl)."""
         done = self.as_user(str(pg_bindir(self.data) / tool), *args)
         if check and done.returncode != 0:
-            raise ServerError(f"{tool} failed (exit {done.returncode}): "
-                              f"{(done.stderr or done.stdout).strip()[-800:]} (log: {self.dir / 'log'})")
+            raise ServerError(
+                f"{tool} failed (exit {done.returncode}): "
+                f"{(done.stderr or done.stdout).strip()[-800:]} (log: {self.dir / 'log'})"
+            )
         return done
 
     def prepare(self) -> None:
         """Create dir for the PostgreSQL user (0700) and check that user can reach it."""
         socket_path = self.dir / f".s.PGSQL.{self.port}"
         if len(str(socket_path)) > 107:
-            raise ServerError(f"the socket path {socket_path} is longer than a unix socket allows (107 bytes): "
-                              "use a shorter --state")
+            raise ServerError(
+                f"the socket path {socket_path} is longer than a unix socket allows (107 bytes): use a shorter --state"
+            )
         self.dir.mkdir(mode=0o700, exist_ok=True)
         if self.user:
             os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
             os.chmod(self.dir.parent, os.stat(self.dir.parent).st_mode | 0o001)  # let it pass through the state dir
             if self.as_user("test", "-w", str(self.dir)).returncode != 0:
-                raise ServerError(f"the OS user {self.user.pw_name} cannot reach {self.dir}: every folder above it "
-                                  "needs search permission for it (chmod o+x), or choose another --state")
+                raise ServerError(
+                    f"the OS user {self.user.pw_name} cannot reach {self.dir}: every folder above it "
+                    "needs search permission for it (chmod o+x), or choose another --state"
+                )
 
     def initdb(self) -> None:
         if not (self.data / "PG_VERSION").exists():
@@ -301,8 +361,9 @@ class Postgres:
         try:
             import psycopg2
         except ImportError:
-            raise ServerError("the PostgreSQL driver psycopg2 is missing: make install "
-                              "(requirements.lock pins psycopg2-binary)") from None
+            raise ServerError(
+                "the PostgreSQL driver psycopg2 is missing: make install (requirements.lock pins psycopg2-binary)"
+            ) from None
         conn = psycopg2.connect(host=str(self.dir.resolve()), port=self.port, user=PG_USER, dbname="postgres")
         try:
             conn.autocommit = True
@@ -320,17 +381,23 @@ def auth_env(state: Path, user: str, password: str) -> dict[str, str]:
     auth.mkdir(mode=0o700, exist_ok=True)
     os.chmod(auth, 0o700)
     ini = auth / "basic_auth.ini"
-    write_private(ini, "[mlflow]\ndefault_permission = READ\n"
-                       f"database_uri = sqlite:///{(auth / 'basic_auth.db').resolve()}\n"
-                       f"admin_username = {user.replace('%', '%%')}\n"
-                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    write_private(
+        ini,
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{(auth / 'basic_auth.db').resolve()}\n"
+        f"admin_username = {user.replace('%', '%%')}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+    )
     key_file = auth / "secret_key"
     if not key_file.exists():
         write_private(key_file, secrets.token_hex(32))
-    return {"MLFLOW_AUTH_CONFIG_PATH": str(ini.resolve()), "MLFLOW_AUTH_ADMIN_USERNAME": user,
-            "MLFLOW_AUTH_ADMIN_PASSWORD": password,
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY")
-            or key_file.read_text().strip()}
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(ini.resolve()),
+        "MLFLOW_AUTH_ADMIN_USERNAME": user,
+        "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY")
+        or key_file.read_text().strip(),
+    }
 
 
 def public_names(host: str, extra: str) -> list[str]:
@@ -360,13 +427,32 @@ def artifacts_destination(state: Path, given: Optional[str]) -> str:
     return str(dest.resolve())
 
 
-def mlflow_command(args: argparse.Namespace, backend: str, artifacts: str, auth: bool,
-                   tls: Optional[tuple[Path, Path]] = None) -> list[str]:
-    uvicorn = ["--uvicorn-opts", shlex.join(["--ssl-certfile", str(tls[0]), "--ssl-keyfile", str(tls[1])])] if tls else []
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--serve-artifacts",
-            "--artifacts-destination", artifacts, "--host", args.host, "--port", str(args.port),
-            "--workers", str(args.workers), *(["--app-name", "basic-auth"] if auth else []),
-            *security_args(args.host, args.port, args.allowed_hosts), *uvicorn]
+def mlflow_command(
+    args: argparse.Namespace, backend: str, artifacts: str, auth: bool, tls: Optional[tuple[Path, Path]] = None
+) -> list[str]:
+    uvicorn = (
+        ["--uvicorn-opts", shlex.join(["--ssl-certfile", str(tls[0]), "--ssl-keyfile", str(tls[1])])] if tls else []
+    )
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        artifacts,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--workers",
+        str(args.workers),
+        *(["--app-name", "basic-auth"] if auth else []),
+        *security_args(args.host, args.port, args.allowed_hosts),
+        *uvicorn,
+    ]
 
 
 def _die_with_parent() -> None:
@@ -410,14 +496,18 @@ def check_login(url: str, user: str, password: str) -> None:
     """Warn when the admin's stored password is not the one in the environment: MLflow sets it at the first
     start only."""
     token = b64encode(f"{user}:{password}".encode()).decode()
-    req = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/search?max_results=1",
-                                 headers={"Authorization": f"Basic {token}"})
+    req = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/experiments/search?max_results=1", headers={"Authorization": f"Basic {token}"}
+    )
     try:
         urllib.request.urlopen(req, timeout=10, context=_OWN).close()  # noqa: S310 (our own server)
     except urllib.error.HTTPError as e:
         if e.code == 401:
-            print(f"warning: the server refuses {USER_ENV}/{PASSWORD_ENV}: the admin password was set when the "
-                  "state folder was first used; change it with MLflow's update-password API", file=sys.stderr)
+            print(
+                f"warning: the server refuses {USER_ENV}/{PASSWORD_ENV}: the admin password was set when the "
+                "state folder was first used; change it with MLflow's update-password API",
+                file=sys.stderr,
+            )
     except OSError:
         pass  # not this check's business
 

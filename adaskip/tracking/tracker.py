@@ -1,6 +1,7 @@
 """The Tracker: one experiment in one tracking store, by explicit run ids (MlflowClient, no global active run), so
 Ray workers and restarted worker groups continue the same run instead of opening new ones; and the Model Registry
 entries of the adaptive network (versions, attached tables, aliases)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -41,8 +42,11 @@ def _quiet_model_logging() -> Iterator[None]:
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     pyfunc.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("ignore", UserWarning)
             yield
     finally:
@@ -66,8 +70,9 @@ def provenance_tags() -> dict[str, str]:
     """DVC experiment/stage and git commit of this run, when known."""
     tags = {k.lower(): os.environ[k] for k in ("DVC_EXP_NAME", "DVC_STAGE") if os.environ.get(k)}
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        tags["git_sha"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                         check=True, timeout=10).stdout.strip()
+        tags["git_sha"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
     return tags
 
 
@@ -108,7 +113,9 @@ class Tracker:
             if key not in exp.tags:  # an experiment created before: a user's own kind is kept
                 self.client.set_experiment_tag(self.experiment_id, key, kind)
 
-    def start_run(self, name: str, tags: Optional[Mapping[str, str]] = None, parent_run_id: Optional[str] = None) -> str:
+    def start_run(
+        self, name: str, tags: Optional[Mapping[str, str]] = None, parent_run_id: Optional[str] = None
+    ) -> str:
         tags = {**provenance_tags(), **(tags or {})}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
@@ -119,7 +126,7 @@ class Tracker:
 
         items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i:i + 100])
+            self.client.log_batch(run_id, params=items[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
         import time
@@ -167,8 +174,9 @@ class Tracker:
         clauses = [f"tags.{k} = '{v}'" for k, v in tags.items()]
         if parent_run_id:
             clauses.append(f"tags.mlflow.parentRunId = '{parent_run_id}'")
-        runs = self.client.search_runs([self.experiment_id], " and ".join(clauses), max_results=1,
-                                       order_by=["attributes.start_time DESC"])
+        runs = self.client.search_runs(
+            [self.experiment_id], " and ".join(clauses), max_results=1, order_by=["attributes.start_time DESC"]
+        )
         return runs[0].info.run_id if runs else None
 
     def unfinished_run(self, tags: Mapping[str, str]) -> Optional[str]:
@@ -178,8 +186,9 @@ class Tracker:
         return run_id if run_id and self.status(run_id) != FINISHED else None
 
     def children(self, parent_run_id: str) -> list:
-        return self.client.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                                       max_results=10000)
+        return self.client.search_runs(
+            [self.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000
+        )
 
     def end_leftovers(self, parent_run_id: str, status: str = KILLED) -> int:
         """Mark children still RUNNING (their process died or was stopped early) as ended."""
@@ -189,8 +198,13 @@ class Tracker:
         return len(left)
 
     @contextlib.contextmanager
-    def run(self, name: str, tags: Optional[Mapping[str, str]] = None, parent_run_id: Optional[str] = None,
-            run_id: Optional[str] = None) -> Iterator[str]:
+    def run(
+        self,
+        name: str,
+        tags: Optional[Mapping[str, str]] = None,
+        parent_run_id: Optional[str] = None,
+        run_id: Optional[str] = None,
+    ) -> Iterator[str]:
         """A run that always ends: FINISHED, FAILED on error, KILLED on Ctrl-C/SIGTERM."""
         run_id = self.reopen(run_id) if run_id else self.start_run(name, tags, parent_run_id)
         try:
@@ -204,8 +218,9 @@ class Tracker:
         else:
             self.end_run(run_id, FINISHED)
             if parent_run_id is None and self.uri.startswith(("http://", "https://")):  # a stage's run: where to look
-                log.info("MLflow run %s: %s/#/experiments/%s/runs/%s", name,
-                                                 self.uri.rstrip("/"), self.experiment_id, run_id)
+                log.info(
+                    "MLflow run %s: %s/#/experiments/%s/runs/%s", name, self.uri.rstrip("/"), self.experiment_id, run_id
+                )
 
     def log_dataset(self, run_id: str, data: Mapping[str, Any], context: str) -> None:
         """Log the data set as the run's input: a one-row descriptor table (``data`` params: name, path, image size,
@@ -224,12 +239,15 @@ class Tracker:
         source = str(Path(data["path"]).resolve()) if data.get("path") else None  # None: a code source
         with warnings.catch_warnings():  # "integer columns cannot represent missing values": a descriptor has none;
             warnings.simplefilter("ignore", UserWarning)  # "the source can be interpreted in multiple ways"
-            ds = mlflow.data.from_pandas(df, source=source, name=name, digest=hashlib.sha256(blob.encode()).hexdigest()[:8])
+            ds = mlflow.data.from_pandas(
+                df, source=source, name=name, digest=hashlib.sha256(blob.encode()).hexdigest()[:8]
+            )
             entity = ds._to_mlflow_entity()  # infers the schema: the integer-columns hint comes from here
         self.client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
 
-    def log_model(self, run_id: str, path: str | os.PathLike, registered_model: Optional[str],
-                  image_size: Optional[int] = None) -> Optional[int]:
+    def log_model(
+        self, run_id: str, path: str | os.PathLike, registered_model: Optional[str], image_size: Optional[int] = None
+    ) -> Optional[int]:
         """Log the model file ``path`` as an MLflow Model (pyfunc :class:`.model.AdaptiveDepthModel`, with input
         signature and a ``skip`` inference parameter) in run ``run_id``, and register it as a new version of
         ``registered_model`` (None: not registered). Returns the version, tagged with the file's sha256 so that
@@ -251,10 +269,17 @@ class Tracker:
         num_stages = build_from_spec(spec).num_stages
         with _use_tracking_uri(self.uri), _quiet_model_logging():
             info = mlflow.models.Model.log(
-                None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, registered_model_name=registered_model,
-                python_model=AdaptiveDepthModel(), artifacts={"model": str(Path(path).resolve())},
-                signature=signature(size, int(spec["num_classes"]), num_stages), pip_requirements=requirements(),
-                tags={SHA_TAG: sha})
+                None,
+                name=MODEL_NAME,
+                flavor=mlflow.pyfunc,
+                run_id=run_id,
+                registered_model_name=registered_model,
+                python_model=AdaptiveDepthModel(),
+                artifacts={"model": str(Path(path).resolve())},
+                signature=signature(size, int(spec["num_classes"]), num_stages),
+                pip_requirements=requirements(),
+                tags={SHA_TAG: sha},
+            )
         if not registered_model:
             return None
         version = int(info.registered_model_version)
@@ -290,8 +315,10 @@ class Tracker:
 
         source = self.client.get_model_version(registered_model, version).source
         if not source.startswith("models:/m-"):
-            raise TrackingError(f"{registered_model} version {version} comes from {source}, not from an MLflow 3 "
-                                "logged model: re-register it with the train stage to attach tables to it")
+            raise TrackingError(
+                f"{registered_model} version {version} comes from {source}, not from an MLflow 3 "
+                "logged model: re-register it with the train stage to attach tables to it"
+            )
         with tempfile.TemporaryDirectory() as tmp:
             for name, table in tables.items():
                 (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
@@ -309,9 +336,17 @@ class Tracker:
             same = self.client.search_model_versions(f"name = '{registered_model}'")
             found = [v for v in same if v.source == mv.source and v.tags.get(SKIP_TAG) == skip]
             tags = {k: v for k, v in mv.tags.items() if not k.startswith("adaskip.alias.")}
-            target = found[0] if found else self.client.create_model_version(
-                registered_model, mv.source, run_id=mv.run_id, tags={**tags, SKIP_TAG: skip},
-                description=f"version {version}'s model, serving sub-network {skip} by default")
+            target = (
+                found[0]
+                if found
+                else self.client.create_model_version(
+                    registered_model,
+                    mv.source,
+                    run_id=mv.run_id,
+                    tags={**tags, SKIP_TAG: skip},
+                    description=f"version {version}'s model, serving sub-network {skip} by default",
+                )
+            )
         self.client.set_registered_model_alias(registered_model, alias, target.version)
         self.client.set_model_version_tag(registered_model, target.version, f"adaskip.alias.{alias}", skip)
         return str(target.version)

@@ -1,5 +1,6 @@
 """Where MLflow runs go and whether that store can be used: the tracking URI (``MLFLOW_TRACKING_URI``, params.yaml,
 the project's SQLite file), its login moved to the environment, TLS verification, reachability and access."""
+
 from __future__ import annotations
 
 import os
@@ -59,16 +60,22 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     verify."""
     if uri.startswith(("http://", "https://")):
         try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout,  # noqa: S310 (user's own server)
-                                   context=tls_context() if uri.startswith("https://") else None)
+            urllib.request.urlopen(
+                uri.rstrip("/") + "/health",
+                timeout=timeout,  # noqa: S310 (user's own server)
+                context=tls_context() if uri.startswith("https://") else None,
+            )
         except OSError as e:
             if isinstance(getattr(e, "reason", e), ssl.SSLCertVerificationError):
-                raise TrackingError(f"MLflow tracking server {uri}: its certificate does not verify "
-                                    f"({getattr(e, 'reason', e).verify_message}): set {CERT_ENV} to the server's "
-                                    "certificate (the tracking server's --self-signed prints it) or its CA bundle"
-                                    ) from None
-            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({e}); start it or unset "
-                                "MLFLOW_TRACKING_URI / mlflow.tracking_uri to use the local store") from None
+                raise TrackingError(
+                    f"MLflow tracking server {uri}: its certificate does not verify "
+                    f"({getattr(e, 'reason', e).verify_message}): set {CERT_ENV} to the server's "
+                    "certificate (the tracking server's --self-signed prints it) or its CA bundle"
+                ) from None
+            raise TrackingError(
+                f"MLflow tracking server {uri} is unreachable ({e}); start it or unset "
+                "MLFLOW_TRACKING_URI / mlflow.tracking_uri to use the local store"
+            ) from None
 
 
 def check_access(uri: str) -> None:
@@ -84,7 +91,9 @@ def check_access(uri: str) -> None:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except MlflowException as e:
         if e.get_http_status_code() in (401, 403) or " 401" in str(e) or " 403" in str(e):
-            raise TrackingError(f"MLflow tracking server {uri} refused this client's credentials: set "
-                                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (the driver passes its own "
-                                "on to the cluster's workers)") from None
+            raise TrackingError(
+                f"MLflow tracking server {uri} refused this client's credentials: set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (the driver passes its own "
+                "on to the cluster's workers)"
+            ) from None
         raise TrackingError(f"MLflow tracking server {uri} failed a read: {str(e)[:200]}") from None

@@ -1,4 +1,5 @@
 """Checkpoints and the final model file: plain tensors and primitives, loaded with ``weights_only=True``."""
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,9 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
         first = str(e).splitlines()[0][:200] if str(e) else ""
-        raise CheckpointError(f"{what} {path} is truncated or corrupt ({type(e).__name__}: {first}); "
-                              "delete it and re-run what wrote it") from None
+        raise CheckpointError(
+            f"{what} {path} is truncated or corrupt ({type(e).__name__}: {first}); delete it and re-run what wrote it"
+        ) from None
 
 
 def load_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -66,4 +68,6 @@ def load_state(model: AdaptiveDepthNet, state_dict: dict[str, Any], source: str)
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
         first = " ".join(str(e).split())[:300]
-        raise CheckpointError(f"checkpoint {source} does not match the model {model.family} split={model.split}: {first}") from None
+        raise CheckpointError(
+            f"checkpoint {source} does not match the model {model.family} split={model.split}: {first}"
+        ) from None

@@ -1,4 +1,5 @@
 """The per-worker training loop, framework-agnostic: the orchestration layer passes a WorkerEnv."""
+
 from __future__ import annotations
 
 import logging
@@ -85,13 +86,19 @@ def seed_everything(seed: int) -> None:
 
 def _optimizer_and_scheduler(model: nn.Module, params: Params, epochs: int):
     t = params.train
-    optimizer = timm.optim.create_optimizer_v2(model, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
-                                               momentum=t.momentum)
+    optimizer = timm.optim.create_optimizer_v2(
+        model, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum
+    )
     scheduler = None
     if t.scheduler != "none":
         scheduler, _ = timm.scheduler.create_scheduler_v2(
-            optimizer, sched=t.scheduler, num_epochs=epochs, decay_milestones=t.decay_milestones,
-            decay_epochs=t.decay_milestones[0] if t.decay_milestones else 30, warmup_epochs=t.warmup_epochs)
+            optimizer,
+            sched=t.scheduler,
+            num_epochs=epochs,
+            decay_milestones=t.decay_milestones,
+            decay_epochs=t.decay_milestones[0] if t.decay_milestones else 30,
+            warmup_epochs=t.warmup_epochs,
+        )
     return optimizer, scheduler
 
 
@@ -107,12 +114,19 @@ def make_mixup(params: Params, num_classes: int) -> Optional[timm.data.Mixup]:
     t = params.train
     if t.mixup <= 0 and t.cutmix <= 0:
         return None
-    return timm.data.Mixup(mixup_alpha=t.mixup, cutmix_alpha=t.cutmix, prob=t.mixup_prob,
-                           switch_prob=t.mixup_switch_prob, label_smoothing=t.label_smoothing, num_classes=num_classes)
+    return timm.data.Mixup(
+        mixup_alpha=t.mixup,
+        cutmix_alpha=t.cutmix,
+        prob=t.mixup_prob,
+        switch_prob=t.mixup_switch_prob,
+        label_smoothing=t.label_smoothing,
+        num_classes=num_classes,
+    )
 
 
-def make_ema(net: AdaptiveDepthNet, params: Params,
-             resume_state: Optional[dict[str, Any]]) -> Optional[timm.utils.ModelEmaV3]:
+def make_ema(
+    net: AdaptiveDepthNet, params: Params, resume_state: Optional[dict[str, Any]]
+) -> Optional[timm.utils.ModelEmaV3]:
     """timm ModelEmaV3 of ``net`` per train.ema (None when off), restored from a resumed checkpoint's ``"ema"``."""
     t = params.train
     if not t.ema:
@@ -122,14 +136,22 @@ def make_ema(net: AdaptiveDepthNet, params: Params,
         load_state(ema.module, resume_state["ema"], "resume checkpoint (ema)")
     elif resume_state is not None:
         log.warning("the resume checkpoint holds no EMA weights: the EMA restarts from the resumed weights")
-    log.info("train.ema: validation metrics and the final model are the EMA weights' (decay %g%s)", t.ema_decay,
-             ", warm-up" if t.ema_warmup else "")
+    log.info(
+        "train.ema: validation metrics and the final model are the EMA weights' (decay %g%s)",
+        t.ema_decay,
+        ", warm-up" if t.ema_warmup else "",
+    )
     return ema
 
 
-def _step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, params: Params, precision: Precision,
-             scaler: Optional[torch.amp.GradScaler],
-             mode: FitMode) -> Callable[[Tensor, Tensor], tuple[dict[str, float], float]]:
+def _step_fn(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    params: Params,
+    precision: Precision,
+    scaler: Optional[torch.amp.GradScaler],
+    mode: FitMode,
+) -> Callable[[Tensor, Tensor], tuple[dict[str, float], float]]:
     """The step ``fit`` runs on each batch, returning (its metrics, its loss): self-distillation, or sub-network
     ``mode.alone`` alone with KD from ``mode.teacher`` or with CE (the baselines get the same recipe)."""
     cfg = distill_config(params)
@@ -141,8 +163,16 @@ def _step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, params: Params,
         if mode.teacher is not None:
             out = kd_step(model, mode.teacher, images, targets, optimizer, cfg, mode.alone, precision, scaler)
         else:
-            out = plain_step(model, images, targets, optimizer, precision, scaler, skip=mode.alone,
-                             label_smoothing=cfg.label_smoothing)
+            out = plain_step(
+                model,
+                images,
+                targets,
+                optimizer,
+                precision,
+                scaler,
+                skip=mode.alone,
+                label_smoothing=cfg.label_smoothing,
+            )
         return out, out["loss"]
 
     return step
@@ -161,14 +191,19 @@ def validate(model: AdaptiveDepthNet, loader, env: WorkerEnv, macs: dict[str, in
     grid = evaluate_grid(model, loader, device=env.device, progress=False)
     sums = _all_sum([*(grid.acc1 * grid.n / 100), *(grid.acc5 * grid.n / 100), *grid.n], env)
     k = len(grid)
-    n = np.array(sums[2 * k:])
+    n = np.array(sums[2 * k :])
     acc1 = pd.Series(100 * np.array(sums[:k]) / np.maximum(n, 1), index=grid.skip)
-    acc5 = pd.Series(100 * np.array(sums[k:2 * k]) / np.maximum(n, 1), index=grid.skip)
+    acc5 = pd.Series(100 * np.array(sums[k : 2 * k]) / np.maximum(n, 1), index=grid.skip)
     s = model.num_stages
     sup, base = str(SkipConfig.super_net(s)), str(SkipConfig.base_net(s))
-    out = {"val_acc_super": acc1[sup], "val_acc_base": acc1[base], "val_acc5_super": acc5[sup],
-           "val_acc5_base": acc5[base], "val_acc_mean": acc1.mean(),
-           "objective": tradeoff_auc([macs[c] for c in acc1.index], acc1.values)}
+    out = {
+        "val_acc_super": acc1[sup],
+        "val_acc_base": acc1[base],
+        "val_acc5_super": acc5[sup],
+        "val_acc5_base": acc5[base],
+        "val_acc_mean": acc1.mean(),
+        "objective": tradeoff_auc([macs[c] for c in acc1.index], acc1.values),
+    }
     return {k: float(v) for k, v in out.items()}  # plain floats: numpy scalars fail weights_only loading
 
 
@@ -179,8 +214,9 @@ def diagnostics(net: AdaptiveDepthNet, loader, env: WorkerEnv, skip: Optional[st
     return {**ratio_summary(ratios), **{f"ratio.{k}": v for k, v in ratios.items()}}
 
 
-def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None,
-        mode: FitMode = SELF_DISTILLATION) -> dict[str, float]:
+def fit(
+    params: Params, env: WorkerEnv, epochs: Optional[int] = None, mode: FitMode = SELF_DISTILLATION
+) -> dict[str, float]:
     """Train per ``params`` for ``epochs`` (default train.epochs), reporting metrics and a checkpoint
     state each epoch through ``env.report`` (``"model"``: the raw weights; with train.ema also ``"ema"``, the
     weights validated and to ship; ``"spec"``: the model's spec, its split as resolved). ``mode`` says what is
@@ -191,7 +227,10 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None,
     m = params.model
     net = params.build_model(num_classes=subsets.num_classes)
     spec = net.spec
-    macs = {str(c): count_macs(net, c, (subsets.in_chans, params.data.image_size, params.data.image_size)) for c in net.configs()}
+    macs = {
+        str(c): count_macs(net, c, (subsets.in_chans, params.data.image_size, params.data.image_size))
+        for c in net.configs()
+    }
     fmt = memory_format(params, net)
     net.to(env.device, memory_format=fmt)
     optimizer, scheduler = _optimizer_and_scheduler(net, params, epochs)
@@ -212,10 +251,25 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None,
     # each rank builds its own loaders: an explicit data.workers is per rank, the default shares this machine's
     # CPUs among the world_size ranks (assumed on one machine; on several nodes set data.workers)
     workers = resolve_workers(params.data, ranks=env.world_size)
-    train_loader = make_loader(subsets.train, bs, shuffle=True, seed=params.train.seed, drop_last=True,
-                               distributed=shard, num_workers=workers, device=env.device)
-    val_loader = make_loader(subsets.val, params.evaluate.batch_size, shuffle=False, seed=0, distributed=shard,
-                             num_workers=workers, device=env.device)
+    train_loader = make_loader(
+        subsets.train,
+        bs,
+        shuffle=True,
+        seed=params.train.seed,
+        drop_last=True,
+        distributed=shard,
+        num_workers=workers,
+        device=env.device,
+    )
+    val_loader = make_loader(
+        subsets.val,
+        params.evaluate.batch_size,
+        shuffle=False,
+        seed=0,
+        distributed=shard,
+        num_workers=workers,
+        device=env.device,
+    )
     mixup = make_mixup(params, subsets.num_classes)
     precision = Precision(params.train.precision)
     step = _step_fn(model, optimizer, params, precision, precision.scaler(env.device), mode)
@@ -229,8 +283,9 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None,
         sums: dict[str, float] = {}
         seen = 0
         started = time.perf_counter()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=env.rank != 0 or not progress_bars(),
-                   leave=False)
+        bar = tqdm(
+            train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=env.rank != 0 or not progress_bars(), leave=False
+        )
         for images, targets in bar:
             images = images.to(env.device, non_blocking=True, memory_format=fmt)
             targets = targets.to(env.device, non_blocking=True)
@@ -248,17 +303,30 @@ def fit(params: Params, env: WorkerEnv, epochs: Optional[int] = None,
             bar.set_postfix(loss=f"{loss:.3f}")
         if scheduler is not None:
             scheduler.step(epoch + 1)
-        metrics = {("train_acc_" + k.split("_")[0] if k.endswith("correct") else "train_" + k): v / seen * (100 if k.endswith("correct") else 1)
-                   for k, v in sums.items()}
+        metrics = {
+            ("train_acc_" + k.split("_")[0] if k.endswith("correct") else "train_" + k): v
+            / seen
+            * (100 if k.endswith("correct") else 1)
+            for k, v in sums.items()
+        }
         metrics.update(validate(eval_net, val_loader, env, macs))
         metrics.update(diagnostics(eval_net, val_loader, env, mode.alone))
         metrics.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"])
         if env.rank == 0:  # one line per epoch; every metric (per-block ratios too) goes to MLflow and DEBUG
             log.info("%s%s", env.label, epoch_line(epoch + 1, epochs, metrics, time.perf_counter() - started))
         log.debug("epoch %d/%d rank %d %s", epoch + 1, epochs, env.rank, {k: round(v, 4) for k, v in metrics.items()})
-        state = {"epoch": epoch, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict() if scheduler is not None else None, "spec": spec,
-                 "macs": macs} if env.rank == 0 else None
+        state = (
+            {
+                "epoch": epoch,
+                "model": unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "spec": spec,
+                "macs": macs,
+            }
+            if env.rank == 0
+            else None
+        )
         if state is not None and ema is not None:
             state["ema"] = ema.module.state_dict()
         env.report(metrics, state)

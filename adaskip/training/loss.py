@@ -1,4 +1,5 @@
 """Self-distillation loss as pure functions (docs/method.md section 4)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ def kd_loss(super_logits: Tensor, base_logits: Tensor, temperature: float = 1.0,
         teacher, student = teacher.gather(1, idx), student.gather(1, idx)
     log_p = F.log_softmax(teacher / temperature, dim=1)
     log_q = F.log_softmax(student / temperature, dim=1)
-    return temperature ** 2 * F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
+    return temperature**2 * F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
 
 
 def feature_loss(super_feats: Sequence[Tensor], base_feats: Sequence[Tensor]) -> Tensor:
@@ -66,9 +67,14 @@ def super_terms(super_logits: Tensor, targets: Tensor, cfg: DistillConfig) -> tu
     return ce, cfg.alpha * ce
 
 
-def base_terms(super_logits: Tensor, base_logits: Tensor, targets: Tensor, cfg: DistillConfig,
-               super_feats: Optional[Sequence[Tensor]] = None,
-               base_feats: Optional[Sequence[Tensor]] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def base_terms(
+    super_logits: Tensor,
+    base_logits: Tensor,
+    targets: Tensor,
+    cfg: DistillConfig,
+    super_feats: Optional[Sequence[Tensor]] = None,
+    base_feats: Optional[Sequence[Tensor]] = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(KD, feature loss, CE of the base-net, the objective of the second backward) for one batch."""
     zero = super_logits.new_zeros((), dtype=torch.float32)
     base_ce = cross_entropy(base_logits, targets, cfg.label_smoothing)
@@ -79,9 +85,16 @@ def base_terms(super_logits: Tensor, base_logits: Tensor, targets: Tensor, cfg: 
     return kd, feat, base_ce, (1 - cfg.alpha) * (kd + cfg.feature_weight * feat) + cfg.base_ce_weight * base_ce
 
 
-def distillation_terms(super_logits: Tensor, base_logits: Tensor, targets: Tensor, cfg: DistillConfig,
-                       super_feats: Optional[Sequence[Tensor]] = None,
-                       base_feats: Optional[Sequence[Tensor]] = None) -> LossTerms:
+def distillation_terms(
+    super_logits: Tensor,
+    base_logits: Tensor,
+    targets: Tensor,
+    cfg: DistillConfig,
+    super_feats: Optional[Sequence[Tensor]] = None,
+    base_feats: Optional[Sequence[Tensor]] = None,
+) -> LossTerms:
     """All terms of the self-distillation loss for one batch (what :func:`distill_step` computes in two halves)."""
-    return LossTerms.of(super_terms(super_logits, targets, cfg),
-                        base_terms(super_logits, base_logits, targets, cfg, super_feats, base_feats))
+    return LossTerms.of(
+        super_terms(super_logits, targets, cfg),
+        base_terms(super_logits, base_logits, targets, cfg, super_feats, base_feats),
+    )

@@ -1,4 +1,5 @@
 """One self-distillation optimizer step: super-net forward/backward, base-net forward/backward, one step."""
+
 from __future__ import annotations
 
 import contextlib
@@ -44,9 +45,15 @@ def _correct(logits: Tensor, targets: Tensor) -> int:
     return int((logits.argmax(1) == labels).sum())
 
 
-def distill_step(model: nn.Module, images: Tensor, targets: Tensor, optimizer: torch.optim.Optimizer,
-                 cfg: DistillConfig, precision: Precision = Precision(),
-                 scaler: Optional[torch.amp.GradScaler] = None) -> dict[str, float]:
+def distill_step(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    optimizer: torch.optim.Optimizer,
+    cfg: DistillConfig,
+    precision: Precision = Precision(),
+    scaler: Optional[torch.amp.GradScaler] = None,
+) -> dict[str, float]:
     """One self-distillation step on a batch; ``model`` may be DDP-wrapped (built with
     ``find_unused_parameters=True``: the base pass leaves skippable blocks unused).
 
@@ -75,9 +82,16 @@ def distill_step(model: nn.Module, images: Tensor, targets: Tensor, optimizer: t
     return metrics
 
 
-def plain_step(model: nn.Module, images: Tensor, targets: Tensor, optimizer: torch.optim.Optimizer,
-               precision: Precision = Precision(), scaler: Optional[torch.amp.GradScaler] = None,
-               skip=None, label_smoothing: float = 0.0) -> dict[str, float]:
+def plain_step(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    optimizer: torch.optim.Optimizer,
+    precision: Precision = Precision(),
+    scaler: Optional[torch.amp.GradScaler] = None,
+    skip=None,
+    label_smoothing: float = 0.0,
+) -> dict[str, float]:
     """One ordinary CE step (an individually trained baseline, or a plain timm model when ``skip`` is None
     and the model takes no skip argument). ``label_smoothing`` is train.label_smoothing, applied as in the
     super-net's CE of :func:`distill_step`: a baseline gets the same recipe as the adaptive-depth network."""
@@ -90,10 +104,17 @@ def plain_step(model: nn.Module, images: Tensor, targets: Tensor, optimizer: tor
     return {"loss": float(loss.detach()), "correct": _correct(logits, targets)}
 
 
-def kd_step(model: nn.Module, teacher: Callable[[Tensor], Tensor], images: Tensor, targets: Tensor,
-            optimizer: torch.optim.Optimizer, cfg: DistillConfig, skip: str | SkipConfig,
-            precision: Precision = Precision(),
-            scaler: Optional[torch.amp.GradScaler] = None) -> dict[str, float]:
+def kd_step(
+    model: nn.Module,
+    teacher: Callable[[Tensor], Tensor],
+    images: Tensor,
+    targets: Tensor,
+    optimizer: torch.optim.Optimizer,
+    cfg: DistillConfig,
+    skip: str | SkipConfig,
+    precision: Precision = Precision(),
+    scaler: Optional[torch.amp.GradScaler] = None,
+) -> dict[str, float]:
     """One step of sub-network ``skip`` trained alone with knowledge distillation from a separately trained
     ``teacher`` (a KD baseline): the objective the base-net gets from the super-net in self-distillation, its CE
     term with ``cfg.label_smoothing`` as there."""
