@@ -110,8 +110,12 @@ def project(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reproduced(project: Path, ray_address: str) -> Path:
     """The project after `dvc repro`: tests read it and never change it (those that run more copy it first)."""
-    _sh(project, "dvc", "repro", RAY_ADDRESS=ray_address)
+    r = _sh(project, "dvc", "repro", RAY_ADDRESS=ray_address)
+    REPRO_OUTPUT.append(r.stdout + r.stderr)
     return project
+
+
+REPRO_OUTPUT: list[str] = []  # what the reproduced fixture's `dvc repro` printed
 
 
 def _copy(project: Path, dst: Path) -> Path:
@@ -119,6 +123,15 @@ def _copy(project: Path, dst: Path) -> Path:
     (.ray_results) stays behind: every run here has other params, so it would not resume any of it."""
     shutil.copytree(project, dst, symlinks=True, ignore=shutil.ignore_patterns(".ray_results"))
     return dst
+
+
+def test_repro_output_reads_well(reproduced: Path):
+    """What a person sees: no traceback, one line per ended tune trial, evaluate's registry aliases."""
+    (out,) = REPRO_OUTPUT
+    assert "Traceback" not in out and "UserWarning" not in out, out[-3000:]
+    for i in (1, 2):  # tune.num_samples: 2
+        assert f"tune: trial {i}/2 finished: alpha " in out, out[-3000:]
+    assert "adaskip version 1: @super -> 1 (FFFF), @base -> 2 (TTTT), @fastest-within-1pct -> " in out, out[-3000:]
 
 
 def test_contract_files(reproduced: Path):

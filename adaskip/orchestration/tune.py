@@ -103,6 +103,39 @@ def _trial(config: dict[str, Any]) -> None:
         raise
 
 
+class TrialLines(tune.Callback):
+    """One line per ended trial (Tune prints nothing at verbose 0, and a sweep runs for minutes): what it tried and
+    what it reached. Progress only: an error here is logged at debug level and never fails the sweep."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.ended = total, 0
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._line(trial, "finished")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._line(trial, "failed")
+
+    def _line(self, trial, verdict: str) -> None:
+        try:
+            self.ended += 1
+            cfg, last = trial.config, trial.last_result or {}
+            reached = f"{METRIC} {last[METRIC]:.2f}" if METRIC in last else "no result"
+            log.info(
+                "tune: trial %d/%d %s: alpha %.2f, T %.2f, split %s -> %s after %d epoch(s)",
+                self.ended,
+                self.total,
+                verdict,
+                cfg["alpha"],
+                cfg["temperature"],
+                cfg["split"],
+                reached,
+                last.get("training_iteration", 0),
+            )
+        except Exception:  # noqa: BLE001 (progress only)
+            log.debug("tune: no line for trial %s", getattr(trial, "trial_id", "?"), exc_info=True)
+
+
 def _concurrency(params: Params) -> int:
     """Trials at once: as many as the cluster's CPUs fit (a trial's workers, or one process, plus its driver)."""
     t = params.tune
@@ -165,7 +198,8 @@ def run_sweep(
                 name=name,
                 storage_path=storage.path,
                 storage_filesystem=fs,
-                verbose=1 if verbose() else 0,  # no per-trial tables
+                verbose=1 if verbose() else 0,  # no per-trial tables: one line per ended trial instead
+                callbacks=[TrialLines(t.num_samples)],
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
