@@ -129,45 +129,57 @@ def report(results: list, wall: float, asks: dict, menu, net, inputs: list, args
     """Figures per kind, then the checks; 0 when every answer is right."""
     import torch
 
+    expected: dict = {}
+
+    def library(x: int, skip: str) -> np.ndarray:
+        if (x, skip) not in expected:
+            with torch.inference_mode():
+                expected[x, skip] = net(torch.from_numpy(inputs[x]), skip=skip).numpy()
+        return expected[x, skip]
+
+    def problem(kind: str, x: int, status: int, answer: dict) -> str | None:
+        """What is wrong with one answer, or None."""
+        if kind.startswith("impossible"):
+            ok = status == 400 and answer.get("message", "").startswith("no sub-network fits")
+            return None if ok else f"{kind}: status {status}, {str(answer)[:120]}"
+        if status != 200:
+            return f"{kind}: status {status}, {str(answer)[:160]}"
+        pred = answer["predictions"]
+        skip = pred["skip"] if isinstance(pred, dict) else asks[kind]["skip"]
+        if isinstance(pred, dict) and skip != menu.pick(asks[kind])[0]:
+            return f"{kind}: answered by {skip}, adaskip.serving picks {menu.pick(asks[kind])[0]}"
+        diff = np.abs(np.asarray(pred["logits"] if isinstance(pred, dict) else pred) - library(x, skip)).max()
+        return None if diff <= 1e-4 else f"{kind}: {skip}'s logits differ from the library's by {diff:.2e}"
+
     print(
         f"{len(results)} requests from {args.clients} clients in {wall:.1f} s: {len(results) / wall:.1f} requests/s "
         f"(batch {args.batch}, {args.workers} server worker(s), one torch thread each)"
     )
     print(f"{'kind':<18}{'n':>5}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}  answered by")
-    expected, errors = {}, 0
+    problems = []
     for kind in asks:
         mine = [r for r in results if r[0] == kind]
-        seconds = np.array([r[4] for r in mine]) * 1e3
-        bad = 0
-        skips = set()
-        for _, x, status, answer, _ in mine:
-            if kind.startswith("impossible"):
-                bad += status != 400 or not answer.get("message", "").startswith("no sub-network fits")
-                continue
-            if status != 200:
-                bad += 1
-                continue
-            pred = answer["predictions"]
-            skip = pred["skip"] if isinstance(pred, dict) else asks[kind]["skip"]
-            if isinstance(pred, dict) and skip != menu.pick(asks[kind])[0]:
-                bad += 1
-            if (x, skip) not in expected:
-                with torch.inference_mode():
-                    expected[x, skip] = net(torch.from_numpy(inputs[x]), skip=skip).numpy()
-            logits = np.asarray(pred["logits"] if isinstance(pred, dict) else pred, dtype=np.float32)
-            bad += not np.allclose(logits, expected[x, skip], atol=1e-4)
-            skips.add(skip)
-        errors += bad
-        if len(mine):
-            print(
-                f"{kind:<18}{len(mine):>5}{np.percentile(seconds, 50):>9.2f}{np.percentile(seconds, 99):>9.2f}"
-                f"{bad:>8}  {', '.join(sorted(skips)) or '400: ' + mine[0][3].get('message', '')[:60]}"
-            )
+        if not mine:
+            continue
+        found = [p for _, x, status, answer, _ in mine if (p := problem(kind, x, status, answer))]
+        problems += found
+        answers = {
+            a["predictions"]["skip"] if isinstance(a.get("predictions"), dict) else asks[kind].get("skip")
+            for _, _, status, a, _ in mine
+            if status == 200
+        }
+        ms = np.array([r[4] for r in mine]) * 1e3
+        print(
+            f"{kind:<18}{len(mine):>5}{np.percentile(ms, 50):>9.2f}{np.percentile(ms, 99):>9.2f}{len(found):>8}  "
+            f"{', '.join(sorted(answers)) or '400: ' + mine[0][3].get('message', '')[:60]}"
+        )
     print(
-        f"errors: {errors} (a wrong status, a sub-network other than adaskip.serving picks, logits that differ "
-        "from the library's)"
+        f"errors: {len(problems)} (a wrong status, a sub-network other than adaskip.serving picks, logits that "
+        "differ from the library's)"
     )
-    return 1 if errors else 0
+    for line in dict.fromkeys(problems):
+        print("  " + line)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -140,7 +140,8 @@ class AdaptiveDepthNet(nn.Module):
 
     def forward(self, x: Tensor, skip: SkipLike = None, return_features: bool = False):
         """Logits of the sub-network ``skip`` (default: super-net); with ``return_features`` also
-        the list of stage outputs (for feature distillation)."""
+        the list of stage outputs (for feature distillation). Not safe to call from several threads at once: the
+        norm set each stage uses is module state, set per call (serve one forward at a time per instance)."""
         cfg = self.skip_config(skip)
         h = self.forward_stem(x)
         feats = []
@@ -157,7 +158,6 @@ class AdaptiveDepthNet(nn.Module):
         )
 
 
-@torch.no_grad()
 def unwrap(model: nn.Module) -> AdaptiveDepthNet:
     """The AdaptiveDepthNet inside a DDP (or other ``.module``) wrapper."""
     inner = getattr(model, "module", model)
@@ -166,6 +166,7 @@ def unwrap(model: nn.Module) -> AdaptiveDepthNet:
     return inner
 
 
+@torch.no_grad()
 def check_input_size(model: AdaptiveDepthNet, image_size: int, in_chans: int = 3) -> None:
     """One forward pass of the super-net on a zero batch of ``image_size`` images, in eval mode (no state changes):
     a ValueError says why the model cannot run on them (a shape that does not fit, a feature map gone to zero)."""

@@ -6,6 +6,7 @@ names its sub-network (``params={"skip": "TTFF"}``) or a budget (``{"max_latency
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -50,6 +51,9 @@ class AdaptiveDepthModel(mlflow.pyfunc.PythonModel):
         size = obj.get("image_size") or mlflow.models.Model.load(root).signature.inputs.inputs[0].shape[-1]
         grid, tables = read_attached(root)
         self.menu = build_menu(self.net, int(size), grid, tables, _version_skip(root), log=_log)
+        # the scoring server runs requests in threads; a forward sets its skip-aware norms as module state, so two
+        # at once with different skips would mix their norm sets (answers off by ~0.2 logits under load)
+        self.lock = threading.Lock()
 
     def predict(self, context, model_input, params=None):  # no type hints: the signature validates
         import torch
@@ -65,7 +69,7 @@ class AdaptiveDepthModel(mlflow.pyfunc.PythonModel):
         if hasattr(model_input, "to_numpy"):  # a DataFrame of one tensor column
             model_input = np.stack(model_input.iloc[:, 0].to_numpy())
         x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-        with torch.inference_mode():
+        with self.lock, torch.inference_mode():
             logits = self.net(x, skip=skip).float().numpy()
         return {"skip": skip, "logits": logits} if chosen else logits
 
