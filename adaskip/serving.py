@@ -6,7 +6,8 @@ the model serves on. No MLflow here: :mod:`adaskip.tracking.model` reads the tab
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
@@ -35,6 +36,7 @@ class Menu:
     grid: Optional[pd.DataFrame]
     latency: pd.DataFrame
     default: str  # the sub-network that answers a request with neither skip nor budget
+    answers: dict = field(default_factory=dict, compare=False, repr=False)  # budget -> (skip, error), see pick
 
     def pick(self, params: Optional[Mapping[str, Any]]) -> tuple[str, bool]:
         """The skip string that answers a request with ``params`` and whether a budget chose it; a RequestError
@@ -50,15 +52,29 @@ class Menu:
                 "this model has no evaluation grid, so a budget cannot be met: pass skip (one of "
                 f"{self.skips()}), or run the evaluate stage to attach its grid"
             )
+        key = tuple(sorted(budget.items()))
+        if key not in self.answers:  # the same budgets come back: a choice is pandas work (~20 ms), a lookup is not
+            if len(self.answers) >= 4096:
+                self.answers.clear()
+            self.answers[key] = self._choose(budget)
+        skip, error = self.answers[key]
+        if error:
+            raise RequestError(error)
+        return skip, True
+
+    def _choose(self, budget: dict[str, Any]) -> tuple[str, str]:
+        """(the chosen skip, "") or ("", what is wrong)."""
         try:
             wanted = Budget(**budget, cli=False).check()
-            grid = self.grid.merge(latency_wide(self.latency), on="skip")
-            choice = choose(grid, wanted)
+            choice = choose(self.table, wanted)
         except SelectError as e:
-            raise RequestError(str(e)) from None
-        if choice.chosen is None:
-            raise RequestError(verdict(choice, wanted))
-        return str(choice.chosen["skip"]), True
+            return "", str(e)
+        return (str(choice.chosen["skip"]), "") if choice.chosen is not None else ("", verdict(choice, wanted))
+
+    @cached_property
+    def table(self) -> pd.DataFrame:
+        """The grid with this device's latency columns: what ``adaskip select`` reads."""
+        return self.grid.merge(latency_wide(self.latency), on="skip")
 
     def skip(self, value: Any) -> str:
         """``value`` as a valid skip string of this model (case-insensitive), else a RequestError listing them."""
