@@ -177,7 +177,7 @@ def parse_skip(net: AdaptiveDepthNet, skip: Any) -> SkipConfig:
 # ----------------------------------------------------------------------------------------------------------------
 def build_exported(config: dict[str, Any]) -> SubNetwork:
     """The architecture of a torch-format export (random weights) from its ``config``."""
-    from .training.checkpoint import build_from_spec
+    from .models.file import build_from_spec
 
     spec = {k: config[k] for k in ("name", "num_classes", "split", "skip_aware_norm", "num_stages", "kwargs")}
     return SubNetwork.from_adaptive(build_from_spec(spec), config["skip"], copy_modules=False)
@@ -185,7 +185,7 @@ def build_exported(config: dict[str, Any]) -> SubNetwork:
 
 def load_exported(path: str | os.PathLike) -> SubNetwork:
     """Rebuild a torch-format export (in eval mode); a missing, corrupt or foreign file is a CheckpointError."""
-    from .training.checkpoint import CheckpointError, read_torch_file
+    from .models.file import CheckpointError, read_torch_file
 
     obj = read_torch_file(path, "exported network")
     if not isinstance(obj, dict) or obj.get("format") != FILE_FORMAT or "config" not in obj or "state_dict" not in obj:
@@ -221,7 +221,7 @@ def export_subnetwork(
     ViT/Swin do). The torch format stores the architecture spec: a model file's, or an in-memory model's
     ``net.spec`` (set by ``adaskip.models.create_model``). The adaptive model is not modified.
     """
-    from .training.checkpoint import load_model
+    from .models.file import load_model
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -398,12 +398,9 @@ def _resolve_image_size(net: AdaptiveDepthNet, file: dict[str, Any], image_size:
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
             raise ExportError(f"image size must be a positive integer, not {image_size!r}")
         return image_size
-    spec, metrics = file.get("spec") or {}, file.get("metrics") or {}
-    candidates = [
-        (spec.get("kwargs") or {}).get("img_size"),
-        spec.get("image_size"),
-        metrics.get("image_size"),
+    candidates = [  # what the train stage recorded, else what a fixed-size family (ViT, Swin) was built for
         file.get("image_size"),
+        ((file.get("spec") or {}).get("kwargs") or {}).get("img_size"),
         getattr(getattr(net.backbone, "patch_embed", None), "img_size", None),
     ]
     for value in candidates:

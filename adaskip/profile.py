@@ -76,7 +76,7 @@ def profile(
     from tqdm.auto import tqdm
 
     from .evaluation.complexity import latency_long_table, resolve_threads
-    from .training import load_model
+    from .models.file import load_model
 
     if device == "cuda" and not torch.cuda.is_available():
         raise ProfileError("--device cuda: no CUDA device is visible here (torch.cuda.is_available() is False)")

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     from adaskip.serving import build_menu, read_attached
     from adaskip.tracking import Tracker, resolve_uri
     from adaskip.tracking.serve import local_server
-    from adaskip.training import load_model
+    from adaskip.models.file import load_model
 
     torch.set_num_threads(1)  # as each server worker: the same latency table
     configured = load_params(args.params).mlflow.tracking_uri if Path(args.params).is_file() else None

@@ -20,7 +20,7 @@ def run(params, args) -> str:
     from adaskip.select import aliases
     from adaskip.serving import GRID_FILE
     from adaskip.tracking import pareto_tags, skip_params
-    from adaskip.training import load_model
+    from adaskip.models.file import load_model
 
     remove_outputs(GRID, LATENCY)
     _, model_file = load_model(MODEL)  # rebuilt and loaded here: a wrong or corrupt file fails before Ray starts

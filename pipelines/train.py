@@ -17,7 +17,7 @@ DIAGNOSTICS = "results/diagnostics.json"  # final epoch's ratio_* and ratio.s<st
 
 def run(params, args) -> str:
     from adaskip.orchestration.train import TrackingTarget, run_training
-    from adaskip.training import save_atomic
+    from adaskip.models.file import model_file, save_atomic
 
     params.check_model(source=args.params)  # the model can be built and run: once here, not in every worker
     remove_outputs(MODEL, METRICS, DIAGNOSTICS)
@@ -39,19 +39,9 @@ def run(params, args) -> str:
         metrics, state = run_training(
             params, store, f"train-{h}", TrackingTarget(tracking.uri, params.mlflow.experiment, run_id)
         )
-        weights = "EMA" if state.get("ema") else "raw"  # train.ema: the EMA weights are the ones validated and shipped
-        logging.getLogger("adaskip.train").debug("saving the %s weights -> %s", weights, MODEL)
-        save_atomic(
-            {
-                "spec": state["spec"],
-                "state_dict": state.get("ema") or state["model"],
-                "macs": state["macs"],
-                "metrics": metrics,
-                "weights": weights.lower(),
-                "image_size": params.data.image_size,
-            },
-            MODEL,
-        )
+        file = model_file(state, params.data.image_size, macs=state["macs"], metrics=metrics)
+        logging.getLogger("adaskip.train").debug("saving the %s weights -> %s", file["weights"], MODEL)
+        save_atomic(file, MODEL)
         tracking.log_artifact(run_id, MODEL, "model")
         # the MLflow Model (pyfunc, skip as an inference parameter), registered as a new version
         version = tracking.log_model(run_id, MODEL, params.mlflow.registered_model, params.data.image_size)

@@ -360,7 +360,7 @@ def test_every_configuration_of_a_trained_model_exports(name, tiny_raw, tmp_path
     from adaskip.config import Params
     from adaskip.export import FORMATS
     from adaskip.training import WorkerEnv, build_from_spec, fit
-    from adaskip.training.checkpoint import load_state
+    from adaskip.models.file import load_state
 
     params = Params.model_validate({**tiny_raw, "model": {**tiny_raw["model"], "name": name}})
     final: dict = {}

@@ -69,7 +69,7 @@ class AdaptiveDepthNet(nn.Module):
         self.split = split
         self.skip_aware_norm = skip_aware_norm
         # What rebuilds this model (as timm's pretrained_cfg describes a timm model): set by create_model, saved as a
-        # model file's "spec"; ``adaskip.training.build_from_spec(net.spec)`` builds the same architecture.
+        # model file's "spec"; ``adaskip.models.file.build_from_spec(net.spec)`` builds the same architecture.
         self.spec: Optional[dict] = None
         self._stages = [
             _Stage(

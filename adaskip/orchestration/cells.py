@@ -218,8 +218,7 @@ def _cell_grid(model_file: dict[str, Any], cell: Cell, threads: int) -> pd.DataF
 
     from ..data import load_subsets
     from ..evaluation import complexity_table
-    from ..training import build_from_spec
-    from ..training.checkpoint import load_state
+    from ..models.file import build_from_spec, load_state
 
     torch.set_num_threads(threads)
     p = cell.params
@@ -264,6 +263,8 @@ class _Cell:
         in the cache once trained, so a re-run neither trains it again nor needs its checkpoints, which go then."""
         import torch
 
+        from ..models.file import model_file
+
         name = self.name + suffix
         if self.cache.exists(f"{name}.pt"):
             kept = torch.load(io.BytesIO(self.cache.read_bytes(f"{name}.pt")), map_location="cpu", weights_only=True)
@@ -279,11 +280,8 @@ class _Cell:
             progress=self.progress,
             label=label,
         )
-        file = {
-            "spec": state["spec"],
-            "state_dict": state.get("ema") or state["model"],
-            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-        }
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        file = model_file(state, self.cell.params.data.image_size, metrics=numbers)
         buf = io.BytesIO()
         torch.save(file, buf)
         self.cache.write_bytes(f"{name}.pt", buf.getvalue())

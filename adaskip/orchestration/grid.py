@@ -57,7 +57,7 @@ def grid_accuracy(
 def _evaluate_subtree(model_file: dict[str, Any], p: Params, prefix: str) -> pd.DataFrame:
     """One task: accuracy (prefix-shared), MACs, params and latency of the configurations under ``prefix``; one
     row per configuration, the latency columns as :func:`adaskip.evaluation.latency_wide` names them."""
-    from ..training import build_from_spec
+    from ..models.file import build_from_spec
 
     torch.set_num_threads(p.evaluate.task_cpus())
     model = build_from_spec(model_file["spec"])

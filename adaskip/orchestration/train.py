@@ -192,7 +192,7 @@ def epoch_reporter(
         logged = tracker.logged_steps(tracking.run_id, prefix + "epoch")
 
     def report(metrics: dict[str, float], state: Optional[dict[str, Any]]) -> None:
-        from ..training import save_atomic
+        from ..models.file import save_atomic
 
         step = int(metrics["epoch"])
         if tracker is not None and step in logged:
@@ -229,7 +229,7 @@ def latest_state(api: ModuleType = ray.train) -> Optional[dict[str, Any]]:
     ckpt = api.get_checkpoint()
     if ckpt is None:
         return None
-    from ..training.checkpoint import read_torch_file  # here: Tune trial drivers import this module without timm
+    from ..models.file import read_torch_file  # here: Tune trial drivers import this module without timm
 
     with ckpt.as_directory() as d:
         return read_torch_file(Path(d) / STATE_FILE, "Ray Train checkpoint state")
@@ -249,8 +249,8 @@ class Alone:
         """The FitMode for ``fit`` in this worker, the teacher (if any) loaded on ``device``."""
         import functools
 
-        from ..training import FitMode, build_from_spec
-        from ..training.checkpoint import load_state
+        from ..models.file import build_from_spec, load_state
+        from ..training import FitMode
         from ..training.loop import memory_format
 
         if self.teacher is None:
@@ -361,7 +361,7 @@ def run_training(
         ) from None
     if result.error is not None:
         raise result.error
-    from ..training.checkpoint import read_torch_file
+    from ..models.file import read_torch_file
 
     with result.checkpoint.as_directory() as d:
         state = read_torch_file(Path(d) / STATE_FILE, "Ray Train checkpoint state")

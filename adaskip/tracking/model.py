@@ -36,13 +36,13 @@ class BadRequest(MlflowException):
 
 
 class AdaptiveDepthModel(mlflow.pyfunc.PythonModel):
-    """Rebuilds models/model.pt with :func:`adaskip.training.load_model`; ``predict`` returns float32 logits
+    """Rebuilds models/model.pt with :func:`adaskip.models.file.load_model`; ``predict`` returns float32 logits
     (N, num_classes) of the requested sub-network, or for a budget ``{"skip": <chosen>, "logits": ...}``. Served
     with ``--env-manager local`` from an environment where adaskip is installed."""
 
     def load_context(self, context) -> None:
         from adaskip.serving import build_menu, read_attached
-        from adaskip.training import load_model
+        from adaskip.models.file import load_model
 
         path = Path(context.artifacts["model"])
         self.net, obj = load_model(path)

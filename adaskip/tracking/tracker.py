@@ -257,7 +257,7 @@ class Tracker:
         import mlflow
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-        from ..training import build_from_spec, load_file
+        from ..models.file import load_file, num_stages
 
         with _quiet_model_logging():  # defining the pyfunc class warns that predict has no type hints (on purpose)
             from .model import AdaptiveDepthModel, requirements, signature
@@ -266,7 +266,6 @@ class Tracker:
         size = int(image_size or obj.get("image_size") or 224)
         with open(path, "rb") as f:
             sha = hashlib.file_digest(f, "sha256").hexdigest()
-        num_stages = build_from_spec(spec).num_stages
         with _use_tracking_uri(self.uri), _quiet_model_logging():
             info = mlflow.models.Model.log(
                 None,
@@ -276,7 +275,7 @@ class Tracker:
                 registered_model_name=registered_model,
                 python_model=AdaptiveDepthModel(),
                 artifacts={"model": str(Path(path).resolve())},
-                signature=signature(size, int(spec["num_classes"]), num_stages),
+                signature=signature(size, int(spec["num_classes"]), num_stages(spec)),
                 pip_requirements=requirements(),
                 tags={SHA_TAG: sha},
             )

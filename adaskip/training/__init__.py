@@ -1,7 +1,7 @@
 """Self-distillation: loss (pure functions), train step, per-worker loop. Framework-agnostic (no Ray)."""
 
 from ..models import unwrap
-from .checkpoint import CheckpointError, build_from_spec, load_file, load_model, save_atomic
+from ..models.file import CheckpointError, build_from_spec, load_file, load_model, save_atomic  # (re-exported)
 from .loop import SELF_DISTILLATION, FitMode, TrainingDiverged, WorkerEnv, fit
 from .loss import DistillConfig, LossTerms, cross_entropy, distillation_terms, feature_loss, kd_loss
 from .step import Precision, distill_step, kd_step, plain_step

@@ -28,7 +28,7 @@ from ..errors import AdaskipError
 from ..evaluation import evaluate_grid, tradeoff_auc
 from ..models import AdaptiveDepthNet, SkipConfig, count_macs, load_pretrained
 from ..models.diagnostics import ratio_summary, residual_ratios
-from .checkpoint import load_state
+from ..models.file import load_state
 from .loss import DistillConfig
 from ..models import unwrap
 from .step import Precision, distill_step, kd_step, plain_step

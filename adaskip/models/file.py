@@ -1,4 +1,7 @@
-"""Checkpoints and the final model file: plain tensors and primitives, loaded with ``weights_only=True``."""
+"""Model files, the one place that writes and reads them: a trained network (models/model.pt, a study cell's model in
+its cache) is a dict of plain tensors and primitives, loaded with ``weights_only=True``: ``spec`` (the architecture,
+``AdaptiveDepthNet.spec``), ``state_dict`` (the weights shipped), ``weights`` (``"ema"`` or ``"raw"``), ``image_size``
+(the resolution it was trained at), ``metrics`` and ``macs``. Ray Train checkpoints use the same safe reader."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import torch
 
 from ..errors import AdaskipError
 from ..files import atomic_path
-from ..models import AdaptiveDepthNet, create_model
+from .adaptive import AdaptiveDepthNet, create_model
 
 
 class CheckpointError(AdaskipError, ValueError):
@@ -71,3 +74,21 @@ def load_state(model: AdaptiveDepthNet, state_dict: dict[str, Any], source: str)
         raise CheckpointError(
             f"checkpoint {source} does not match the model {model.family} split={model.split}: {first}"
         ) from None
+
+
+def model_file(state: dict[str, Any], image_size: int, **extra: Any) -> dict[str, Any]:
+    """The model file of a finished training run's final state: its EMA weights when ``train.ema`` kept them (they are
+    the ones validated), else the raw ones, and which they are."""
+    ema = state.get("ema")
+    return {
+        "spec": state["spec"],
+        "state_dict": ema or state["model"],
+        "weights": "ema" if ema else "raw",
+        "image_size": int(image_size),
+        **extra,
+    }
+
+
+def num_stages(spec: dict[str, Any]) -> int:
+    """The stages of the network a spec describes (its resolved split has one entry per stage), without building it."""
+    return len(spec["split"])
