@@ -264,9 +264,13 @@ def test_distill_config_rejects(kwargs):
         DistillConfig(**kwargs)
 
 
-def test_distill_config_accepts_bounds():
-    DistillConfig(alpha=0.0, label_smoothing=0.0)
-    DistillConfig(alpha=1.0, temperature=0.5, top_k=1, label_smoothing=0.0)
+def test_distill_config_bounds_weigh_one_side_only():
+    """alpha's bounds are valid and mean what they say: 0 trains the base-net alone, 1 the super-net alone."""
+    s, b, y = _logits()
+    base_only = distillation_terms(s, b, y, DistillConfig(alpha=0.0, label_smoothing=0.0))
+    assert base_only.super_objective.item() == 0 and base_only.base_objective.item() > 0
+    super_only = distillation_terms(s, b, y, DistillConfig(alpha=1.0, temperature=0.5, top_k=1, label_smoothing=0.0))
+    assert super_only.base_objective.item() == 0 and super_only.super_objective.item() > 0
 
 
 # ----------------------------------------------------------------------------- distill_step
