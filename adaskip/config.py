@@ -233,15 +233,22 @@ class ClusterParams(_Section):
     @field_validator("storage")
     @classmethod
     def _scheme(cls, v: Optional[str]) -> Optional[str]:
-        scheme = v.split("://", 1)[0] if v and "://" in v else None
-        if scheme not in (None, "s3", "gs", "gcs", "hdfs", "file"):
-            raise ValueError(f"unsupported scheme {scheme!r}: use a path every node mounts or s3://bucket/prefix")
-        if v and credentials_in(v):
-            raise ValueError(
-                f"{redact(v)} carries a credential: give only s3://bucket/prefix and the keys in "
-                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or an instance role), never in a file"
-            )
+        if v and (problem := storage_problem(v)):
+            raise ValueError(problem)
         return v
+
+
+def storage_problem(uri: str) -> Optional[str]:
+    """What is wrong with a storage location, or None: one rule for ``cluster.storage`` and ``ADASKIP_STORAGE``."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else None
+    if scheme not in (None, "s3", "gs", "gcs", "hdfs", "file"):
+        return f"unsupported scheme {scheme!r}: use a path every node mounts or s3://bucket/prefix"
+    if credentials_in(uri):
+        return (
+            f"{redact(uri)} carries a credential: give only s3://bucket/prefix and the keys in "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or an instance role), never in a file"
+        )
+    return None
 
 
 class Params(_Section):

@@ -58,6 +58,9 @@ def test_credentials_in_a_storage_uri_are_refused(monkeypatch):
     with pytest.raises(StorageError) as e:
         Storage.resolve(None, "/x")
     assert "s3://***@bucket/runs carries a credential" in str(e.value) and "wJalr" not in str(e.value)
+    monkeypatch.setenv("ADASKIP_STORAGE", "ftp://host/runs")  # the scheme rule of cluster.storage applies too
+    with pytest.raises(StorageError, match=r"^ADASKIP_STORAGE: unsupported scheme 'ftp'"):
+        Storage.resolve(None, "/x")
     with pytest.raises(ConfigError, match=r"cluster\.storage: s3://\*\*\*@b/x carries a credential") as e:
         parse_params({"cluster": {"storage": "s3://k:wJalrXUtnFEMI@b/x"}})
     assert "wJalr" not in str(e.value)

@@ -19,8 +19,8 @@ from urllib.parse import urlparse
 import pandas as pd
 import pyarrow.fs as pafs
 
+from ..config import storage_problem
 from ..errors import AdaskipError
-from ..redact import credentials_in, redact
 
 ENV = "ADASKIP_STORAGE"
 DEFAULT_FOLDER = ".ray_results"
@@ -31,12 +31,10 @@ class StorageError(AdaskipError):
 
 
 def check_uri(uri: str, where: str = ENV) -> None:
-    """Refuse a storage URI that carries a credential: Ray persists the storage path with every run and trial."""
-    if credentials_in(uri):
-        raise StorageError(
-            f"{where}: {redact(uri)} carries a credential in the URI; give only s3://bucket/prefix and "
-            "the keys in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or an instance role)"
-        )
+    """Refuse a storage URI that params.yaml would refuse (``cluster.storage``'s rule: a scheme Ray can open, no
+    credential, which Ray would persist with every run and trial)."""
+    if problem := storage_problem(uri):
+        raise StorageError(f"{where}: {problem}")
 
 
 def s3_credential_source() -> str:
