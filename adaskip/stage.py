@@ -43,9 +43,10 @@ def storage(params: Params):
     return Storage.resolve(params.cluster.storage, Path.cwd())
 
 
-def start_ray(params: Params, tracking_uri: str) -> None:
+def start_ray(params: Params, tracking_uri: str, store) -> None:
     """Start a local Ray, or join the cluster ``RAY_ADDRESS`` names and check every node first (preflight): a
-    node that cannot reach the tracking server, the storage or the data stops the stage before any work."""
+    node that cannot reach the tracking server, the storage ``store`` (the stage's :func:`storage`, resolved once)
+    or the data stops the stage before any work."""
     from .orchestration import init_ray
     from .orchestration.cluster import joins_cluster
 
@@ -53,7 +54,7 @@ def start_ray(params: Params, tracking_uri: str) -> None:
     if joins_cluster():
         from .orchestration.preflight import require_ready, required_paths
 
-        reports = require_ready(tracking_uri, storage(params), required_paths(params))
+        reports = require_ready(tracking_uri, store, required_paths(params))
         log.info("preflight: %d node(s) ready (%s)", len(reports), ", ".join(r.ip for r in reports))
 
 

@@ -50,15 +50,16 @@ def run(params, args) -> str:
     todo = [c for c in every if c.variant in names] + ahead
     tracking = tracker(params)
     tags = mlflow_tags(spec, params)
-    cache = storage(params).child(f"study-{spec.name}")
+    store = storage(params)
+    cache = store.child(f"study-{spec.name}")
     if args.plan:
         if not (left := unfinished(todo, cache)):
             return "nothing to run: every cell is in the study's cache"
-        start_ray(params, tracking.uri)
+        start_ray(params, tracking.uri, store)
         return plan_cells(left, cluster_nodes()).line() + f" ({len(todo) - len(left)} cells already done)"
     remove_outputs(*outs.values())
     if unfinished(todo, cache):  # a stage whose cells an earlier stage ran ahead only collects them: no Ray
-        start_ray(params, tracking.uri)
+        start_ray(params, tracking.uri, store)
     with tracking.run(f"study-{spec.name}", tags, run_id=tracking.find_run(tags)) as parent:
         # what every cell shares (the parent's key); each cell logs its own full params
         tracking.log_params(

@@ -31,8 +31,9 @@ def run(params, args) -> str:
     tracking = tracker(params)
     tags = {"adaskip.stage": "evaluate", "adaskip.params_hash": h}
     resume = tracking.unfinished_run(tags)
-    start_ray(params, tracking.uri)
-    done = storage(params).child(f"evaluate-{h}")
+    store = storage(params)
+    start_ray(params, tracking.uri, store)
+    done = store.child(f"evaluate-{h}")
     with tracking.run(f"evaluate-{h}", tags, run_id=resume) as parent:
         tracking.log_dataset(parent, params.data.model_dump(mode="json"), "evaluation")
         grid = evaluate_parallel(model_file, params, done)

@@ -32,7 +32,7 @@ def run(params, args) -> str:
     tags = {"adaskip.stage": "train", "adaskip.params_hash": h}
     resume = tracking.unfinished_run(tags)
     store = storage(params)
-    start_ray(params, tracking.uri)
+    start_ray(params, tracking.uri, store)
     with tracking.run(f"train-{h}", tags, run_id=resume) as run_id:
         tracking.log_params(run_id, params.model_dump(mode="json", include={"data", "model", "train"}))
         tracking.log_dataset(run_id, params.data.model_dump(mode="json"), "training")

@@ -34,13 +34,12 @@ def run(params, args) -> str:
     h = params_hash(params, "data", "model", "train", "tune")
     tags = {"adaskip.stage": "tune", "adaskip.params_hash": h}
     resume = tracking.unfinished_run(tags)
-    start_ray(params, tracking.uri)
+    store = storage(params)
+    start_ray(params, tracking.uri, store)
     with tracking.run(f"tune-{h}", tags, run_id=resume) as parent:
         tracking.log_params(parent, params.model_dump(mode="json", include={"tune"}))
         try:
-            trials = run_sweep(
-                params, storage(params), f"tune-{h}", tracking.uri, params.mlflow.experiment, parent, net=net
-            )
+            trials = run_sweep(params, store, f"tune-{h}", tracking.uri, params.mlflow.experiment, parent, net=net)
         finally:
             tracking.end_leftovers(parent)
         ok = trials.dropna(subset=[METRIC])
