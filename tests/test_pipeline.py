@@ -196,10 +196,9 @@ def test_mlflow_runs(reproduced: Path):
         assert (mv.version == version) == (skip == "FFFF") and mv.source == tracker.client.get_model_version(
             "adaskip", version
         ).source
-    import mlflow.artifacts
-
-    root = Path(mlflow.artifacts.download_artifacts("models:/adaskip@base", tracking_uri=tracker.uri))
-    attached = pd.read_csv(root / "adaskip" / "eval_grid.csv", dtype={"skip": str})
+    model, resolved = tracker.download_model("models:/adaskip@base")
+    assert resolved == ("adaskip", "2") and model.is_file()
+    attached = pd.read_csv(model.parent.parent / "adaskip" / "eval_grid.csv", dtype={"skip": str})
     assert attached.skip.tolist() == grid.skip.tolist() and (attached.acc1 == grid.acc1).all()
 
 

@@ -356,9 +356,11 @@ class Tracker:
         import mlflow.artifacts
         import yaml
         from mlflow.exceptions import MlflowException
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-        try:
-            root = Path(mlflow.artifacts.download_artifacts(uri, tracking_uri=self.uri))
+        try:  # models:/ resolves through the process-wide registry URI, which follows the tracking URI set here
+            with _use_tracking_uri(self.uri):
+                root = Path(mlflow.artifacts.download_artifacts(uri))
         except MlflowException as e:
             raise TrackingError(f"cannot download {uri} from {self.uri}: {e.message.splitlines()[0][:300]}") from None
         meta = root / "registered_model_meta"
