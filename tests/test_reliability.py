@@ -131,6 +131,7 @@ for p in [me, *me.children(recursive=True)]:
 @pytest.mark.ray
 @pytest.mark.ddp
 @pytest.mark.subprocess
+@pytest.mark.extended  # a Ray of its own and a 2-worker Ray Train run (60 s): CI stays under 20 minutes
 def test_local_ray_listens_on_loopback_only(tmp_path: Path):
     """The local Ray a stage starts (no RAY_ADDRESS) opens no port on a network interface: GCS, raylet, agents,
     driver and workers listen on 127.0.0.1, and so does the rendezvous store of a 2-worker Ray Train run with

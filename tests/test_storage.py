@@ -84,6 +84,7 @@ print(json.dumps({"epoch": metrics["epoch"], "state_epoch": state["epoch"], "has
 
 @pytest.mark.subprocess
 @pytest.mark.ray
+@pytest.mark.extended  # a Ray of its own (70 s); the pipeline on S3 runs in test_secrets (extended) too
 def test_train_checkpoints_go_to_s3(tiny_raw, s3_env, tmp_path):
     """A Ray Train run with s3:// storage: its checkpoints are objects in the bucket, the workers open it with the
     credentials of their own environment, and the driver reads the final state through Ray's Checkpoint API; nothing
