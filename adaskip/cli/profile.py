@@ -45,7 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed forwards first (default: %(default)s)")
     p.add_argument("--reps", type=int, default=10, metavar="N", help="timed forwards (default: %(default)s)")
     p.add_argument("--image-size", type=int, metavar="N", help="input resolution (default: the model file's)")
-    p.add_argument("--out", type=Path, metavar="CSV", help="table to write (default: results/latency-<device>.csv)")
+    p.add_argument(
+        "--out", type=Path, metavar="CSV", help="table to write (default: results/latency-<device>-t<threads>.csv)"
+    )
     p.add_argument("--no-attach", action="store_true", help="do not attach the table to the registered version")
     p.add_argument(
         "--params",
