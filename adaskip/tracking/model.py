@@ -41,14 +41,16 @@ class AdaptiveDepthModel(mlflow.pyfunc.PythonModel):
     with ``--env-manager local`` from an environment where adaskip is installed."""
 
     def load_context(self, context) -> None:
-        from adaskip.serving import build_menu, read_attached
+        from mlflow.models import Model
+
         from adaskip.models.file import load_model
+        from adaskip.serving import build_menu, read_attached
 
         path = Path(context.artifacts["model"])
         self.net, obj = load_model(path)
         self.net.eval()
         root = path.parent.parent  # the MLflow Model directory: artifacts/model.pt
-        size = obj.get("image_size") or mlflow.models.Model.load(root).signature.inputs.inputs[0].shape[-1]
+        size = obj.get("image_size") or Model.load(root).signature.inputs.inputs[0].shape[-1]  # files before it
         grid, tables = read_attached(root)
         self.menu = build_menu(self.net, int(size), grid, tables, _version_skip(root), log=_log)
         # the scoring server runs requests in threads; a forward sets its skip-aware norms as module state, so two
