@@ -344,6 +344,8 @@ class Tracker:
                     run_id=mv.run_id,
                     tags={**tags, SKIP_TAG: skip},
                     description=f"version {version}'s model, serving sub-network {skip} by default",
+                    # a tracking server requires the logged model a models:/m-... source names (a SQLite store not)
+                    model_id=mv.source.removeprefix("models:/") if mv.source.startswith("models:/m-") else None,
                 )
             )
         self.client.set_registered_model_alias(registered_model, alias, target.version)
