@@ -313,7 +313,7 @@ class Tracker:
         import tempfile
 
         source = self.client.get_model_version(registered_model, version).source
-        if not source.startswith("models:/m-"):
+        if not (model_id := logged_model_id(source)):
             raise TrackingError(
                 f"{registered_model} version {version} comes from {source}, not from an MLflow 3 "
                 "logged model: re-register it with the train stage to attach tables to it"
@@ -322,7 +322,7 @@ class Tracker:
             for name, table in tables.items():
                 (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
                 table.to_csv(Path(tmp) / name, index=False)
-            self.client.log_model_artifacts(source.removeprefix("models:/"), tmp, ATTACHED)
+            self.client.log_model_artifacts(model_id, tmp, ATTACHED)
 
     def set_alias(self, registered_model: str, version: str, alias: str, skip: str) -> str:
         """Point ``@alias`` at a version that serves sub-network ``skip`` by default: ``version`` itself for the
@@ -345,7 +345,7 @@ class Tracker:
                     tags={**tags, SKIP_TAG: skip},
                     description=f"version {version}'s model, serving sub-network {skip} by default",
                     # a tracking server requires the logged model a models:/m-... source names (a SQLite store not)
-                    model_id=mv.source.removeprefix("models:/") if mv.source.startswith("models:/m-") else None,
+                    model_id=logged_model_id(mv.source),
                 )
             )
         self.client.set_registered_model_alias(registered_model, alias, target.version)
@@ -368,6 +368,11 @@ class Tracker:
         meta = root / "registered_model_meta"
         info = yaml.safe_load(meta.read_text()) if meta.is_file() else None
         return root / "artifacts" / "model.pt", info and (info["model_name"], str(info["model_version"]))
+
+
+def logged_model_id(source: str) -> Optional[str]:
+    """The MLflow 3 logged model (``m-...``) a model version's ``models:/m-...`` source names, else None."""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
 
 
 def skip_params(skip: str) -> dict[str, str]:
