@@ -414,7 +414,10 @@ def parse_params(raw: Any, source: str = "params") -> Params:
 
 
 def apply_tuned(params: Params, best: dict[str, Any], source: str = "results/best_config.json") -> Params:
-    """``params`` with the alpha, temperature and split that the tune stage chose (validated again)."""
+    """``params`` with the alpha, temperature and split that the tune stage chose (validated again: a file); as they
+    are when tuning was off (``best`` then records no choice, only its ``source``)."""
+    if best.get("source") != "tune":
+        return params
     raw = merge_params(
         params.model_dump(mode="json"),
         {"train": {"alpha": best["alpha"], "temperature": best["temperature"]}, "model": {"split": best["split"]}},

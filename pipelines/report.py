@@ -22,7 +22,7 @@ def run(params, args) -> str:
     tracking = tracker(params)
     with tracking.run("report", {"adaskip.stage": "report"}) as run_id:
         tradeoff_plot(grid, PLOT, f"{params.model.name} on {params.data.name}")
-        Path(REPORT).write_text(report_markdown(grid, metrics, best))
+        Path(REPORT).write_text(report_markdown(grid, metrics, best, trained.get("trained_with")))
         tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None})
         for path in (PLOT, REPORT):
             tracking.log_artifact(run_id, path)

@@ -1,6 +1,7 @@
 """DVC stage `tune`: Ray Tune sweep (ASHA) over alpha, temperature and split points, each trial scored on the
 validation split; writes the best configuration, which the `train` stage then trains for its full epochs. With
-`tune.enabled: false` it runs no sweep and passes params.yaml's alpha, temperature and split on."""
+`tune.enabled: false` it runs no sweep and records only that: train then takes alpha, temperature and split from
+params.yaml itself."""
 
 import json
 
@@ -17,17 +18,13 @@ TRIALS, BEST = "results/tune_trials.csv", "results/best_config.json"
 def run(params, args) -> str:
     net = params.check_model(splits=True, source=args.params)  # the model and each listed tune.splits variant
     remove_outputs(TRIALS, BEST)
-    if not params.tune.enabled:  # net.split: model.split, or the paper's rule's when it is null
-        best = {
-            "alpha": params.train.alpha,
-            "temperature": params.train.temperature,
-            "split": list(net.split),
-            "objective": None,
-            "source": "params.yaml (tune.enabled: false)",
-        }
+    if not params.tune.enabled:  # no choice to pass on: train reads alpha, temperature and split from params.yaml
         write_csv(pd.DataFrame(columns=["trial_id", "alpha", "temperature", "split", "objective"]), TRIALS)
-        write_json(best, BEST)
-        return f"disabled: train uses alpha={best['alpha']}, T={best['temperature']}, split={best['split']}"
+        write_json({"source": "params.yaml", "objective": None}, BEST)
+        return (
+            f"disabled: train uses params.yaml's alpha={params.train.alpha}, T={params.train.temperature}, "
+            f"split={list(net.split)}"
+        )
     from adaskip.orchestration.tune import METRIC, run_sweep
 
     tracking = tracker(params)

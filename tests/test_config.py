@@ -221,21 +221,24 @@ def test_stage_scripts_fail_cleanly_on_bad_params(tmp_path, defaults, stage):
 
 @pytest.mark.subprocess
 def test_tune_disabled_passes_params_on_and_train_takes_the_chosen_config(tmp_path, defaults):
-    """`tune.enabled: false`: the tune stage runs no sweep and writes params.yaml's alpha, temperature and split (the
-    paper's rule resolved); train applies whatever best_config.json holds, validated again; without the file, train
-    names the stage to run."""
+    """`tune.enabled: false`: the tune stage runs no sweep and records only that (no copy of params.yaml's alpha for
+    train to merge back); train then keeps its own params and applies a tune choice, validated again, only when tune
+    made one; without the file, train names the stage to run."""
     raw = _with(_with(defaults, "tune.enabled", False), "train.alpha", 0.7)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     r = subprocess.run(
         [sys.executable, str(ROOT / "pipelines" / "tune.py")], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr
+    assert "split=[2, 2, 3, 2]" in r.stdout and "alpha=0.7" in r.stdout, r.stdout  # resnet34 [3,4,6,3]: the rule
     best = json.loads((tmp_path / "results" / "best_config.json").read_text())
-    assert best["alpha"] == 0.7 and best["split"] == [2, 2, 3, 2] and best["objective"] is None  # resnet34 [3,4,6,3]
-    tuned = apply_tuned(parse_params(raw), {"alpha": 0.3, "temperature": 2.0, "split": [1, 2, 3, 1]})
+    assert best == {"source": "params.yaml", "objective": None}
+    params = parse_params(raw)
+    assert apply_tuned(params, best) is params  # nothing merged, nothing validated again
+    tuned = apply_tuned(params, {"alpha": 0.3, "temperature": 2.0, "split": [1, 2, 3, 1], "source": "tune"})
     assert (tuned.train.alpha, tuned.train.temperature, tuned.model.split) == (0.3, 2.0, [1, 2, 3, 1])
     with pytest.raises(ConfigError, match=r"best_config.json: train.alpha"):
-        apply_tuned(tuned, {"alpha": 3, "temperature": 1.0, "split": None})
+        apply_tuned(tuned, {"alpha": 3, "temperature": 1.0, "split": None, "source": "tune"})
     (tmp_path / "results" / "best_config.json").unlink()
     r = subprocess.run(
         [sys.executable, str(ROOT / "pipelines" / "train.py")],

@@ -74,8 +74,11 @@ def summary_metrics(grid: pd.DataFrame, trained: dict[str, Any], best: Optional[
     }
 
 
-def report_markdown(grid: pd.DataFrame, metrics: dict[str, Any], best: Optional[dict[str, Any]]) -> str:
-    """results/report.md of one pipeline run: super-/base-net accuracy, what tune chose, the evaluation grid."""
+def report_markdown(
+    grid: pd.DataFrame, metrics: dict[str, Any], best: Optional[dict[str, Any]], trained_with: Optional[dict[str, Any]]
+) -> str:
+    """results/report.md of one pipeline run: super-/base-net accuracy, what train trained (``trained_with``: alpha,
+    temperature, split, from results/train_metrics.json) and whether tune chose it, the evaluation grid."""
     lines = [
         "# adaskip report",
         "",
@@ -84,7 +87,8 @@ def report_markdown(grid: pd.DataFrame, metrics: dict[str, Any], best: Optional[
         f"{int(grid.pareto.sum())} of {len(grid)} sub-networks on the Pareto front.",
         "",
     ]
-    chosen = f"alpha={best['alpha']:.3f}, T={best['temperature']:.2f}, split={best['split']}" if best else ""
+    w = trained_with or {}
+    chosen = f"alpha={w.get('alpha', 0):.3f}, T={w.get('temperature', 0):.2f}, split={w.get('split')}"
     if best is not None and best.get("objective") is not None:
         lines += [
             f"Tune chose {chosen}: the best validation objective of its trials ({best['objective']:.2f} after "
@@ -92,7 +96,7 @@ def report_markdown(grid: pd.DataFrame, metrics: dict[str, Any], best: Optional[
             "it for the full epochs. The test split is used by evaluate only.",
             "",
         ]
-    elif best is not None:
+    elif trained_with:
         lines += [f"Tune disabled (tune.enabled: false): trained params.yaml's {chosen}.", ""]
     cols = [c for c in ("skip", "macs", "params", "acc1", "acc5", "latency_ms", "pareto") if c in grid]
     lines += [grid[cols].to_markdown(index=False, floatfmt=".2f"), ""]
