@@ -401,7 +401,9 @@ def _schedule(
     counter = _counter()
     reading = counter
     pool = futures.ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="cell")
-    free, queue, running = dict(nodes), list(todo), {}
+    # longest first (a KD baseline trains its teacher too): the last wave is then short cells, not one long cell
+    # alone on an otherwise idle cluster (sorted is stable: variants and seeds keep their order among equals)
+    free, queue, running = dict(nodes), sorted(todo, key=_epochs, reverse=True), {}
     errors, failed, counts = [], set(), {}
     started, finished = time.perf_counter(), total - len(todo)
     bars = progress_bars()  # the epoch counts are read for the bar only
