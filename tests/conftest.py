@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -23,30 +22,7 @@ import yaml
 from adaskip.orchestration.cluster import configure_ray_env  # noqa: E402
 
 configure_ray_env()
-from adaskip.config import merge_params as merge  # noqa: E402  (tests import it from here)
-
-ROOT = Path(__file__).resolve().parents[1]
-
-# Small enough for seconds per epoch on 2 cores, big enough to have 4 stages with choices of split.
-TINY: dict[str, Any] = {
-    "data": {"image_size": 16},
-    "model": {"name": "resnet34", "kwargs": {"resnet": {"channels": [8, 16, 32, 64]}, "swin": {"embed_dim": 24}}},
-    "train": {"epochs": 2, "batch_size": 128, "lr": 0.1, "workers": 2},
-    "tune": {"num_samples": 2, "epochs": 1},  # splits: auto, from the model's stage depths
-    "evaluate": {"latency_reps": 2},
-}
-
-
-def checkpoint_recorded(root: Path, run_glob: str) -> bool:
-    """Whether Ray Train's controller has recorded a checkpoint of a run under ``root``: it resumes from those
-    only (a checkpoint folder alone, written by the workers before the controller takes it, is not enough)."""
-    try:
-        return any(
-            json.loads(f.read_text()).get("latest_checkpoint_result")
-            for f in root.glob(f"{run_glob}/checkpoint_manager_snapshot.json")
-        )
-    except ValueError:  # caught mid-write
-        return False
+from helpers import BUCKET, ROOT, TINY, merge  # noqa: E402  (what tests share that is not a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +76,6 @@ def ray_cluster() -> Iterator[None]:
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-BUCKET = "adaskip-test"
 
 
 def _free_port() -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import checkpoint_recorded
+from helpers import checkpoint_recorded
 from multihost import TwoHosts, two_hosts  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.ray, pytest.mark.subprocess]

@@ -21,7 +21,7 @@ from adaskip.evaluation import (
     summarise,
     tradeoff_auc,
 )
-from conftest import merge
+from helpers import merge
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 

@@ -21,7 +21,7 @@ import yaml
 
 from adaskip.files import write_json
 from adaskip.tracking import FINISHED, KILLED, RUNNING, Tracker
-from conftest import ROOT, checkpoint_recorded, merge
+from helpers import ROOT, checkpoint_recorded, merge
 
 pytestmark = [pytest.mark.ray, pytest.mark.subprocess, pytest.mark.extended]
 

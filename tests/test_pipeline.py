@@ -20,7 +20,7 @@ import yaml
 
 from adaskip.tracking import FINISHED, Tracker
 
-from conftest import ROOT, TINY, merge
+from helpers import ROOT, TINY, merge
 
 pytestmark = [
     pytest.mark.slow,

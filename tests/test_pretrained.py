@@ -25,7 +25,7 @@ from adaskip.models import pretrained as pretrained_mod
 from adaskip.models.adaptive import timm_key
 from adaskip.training import loop
 from adaskip.training.loop import WorkerEnv, fit
-from conftest import ROOT, TINY, merge
+from helpers import ROOT, TINY, merge
 
 NAME = "resnet34"
 KWARGS = TINY["model"]["kwargs"]["resnet"]  # the TINY architecture: narrow channels, 16 px digits

@@ -15,7 +15,7 @@ import torch
 
 from adaskip.orchestration.storage import Storage
 from adaskip.tracking import FINISHED, RUNNING, Tracker
-from conftest import checkpoint_recorded, merge
+from helpers import checkpoint_recorded, merge
 
 pytestmark = [pytest.mark.ray, pytest.mark.extended]
 EPOCHS = 6

@@ -17,7 +17,7 @@ from adaskip.models import create_model
 from adaskip.tracking import Tracker, TrackingError
 from adaskip.training import CheckpointError, load_model, save_atomic
 
-from conftest import ROOT, merge
+from helpers import ROOT, merge
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Iterator
 import pytest
 import yaml
 
-from conftest import BUCKET, ROOT, TINY, merge
+from helpers import BUCKET, ROOT, TINY, merge
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.subprocess, pytest.mark.extended]
 

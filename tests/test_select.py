@@ -17,7 +17,7 @@ from adaskip.evaluation import latency_long_table, latency_wide, summarise
 from adaskip.evaluation.latency import LONG_COLUMNS, latency_long
 from adaskip.select import Budget, SelectError, choose
 
-from conftest import ROOT, TINY, merge
+from helpers import ROOT, TINY, merge
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 

@@ -10,7 +10,7 @@ import pytest
 
 from adaskip.config import ConfigError, parse_params
 from adaskip.orchestration.storage import Storage, StorageError
-from conftest import BUCKET
+from helpers import BUCKET
 
 
 def _roundtrip(store: Storage) -> None:
@@ -95,7 +95,7 @@ def test_train_checkpoints_go_to_s3(tiny_raw, s3_env, tmp_path):
 
     import boto3
 
-    from conftest import merge
+    from helpers import merge
 
     params = merge(tiny_raw, {"train": {"workers": 1, "epochs": 2}})
     r = subprocess.run(

@@ -15,7 +15,7 @@ import yaml
 
 from adaskip.config import ConfigError, Params
 from adaskip.models import create_model
-from conftest import ROOT
+from helpers import ROOT
 
 from adaskip.ablation import spec as study, stats
 

@@ -1,0 +1,36 @@
+"""What tests share that is not a fixture (fixtures are in conftest.py): the project root, the tiny params every
+quick pipeline run applies, the params merge rule, the test bucket's name, Ray Train's checkpoint record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from adaskip.config import merge_params as merge
+
+__all__ = ["BUCKET", "ROOT", "TINY", "checkpoint_recorded", "merge"]
+
+ROOT = Path(__file__).resolve().parents[1]
+BUCKET = "adaskip-test"  # the moto S3 server's bucket (conftest.s3_server)
+
+# Small enough for seconds per epoch on 2 cores, big enough to have 4 stages with choices of split.
+TINY: dict[str, Any] = {
+    "data": {"image_size": 16},
+    "model": {"name": "resnet34", "kwargs": {"resnet": {"channels": [8, 16, 32, 64]}, "swin": {"embed_dim": 24}}},
+    "train": {"epochs": 2, "batch_size": 128, "lr": 0.1, "workers": 2},
+    "tune": {"num_samples": 2, "epochs": 1},  # splits: auto, from the model's stage depths
+    "evaluate": {"latency_reps": 2},
+}
+
+
+def checkpoint_recorded(root: Path, run_glob: str) -> bool:
+    """Whether Ray Train's controller has recorded a checkpoint of a run under ``root``: it resumes from those
+    only (a checkpoint folder alone, written by the workers before the controller takes it, is not enough)."""
+    try:
+        return any(
+            json.loads(f.read_text()).get("latest_checkpoint_result")
+            for f in root.glob(f"{run_glob}/checkpoint_manager_snapshot.json")
+        )
+    except ValueError:  # caught mid-write
+        return False
