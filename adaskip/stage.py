@@ -9,8 +9,9 @@ import shutil
 import signal
 import sys
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from .config import Params, load_params
 from .console import VERBOSE_ENV, duration, verbose
@@ -62,17 +63,20 @@ def _sigterm(*_: Any) -> None:
     raise KeyboardInterrupt("SIGTERM")
 
 
-def main(
-    description: str,
-    run: Callable[[Params, argparse.Namespace], Optional[str]],
-    configure: Callable[[argparse.ArgumentParser], None] = lambda p: None,
-) -> None:
-    """Parse ``--params``, validate them (the schema: a stage that builds models checks them itself, once, with
-    ``Params.check_model``), run the stage; known errors print one line and exit non-zero. The summary
-    ``run`` returns ends the stage's output as one line: ``<stage>: <summary> in <time>``."""
-    from .orchestration.cluster import configure_ray_env
+class StageResult(ABC):
+    """What a stage's ``run`` returns: its results as typed fields (each stage's own dataclass), which a test can
+    read in process, and the one summary line ``main`` prints from them."""
 
-    configure_ray_env()  # before anything imports ray
+    @abstractmethod
+    def summary(self) -> str: ...
+
+
+Configure = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[Params, argparse.Namespace], StageResult]
+
+
+def stage_parser(description: str, configure: Configure = lambda p: None) -> argparse.ArgumentParser:
+    """Every stage's options: ``--params``, ``-v`` and the stage's own (``configure``)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     parser.add_argument(
@@ -82,7 +86,17 @@ def main(
         help=f"debug logging and Ray's full output (as {VERBOSE_ENV}=1 does, e.g. under dvc repro)",
     )
     configure(parser)
-    args = parser.parse_args()
+    return parser
+
+
+def main(description: str, run: Run, configure: Configure = lambda p: None) -> None:
+    """Parse ``--params``, validate them (the schema: a stage that builds models checks them itself, once, with
+    ``Params.check_model``), run the stage; known errors print one line and exit non-zero. The result ``run``
+    returns ends the stage's output as one line: ``<stage>: <its summary> in <time>``."""
+    from .orchestration.cluster import configure_ray_env
+
+    configure_ray_env()  # before anything imports ray
+    args = stage_parser(description, configure).parse_args()
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"  # before Ray starts: its local workers inherit it
     logging.basicConfig(
@@ -101,10 +115,9 @@ def main(
     signal.signal(signal.SIGTERM, _sigterm)
     started = time.perf_counter()
     try:
-        summary = run(load_params(args.params), args)
-        if summary:
-            stage = os.environ.get("DVC_STAGE") or Path(sys.argv[0]).stem
-            print(f"{stage}: {summary} in {duration(time.perf_counter() - started)}", flush=True)
+        result = run(load_params(args.params), args)
+        stage = os.environ.get("DVC_STAGE") or Path(sys.argv[0]).stem
+        print(f"{stage}: {result.summary()} in {duration(time.perf_counter() - started)}", flush=True)
     except AdaskipError as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(2)

@@ -5,10 +5,13 @@ DVC runs those stages one at a time: so the first stage also starts the cells of
 are out of date, all at once on the cluster, and the later stages find theirs finished in the study's cache.
 Re-running an interrupted stage resumes each unfinished cell from its latest epoch checkpoint."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from adaskip.files import write_csv
-from adaskip.stage import main, remove_outputs, start_ray, storage, tracker
+from adaskip.stage import StageResult, main, remove_outputs, start_ray, storage, tracker
 from adaskip.ablation.spec import cells, cells_file, load_study, mlflow_tags
 
 
@@ -37,7 +40,28 @@ def configure(parser) -> None:
     )
 
 
-def run(params, args) -> str:
+@dataclass(frozen=True)
+class Planned(StageResult):
+    line: str  # the plan (--plan), or that nothing is left to run
+
+    def summary(self) -> str:
+        return self.line
+
+
+@dataclass(frozen=True)
+class Cells(StageResult):
+    rows: dict[str, pd.DataFrame]  # per variant written: the rows of its results/cells/<variant>.csv
+    study: str
+    cells: int  # of the variants written
+    ahead: int  # cells of later variants' stages run ahead
+    out: Path  # the results/cells folder
+
+    def summary(self) -> str:
+        extra = f", and {self.ahead} cells of later stages ahead" if self.ahead else ""
+        return f"{self.cells} cells of study {self.study!r} ({', '.join(self.rows)}){extra} -> {self.out}"
+
+
+def run(params, args) -> Planned | Cells:
     spec = load_study(args.study)
     names = args.variant or list(spec.variants)
     every = cells(spec, params)  # every variant's params validated and its model checked before Ray starts
@@ -54,9 +78,9 @@ def run(params, args) -> str:
     cache = store.child(f"study-{spec.name}")
     if args.plan:
         if not (left := unfinished(todo, cache)):
-            return "nothing to run: every cell is in the study's cache"
+            return Planned("nothing to run: every cell is in the study's cache")
         start_ray(params, tracking.uri, store)
-        return plan_cells(left, cluster_nodes()).line() + f" ({len(todo) - len(left)} cells already done)"
+        return Planned(plan_cells(left, cluster_nodes()).line() + f" ({len(todo) - len(left)} cells already done)")
     remove_outputs(*outs.values())
     if unfinished(todo, cache):  # a stage whose cells an earlier stage ran ahead only collects them: no Ray
         start_ray(params, tracking.uri, store)
@@ -73,13 +97,10 @@ def run(params, args) -> str:
             rows = run_cells(todo, cache, tracking, parent, optional={c.variant for c in ahead})
         finally:
             tracking.end_leftovers(parent)
+        written = {v: rows[rows.variant == v] for v in outs}
         for variant, out in outs.items():
-            write_csv(rows[rows.variant == variant], out)
-    extra = f", and {len(ahead)} cells of later stages ahead" if ahead else ""
-    return (
-        f"{len(todo) - len(ahead)} cells of study {spec.name!r} ({', '.join(names)}){extra} -> "
-        f"{Path(args.study).parent / 'results' / 'cells'}"
-    )
+            write_csv(written[variant], out)
+    return Cells(written, spec.name, len(todo) - len(ahead), len(ahead), Path(args.study).parent / "results" / "cells")
 
 
 if __name__ == "__main__":

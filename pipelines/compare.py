@@ -3,7 +3,9 @@ against individually trained baselines (paired by seed: mean difference, 95 % co
 detectable difference, "inconclusive" unless the interval excludes zero), every variant's trade-off curve on one
 plot."""
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -12,14 +14,27 @@ from adaskip.ablation.spec import cells_file, load_study, mlflow_tags
 from adaskip.config import ConfigError
 from adaskip.evaluation.report import tradeoff_plot
 from adaskip.files import atomic_path, write_csv, write_json
-from adaskip.stage import main, remove_outputs, tracker
+from adaskip.stage import StageResult, main, remove_outputs, tracker
 
 
 def configure(parser) -> None:
     parser.add_argument("--study", default="studies/ablation/study.yaml", help="study file (default: %(default)s)")
 
 
-def run(params, args) -> str:
+@dataclass(frozen=True)
+class Compared(StageResult):
+    comparison: pd.DataFrame  # comparison.csv: the reference against each baseline, paired by seed
+    summary_metrics: dict[str, Any]  # summary.json
+    variants: int
+    seeds: int
+    reference: str
+    markdown: Path
+
+    def summary(self) -> str:
+        return f"{self.variants} variants x {self.seeds} seeds against {self.reference!r} -> {self.markdown}"
+
+
+def run(params, args) -> Compared:
     spec = load_study(args.study)
     res = Path(args.study).parent / "results"
     outs = {
@@ -48,9 +63,10 @@ def run(params, args) -> str:
         tracking.log_table(parent, cmp, "comparison.json")
         for key in ("md", "png"):
             tracking.log_artifact(parent, outs[key])
-    write_json(stats.summary(agg, rows), outs["json"])
+    summary = stats.summary(agg, rows)
+    write_json(summary, outs["json"])
     print(outs["md"].read_text())  # the study's result: the table a person came for
-    return f"{len(spec.variants)} variants x {len(spec.seeds)} seeds against {spec.reference!r} -> {outs['md']}"
+    return Compared(cmp, summary, len(spec.variants), len(spec.seeds), spec.reference, outs["md"])
 
 
 def _variant_rows(study_file: str, variant: str) -> pd.DataFrame:

@@ -5,16 +5,32 @@ Interrupted, it resumes: grid subtrees already evaluated for this model file and
 
 import hashlib
 import logging
+from dataclasses import dataclass
+
+import pandas as pd
 
 from adaskip.config import params_hash
 from adaskip.files import write_csv
-from adaskip.stage import main, remove_outputs, start_ray, storage, tracker
+from adaskip.stage import StageResult, main, remove_outputs, start_ray, storage, tracker
 
 MODEL, GRID, LATENCY = "models/model.pt", "results/eval_grid.csv", "results/latency.csv"
 METRICS = ("acc1", "acc5", "macs", "params", "latency_ms", "skipped_stages", "threads")
 
 
-def run(params, args) -> str:
+@dataclass(frozen=True)
+class Evaluated(StageResult):
+    grid: pd.DataFrame  # results/eval_grid.csv
+
+    def summary(self) -> str:
+        by_macs = self.grid.sort_values("macs")
+        sup, base = by_macs.iloc[-1], by_macs.iloc[0]
+        return (
+            f"{len(self.grid)} sub-networks on the test split: super {sup.acc1:.1f} % base {base.acc1:.1f} % "
+            f"({base.macs / sup.macs:.0%} of the MACs), {int(self.grid.pareto.sum())} on the Pareto front -> {GRID}"
+        )
+
+
+def run(params, args) -> Evaluated:
     from adaskip.evaluation.latency import latency_long
     from adaskip.orchestration.grid import evaluate_parallel
     from adaskip.select import aliases
@@ -60,12 +76,7 @@ def run(params, args) -> str:
         write_csv(latency, LATENCY)
     done.remove()  # finished: nothing left to resume
     logging.getLogger("adaskip.evaluate").debug("\n%s", grid.to_string(index=False))  # every row: -v, or the CSV
-    by_macs = grid.sort_values("macs")
-    sup, base = by_macs.iloc[-1], by_macs.iloc[0]
-    return (
-        f"{len(grid)} sub-networks on the test split: super {sup.acc1:.1f} % base {base.acc1:.1f} % "
-        f"({base.macs / sup.macs:.0%} of the MACs), {int(grid.pareto.sum())} on the Pareto front -> {GRID}"
-    )
+    return Evaluated(grid)
 
 
 if __name__ == "__main__":

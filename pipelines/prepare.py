@@ -1,16 +1,27 @@
 """DVC stage `prepare`: check the dataset can be read and write its manifest."""
 
-from adaskip.stage import main, remove_outputs
+from dataclasses import dataclass
+from typing import Any
+
+from adaskip.stage import StageResult, main, remove_outputs
 
 OUT = "data/prepared"
 
 
-def run(params, args) -> str:
+@dataclass(frozen=True)
+class Prepared(StageResult):
+    manifest: dict[str, Any]  # data/prepared/manifest.json
+
+    def summary(self) -> str:
+        m = self.manifest
+        return f"{m['name']}: {m['sizes']} images, {m['num_classes']} classes -> {OUT}/manifest.json"
+
+
+def run(params, args) -> Prepared:
     from adaskip.data import prepare  # imports torch: after params are validated
 
     remove_outputs(OUT)
-    manifest = prepare(params.data, OUT)
-    return f"{manifest['name']}: {manifest['sizes']} images, {manifest['num_classes']} classes -> {OUT}/manifest.json"
+    return Prepared(prepare(params.data, OUT))
 
 
 if __name__ == "__main__":

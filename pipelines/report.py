@@ -1,19 +1,33 @@
 """DVC stage `report`: trade-off plot, markdown summary and results/metrics.json, logged to MLflow."""
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from adaskip.evaluation.report import report_markdown, summary_metrics, tradeoff_plot
 from adaskip.files import write_json
-from adaskip.stage import main, remove_outputs, tracker
+from adaskip.stage import StageResult, main, remove_outputs, tracker
 
 GRID, TRAINED, BEST = "results/eval_grid.csv", "results/train_metrics.json", "results/best_config.json"
 PLOT, REPORT, METRICS = "results/tradeoff.png", "results/report.md", "results/metrics.json"
 
 
-def run(params, args) -> str:
+@dataclass(frozen=True)
+class Reported(StageResult):
+    metrics: dict[str, Any]  # results/metrics.json
+
+    def summary(self) -> str:
+        m = self.metrics
+        return (
+            f"test super {m['super_acc1']:.1f} % base {m['base_acc1']:.1f} % ({m['base_macs_ratio']:.0%} of the "
+            f"MACs) -> {REPORT}, {PLOT}, {METRICS}"
+        )
+
+
+def run(params, args) -> Reported:
     remove_outputs(PLOT, REPORT, METRICS)
     grid = pd.read_csv(GRID)
     trained = json.loads(Path(TRAINED).read_text())
@@ -27,10 +41,7 @@ def run(params, args) -> str:
         for path in (PLOT, REPORT):
             tracking.log_artifact(run_id, path)
         write_json(metrics, METRICS)
-    return (
-        f"test super {metrics['super_acc1']:.1f} % base {metrics['base_acc1']:.1f} % "
-        f"({metrics['base_macs_ratio']:.0%} of the MACs) -> {REPORT}, {PLOT}, {METRICS}"
-    )
+    return Reported(metrics)
 
 
 if __name__ == "__main__":

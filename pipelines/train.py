@@ -4,18 +4,37 @@ params."""
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 from adaskip.errors import AdaskipError
 from adaskip.files import write_json
 from adaskip.config import apply_tuned, params_hash
-from adaskip.stage import main, remove_outputs, start_ray, storage, tracker
+from adaskip.stage import StageResult, main, remove_outputs, start_ray, storage, tracker
 
 MODEL, METRICS, BEST = "models/model.pt", "results/train_metrics.json", "results/best_config.json"
 DIAGNOSTICS = "results/diagnostics.json"  # final epoch's ratio_* and ratio.s<stage>.<m|s><block> (also in MLflow)
 
 
-def run(params, args) -> str:
+@dataclass(frozen=True)
+class Trained(StageResult):
+    metrics: dict[str, float]  # the final epoch's (results/train_metrics.json, diagnostics.json)
+    trained_with: dict[str, Any]  # alpha, temperature, split
+    epochs: int
+    version: Optional[str]  # the registered model version, if any
+    registered_model: Optional[str]
+
+    def summary(self) -> str:
+        m, w = self.metrics, self.trained_with
+        return (
+            f"val super {m['val_acc_super']:.1f} % base {m['val_acc_base']:.1f} % after {self.epochs} epochs "
+            f"(alpha {w['alpha']:.2f}, T {w['temperature']:.2f}, split {w['split']}) -> {MODEL}"
+            + (f", registered {self.registered_model} v{self.version}" if self.version else "")
+        )
+
+
+def run(params, args) -> Trained:
     from adaskip.orchestration.train import TrackingTarget, run_training
     from adaskip.models.file import model_file, save_atomic
 
@@ -62,12 +81,7 @@ def run(params, args) -> str:
         # the per-block residual ratios (Figure 3): a plain output, not DVC metrics, so `dvc exp show` stays narrow
         write_json({k: v for k, v in numbers.items() if k.startswith("ratio")}, DIAGNOSTICS)
     store.remove(f"train-{h}")  # finished: nothing left to resume
-    return (
-        f"val super {metrics['val_acc_super']:.1f} % base {metrics['val_acc_base']:.1f} % after {params.train.epochs} "
-        f"epochs (alpha {trained_with['alpha']:.2f}, T {trained_with['temperature']:.2f}, "
-        f"split {trained_with['split']}) "
-        f"-> {MODEL}" + (f", registered {params.mlflow.registered_model} v{version}" if version else "")
-    )
+    return Trained(numbers, trained_with, params.train.epochs, version, params.mlflow.registered_model)
 
 
 if __name__ == "__main__":

@@ -4,27 +4,45 @@ validation split; writes the best configuration, which the `train` stage then tr
 params.yaml itself."""
 
 import json
+from dataclasses import dataclass
+from typing import Optional
 
 import pandas as pd
 
 from adaskip.config import params_hash
 from adaskip.errors import AdaskipError
 from adaskip.files import write_csv, write_json
-from adaskip.stage import main, remove_outputs, start_ray, storage, tracker
+from adaskip.stage import StageResult, main, remove_outputs, start_ray, storage, tracker
 
 TRIALS, BEST = "results/tune_trials.csv", "results/best_config.json"
 
 
-def run(params, args) -> str:
+@dataclass(frozen=True)
+class Tuned(StageResult):
+    """The configuration train trains: the sweep's best (``objective`` its score), or params.yaml's (tuning off)."""
+
+    alpha: float
+    temperature: float
+    split: list[int]
+    objective: Optional[float]  # None: tune.enabled false, no sweep
+    trials: int
+
+    def summary(self) -> str:
+        if self.objective is None:
+            return f"disabled: train uses params.yaml's alpha={self.alpha}, T={self.temperature}, split={self.split}"
+        return (
+            f"best of {self.trials} trials: val objective {self.objective:.2f} (alpha {self.alpha:.2f}, "
+            f"T {self.temperature:.2f}, split {self.split}) -> {BEST}"
+        )
+
+
+def run(params, args) -> Tuned:
     net = params.check_model(splits=True, source=args.params)  # the model and each listed tune.splits variant
     remove_outputs(TRIALS, BEST)
     if not params.tune.enabled:  # no choice to pass on: train reads alpha, temperature and split from params.yaml
         write_csv(pd.DataFrame(columns=["trial_id", "alpha", "temperature", "split", "objective"]), TRIALS)
         write_json({"source": "params.yaml", "objective": None}, BEST)
-        return (
-            f"disabled: train uses params.yaml's alpha={params.train.alpha}, T={params.train.temperature}, "
-            f"split={list(net.split)}"
-        )
+        return Tuned(params.train.alpha, params.train.temperature, list(net.split), None, 0)
     from adaskip.orchestration.tune import METRIC, run_sweep
 
     tracking = tracker(params)
@@ -63,10 +81,7 @@ def run(params, args) -> str:
         tracking.log_dict(parent, result, "best_config.json")
         write_csv(trials, TRIALS)
         write_json(result, BEST)
-    return (
-        f"best of {len(trials)} trials: val objective {result['objective']:.2f} (alpha {result['alpha']:.2f}, "
-        f"T {result['temperature']:.2f}, split {result['split']}) -> {BEST}"
-    )
+    return Tuned(result["alpha"], result["temperature"], result["split"], result["objective"], len(trials))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typing import Any
 
 from adaskip.config import merge_params as merge
 
-__all__ = ["BUCKET", "ROOT", "TINY", "checkpoint_recorded", "merge"]
+__all__ = ["BUCKET", "ROOT", "TINY", "checkpoint_recorded", "merge", "run_stage"]
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "adaskip-test"  # the moto S3 server's bucket (conftest.s3_server)
@@ -34,3 +34,17 @@ def checkpoint_recorded(root: Path, run_glob: str) -> bool:
         )
     except ValueError:  # caught mid-write
         return False
+
+
+def run_stage(name: str, *argv: str) -> Any:
+    """Stage ``pipelines/<name>.py``'s ``run`` in this process and directory, its arguments parsed as its ``main``
+    parses them: returns the stage's typed result, or raises what the stage raises (a ConfigError, ...). For stages
+    that start no Ray (tests of those that do run them as DVC does, in a subprocess)."""
+    import runpy
+
+    from adaskip.config import load_params
+    from adaskip.stage import stage_parser
+
+    script = runpy.run_path(str(ROOT / "pipelines" / f"{name}.py"))
+    args = stage_parser(script["__doc__"], script.get("configure", lambda p: None)).parse_args(argv)
+    return script["run"](load_params(args.params), args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 import yaml
 
 from adaskip.config import ConfigError, apply_tuned, load_params, parse_params
+from adaskip.errors import AdaskipError
+from helpers import run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,29 +154,22 @@ def test_validation_is_the_schema_and_builds_no_model(defaults):
 
 
 @pytest.mark.subprocess
-def test_only_the_stages_that_build_a_model_check_it(tmp_path, defaults):
+def test_only_the_stages_that_build_a_model_check_it(tmp_path, defaults, monkeypatch):
     """tune checks the model and each listed tune.splits candidate before any work; train checks the model only
     (it trains the split tune chose); evaluate builds the model file's architecture and so does not depend on
     tune.splits at all: a bad candidate fails tune alone."""
     raw = _with(defaults, "tune.splits", [[2, 2, 3, 2], [0, 1, 1, 1]])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
 
-    def stage(name: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, str(ROOT / "pipelines" / f"{name}.py")],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-
-    r = stage("tune")
-    assert r.returncode == 2 and "params.yaml: tune.splits: [0, 1, 1, 1]: split" in r.stderr, r.stderr
-    r = stage("train")
-    assert r.returncode == 2 and "run the tune stage first" in r.stderr and "tune.splits" not in r.stderr, r.stderr
-    r = stage("evaluate")  # fails on the missing model file, the first thing it needs: not on tune.splits
-    assert r.returncode == 2 and "models/model.pt" in r.stderr and "tune.splits" not in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr
+    monkeypatch.chdir(tmp_path)  # the stages in process: each fails before it would start Ray
+    with pytest.raises(ConfigError, match=re.escape("params.yaml: tune.splits: [0, 1, 1, 1]: split")):
+        run_stage("tune")
+    with pytest.raises(AdaskipError, match="run the tune stage first") as e:
+        run_stage("train")
+    assert "tune.splits" not in str(e.value)
+    with pytest.raises(AdaskipError, match="models/model.pt") as e:  # the first thing it needs: not tune.splits
+        run_stage("evaluate")
+    assert "tune.splits" not in str(e.value)
 
 
 def test_tune_splits_null_searches_model_split_only(defaults):
@@ -220,17 +216,16 @@ def test_stage_scripts_fail_cleanly_on_bad_params(tmp_path, defaults, stage):
 
 
 @pytest.mark.subprocess
-def test_tune_disabled_passes_params_on_and_train_takes_the_chosen_config(tmp_path, defaults):
+def test_tune_disabled_passes_params_on_and_train_takes_the_chosen_config(tmp_path, defaults, monkeypatch):
     """`tune.enabled: false`: the tune stage runs no sweep and records only that (no copy of params.yaml's alpha for
     train to merge back); train then keeps its own params and applies a tune choice, validated again, only when tune
     made one; without the file, train names the stage to run."""
     raw = _with(_with(defaults, "tune.enabled", False), "train.alpha", 0.7)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "pipelines" / "tune.py")], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
-    assert r.returncode == 0, r.stderr
-    assert "split=[2, 2, 3, 2]" in r.stdout and "alpha=0.7" in r.stdout, r.stdout  # resnet34 [3,4,6,3]: the rule
+    monkeypatch.chdir(tmp_path)
+    tuned = run_stage("tune")  # in process: no sweep, no Ray
+    assert (tuned.alpha, tuned.split, tuned.objective) == (0.7, [2, 2, 3, 2], None)  # resnet34 [3,4,6,3]: the rule
+    assert tuned.summary() == "disabled: train uses params.yaml's alpha=0.7, T=1.0, split=[2, 2, 3, 2]"
     best = json.loads((tmp_path / "results" / "best_config.json").read_text())
     assert best == {"source": "params.yaml", "objective": None}
     params = parse_params(raw)
@@ -240,11 +235,5 @@ def test_tune_disabled_passes_params_on_and_train_takes_the_chosen_config(tmp_pa
     with pytest.raises(ConfigError, match=r"best_config.json: train.alpha"):
         apply_tuned(tuned, {"alpha": 3, "temperature": 1.0, "split": None, "source": "tune"})
     (tmp_path / "results" / "best_config.json").unlink()
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "pipelines" / "train.py")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 2 and "run the tune stage first" in r.stderr, r.stderr
+    with pytest.raises(AdaskipError, match="run the tune stage first"):
+        run_stage("train")

@@ -15,7 +15,7 @@ import yaml
 
 from adaskip.config import ConfigError, Params
 from adaskip.models import create_model
-from helpers import ROOT
+from helpers import ROOT, run_stage
 
 from adaskip.ablation import spec as study, stats
 
@@ -374,7 +374,7 @@ def test_residual_ratios_measure_what_each_block_changes():
 
 
 @pytest.mark.subprocess
-def test_compare_stage_writes_every_output(tmp_path):
+def test_compare_stage_writes_every_output(tmp_path, monkeypatch):
     """The compare stage on real per-variant cells files: tables, plot, summary metrics; a variant without
     results and a bad study file exit 2, naming the problem."""
     res = tmp_path / "studies" / "s" / "results"
@@ -391,16 +391,11 @@ def test_compare_stage_writes_every_output(tmp_path):
         )
     )
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}", "PATH": "/usr/bin:/bin"}
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "pipelines" / "compare.py"), "--study", "studies/s/study.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert r.returncode == 0, r.stderr
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    monkeypatch.chdir(tmp_path)
+    compared = run_stage("compare", "--study", "studies/s/study.yaml")  # in process: the stage starts no Ray
+    assert compared.summary() == "3 variants x 2 seeds against 'adn' -> studies/s/results/comparison.md"
+    assert sorted(compared.comparison.baseline) == ["ind_base", "ind_full"]
     assert sorted(p.name for p in res.iterdir()) == [
         "cells",
         "comparison.csv",
@@ -410,26 +405,20 @@ def test_compare_stage_writes_every_output(tmp_path):
         "tradeoff.png",
     ]
     summary = json.loads((res / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(compared.summary_metrics))
     assert summary["adn"]["acc1_super"] == 91.0 and summary["ind_base"]["acc1_base"] == 75.0
     assert (res / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
     (res / "cells" / "ind_base.csv").unlink()
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "pipelines" / "compare.py"), "--study", "studies/s/study.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert r.returncode == 2 and "no results for variant 'ind_base'" in r.stderr and not (res / "summary.json").exists()
+    with pytest.raises(ConfigError, match="no results for variant 'ind_base'"):
+        run_stage("compare", "--study", "studies/s/study.yaml")
+    assert not (res / "summary.json").exists()
     (tmp_path / "studies" / "s" / "study.yaml").write_text("name: s\nseeds: [0]\nvariants: {adn: {bogus: 1}}\n")
-    r = subprocess.run(
+    r = subprocess.run(  # as DVC runs it: one line, exit 2
         [sys.executable, str(ROOT / "pipelines" / "compare.py"), "--study", "studies/s/study.yaml"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,
-        env=env,
     )
     assert r.returncode == 2 and "variants.adn.bogus: unknown key" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
