@@ -1,7 +1,8 @@
 """The whole pipeline on a real two-host Ray cluster (tests/multihost.py), following README "Scaling out": an MLflow
-tracking server with PostgreSQL on the head host (credentials required), a shared folder as storage (NFS; the S3
-path is covered by tests/test_storage.py against an S3 API server), `adaskip doctor`, then `dvc repro` of the
-default pipeline and a 2-variant x 2-seed study from the head host. Root only; `make test-cluster`."""
+tracking server with PostgreSQL on the head host (credentials required, HTTPS), a shared folder as storage (NFS),
+`adaskip doctor`, then `dvc repro` of the default pipeline and a 2-variant x 2-seed study from the head host; the
+train stage and a study again with S3-only storage (an S3 API server on the head host); a worker host killed mid-run
+and mid-study. Root only; `make test-cluster`."""
 
 from __future__ import annotations
 
@@ -210,6 +211,85 @@ def test_pipeline_and_study_run_on_both_hosts(cluster):
     assert len(cells) == 4  # each a 2-worker DDP run spread over both hosts
     assert all(set(c["tags"]["adaskip.train_nodes"].split(",")) == nodes for c in cells), [c["tags"] for c in cells]
     assert {"tune", "evaluate", "report", "study"} <= set(by_stage)
+
+
+S3_SECRET = "cluster-s3-secret-do-not-persist-7f3a"  # distinctive: the scan below looks for it in every object
+S3_READY = r"""
+import boto3, sys, time
+s3 = boto3.client("s3")
+for _ in range(120):
+    try:
+        s3.create_bucket(Bucket="adaskip-cluster"); break
+    except Exception:
+        time.sleep(0.5)
+else:
+    sys.exit("no S3 server")
+"""
+# Every object in the bucket, and whether any holds the secret key (run on host1, which reaches the server).
+S3_SCAN = r"""
+import boto3, json, sys
+s3 = boto3.client("s3")
+keys, leaks = [], []
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket="adaskip-cluster"):
+    for o in page.get("Contents", []):
+        keys.append(o["Key"])
+        if sys.argv[1].encode() in s3.get_object(Bucket="adaskip-cluster", Key=o["Key"])["Body"].read():
+            leaks.append(o["Key"])
+print("RESULT " + json.dumps({"keys": keys, "leaks": leaks}))
+"""
+
+
+@pytest.mark.ddp
+def test_train_and_study_with_s3_storage_only(cluster):
+    """README "Scaling out" with object storage and no shared folder: an S3 API server (moto) on the head host,
+    ADASKIP_STORAGE=s3://..., the keys only in the driver's environment (the job forwards them to the workers). The
+    train stage (2 DDP workers, one per host) checkpoints every epoch to the bucket; a study's cells keep their
+    results there; nothing goes to the shared folder or a host's disk, and no object holds the secret key."""
+    th, env = cluster
+    moto_log = (th.root / "moto.log").open("w")
+    moto = th.host1_popen(
+        ["moto_server", "-H", th.host1.ip, "-p", "9000"], env={}, stdout=moto_log, stderr=subprocess.STDOUT
+    )
+    s3 = {
+        "AWS_ENDPOINT_URL": f"http://{th.host1.ip}:9000",
+        "AWS_ACCESS_KEY_ID": "cluster-key-id",
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_REGION": "us-east-1",
+    }
+    env = {**env, **s3, "ADASKIP_STORAGE": "s3://adaskip-cluster/runs"}
+    shared_before = sorted(p.name for p in (th.shared / "ray").iterdir())
+    try:
+        assert th.host1_run(["python", "-c", S3_READY], env=s3, timeout=120).returncode == 0
+        raw = yaml.safe_load((th.project / "params.yaml").read_text())
+        raw["train"]["epochs"] = 3  # another params hash than the shared-folder run's: trained again
+        (th.project / "params-s3.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        study = {**STUDY, "name": "s3", "seeds": [0], "variants": {"adn": {}}}
+        for project in (th.project, th.host2_project):
+            (project / "studies" / "s3").mkdir(parents=True, exist_ok=True)
+            (project / "studies" / "s3" / "study.yaml").write_text(yaml.safe_dump(study))
+        start = time.time()
+        r = th.host1_run(["python", "pipelines/train.py", "--params", "params-s3.yaml"], env=env, timeout=1800)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-5000:]
+        train_s = time.time() - start
+        r = th.host1_run(["python", "pipelines/cells.py", "--study", "studies/s3/study.yaml"], env=env, timeout=1800)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-5000:]
+        study_s = time.time() - start - train_s
+        print(f"S3-only storage on two hosts: train {train_s:.0f} s, 1-cell study {study_s:.0f} s")
+        scan = _result(th.host1_run(["python", "-c", S3_SCAN, S3_SECRET], env=s3, timeout=300))
+    finally:
+        moto.terminate()
+        moto.wait(timeout=60)
+        moto_log.close()
+    puts = [ln for ln in (th.root / "moto.log").read_text().splitlines() if '"PUT /adaskip-cluster/runs/' in ln]
+    assert any("/runs/train-" in ln and "/checkpoint_" in ln for ln in puts), puts[-20:]  # every epoch, then removed
+    assert any("/runs/study-s3/cell-" in ln and "/checkpoint_" in ln for ln in puts), puts[-20:]
+    assert any(k.startswith("runs/study-s3/adn-seed0-") and k.endswith(".csv") for k in scan["keys"]), scan["keys"]
+    assert scan["leaks"] == [], scan["leaks"]
+    assert sorted(p.name for p in (th.shared / "ray").iterdir()) == shared_before  # the shared folder unused
+    for project in (th.project, th.host2_project):
+        assert not (project / ".ray_results").exists()
+    lines = (th.project / "studies" / "s3" / "results" / "cells" / "adn.csv").read_text().splitlines()
+    assert len(lines) == 17  # a header and the 16 configurations
 
 
 @pytest.mark.ddp
