@@ -87,7 +87,7 @@ def report_markdown(
         f"{int(grid.pareto.sum())} of {len(grid)} sub-networks on the Pareto front.",
         "",
     ]
-    w = trained_with or {}
+    w = trained_with or best or {}  # train_metrics.json names what was trained; an older one did not
     chosen = f"alpha={w.get('alpha', 0):.3f}, T={w.get('temperature', 0):.2f}, split={w.get('split')}"
     if best is not None and best.get("objective") is not None:
         lines += [
