@@ -43,8 +43,9 @@ test-extended: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m extended
 
 # The two-host harness (tests/multihost.py): Ray head and worker in network namespaces with private disks; root.
+# -rP: the figures passing tests print (pipeline and study times on two hosts, the concurrency ratio) are shown.
 test-cluster: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m cluster
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m cluster -rP
 
 # An MLflow tracking server for this laptop on 127.0.0.1:5000 (PostgreSQL backend, proxied artifacts; state in
 # .mlflow-server/). Clients: MLFLOW_TRACKING_URI=http://127.0.0.1:5000. Cluster heads: see README "MLflow".
