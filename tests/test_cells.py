@@ -26,10 +26,11 @@ def test_cells_train_as_ray_train_runs_queue_fail_alone_and_are_kept(
     ray_cluster, tiny_params, mlflow_uri, tmp_path: Path, caplog
 ):
     """Three 1-worker cells on 2 CPUs: the plan runs two at once and queues the third (no deadlock). The adaptive-depth
-    cell is evaluated over its whole grid; the KD baseline's teacher is trained first by its own Ray Train run (its
-    epochs logged as teacher_*), then distilled into the base-net; a diverging cell fails at once, alone, named (no
-    restarts: a recurring error); every MLflow child has each epoch once and the node it trained on. Finished cells
-    leave their rows and nothing else in the cache, and a re-run trains nothing again."""
+    cell is evaluated over its whole grid; the KD baseline's teacher (no cell of this study is that network) is
+    trained first by its own Ray Train run (its epochs logged as teacher_*), then distilled into the base-net; a
+    diverging cell fails at once, alone, named (no restarts: a recurring error); every MLflow child has each epoch
+    once and the node it trained on. Finished cells leave their rows and nothing else in the cache, and a re-run
+    trains nothing again."""
     import ray
 
     from adaskip.orchestration.cells import cell_hash, run_cells

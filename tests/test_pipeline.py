@@ -236,7 +236,8 @@ def test_study_pipeline(reproduced: Path, ray_address: str, tmp_path: Path):
     study_dir = reproduced / "studies" / "ablation"
     study_dir.mkdir(parents=True)
     shutil.copy2(ROOT / "studies" / "ablation" / "dvc.yaml", study_dir / "dvc.yaml")
-    # three 1-CPU cells on 2 CPUs: two at once, the third queued (no deadlock); the KD baseline trains its teacher
+    # three 1-CPU cells on 2 CPUs: two at once, the third queued (no deadlock); the KD baseline distils from the
+    # individual_full cell's model (its teacher: the same run), so it waits for that cell and trains no teacher
     spec = {
         "name": "ablation",
         "seeds": [0],
@@ -260,7 +261,9 @@ def test_study_pipeline(reproduced: Path, ray_address: str, tmp_path: Path):
         "plan: 3 cells, each 1 worker x 1 CPU; the cluster (1 node(s), 2 CPUs, 0 GPUs) runs 2 at once, 2 waves"
         in r.stderr
     )
-    assert "kd_individual_base-seed0 teacher: epoch 1/1" in r.stderr and "Traceback" not in r.stderr
+    assert "kd_individual_base-seed0: epoch 1/1" in r.stderr and "Traceback" not in r.stderr
+    assert "teacher: epoch" not in r.stderr  # trained once, by individual_full's cell
+    assert not list((reproduced / ".ray_results" / "study-ablation").glob("*.pt"))  # no model kept once all are done
     res = study_dir / "results"
     adn, ind, kd = (pd.read_csv(res / "cells" / f"{v}.csv") for v in ("adn", "individual_full", "kd_individual_base"))
     assert len(adn) == 16 and set(ind.skip) == {"FFFF"} and set(kd.skip) == {"TTTT"} and sorted(ind.seed) == [0]
@@ -280,8 +283,11 @@ def test_study_pipeline(reproduced: Path, ray_address: str, tmp_path: Path):
         ("individual_full", "0"),
         ("kd_individual_base", "0"),
     ]
-    [kd_run] = [c for c in children if c.data.tags["variant"] == "kd_individual_base"]
-    assert "teacher_train_loss" in kd_run.data.metrics and "train_kd" in kd_run.data.metrics
+    ind_run, kd_run = (
+        [c for c in children if c.data.tags["variant"] == v][0] for v in ("individual_full", "kd_individual_base")
+    )
+    assert kd_run.data.tags["adaskip.teacher_hash"] == ind_run.data.tags["adaskip.cell_hash"]  # where its epochs are
+    assert "train_kd" in kd_run.data.metrics and "teacher_train_loss" not in kd_run.data.metrics
     assert all(c.info.status == FINISHED for c in children)
     _sh(reproduced, *git, "add", "-A")
     _sh(reproduced, *git, "commit", "-qm", "study results")

@@ -13,6 +13,7 @@ hash of the cell's params; its trained model (a KD baseline's teacher too) is ke
 from __future__ import annotations
 
 import concurrent.futures as futures
+import dataclasses
 import hashlib
 import io
 import json
@@ -74,6 +75,23 @@ def run_ahead(cells: list[Cell], results: Mapping[str, str | os.PathLike]) -> li
 def cell_file(cell: Cell) -> str:
     """The cell's rows in the study's cache, named by its params hash."""
     return f"{cell.key}-{cell_hash(cell)}.csv"
+
+
+def teacher_cell(cell: Cell) -> Cell:
+    """What a KD baseline's teacher is: its sub-network trained alone with the cell's params and seed. That is the
+    cell of the study's individually trained baseline of that sub-network, if it has one (the same hash): the
+    teacher is then trained once, by that cell, and shared."""
+    return dataclasses.replace(cell, baseline=cell.teacher, teacher=None)
+
+
+def run_name(cell: Cell) -> str:
+    """The name of a cell's Ray Train run and of its trained model file (``<name>.pt``) in the study's cache."""
+    return f"cell-{cell_hash(cell)}"
+
+
+def teacher_name(cell: Cell) -> Optional[str]:
+    """The run and model file of a KD baseline's teacher (see teacher_cell); None for other cells."""
+    return run_name(teacher_cell(cell)) if cell.teacher else None
 
 
 def unfinished(cells: list[Cell], cache: Storage) -> list[Cell]:
@@ -206,9 +224,32 @@ class _EpochCounter:
         return self.counts
 
 
-def _epochs(cell: Cell) -> int:
-    """Epochs a cell trains: its own, and as many again for a teacher trained first."""
-    return cell.params.train.epochs * (2 if cell.teacher else 1)
+def _epochs(cell: Cell, teaching: Collection[str]) -> int:
+    """Epochs a cell trains: its own, and as many again for its teacher if it trains that (its key in
+    ``teaching``)."""
+    return cell.params.train.epochs * (2 if cell.key in teaching else 1)
+
+
+def _teaching(todo: list[Cell], cache: Storage) -> set[str]:
+    """The keys of the KD cells that train their teacher themselves: the first of those needing a teacher that no
+    other cell trains and the cache does not hold."""
+    made = {run_name(c) for c in todo} | {n for c in todo if (n := teacher_name(c)) and cache.exists(f"{n}.pt")}
+    keys = set()
+    for c in todo:
+        if (n := teacher_name(c)) and n not in made:
+            keys.add(c.key)
+            made.add(n)
+    return keys
+
+
+def _waits(cell: Cell, queued: list[Cell], running: list[Cell]) -> bool:
+    """Whether a KD cell waits for its teacher: while a cell that trains it (the study's individually trained
+    baseline of that sub-network, or another KD cell with the same teacher) is queued or running."""
+    name = teacher_name(cell)
+    return name is not None and (
+        any(run_name(o) == name for o in queued + running if o is not cell)
+        or any(teacher_name(o) == name for o in running)
+    )
 
 
 def _cell_grid(model_file: dict[str, Any], cell: Cell, threads: int) -> pd.DataFrame:
@@ -249,23 +290,28 @@ class _Cell:
     """Trains and evaluates one cell from a thread of the driver; every file it keeps is in the study's cache."""
 
     def __init__(
-        self, cell: Cell, cache: Storage, tracker: Optional["Tracker"], run_id: Optional[str], counter: Any
+        self,
+        cell: Cell,
+        cache: Storage,
+        tracker: Optional["Tracker"],
+        run_id: Optional[str],
+        counter: Any,
+        teachers: Collection[str] = (),
     ) -> None:
         self.cell, self.cache, self.tracker, self.run_id = cell, cache, tracker, run_id
-        self.name = f"cell-{cell_hash(cell)}"
+        self.teachers = teachers  # the model files other cells of the study distil from: kept after the rows
         self.progress = Progress(counter, cell.key) if counter is not None else None
 
     def _target(self) -> Optional[TrackingTarget]:
         return TrackingTarget(self.tracker.uri, self.tracker.experiment, self.run_id) if self.tracker else None
 
-    def trained(self, suffix: str, alone: Optional[Alone], prefix: str = "") -> tuple[dict[str, float], dict]:
-        """The metrics and model file (spec, weights shipped: EMA or raw) of one Ray Train run of this cell: kept
-        in the cache once trained, so a re-run neither trains it again nor needs its checkpoints, which go then."""
+    def trained(self, name: str, alone: Optional[Alone], prefix: str = "") -> tuple[dict[str, float], dict]:
+        """The metrics and model file (spec, weights shipped: EMA or raw) of Ray Train run ``name``: kept in the
+        cache once trained, so a re-run neither trains it again nor needs its checkpoints, which go then."""
         import torch
 
         from ..models.file import model_file
 
-        name = self.name + suffix
         if self.cache.exists(f"{name}.pt"):
             kept = torch.load(io.BytesIO(self.cache.read_bytes(f"{name}.pt")), map_location="cpu", weights_only=True)
             return kept["metrics"], kept
@@ -293,10 +339,10 @@ class _Cell:
         alone = None
         if c.baseline:
             alone = Alone(c.baseline)
-            if c.teacher:  # trained alone first, kept, then distilled into the baseline
-                _, teacher = self.trained("-teacher", Alone(c.teacher), "teacher_")
+            if c.teacher:  # trained alone first (by this cell, or by the cell it is), kept, then distilled
+                _, teacher = self.trained(teacher_name(c), Alone(c.teacher), "teacher_")
                 alone = Alone(c.baseline, c.teacher, ray.put({k: teacher[k] for k in ("spec", "state_dict")}))
-        metrics, model = self.trained("", alone)
+        metrics, model = self.trained(run_name(c), alone)
         t = c.params.train
         threads = max(1, round(t.cpus_per_worker)) if not t.use_gpu else 1
         # held by this cell in the driver's plan while its workers are gone: the grid runs in the cell's room
@@ -310,8 +356,8 @@ class _Cell:
         ratios = {k: metrics[k] for k in ("ratio_mandatory", "ratio_skippable") if k in metrics}
         rows = rows.assign(variant=c.variant, seed=c.seed, baseline=c.baseline, **ratios, cell_hash=cell_hash(c))
         self.cache.write_csv(cell_file(c), rows)
-        for suffix in ("", "-teacher"):  # the rows are kept: the trained models are not needed any more
-            self.cache.remove(f"{self.name}{suffix}.pt")
+        if run_name(c) not in self.teachers:  # the rows are kept: its model is not needed any more
+            self.cache.remove(f"{run_name(c)}.pt")
         return rows
 
 
@@ -326,7 +372,11 @@ def _cell_run(tracker: Optional["Tracker"], cell: Cell, parent_run_id: Optional[
         "teacher": cell.teacher or "none",
         "adaskip.cell_hash": cell_hash(cell),
     }
-    run_id = tracker.find_run({"adaskip.cell_hash": cell_hash(cell)}, parent_run_id)
+    if cell.teacher:  # the run whose adaskip.cell_hash this is logged the teacher's epochs (or this one, teacher_*)
+        tags["adaskip.teacher_hash"] = cell_hash(teacher_cell(cell))
+    # a FINISHED run whose rows are not in the cache (the cache was cleared) is trained again in a new run: its
+    # epochs logged already would make every new epoch look trained again after a restart, and go unlogged
+    run_id = tracker.unfinished_run({"adaskip.cell_hash": cell_hash(cell)}, parent_run_id)
     if run_id is not None:
         return tracker.reopen(run_id)
     run_id = tracker.start_run(cell.key, tags, parent_run_id)
@@ -377,6 +427,9 @@ def run_cells(
     errors, failed = [], set()
     if todo:
         errors, failed = _schedule(todo, len(cells), cache, tracker, parent_run_id, optional)
+    for name in {n for c in todo if (n := teacher_name(c))}:  # a teacher's model, once no cell needs it again
+        if not any(c.key in failed for c in todo if name in (run_name(c), teacher_name(c))):
+            cache.remove(f"{name}.pt")
     if errors:
         raise AdaskipError(
             f"{len(errors)} study cell(s) failed (the others are kept; re-run to retry):\n" + "\n".join(errors)
@@ -401,28 +454,35 @@ def _schedule(
     counter = _counter()
     reading = counter
     pool = futures.ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="cell")
-    # longest first (a KD baseline trains its teacher too): the last wave is then short cells, not one long cell
-    # alone on an otherwise idle cluster (sorted is stable: variants and seeds keep their order among equals)
-    free, queue, running = dict(nodes), sorted(todo, key=_epochs, reverse=True), {}
+    teaching, teachers = _teaching(todo, cache), {n for c in todo if (n := teacher_name(c))}
+    epochs = {c.key: _epochs(c, teaching) for c in todo}
+    # longest chain first (a cell, and after it the KD cells that distil from it): the last wave is then short
+    # cells, not one long cell alone on an otherwise idle cluster (sorted is stable: variants and seeds keep their
+    # order among equals)
+    after = {n: max(epochs[c.key] for c in todo if teacher_name(c) == n) for n in teachers}
+    chain = {c.key: epochs[c.key] + after.get(run_name(c), 0) for c in todo}
+    free, queue, running = dict(nodes), sorted(todo, key=lambda c: chain[c.key], reverse=True), {}
     errors, failed, counts = [], set(), {}
     started, finished = time.perf_counter(), total - len(todo)
     bars = progress_bars()  # the epoch counts are read for the bar only
     try:
-        with tqdm(total=sum(_epochs(c) for c in todo), desc="study", unit="epoch", disable=not bars) as bar:
+        with tqdm(total=sum(epochs.values()), desc="study", unit="epoch", disable=not bars) as bar:
             while queue or running:
-                for c in list(queue):  # in order, each that fits now
+                for c in list(queue):  # in order, each that fits now and is not waiting for its teacher
+                    if _waits(c, queue, [r for r, *_ in running.values()]):
+                        continue
                     if (left := place(worker_bundles(c), free)) is not None:
                         runs[c.key] = _cell_run(tracker, c, parent_run_id)
-                        job = _Cell(c, cache, tracker, runs[c.key], counter)
+                        job = _Cell(c, cache, tracker, runs[c.key], counter, teachers)
                         running[pool.submit(job.run)] = (c, free, left)
                         free = left
                         queue.remove(c)
                 done, _ = futures.wait(running, timeout=2.0, return_when=futures.FIRST_COMPLETED)
                 if bars and reading is not None:  # a restarted cell counts again: capped at its epochs
                     counts, reading = _read(reading, counts)
-                    bar.n = sum(min(counts.get(c.key, 0), _epochs(c)) for c in todo)
+                    bar.n = sum(min(counts.get(c.key, 0), epochs[c.key]) for c in todo)
                     bar.set_postfix_str(
-                        ", ".join(f"{c.key} {counts.get(c.key, 0)}/{_epochs(c)}" for c, *_ in running.values())
+                        ", ".join(f"{c.key} {counts.get(c.key, 0)}/{epochs[c.key]}" for c, *_ in running.values())
                     )
                 for f in done:
                     cell, before, after = running.pop(f)

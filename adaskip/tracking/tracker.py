@@ -179,10 +179,10 @@ class Tracker:
         )
         return runs[0].info.run_id if runs else None
 
-    def unfinished_run(self, tags: Mapping[str, str]) -> Optional[str]:
-        """The newest run with these tags unless it FINISHED: an interrupted stage continues it, a finished one
-        is not reopened."""
-        run_id = self.find_run(tags)
+    def unfinished_run(self, tags: Mapping[str, str], parent_run_id: Optional[str] = None) -> Optional[str]:
+        """The newest run with these tags (under ``parent_run_id``) unless it FINISHED: an interrupted stage or
+        cell continues it, a finished one is not reopened."""
+        run_id = self.find_run(tags, parent_run_id)
         return run_id if run_id and self.status(run_id) != FINISHED else None
 
     def children(self, parent_run_id: str) -> list:
