@@ -12,6 +12,7 @@ import pandas as pd
 
 from adaskip.files import write_csv
 from adaskip.stage import StageResult, main, remove_outputs, start_ray, storage, tracker
+from adaskip.ablation.cache import collect, run_ahead, unfinished
 from adaskip.ablation.spec import cells, cells_file, load_study, mlflow_tags
 
 
@@ -55,10 +56,12 @@ class Cells(StageResult):
     cells: int  # of the variants written
     ahead: int  # cells of later variants' stages run ahead
     out: Path  # the results/cells folder
+    collected: bool = False  # every cell was in the study's cache: nothing ran
 
     def summary(self) -> str:
         extra = f", and {self.ahead} cells of later stages ahead" if self.ahead else ""
-        return f"{self.cells} cells of study {self.study!r} ({', '.join(self.rows)}){extra} -> {self.out}"
+        cached = ", all in the study's cache already" if self.collected else ""
+        return f"{self.cells} cells of study {self.study!r} ({', '.join(self.rows)}){extra}{cached} -> {self.out}"
 
 
 def run(params, args) -> Planned | Cells:
@@ -66,24 +69,37 @@ def run(params, args) -> Planned | Cells:
     names = args.variant or list(spec.variants)
     every = cells(spec, params)  # every variant's params validated and its model checked before Ray starts
     outs = {v: cells_file(args.study, v) for v in names}
-    from adaskip.orchestration.cells import cluster_nodes, plan_cells, run_ahead, run_cells, unfinished
-
     ahead = (
         [] if args.alone else run_ahead(every, {v: cells_file(args.study, v) for v in spec.variants if v not in names})
     )
     todo = [c for c in every if c.variant in names] + ahead
-    tracking = tracker(params)
-    tags = mlflow_tags(spec, params)
     store = storage(params)
     cache = store.child(f"study-{spec.name}")
+    left = unfinished(todo, cache)
     if args.plan:
-        if not (left := unfinished(todo, cache)):
+        if not left:
             return Planned("nothing to run: every cell is in the study's cache")
-        start_ray(params, tracking.uri, store)
+        from adaskip.orchestration.cells import cluster_nodes, plan_cells
+
+        start_ray(params, tracker(params).uri, store)
         return Planned(plan_cells(left, cluster_nodes()).line() + f" ({len(todo) - len(left)} cells already done)")
     remove_outputs(*outs.values())
-    if unfinished(todo, cache):  # a stage whose cells an earlier stage ran ahead only collects them: no Ray
-        start_ray(params, tracking.uri, store)
+    # a stage whose cells an earlier stage ran ahead only collects them: no Ray, no MLflow
+    rows = _run(params, spec, todo, ahead, cache, store) if left else collect(todo, cache)
+    written = {v: rows[rows.variant == v] for v in outs}
+    for variant, out in outs.items():
+        write_csv(written[variant], out)
+    folder = Path(args.study).parent / "results" / "cells"
+    return Cells(written, spec.name, len(todo) - len(ahead), len(ahead), folder, collected=not left)
+
+
+def _run(params, spec, todo: list, ahead: list, cache, store) -> pd.DataFrame:
+    """Run the unfinished cells of ``todo`` on Ray under the study's MLflow parent run; returns every cell's rows."""
+    from adaskip.orchestration.cells import run_cells
+
+    tracking = tracker(params)
+    start_ray(params, tracking.uri, store)
+    tags = mlflow_tags(spec, params)
     with tracking.run(f"study-{spec.name}", tags, run_id=tracking.find_run(tags)) as parent:
         # what every cell shares (the parent's key); each cell logs its own full params
         tracking.log_params(
@@ -94,13 +110,9 @@ def run(params, args) -> Planned | Cells:
             },
         )
         try:
-            rows = run_cells(todo, cache, tracking, parent, optional={c.variant for c in ahead})
+            return run_cells(todo, cache, tracking, parent, optional={c.variant for c in ahead})
         finally:
             tracking.end_leftovers(parent)
-        written = {v: rows[rows.variant == v] for v in outs}
-        for variant, out in outs.items():
-            write_csv(written[variant], out)
-    return Cells(written, spec.name, len(todo) - len(ahead), len(ahead), Path(args.study).parent / "results" / "cells")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ def test_cells_train_as_ray_train_runs_queue_fail_alone_and_are_kept(
     trains nothing again."""
     import ray
 
-    from adaskip.orchestration.cells import cell_hash, run_cells
+    from adaskip.ablation.cache import cell_hash
+    from adaskip.orchestration.cells import run_cells
 
     spec = StudySpec(
         name="s",

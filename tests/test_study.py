@@ -273,7 +273,7 @@ def test_study_overrides_apply_to_every_cell_before_its_variant(tiny_params):
 def test_cell_hash_follows_what_a_cell_trains_with(tiny_params):
     """Moving the storage, the tracking store or the sweep's settings keeps every finished cell; a training knob
     or another seed makes a new cell."""
-    from adaskip.orchestration.cells import cell_hash
+    from adaskip.ablation.cache import cell_hash
 
     spec = study.StudySpec(name="s", seeds=[0], epochs=1, variants={"adn": {}})
     [cell] = study.cells(spec, tiny_params)
@@ -302,7 +302,7 @@ def test_run_ahead_picks_the_cells_later_stages_need(tiny_params, tmp_path):
     """The first variant stage of a study also starts the cells that the other variants' results files lack (by
     cell hash): a missing file, or one holding other cells; a file written before hashes were recorded is left to
     DVC. (ray is imported by the module, but nothing here starts it.)"""
-    from adaskip.orchestration.cells import cell_hash, run_ahead
+    from adaskip.ablation.cache import cell_hash, run_ahead
 
     spec = study.StudySpec(
         name="s",

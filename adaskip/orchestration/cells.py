@@ -13,20 +13,26 @@ hash of the cell's params; its trained model (a KD baseline's teacher too) is ke
 from __future__ import annotations
 
 import concurrent.futures as futures
-import dataclasses
-import hashlib
 import io
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Collection, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Collection, Optional
 
 import pandas as pd
 import ray
 from tqdm.auto import tqdm
 
+from ..ablation.cache import (
+    CELL_SECTIONS,
+    cell_file,
+    cell_hash,
+    collect,
+    run_name,
+    teacher_cell,
+    teacher_name,
+    unfinished,
+)
 from ..ablation.spec import Cell
 from ..config import ConfigError
 from ..console import duration, progress_bars
@@ -39,64 +45,6 @@ if TYPE_CHECKING:
     from ..tracking import Tracker
 
 log = logging.getLogger(__name__)
-
-
-CELL_SECTIONS = {"data", "model", "train", "evaluate"}  # what a cell trains and evaluates with (its DVC params too)
-NOT_RESULTS = {"train": {"placement", "max_failures"}}  # where and how often it may restart: the same results
-
-
-def cell_hash(cell: Cell) -> str:
-    """The identity of a cell's results: its params sections that change them (not where runs are tracked or
-    stored, the sweep's settings, the placement of its workers or its restart limit), its baseline and teacher."""
-    params = cell.params.model_dump(mode="json", include=CELL_SECTIONS, exclude=NOT_RESULTS)
-    spec = {"params": params, "baseline": cell.baseline}
-    if cell.teacher:  # only when set: hashes of cells without a teacher stay as they were
-        spec["teacher"] = cell.teacher
-    blob = json.dumps(spec, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
-def run_ahead(cells: list[Cell], results: Mapping[str, str | os.PathLike]) -> list[Cell]:
-    """The cells whose variant's results file (``results[variant]``) does not hold them, by cell hash: DVC will
-    run those variants' stages next, and they then find these cells finished in the study's cache. A file written
-    before cells recorded their hash counts as up to date (DVC alone decides about it)."""
-    ahead = []
-    for variant, path in results.items():
-        try:
-            recorded = pd.read_csv(path, usecols=lambda c: c == "cell_hash").get("cell_hash")
-        except FileNotFoundError:
-            recorded = pd.Series([], dtype=str)
-        if recorded is not None:
-            recorded = set(recorded)
-            ahead += [c for c in cells if c.variant == variant and cell_hash(c) not in recorded]
-    return ahead
-
-
-def cell_file(cell: Cell) -> str:
-    """The cell's rows in the study's cache, named by its params hash."""
-    return f"{cell.key}-{cell_hash(cell)}.csv"
-
-
-def teacher_cell(cell: Cell) -> Cell:
-    """What a KD baseline's teacher is: its sub-network trained alone with the cell's params and seed. That is the
-    cell of the study's individually trained baseline of that sub-network, if it has one (the same hash): the
-    teacher is then trained once, by that cell, and shared."""
-    return dataclasses.replace(cell, baseline=cell.teacher, teacher=None)
-
-
-def run_name(cell: Cell) -> str:
-    """The name of a cell's Ray Train run and of its trained model file (``<name>.pt``) in the study's cache."""
-    return f"cell-{cell_hash(cell)}"
-
-
-def teacher_name(cell: Cell) -> Optional[str]:
-    """The run and model file of a KD baseline's teacher (see teacher_cell); None for other cells."""
-    return run_name(teacher_cell(cell)) if cell.teacher else None
-
-
-def unfinished(cells: list[Cell], cache: Storage) -> list[Cell]:
-    """The cells whose rows are not in the study's cache yet."""
-    return [c for c in cells if not cache.exists(cell_file(c))]
 
 
 # --- the plan: how many cells the cluster fits at once ---------------------------------------------------------------
@@ -416,7 +364,6 @@ def run_cells(
     returns the rows of the cells that finished. A failed cell fails the study after the others finish, unless its
     variant is ``optional`` (run ahead for a later stage, which reports it). Progress: on a terminal a bar of
     epochs trained with each running cell's epoch; otherwise a line per finished cell."""
-    files = {c.key: cell_file(c) for c in cells}
     todo = unfinished(cells, cache)
     if len(todo) < len(cells):
         log.info(
@@ -434,7 +381,7 @@ def run_cells(
         raise AdaskipError(
             f"{len(errors)} study cell(s) failed (the others are kept; re-run to retry):\n" + "\n".join(errors)
         )
-    return pd.concat([cache.read_csv(files[c.key]) for c in cells if c.key not in failed], ignore_index=True)
+    return collect([c for c in cells if c.key not in failed], cache)
 
 
 def _schedule(
