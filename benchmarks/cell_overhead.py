@@ -5,17 +5,20 @@ In one run, on one local Ray cluster sized to the real cores, the same cells (va
       every epoch) followed by its grid task, as many at once as the cores fit;
   (B) each cell as one 1-CPU Ray task that trains with ``fit`` in its own process, then measures the same grid:
       the in-process cells the study had before its cells became Ray Train runs (what ``make study``'s 7 min 23 s
-      was measured with).
-The order alternates over repetitions (A-B, B-A, ...) so drift in machine load hits both alike. It prints both wall
-times, the ratio A/B, and for A the CPU seconds of the processes Ray started, by kind (where the time goes).
+      was measured with);
+  (C) as (A), with Ray Train's default controller poll every 2 s instead of adaskip's 0.5 s: the controller takes
+      one report per poll, so an epoch shorter than the poll waits for it (``--variants 4``: the baselines).
+The order rotates over repetitions (A-B-C, B-C-A, ...) so drift in machine load hits all alike. It prints the wall
+times, the ratios A/B and C/A, and for A the CPU seconds of the processes Ray started, by kind (where the time goes).
 
-Example: python benchmarks/cell_overhead.py --variants 2 --seeds 1 --epochs 15
+Example: python benchmarks/cell_overhead.py --variants 4 --seeds 1 --epochs 15
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import os
 import statistics
 import sys
 import tempfile
@@ -34,6 +37,7 @@ import ray  # noqa: E402
 from adaskip.ablation.spec import Cell  # noqa: E402
 from adaskip.orchestration.cells import _cell_grid, run_cells  # noqa: E402
 from adaskip.orchestration.storage import Storage  # noqa: E402
+from adaskip.orchestration.train import POLL_ENV  # noqa: E402
 from study_concurrency import parse_checked, study_cells, study_parser  # noqa: E402  (its options and cells)
 
 
@@ -95,30 +99,37 @@ def main(argv=None) -> int:
         log_to_driver=False,
     )
     task = ray.remote(num_cpus=1)(_in_process)
-    sides = ("Ray Train cells", "in-process cells")
+    sides = ("Ray Train cells", "in-process cells", "Ray Train cells, 2 s poll")
     times: dict[str, list[float]] = {s: [] for s in sides}
     cpu: collections.Counter = collections.Counter()
     driver = psutil.Process()
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):
-            for side in sides if rep % 2 == 0 else sides[::-1]:
+            for side in sides[rep % 3 :] + sides[: rep % 3]:
                 start, started_cpu = time.perf_counter(), driver.cpu_times()
                 if side == sides[0]:
                     sampler = _CpuByKind()
                     run_cells(every, Storage(f"{tmp}/{rep}"))
                     cpu += sampler.result()
                     cpu["driver (the stage process)"] += sum(driver.cpu_times()[:2]) - sum(started_cpu[:2])
+                elif side == sides[2]:  # Ray Train reads it from the driver's environment when a run starts
+                    os.environ[POLL_ENV] = "2"
+                    try:
+                        run_cells(every, Storage(f"{tmp}/{rep}-poll"))
+                    finally:
+                        del os.environ[POLL_ENV]
                 else:
                     ray.get([task.remote(c) for c in every])
                 times[side].append(time.perf_counter() - start)
                 print(f"rep {rep + 1}: {side}: {times[side][-1]:.1f} s", flush=True)
     ray.shutdown()
-    a, b = (statistics.median(times[s]) for s in sides)
+    a, b, c = (statistics.median(times[s]) for s in sides)
     print(
         f"\n{len(every)} cells ({args.variants} variants x {args.seeds} seeds), {args.epochs} epochs, "
         f"{args.cpus} CPUs, median of {args.reps}:"
     )
     print(f"  {sides[0]}: {a:.1f} s   {sides[1]}: {b:.1f} s   ratio {a / b:.2f}")
+    print(f"  {sides[2]}: {c:.1f} s   against {sides[0]}: ratio {c / a:.2f}")
     print(f"CPU seconds of the Ray Train cells' processes, per cell (of {args.reps} rep(s)):")
     for name, s in cpu.most_common(12):
         print(f"  {s / args.reps / len(every):7.1f}  {name}")
