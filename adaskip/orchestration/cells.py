@@ -7,7 +7,9 @@ policy, and each epoch logged once to the cell's MLflow child run. Its sub-netwo
 task on the cell's device. The driver starts as many cells as the cluster's CPUs and GPUs fit (the plan) and queues
 the rest; each cell's trainer is driven from a thread of this process, so a lost worker host costs a worker-group
 restart from the latest checkpoint, never the study. A finished cell's rows are kept in the cache, named by the
-hash of the cell's params; its trained model (a KD baseline's teacher too) is kept there until the rows are.
+hash of the cell's params; its trained model is kept there until the rows are, and a KD baseline's teacher (the run of
+its sub-network trained alone: the study's individual baseline's, when it has one) until every cell distilling from
+it has its rows.
 """
 
 from __future__ import annotations
