@@ -89,7 +89,7 @@ def run(params, args) -> Planned | Cells:
     written = {v: rows[rows.variant == v] for v in outs}
     for variant, out in outs.items():
         write_csv(written[variant], out)
-    folder = Path(args.study).parent / "results" / "cells"
+    folder = cells_file(args.study, names[0]).parent
     return Cells(written, spec.name, len(todo) - len(ahead), len(ahead), folder, collected=not left)
 
 

@@ -301,7 +301,7 @@ def test_cell_hash_follows_what_a_cell_trains_with(tiny_params):
 def test_run_ahead_picks_the_cells_later_stages_need(tiny_params, tmp_path):
     """The first variant stage of a study also starts the cells that the other variants' results files lack (by
     cell hash): a missing file, or one holding other cells; a file written before hashes were recorded is left to
-    DVC. (ray is imported by the module, but nothing here starts it.)"""
+    DVC."""
     from adaskip.ablation.cache import cell_hash, run_ahead
 
     spec = study.StudySpec(

@@ -174,31 +174,34 @@ class _EpochCounter:
         return self.counts
 
 
+Names = dict[str, Optional[str]]  # per cell key: its run's name (run_name), or its teacher's (teacher_name)
+
+
 def _epochs(cell: Cell, teaching: Collection[str]) -> int:
     """Epochs a cell trains: its own, and as many again for its teacher if it trains that (its key in
     ``teaching``)."""
     return cell.params.train.epochs * (2 if cell.key in teaching else 1)
 
 
-def _teaching(todo: list[Cell], cache: Storage) -> set[str]:
+def _teaching(todo: list[Cell], names: Names, needs: Names, cache: Storage) -> set[str]:
     """The keys of the KD cells that train their teacher themselves: the first of those needing a teacher that no
     other cell trains and the cache does not hold."""
-    made = {run_name(c) for c in todo} | {n for c in todo if (n := teacher_name(c)) and cache.exists(f"{n}.pt")}
+    made = set(names.values()) | {n for n in needs.values() if n and cache.exists(f"{n}.pt")}
     keys = set()
     for c in todo:
-        if (n := teacher_name(c)) and n not in made:
+        if (n := needs[c.key]) and n not in made:
             keys.add(c.key)
             made.add(n)
     return keys
 
 
-def _waits(cell: Cell, queued: list[Cell], running: list[Cell]) -> bool:
+def _waits(cell: Cell, queued: list[Cell], running: list[Cell], names: Names, needs: Names) -> bool:
     """Whether a KD cell waits for its teacher: while a cell that trains it (the study's individually trained
     baseline of that sub-network, or another KD cell with the same teacher) is queued or running."""
-    name = teacher_name(cell)
+    name = needs[cell.key]
     return name is not None and (
-        any(run_name(o) == name for o in queued + running if o is not cell)
-        or any(teacher_name(o) == name for o in running)
+        any(names[o.key] == name for o in queued + running if o is not cell)
+        or any(needs[o.key] == name for o in running)
     )
 
 
@@ -246,7 +249,7 @@ class _Cell:
         tracker: Optional["Tracker"],
         run_id: Optional[str],
         counter: Any,
-        teachers: Collection[str] = (),
+        teachers: Collection[str],
     ) -> None:
         self.cell, self.cache, self.tracker, self.run_id = cell, cache, tracker, run_id
         self.teachers = teachers  # the model files other cells of the study distil from: kept after the rows
@@ -376,9 +379,6 @@ def run_cells(
     errors, failed = [], set()
     if todo:
         errors, failed = _schedule(todo, len(cells), cache, tracker, parent_run_id, optional)
-    for name in {n for c in todo if (n := teacher_name(c))}:  # a teacher's model, once no cell needs it again
-        if not any(c.key in failed for c in todo if name in (run_name(c), teacher_name(c))):
-            cache.remove(f"{name}.pt")
     if errors:
         raise AdaskipError(
             f"{len(errors)} study cell(s) failed (the others are kept; re-run to retry):\n" + "\n".join(errors)
@@ -403,13 +403,14 @@ def _schedule(
     counter = _counter()
     reading = counter
     pool = futures.ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="cell")
-    teaching, teachers = _teaching(todo, cache), {n for c in todo if (n := teacher_name(c))}
+    names, needs = {c.key: run_name(c) for c in todo}, {c.key: teacher_name(c) for c in todo}
+    teachers, teaching = set(filter(None, needs.values())), _teaching(todo, names, needs, cache)
     epochs = {c.key: _epochs(c, teaching) for c in todo}
     # longest chain first (a cell, and after it the KD cells that distil from it): the last wave is then short
     # cells, not one long cell alone on an otherwise idle cluster (sorted is stable: variants and seeds keep their
     # order among equals)
-    after = {n: max(epochs[c.key] for c in todo if teacher_name(c) == n) for n in teachers}
-    chain = {c.key: epochs[c.key] + after.get(run_name(c), 0) for c in todo}
+    students = {n: max(epochs[c.key] for c in todo if needs[c.key] == n) for n in teachers}
+    chain = {c.key: epochs[c.key] + students.get(names[c.key], 0) for c in todo}
     free, queue, running = dict(nodes), sorted(todo, key=lambda c: chain[c.key], reverse=True), {}
     errors, failed, counts = [], set(), {}
     started, finished = time.perf_counter(), total - len(todo)
@@ -418,7 +419,7 @@ def _schedule(
         with tqdm(total=sum(epochs.values()), desc="study", unit="epoch", disable=not bars) as bar:
             while queue or running:
                 for c in list(queue):  # in order, each that fits now and is not waiting for its teacher
-                    if _waits(c, queue, [r for r, *_ in running.values()]):
+                    if _waits(c, queue, [r for r, *_ in running.values()], names, needs):
                         continue
                     if (left := place(worker_bundles(c), free)) is not None:
                         runs[c.key] = _cell_run(tracker, c, parent_run_id)
@@ -448,6 +449,9 @@ def _schedule(
                     )
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C: the process exits, its threads with it
+    for name in teachers:  # a teacher's model, once no cell that trains it or distils from it needs it again
+        if not any(k in failed for k in names if name in (names[k], needs[k])):
+            cache.remove(f"{name}.pt")
     return errors, failed
 
 
