@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install repro test test-extended test-cluster study tracking-server
+.PHONY: install repro test test-extended test-cluster study tracking-server ui browser
 install: $(VENV)/.installed
 
 # uv installs the lock in about 3 minutes on the 2-core machine where pip took 30 (pip is CPU-bound there,
@@ -38,14 +38,23 @@ test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 # Ray worker-failure, crashing-trial, study-cell and SIGTERM/resume scenarios, the MobileNetV2, DeiT and Swin pipeline
-# runs and exports, and the secrets scan (about an hour on 2 cores).
-test-extended: install
+# runs and exports, the secrets scan and the MLflow UI in headless Chromium (about an hour on 2 cores).
+test-extended: install browser
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m extended
+
+# Debian's Chromium and its driver, for the MLflow UI test (tests/test_ui.py drives them through Selenium, headless).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  ( apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver )
 
 # The two-host harness (tests/multihost.py): Ray head and worker in network namespaces with private disks; root.
 # -rP: the figures passing tests print (pipeline and study times on two hosts, the concurrency ratio) are shown.
 test-cluster: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m cluster -rP
+
+# MLflow's UI over mlflow.db, opened on the training runs (adaskip ui: no GenAI job workers; prints the addresses).
+ui: install
+	$(BIN)/adaskip ui
 
 # An MLflow tracking server for this laptop on 127.0.0.1:5000 (PostgreSQL backend, proxied artifacts; state in
 # .mlflow-server/). Clients: MLFLOW_TRACKING_URI=http://127.0.0.1:5000. Cluster heads: see README "MLflow".

@@ -93,7 +93,18 @@ class DistillConfig(_Section):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
 
 
+# The keys the tune stage sweeps when params.yaml leaves them null; a value there fixes them (never swept), and a
+# null one that no sweep chose trains at these defaults (the paper's alpha and T; a null split is the paper's rule).
+SWEPT = {"train.alpha": 0.5, "train.temperature": 1.0, "model.split": None}
+
+
 class TrainParams(DistillConfig):
+    alpha: Optional[float] = Field(
+        None, ge=0, le=1, description="null: swept by tune (tune.alpha), 0.5 without a sweep; a number: fixed"
+    )
+    temperature: Optional[float] = Field(
+        None, gt=0, description="null: swept by tune (tune.temperature), 1.0 without a sweep; a number: fixed"
+    )
     epochs: int = Field(15, ge=1)
     batch_size: int = Field(64, ge=1)
     optimizer: str = "sgd"
@@ -312,6 +323,11 @@ class Params(_Section):
                 check_source(self.model.pretrained)
             except PretrainedError as e:
                 raise ValueError(str(e)) from None
+        if splits and self.tune.enabled and self.model.split is not None and isinstance(self.tune.splits, list):
+            raise ValueError(
+                f"model.split: {self.model.split} fixes the split, but tune.splits lists candidates to sweep: set "
+                "model.split: null to sweep them, or tune.splits: auto to keep the split fixed"
+            )
         for split in (
             self.tune.splits if splits and isinstance(self.tune.splits, list) else []
         ):  # auto: valid by construction
@@ -347,6 +363,28 @@ class Params(_Section):
             num_stages=m.num_stages,
             **self.model.timm_kwargs(self.data.image_size),
         )
+
+    def swept(self) -> list[str]:
+        """The keys of :data:`SWEPT` that params.yaml leaves null: the ones the tune stage searches when enabled (the
+        split only where ``tune.splits`` offers candidates)."""
+        return [k for k in SWEPT if self.value(k) is None and (k != "model.split" or self.tune.splits is not None)]
+
+    def value(self, key: str) -> Any:
+        """A dotted key's value (``train.alpha``)."""
+        section, name = key.split(".")
+        return getattr(getattr(self, section), name)
+
+    def settled(self, chosen: Optional[dict[str, Any]] = None) -> "Params":
+        """These params with every swept key still null set: to ``chosen``'s value (the sweep's choice, by dotted
+        key), else to its default in :data:`SWEPT`: what a run trains."""
+        fill = {k: (chosen or {}).get(k, SWEPT[k]) for k in self.swept()}
+        if all(v is None for v in fill.values()):
+            return self
+        raw = self.model_dump(mode="json")
+        for key, v in fill.items():
+            section, name = key.split(".")
+            raw[section][name] = v
+        return Params.model_validate(raw)
 
     def tune_splits(self, net: Optional["AdaptiveDepthNet"] = None) -> Optional[list[list[int]]]:
         """The sweep's candidate splits: tune.splits, or derived from the model's stage depths when "auto" (those of
@@ -414,15 +452,20 @@ def parse_params(raw: Any, source: str = "params") -> Params:
 
 
 def apply_tuned(params: Params, best: dict[str, Any], source: str = "results/best_config.json") -> Params:
-    """``params`` with the alpha, temperature and split that the tune stage chose (validated again: a file); as they
-    are when tuning was off (``best`` then records no choice, only its ``source``)."""
-    if best.get("source") != "tune":
-        return params
-    raw = merge_params(
-        params.model_dump(mode="json"),
-        {"train": {"alpha": best["alpha"], "temperature": best["temperature"]}, "model": {"split": best["split"]}},
-    )
-    return parse_params(raw, source)
+    """``params`` settled (:meth:`Params.settled`) with the tune stage's choice ``best`` for the keys params.yaml
+    leaves null; a key params.yaml fixes is never replaced: a ``best`` chosen with another value of it is stale."""
+    chosen = {k: best[k.split(".")[1]] for k in SWEPT if best.get("source") == "tune" and k.split(".")[1] in best}
+    for key, v in chosen.items():
+        fixed = params.value(key)
+        if fixed is not None and fixed != v:
+            raise ConfigError(
+                f"{source} was chosen with {key} = {v}, but params.yaml fixes {key} at {fixed}: re-run the tune stage "
+                "(dvc repro runs it)"
+            )
+    try:
+        return params.settled(chosen)
+    except ValidationError as e:
+        raise ConfigError(format_errors(e, source)) from None
 
 
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:

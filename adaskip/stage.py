@@ -31,9 +31,14 @@ def remove_outputs(*paths: str | os.PathLike) -> None:
 
 
 def tracker(params: Params):
+    """The stage's Tracker: every run it starts is tagged with the DVC experiment it belongs to (a plain ``dvc repro``
+    has none: ``workspace-<hash of the params that shape results>``, see ``experiment_label``)."""
+    from .config import params_hash
     from .tracking import Tracker, resolve_uri
+    from .tracking.views import experiment_label
 
-    return Tracker(resolve_uri(params.mlflow.tracking_uri, Path.cwd()), params.mlflow.experiment)
+    group = experiment_label(params_hash(params, "data", "model", "train", "tune", "evaluate"))
+    return Tracker(resolve_uri(params.mlflow.tracking_uri, Path.cwd()), params.mlflow.experiment, group)
 
 
 def storage(params: Params):

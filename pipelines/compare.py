@@ -63,10 +63,27 @@ def run(params, args) -> Compared:
         tracking.log_table(parent, cmp, "comparison.json")
         for key in ("md", "png"):
             tracking.log_artifact(parent, outs[key])
+        _log_variant_curves(tracking, parent, spec.name, agg)
     summary = stats.summary(agg, rows)
     write_json(summary, outs["json"])
     print(outs["md"].read_text())  # the study's result: the table a person came for
     return Compared(cmp, summary, len(spec.variants), len(spec.seeds), spec.reference, outs["md"])
+
+
+def _log_variant_curves(tracking, parent: str, study: str, agg: pd.DataFrame) -> None:
+    """One run per variant under the study's run, holding its mean curve (:data:`CURVE`, step = MACs): the chart
+    view of the compare runs overlays the variants, each in its own colour."""
+    import logging
+
+    from adaskip.tracking.views import CURVE, chart_url, curve_steps, ui_base
+
+    for variant, rows in agg.groupby("variant", sort=False):
+        tags = {"adaskip.stage": "compare", "adaskip.study": study, "adaskip.variant": str(variant)}
+        run_id = tracking.unfinished_run(tags, parent)  # a re-run's curve is a new run: old points stay theirs
+        with tracking.run(f"compare {study}: {variant}", tags, parent, run_id) as child:
+            tracking.log_curve(child, CURVE, curve_steps(rows, "acc1_mean"))
+    charts = chart_url(ui_base(tracking.uri), tracking.experiment_id, "compare")
+    logging.getLogger("adaskip.compare").info("each variant's mean curve: %s", charts)
 
 
 def _variant_rows(study_file: str, variant: str) -> pd.DataFrame:

@@ -32,14 +32,17 @@ class Evaluated(StageResult):
 
 def run(params, args) -> Evaluated:
     from adaskip.evaluation.latency import latency_long
+    from adaskip.evaluation.report import headline_metrics
+    from adaskip.models.file import load_model
     from adaskip.orchestration.grid import evaluate_parallel
     from adaskip.select import aliases
     from adaskip.serving import GRID_FILE
     from adaskip.tracking import pareto_tags, skip_params
-    from adaskip.models.file import load_model
+    from adaskip.tracking.views import CURVE, chart_url, curve_steps, run_name, trained_params, ui_base
 
     remove_outputs(GRID, LATENCY)
     _, model_file = load_model(MODEL)  # rebuilt and loaded here: a wrong or corrupt file fails before Ray starts
+    trained_with = model_file.get("trained_with")  # what the file trained (not params.yaml: evaluate does not read it)
     with open(MODEL, "rb") as f:  # finished subtrees are reused only for the same weights and evaluation params
         h = hashlib.sha256(
             hashlib.file_digest(f, "sha256").digest() + params_hash(params, "data", "evaluate").encode()
@@ -50,7 +53,7 @@ def run(params, args) -> Evaluated:
     store = storage(params)
     start_ray(params, tracking.uri, store)
     done = store.child(f"evaluate-{h}")
-    with tracking.run(f"evaluate-{h}", tags, run_id=resume) as parent:
+    with tracking.run(run_name("evaluate", tracking.group, trained_with), tags, run_id=resume) as parent:
         tracking.log_dataset(parent, params.data.model_dump(mode="json"), "evaluation")
         grid = evaluate_parallel(model_file, params, done)
         keys = METRICS + tuple(c for c in grid.columns if c.startswith(("latency_p50_ms_", "latency_p90_ms_")))
@@ -60,23 +63,39 @@ def run(params, args) -> Evaluated:
                 tracking.log_params(child, skip_params(row["skip"]))  # per-stage flags: plottable in the compare view
                 tracking.log_metrics(child, {k: row[k] for k in keys})
                 tracking.set_tags(child, {"device": row["device"]})
+        # the parent says what it evaluated and how it came out; its curve overlays other evaluate runs' in a chart
+        tracking.log_params(parent, trained_params(trained_with or {}))
+        tracking.log_metrics(parent, headline_metrics(grid))
+        tracking.log_curve(parent, CURVE, curve_steps(grid))
         latency = latency_long(grid)
         tracking.log_table(parent, grid, "eval_grid.json")
         tracking.log_table(parent, latency, "latency.json")
         name = params.mlflow.registered_model
         version = name and tracking.model_version(name, MODEL)  # the version the train stage registered for this file
-        if version:  # the grid beside the served model (budgets), and @super, @base, @fastest-within-1pct
+        if version:  # the grid beside the served model (budgets); the aliases it is offered (see offer_aliases)
             tracking.tag_model_version(name, version, {**pareto_tags(grid), "adaskip.evaluate_run": parent})
             tracking.attach_to_model(name, version, {GRID_FILE: grid})
-            named = [
-                f"@{a} -> {tracking.set_alias(name, version, a, skip)} ({skip})" for a, skip in aliases(grid).items()
-            ]
-            logging.getLogger("adaskip.evaluate").info("%s version %s: %s", name, version, ", ".join(named))
+            wanted = aliases(grid)
+            _log_aliases(name, version, wanted, *tracking.offer_aliases(name, version, wanted))
         write_csv(grid, GRID)
         write_csv(latency, LATENCY)
     done.remove()  # finished: nothing left to resume
-    logging.getLogger("adaskip.evaluate").debug("\n%s", grid.to_string(index=False))  # every row: -v, or the CSV
+    log = logging.getLogger("adaskip.evaluate")
+    charts = chart_url(ui_base(tracking.uri), tracking.experiment_id, "evaluate")
+    log.info("trade-off curves of every evaluate run: %s", charts)
+    log.debug("\n%s", grid.to_string(index=False))  # every row: -v, or the CSV
     return Evaluated(grid)
+
+
+def _log_aliases(name: str, version: str, skips: dict[str, str], taken: dict[str, str], kept: dict[str, str]) -> None:
+    """The aliases this version took, and those another model keeps (only ``adaskip promote`` moves them)."""
+    log = logging.getLogger("adaskip.evaluate")
+    if taken:
+        moved = ", ".join(f"@{a} -> {v} ({skips[a]})" for a, v in taken.items())
+        log.info("%s version %s: %s", name, version, moved)
+    if kept:
+        held = ", ".join(f"@{a} (v{v})" for a, v in kept.items())
+        log.info("%s v%s: %s kept by another model; `adaskip promote %s` moves them", name, version, held, version)
 
 
 if __name__ == "__main__":

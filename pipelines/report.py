@@ -1,4 +1,5 @@
-"""DVC stage `report`: trade-off plot, markdown summary and results/metrics.json, logged to MLflow."""
+"""DVC stage `report`: trade-off plot and its data (results/tradeoff.csv), markdown summary and results/metrics.json
+(with what was trained), logged to MLflow."""
 
 import json
 from dataclasses import dataclass
@@ -7,12 +8,13 @@ from typing import Any
 
 import pandas as pd
 
-from adaskip.evaluation.report import report_markdown, summary_metrics, tradeoff_plot
-from adaskip.files import write_json
+from adaskip.evaluation.report import report_markdown, summary_metrics, tradeoff_plot, tradeoff_table
+from adaskip.files import write_csv, write_json
 from adaskip.stage import StageResult, main, remove_outputs, tracker
 
 GRID, TRAINED, BEST = "results/eval_grid.csv", "results/train_metrics.json", "results/best_config.json"
 PLOT, REPORT, METRICS = "results/tradeoff.png", "results/report.md", "results/metrics.json"
+CURVE = "results/tradeoff.csv"  # the grid without its machine-dependent latency: committed, for `dvc plots diff`
 
 
 @dataclass(frozen=True)
@@ -28,18 +30,24 @@ class Reported(StageResult):
 
 
 def run(params, args) -> Reported:
-    remove_outputs(PLOT, REPORT, METRICS)
+    from adaskip.tracking.views import describe, run_name, trained_params
+
+    remove_outputs(PLOT, REPORT, METRICS, CURVE)
     grid = pd.read_csv(GRID)
     trained = json.loads(Path(TRAINED).read_text())
     best = json.loads(Path(BEST).read_text()) if Path(BEST).exists() else None
     metrics = summary_metrics(grid, trained, best)
+    trained_with = trained.get("trained_with") or {}
     tracking = tracker(params)
-    with tracking.run("report", {"adaskip.stage": "report"}) as run_id:
-        tradeoff_plot(grid, PLOT, f"{params.model.name} on {params.data.name}")
-        Path(REPORT).write_text(report_markdown(grid, metrics, best, trained.get("trained_with")))
-        tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None})
+    with tracking.run(run_name("report", tracking.group, trained_with), {"adaskip.stage": "report"}) as run_id:
+        what = describe(trained_with) or params.model.name  # alpha, T and split, when train_metrics.json says
+        tradeoff_plot(grid, PLOT, f"{params.data.name}: {what} ({tracking.group})")
+        Path(REPORT).write_text(report_markdown(grid, metrics, best, trained_with or None))
+        tracking.log_params(run_id, trained_params(trained_with))
+        tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         for path in (PLOT, REPORT):
             tracking.log_artifact(run_id, path)
+        write_csv(tradeoff_table(grid), CURVE)
         write_json(metrics, METRICS)
     return Reported(metrics)
 

@@ -1,6 +1,6 @@
-"""DVC stage `train`: Ray Train distributed self-distillation of the configuration the tune stage chose
-(results/best_config.json: alpha, temperature, split) for train.epochs; resumes an interrupted run of the same
-params."""
+"""DVC stage `train`: Ray Train distributed self-distillation for train.epochs of params.yaml's alpha, temperature
+and split, each key left null there filled by the tune stage's choice (results/best_config.json); resumes an
+interrupted run of the same params."""
 
 import json
 import logging
@@ -12,6 +12,7 @@ from adaskip.errors import AdaskipError
 from adaskip.files import write_json
 from adaskip.config import apply_tuned, params_hash
 from adaskip.stage import StageResult, main, remove_outputs, start_ray, storage, tracker
+from adaskip.tracking.views import GROUP_TAG
 
 MODEL, METRICS, BEST = "models/model.pt", "results/train_metrics.json", "results/best_config.json"
 DIAGNOSTICS = "results/diagnostics.json"  # final epoch's ratio_* and ratio.s<stage>.<m|s><block> (also in MLflow)
@@ -35,40 +36,53 @@ class Trained(StageResult):
 
 
 def run(params, args) -> Trained:
-    from adaskip.orchestration.train import TrackingTarget, run_training
     from adaskip.models.file import model_file, save_atomic
+    from adaskip.orchestration.train import TrackingTarget, run_training
+    from adaskip.tracking.views import run_name, trained_params
 
-    params.check_model(source=args.params)  # the model can be built and run: once here, not in every worker
+    net = params.check_model(source=args.params)  # the model can be built and run: once here, not in every worker
     remove_outputs(MODEL, METRICS, DIAGNOSTICS)
     if not Path(BEST).is_file():
         raise AdaskipError(
             f"{BEST} is missing: run the tune stage first (dvc repro runs it; tune.enabled: false "
             "passes params.yaml's alpha, temperature and split on)"
         )
-    params = apply_tuned(params, json.loads(Path(BEST).read_text()), BEST)
-    tracking = tracker(params)
-    h = params_hash(params, "data", "model", "train")
+    tracking = tracker(params)  # grouped by the experiment's params as set, before the sweep's choice fills them
+    params = apply_tuned(params, json.loads(Path(BEST).read_text()), BEST)  # a key params.yaml sets is never replaced
+    h = params_hash(params, "data", "model", "train")  # what is trained: the resume key
+    trained_with = {
+        "model": params.model.name,
+        "data": params.data.name,
+        "alpha": params.train.alpha,
+        "temperature": params.train.temperature,
+        "split": list(params.model.split or net.split),
+        "epochs": params.train.epochs,
+        "seed": params.train.seed,
+    }
     tags = {"adaskip.stage": "train", "adaskip.params_hash": h}
     resume = tracking.unfinished_run(tags)
     store = storage(params)
     start_ray(params, tracking.uri, store)
-    with tracking.run(f"train-{h}", tags, run_id=resume) as run_id:
+    with tracking.run(run_name("train", tracking.group, trained_with), tags, run_id=resume) as run_id:
         tracking.log_params(run_id, params.model_dump(mode="json", include={"data", "model", "train"}))
         tracking.log_dataset(run_id, params.data.model_dump(mode="json"), "training")
         metrics, state = run_training(
             params, store, f"train-{h}", TrackingTarget(tracking.uri, params.mlflow.experiment, run_id)
         )
-        file = model_file(state, params.data.image_size, macs=state["macs"], metrics=metrics)
+        trained_with["split"] = list(state["spec"]["split"])
+        file = model_file(state, params.data.image_size, macs=state["macs"], metrics=metrics, trained_with=trained_with)
         logging.getLogger("adaskip.train").debug("saving the %s weights -> %s", file["weights"], MODEL)
         save_atomic(file, MODEL)
         tracking.log_artifact(run_id, MODEL, "model")
-        # the MLflow Model (pyfunc, skip as an inference parameter), registered as a new version
-        version = tracking.log_model(run_id, MODEL, params.mlflow.registered_model, params.data.image_size)
-        trained_with = {
-            "alpha": params.train.alpha,
-            "temperature": params.train.temperature,
-            "split": list(state["spec"]["split"]),
-        }
+        # the MLflow Model (pyfunc, skip as an inference parameter), registered as a new version that says what it
+        # trained and in which experiment
+        version = tracking.log_model(
+            run_id,
+            MODEL,
+            params.mlflow.registered_model,
+            params.data.image_size,
+            tags={**trained_params(trained_with), GROUP_TAG: tracking.group},
+        )
         numbers = {k: metrics[k] for k in sorted(metrics) if isinstance(metrics[k], (int, float))}
         write_json(
             {

@@ -4,12 +4,18 @@ quick pipeline run applies, the params merge rule, the test bucket's name, Ray T
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from adaskip.config import merge_params as merge
 
-__all__ = ["BUCKET", "ROOT", "TINY", "checkpoint_recorded", "merge", "run_stage"]
+__all__ = ["BUCKET", "ROOT", "TINY", "checkpoint_recorded", "merge", "new_project", "run_stage", "sh"]
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "adaskip-test"  # the moto S3 server's bucket (conftest.s3_server)
@@ -48,3 +54,34 @@ def run_stage(name: str, *argv: str) -> Any:
     script = runpy.run_path(str(ROOT / "pipelines" / f"{name}.py"))
     args = stage_parser(script["__doc__"], script.get("configure", lambda p: None)).parse_args(argv)
     return script["run"](load_params(args.params), args)
+
+
+PROJECT_FILES = ["adaskip", "pipelines", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config"]
+PROJECT_FILES += [".dvc/.gitignore"]
+
+
+def sh(cwd: Path, *cmd: str, timeout: float = 1500, **env: str) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in ``cwd`` with this environment's executables first on PATH (dvc, adaskip) and the project's own
+    MLflow store (no MLFLOW_TRACKING_URI); a non-zero exit fails the test with the end of its output."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    return r
+
+
+def new_project(repo: Path, overrides: dict[str, Any]) -> Path:
+    """A fresh git + DVC project at ``repo`` holding this checkout's pipeline, with params.yaml's values and
+    ``overrides`` over them, committed."""
+    for name in PROJECT_FILES:
+        src, dst = ROOT / name, repo / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "init"]):
+        sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", *cmd)
+    return repo

@@ -36,7 +36,7 @@ def _with(defaults: dict, dotted: str, value) -> dict:
 
 def test_shipped_params_are_valid():
     p = load_params(ROOT / "params.yaml")
-    assert p.data.name == "digits" and 0 <= p.train.alpha <= 1
+    assert p.data.name == "digits" and p.train.alpha is None  # swept by default
     p.check_model(splits=True)
 
 
@@ -217,23 +217,65 @@ def test_stage_scripts_fail_cleanly_on_bad_params(tmp_path, defaults, stage):
 
 @pytest.mark.subprocess
 def test_tune_disabled_passes_params_on_and_train_takes_the_chosen_config(tmp_path, defaults, monkeypatch):
-    """`tune.enabled: false`: the tune stage runs no sweep and records only that (no copy of params.yaml's alpha for
-    train to merge back); train then keeps its own params and applies a tune choice, validated again, only when tune
-    made one; without the file, train names the stage to run."""
+    """`tune.enabled: false`: the tune stage runs no sweep and records only that; train trains params.yaml's alpha,
+    and a key it leaves null at its default (T 1.0, the paper's split); without the file, train names the stage."""
     raw = _with(_with(defaults, "tune.enabled", False), "train.alpha", 0.7)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     monkeypatch.chdir(tmp_path)
     tuned = run_stage("tune")  # in process: no sweep, no Ray
-    assert (tuned.alpha, tuned.split, tuned.objective) == (0.7, [2, 2, 3, 2], None)  # resnet34 [3,4,6,3]: the rule
-    assert tuned.summary() == "disabled: train uses params.yaml's alpha=0.7, T=1.0, split=[2, 2, 3, 2]"
+    assert (tuned.alpha, tuned.temperature, tuned.split, tuned.objective) == (0.7, 1.0, [2, 2, 3, 2], None)
+    assert tuned.summary() == "no sweep (tune.enabled: false): train trains alpha 0.70, T 1.00, split [2, 2, 3, 2]"
     best = json.loads((tmp_path / "results" / "best_config.json").read_text())
-    assert best == {"source": "params.yaml", "objective": None}
-    params = parse_params(raw)
-    assert apply_tuned(params, best) is params  # nothing merged, nothing validated again
-    tuned = apply_tuned(params, {"alpha": 0.3, "temperature": 2.0, "split": [1, 2, 3, 1], "source": "tune"})
-    assert (tuned.train.alpha, tuned.train.temperature, tuned.model.split) == (0.3, 2.0, [1, 2, 3, 1])
-    with pytest.raises(ConfigError, match=r"best_config.json: train.alpha"):
-        apply_tuned(tuned, {"alpha": 3, "temperature": 1.0, "split": None, "source": "tune"})
+    assert best == {"source": "params.yaml", "objective": None, "swept": []}
+    settled = apply_tuned(parse_params(raw), best)
+    assert (settled.train.alpha, settled.train.temperature, settled.model.split) == (0.7, 1.0, None)
     (tmp_path / "results" / "best_config.json").unlink()
     with pytest.raises(AdaskipError, match="run the tune stage first"):
         run_stage("train")
+
+
+def test_a_value_set_is_the_value_trained(defaults):
+    """A swept key (train.alpha, train.temperature, model.split) left null is the sweep's to choose; a value in
+    params.yaml fixes it: the sweep does not search it, and a choice made for another value is refused, never
+    applied."""
+    from ray import tune
+
+    from adaskip.orchestration.tune import search_space
+
+    swept = parse_params(defaults)
+    assert swept.swept() == ["train.alpha", "train.temperature", "model.split"]
+    space = search_space(swept)
+    assert all(isinstance(space[k], (tune.search.sample.Float, tune.search.sample.Categorical)) for k in space)
+    choice = {"alpha": 0.3, "temperature": 2.0, "split": [1, 2, 3, 1], "source": "tune"}
+    tuned = apply_tuned(swept, choice)
+    assert (tuned.train.alpha, tuned.train.temperature, tuned.model.split) == (0.3, 2.0, [1, 2, 3, 1])
+    with pytest.raises(ConfigError, match=r"best_config.json: train.alpha"):
+        apply_tuned(swept, {**choice, "alpha": 3})
+
+    fixed = parse_params(_with(_with(defaults, "train.alpha", 0.9), "model.split", [1, 2, 3, 1]))
+    assert fixed.swept() == ["train.temperature"]
+    space = search_space(fixed)
+    assert (space["alpha"], space["split"]) == (0.9, [1, 2, 3, 1])  # constants, not dimensions
+    assert isinstance(space["temperature"], tune.search.sample.Float)
+    trained = apply_tuned(fixed, {**choice, "alpha": 0.9, "split": [1, 2, 3, 1]})
+    assert (trained.train.alpha, trained.train.temperature, trained.model.split) == (0.9, 2.0, [1, 2, 3, 1])
+    with pytest.raises(ConfigError, match=r"params.yaml fixes train.alpha at 0.9: re-run the tune stage"):
+        apply_tuned(fixed, choice)  # chosen when alpha was swept: stale, not silently replaced
+    assert parse_params(defaults).settled().train.alpha == 0.5  # no sweep: the paper's default
+
+
+def test_a_fixed_split_with_listed_candidates_is_refused(defaults):
+    raw = _with(_with(defaults, "model.split", [2, 2, 3, 2]), "tune.splits", [[2, 2, 3, 2], [1, 2, 3, 1]])
+    with pytest.raises(ConfigError, match=r"params: model.split: \[2, 2, 3, 2\] fixes the split, but tune.splits"):
+        parse_params(raw).check_model(splits=True)
+    parse_params(_with(raw, "tune.enabled", False)).check_model(splits=True)  # no sweep: nothing contradicts
+
+
+@pytest.mark.subprocess
+def test_tune_with_every_swept_key_fixed_runs_no_sweep(tmp_path, defaults, monkeypatch):
+    raw = _with(_with(_with(defaults, "train.alpha", 0.7), "train.temperature", 2.0), "model.split", [1, 2, 3, 1])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)
+    tuned = run_stage("tune")  # no Ray started: nothing to search
+    assert (tuned.alpha, tuned.temperature, tuned.split, tuned.swept) == (0.7, 2.0, [1, 2, 3, 1], [])
+    assert "no sweep (train.alpha, train.temperature, model.split fixed in params.yaml)" in tuned.summary()

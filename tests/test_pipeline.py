@@ -20,7 +20,7 @@ import yaml
 
 from adaskip.tracking import FINISHED, Tracker
 
-from helpers import ROOT, TINY, merge
+from helpers import ROOT, TINY, merge, new_project, sh
 
 pytestmark = [
     pytest.mark.slow,
@@ -28,15 +28,6 @@ pytestmark = [
     pytest.mark.subprocess,
 ]  # dvc repro and stage scripts on a `ray start` head
 EPOCHS = 4
-COPY = ["adaskip", "pipelines", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"]
-
-
-def _sh(cwd: Path, *cmd: str, timeout: float = 1500, **env: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
-    return r
 
 
 @pytest.fixture(scope="module")
@@ -86,31 +77,16 @@ def ray_address() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """A fresh git + DVC project holding this checkout's pipeline, with tiny params."""
-    repo = tmp_path_factory.mktemp("proj")
-    for name in COPY:
-        src, dst = ROOT / name, repo / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
-    # one training worker here: 2-worker DDP is covered by tests/test_ray.py, and each worker costs start-up time;
-    # 4 epochs: TINY's 2 (cosine to 0) leave the tiny net near 30 %, too close to chance to tell a broken pipeline
-    params = merge(
-        yaml.safe_load((ROOT / "params.yaml").read_text()), merge(TINY, {"train": {"workers": 1, "epochs": EPOCHS}})
-    )
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _sh(repo, "git", "init", "-q")
-    _sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
-    _sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
-    return repo
+    """A fresh git + DVC project holding this checkout's pipeline, with tiny params: one training worker here (2-worker
+    DDP is covered by tests/test_ray.py, and each worker costs start-up time); 4 epochs (TINY's 2, cosine to 0, leave
+    the tiny net near 30 %, too close to chance to tell a broken pipeline)."""
+    return new_project(tmp_path_factory.mktemp("proj"), merge(TINY, {"train": {"workers": 1, "epochs": EPOCHS}}))
 
 
 @pytest.fixture(scope="module")
 def reproduced(project: Path, ray_address: str) -> Path:
     """The project after `dvc repro`: tests read it and never change it (those that run more copy it first)."""
-    r = _sh(project, "dvc", "repro", RAY_ADDRESS=ray_address)
+    r = sh(project, "dvc", "repro", RAY_ADDRESS=ray_address)
     REPRO_OUTPUT.append(r.stdout + r.stderr)
     return project
 
@@ -132,6 +108,7 @@ def test_repro_output_reads_well(reproduced: Path):
     for i in (1, 2):  # tune.num_samples: 2
         assert f"tune: trial {i}/2 finished: alpha " in out, out[-3000:]
     assert "adaskip version 1: @super -> 1 (FFFF), @base -> 2 (TTTT), @fastest-within-1pct -> " in out, out[-3000:]
+    assert "trade-off curves of every evaluate run: http://127.0.0.1:5000/#/experiments/1/runs?workflowType=" in out
 
 
 def test_contract_files(reproduced: Path):
@@ -176,7 +153,8 @@ def test_mlflow_runs(reproduced: Path):
     best = json.loads((reproduced / "results" / "best_config.json").read_text())  # tune ran first; train used it
     assert float(train.data.params["train.alpha"]) == best["alpha"] and best["source"] == "tune"
     trained = json.loads((reproduced / "results" / "train_metrics.json").read_text())["trained_with"]
-    assert trained == {k: best[k] for k in ("alpha", "temperature", "split")}
+    assert {k: trained[k] for k in ("alpha", "temperature", "split")} == {k: best[k] for k in trained if k in best}
+    assert (trained["model"], trained["data"], trained["epochs"]) == ("resnet34", "digits", EPOCHS)
     assert stages["tune"].info.start_time < train.info.start_time
     grid_children = tracker.children(stages["evaluate"].info.run_id)
     assert sorted(r.data.tags["skip"] for r in grid_children) == sorted(
@@ -202,16 +180,51 @@ def test_mlflow_runs(reproduced: Path):
     assert attached.skip.tolist() == grid.skip.tolist() and (attached.acc1 == grid.acc1).all()
 
 
+def test_runs_say_what_they_trained(reproduced: Path):
+    """One `dvc repro`'s stage runs share their experiment's tag; train, evaluate and report runs are named by what
+    was trained and carry it as params (from the model file, not params.yaml); evaluate's parent run carries the
+    headlines and its trade-off curve (the Pareto front at step = MACs), which its children do not; metrics.json
+    says what was trained; the plot data DVC compares has no machine-dependent column; the registered version says
+    what it trained."""
+    tracker = Tracker(f"sqlite:///{reproduced / 'mlflow.db'}", "adaskip")
+    runs = tracker.client.search_runs([tracker.experiment_id], "tags.`adaskip.stage` != ''", max_results=100)
+    stages = {r.data.tags["adaskip.stage"]: r for r in runs}
+    (group,) = {r.data.tags["adaskip.experiment"] for r in stages.values()}
+    assert group.startswith("workspace-")  # a plain dvc repro: no DVC_EXP_NAME
+    best = json.loads((reproduced / "results" / "best_config.json").read_text())
+    split = "-".join(map(str, best["split"]))
+    trained = f"α{best['alpha']:.2f} T{best['temperature']:.2f} split {split} resnet34"
+    for stage in ("train", "evaluate", "report"):
+        r = stages[stage]
+        assert r.info.run_name == f"{stage} {trained} ({group})"
+        assert r.data.params["train.alpha"] == str(best["alpha"]) and r.data.params["model.split"] == str(best["split"])
+    assert stages["tune"].info.run_name == f"tune alpha, temperature, split ({group})"
+    evaluate = stages["evaluate"].info.run_id
+    assert {"super_acc1", "base_acc1", "base_macs_ratio", "test_tradeoff_auc"} <= set(stages["evaluate"].data.metrics)
+    grid = pd.read_csv(reproduced / "results" / "eval_grid.csv").sort_values(["macs", "acc1"], ascending=[True, False])
+    front = [(m, a) for i, (m, a) in enumerate(zip(grid.macs, grid.acc1)) if all(a > b for b in grid.acc1[:i])]
+    curve = tracker.client.get_metric_history(evaluate, "acc1_vs_macs")
+    assert sorted((m.step, m.value) for m in curve) == front and len(front) == grid.pareto.sum()
+    assert all("acc1_vs_macs" not in c.data.metrics for c in tracker.children(evaluate))
+    metrics = json.loads((reproduced / "results" / "metrics.json").read_text())
+    assert (metrics["alpha"], metrics["temperature"], metrics["split"]) == (best["alpha"], best["temperature"], split)
+    table = pd.read_csv(reproduced / "results" / "tradeoff.csv")
+    assert list(table.columns) == ["skip", "macs", "params", "acc1", "acc5", "pareto", "macs_fraction"]
+    assert table.macs_fraction.max() == 1.0 and len(table) == 16
+    version = tracker.client.get_model_version("adaskip", "1")
+    assert version.tags["train.alpha"] == str(best["alpha"]) and version.tags["adaskip.experiment"] == group
+
+
 def test_second_repro_is_a_noop(reproduced: Path):
     before = (reproduced / "results" / "eval_grid.csv").stat().st_mtime_ns
     t = time.time()
-    r = _sh(reproduced, "dvc", "repro")
+    r = sh(reproduced, "dvc", "repro")
     assert time.time() - t < 60
     assert "Running stage" not in r.stdout, r.stdout
     assert (reproduced / "results" / "eval_grid.csv").stat().st_mtime_ns == before
-    _sh(reproduced, "dvc", "plots", "show", "-o", "plots")
+    sh(reproduced, "dvc", "plots", "show", "-o", "plots")
     assert (reproduced / "plots" / "index.html").exists()
-    _sh(reproduced, "git", "clean", "-qfdx", "plots")  # leave the project as the fixture made it
+    sh(reproduced, "git", "clean", "-qfdx", "plots")  # leave the project as the fixture made it
 
 
 def test_ray_head_requires_the_token(reproduced: Path, ray_address: str):
@@ -251,9 +264,9 @@ def test_study_pipeline(reproduced: Path, ray_address: str, tmp_path: Path):
     }
     (study_dir / "study.yaml").write_text(yaml.safe_dump(spec))
     git = ("git", "-c", "user.name=t", "-c", "user.email=t@t")
-    _sh(reproduced, *git, "add", "-A")
-    _sh(reproduced, *git, "commit", "-qm", "study")
-    r = _sh(reproduced, "dvc", "repro", "studies/ablation/dvc.yaml", RAY_ADDRESS=ray_address)
+    sh(reproduced, *git, "add", "-A")
+    sh(reproduced, *git, "commit", "-qm", "study")
+    r = sh(reproduced, "dvc", "repro", "studies/ablation/dvc.yaml", RAY_ADDRESS=ray_address)
     ran = [line.split("'")[1].split(":")[-1] for line in r.stdout.splitlines() if line.startswith("Running stage")]
     assert sorted(ran) == ["cells@adn", "cells@individual_full", "cells@kd_individual_base", "compare"], r.stdout
     assert ran[-1] == "compare" and "(3 of 3 cells, " in r.stderr, r.stderr[-3000:]  # adn's and those run ahead
@@ -289,10 +302,10 @@ def test_study_pipeline(reproduced: Path, ray_address: str, tmp_path: Path):
     assert kd_run.data.tags["adaskip.teacher_hash"] == ind_run.data.tags["adaskip.cell_hash"]  # where its epochs are
     assert "train_kd" in kd_run.data.metrics and "teacher_train_loss" not in kd_run.data.metrics
     assert all(c.info.status == FINISHED for c in children)
-    _sh(reproduced, *git, "add", "-A")
-    _sh(reproduced, *git, "commit", "-qm", "study results")
+    sh(reproduced, *git, "add", "-A")
+    sh(reproduced, *git, "commit", "-qm", "study results")
 
-    r = _sh(
+    r = sh(
         reproduced,
         "dvc",
         "exp",
@@ -307,11 +320,11 @@ def test_study_pipeline(reproduced: Path, ray_address: str, tmp_path: Path):
     assert "Running stage 'studies/ablation/dvc.yaml:cells@adn'" in r.stdout
     assert "Running stage 'studies/ablation/dvc.yaml:cells@individual_full'" not in r.stdout, r.stdout
     assert len(tracker.children(parent)) == 4  # the changed variant's new cell, in the same study run
-    diff = _sh(reproduced, "dvc", "metrics", "diff", "HEAD", "alpha09", "--json").stdout
+    diff = sh(reproduced, "dvc", "metrics", "diff", "HEAD", "alpha09", "--json").stdout
     changed = json.loads(diff)["studies/ablation/results/summary.json"]
     assert any(k.startswith("adn.") for k in changed), changed
     assert not any(k.startswith(("individual_full.", "kd_")) for k in changed), changed  # not re-run: unchanged
-    _sh(reproduced, "dvc", "plots", "diff", "HEAD", "alpha09", "-o", "study_plots")
+    sh(reproduced, "dvc", "plots", "diff", "HEAD", "alpha09", "-o", "study_plots")
     assert (reproduced / "study_plots" / "index.html").exists()
 
 
@@ -333,7 +346,7 @@ def test_any_family_by_changing_model_name(reproduced: Path, ray_address: str, n
     from adaskip.training import load_model
 
     proj = _copy(reproduced, tmp_path / "proj")
-    r = _sh(
+    r = sh(
         proj,
         "dvc",
         "exp",

@@ -191,8 +191,17 @@ def test_odd_batch_with_mixup_is_a_config_error(tiny_raw):
 
 
 def test_loss_settings_have_one_source(tiny_params):
-    """The loss reads the train section itself: params.yaml's defaults are the library's (label smoothing 0.1)."""
-    assert loop.distill_config(tiny_params) is tiny_params.train
+    """The loss reads the train section itself: params.yaml's defaults are the library's (label smoothing 0.1); a
+    swept key no sweep set trains at the library's default (alpha 0.5, T 1.0)."""
+    cfg = loop.distill_config(tiny_params)
+    assert tiny_params.train.alpha is None and (cfg.alpha, cfg.temperature) == (0.5, 1.0) == (
+        DistillConfig().alpha,
+        DistillConfig().temperature,
+    )
+    fixed = tiny_params.model_copy(
+        update={"train": tiny_params.train.model_copy(update={"alpha": 0.7, "temperature": 2})}
+    )
+    assert loop.distill_config(fixed) is fixed.train
     assert DistillConfig().label_smoothing == 0.1 == type(tiny_params.train)().label_smoothing
     with pytest.raises(ValueError, match="alpha"):
         DistillConfig(alpha=1.5)

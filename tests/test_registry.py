@@ -85,7 +85,6 @@ def test_registered_model_serves_every_subnetwork(tmp_path: Path, tiny_params, m
     mv = client.get_model_version("adaskip", "1")
     assert mv.run_id == train_run
     assert mv.tags["pareto"] == f"{'T' * S}:80.0@1.2M,{'F' * S}:90.5@3.4M"
-    assert mv.tags[f"acc1.{'F' * S}"] == "90.50"
     assert client.get_run(train_run).data.tags["adaskip.registered_model"] == "adaskip/1"
 
     # evaluate's attachments: the grid beside the model, aliases on versions serving each sub-network by default
@@ -208,3 +207,55 @@ def _post_error(url: str, body: dict) -> tuple[int, dict]:
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
     raise AssertionError(f"{body['params']} was answered")
+
+
+def test_an_experiment_never_moves_an_alias_another_model_holds(tmp_path: Path, tiny_params, mlflow_uri, monkeypatch):
+    """The registry's rule: evaluate points an alias at its version only where no version holds it (the first
+    registration) or the same model does (re-evaluated); another model's version is only offered the aliases
+    (candidate tags) until `adaskip promote` moves them, and the version an alias leaves loses its alias tag."""
+    import torch
+    import yaml
+
+    from adaskip.tracking import Tracker
+    from adaskip.training import save_atomic
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"mlflow": {"tracking_uri": mlflow_uri}}))
+    tracker = Tracker(mlflow_uri, "adaskip")
+    versions, S = [], tiny_params.build_model().num_stages
+    for seed in (0, 1):  # two trainings: two models
+        torch.manual_seed(seed)
+        net = tiny_params.build_model(num_classes=10)
+        path = tmp_path / f"model{seed}.pt"
+        save_atomic({"spec": net.spec, "state_dict": net.state_dict(), "image_size": 16}, path)
+        with tracker.run(f"train-{seed}", {"adaskip.stage": "train"}) as run_id:
+            versions.append(str(tracker.log_model(run_id, path, "adaskip", 16, tags={"train.alpha": str(seed)})))
+    first, second = versions
+    wanted = {"super": "F" * S, "base": "T" * S}
+
+    taken, kept = tracker.offer_aliases("adaskip", first, wanted)  # the first registration takes them
+    assert taken["super"] == first and kept == {}
+    base = taken["base"]
+    assert tracker.offer_aliases("adaskip", first, wanted) == (taken, {})  # re-evaluated: the same versions
+
+    assert tracker.offer_aliases("adaskip", second, wanted) == ({}, {"super": first, "base": base})
+    client = tracker.client
+    assert str(client.get_model_version_by_alias("adaskip", "base").version) == base  # still the first model
+    offered = client.get_model_version("adaskip", second).tags
+    assert offered["adaskip.candidate.base"] == "T" * S and offered["train.alpha"] == "1"
+
+    cli = [str(Path(sys.executable).parent / "adaskip"), "promote"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run([*cli, second], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"adaskip@super -> version {second}" in done.stdout
+    now = {a: client.get_model_version_by_alias("adaskip", a) for a in wanted}
+    assert str(now["super"].version) == second
+    assert now["base"].source == client.get_model_version("adaskip", second).source
+    assert now["base"].tags["adaskip.alias.base"] == "T" * S
+    for old in (first, base):  # the versions the aliases left say so no more
+        assert not any(k.startswith("adaskip.alias.") for k in client.get_model_version("adaskip", old).tags)
+
+    never = subprocess.run([*cli, base], capture_output=True, text=True, env=env, timeout=300)  # an alias's version
+    assert never.returncode == 2 and never.stderr.startswith(f"error: adaskip version {base} was never evaluated")
+    assert len(never.stderr.strip().splitlines()) == 1

@@ -143,7 +143,7 @@ def cells(spec: StudySpec, base: Params, variants: Optional[list[str]] = None) -
         if spec.epochs:
             merged["train"]["epochs"] = spec.epochs
         source = f"study variant {name!r}"
-        params = parse_params(merged, source)
+        params = parse_params(merged, source).settled()  # no sweep in a cell: a swept key left null trains its default
         net = params.check_model(source=source)
         skip = teacher = None
         if v.baseline is not None:
@@ -162,7 +162,7 @@ def mlflow_tags(spec: StudySpec, base: Params) -> dict[str, str]:
     return {
         "adaskip.stage": "study",
         "adaskip.study": spec.name,
-        "adaskip.params_hash": params_hash(base, "data", "model", "train", "evaluate"),
+        "adaskip.params_hash": params_hash(base.settled(), "data", "model", "train", "evaluate"),
         "adaskip.epochs": str(spec.epochs),
     }
 

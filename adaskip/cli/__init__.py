@@ -9,9 +9,9 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import AdaskipError
-from . import doctor, export, profile, recipe, select
+from . import doctor, export, profile, promote, recipe, select, ui
 
-COMMANDS = (doctor, recipe, export, select, profile)
+COMMANDS = (doctor, recipe, export, select, profile, promote, ui)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

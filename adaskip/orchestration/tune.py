@@ -61,6 +61,7 @@ class TrialSetup:
     epochs: int
     workers: int
     storage_uri: str
+    group: Optional[str] = None  # the DVC experiment the trial runs are tagged with (Tracker's group)
 
 
 def _trial(config: dict[str, Any]) -> None:
@@ -70,7 +71,7 @@ def _trial(config: dict[str, Any]) -> None:
     ctx = tune.get_context()
     params = _trial_params(config["base"], config)
     s: TrialSetup = config["setup"]
-    tracker = Tracker(s.uri, s.experiment)
+    tracker = Tracker(s.uri, s.experiment, s.group)
     tags = {"trial_id": ctx.get_trial_id()}
     run_id = tracker.find_run(tags, s.parent_run_id)  # a resumed sweep continues its interrupted trials' runs
     run_id = (
@@ -145,6 +146,18 @@ def _concurrency(params: Params) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
 
 
+def search_space(params: Params, net: Optional[AdaptiveDepthNet] = None) -> dict[str, Any]:
+    """alpha, temperature and split: a search dimension for each key params.yaml leaves null (``Params.swept``), the
+    value it fixes for the others (a constant, never searched)."""
+    t, swept = params.tune, params.swept()
+    splits = params.tune_splits(net) if "model.split" in swept else None
+    return {
+        "alpha": tune.uniform(*t.alpha) if "train.alpha" in swept else params.train.alpha,
+        "temperature": tune.uniform(*t.temperature) if "train.temperature" in swept else params.train.temperature,
+        "split": tune.choice(splits) if splits else params.model.split,
+    }
+
+
 def run_sweep(
     params: Params,
     storage: Storage,
@@ -154,6 +167,7 @@ def run_sweep(
     parent_run_id: str,
     space: Optional[dict[str, Any]] = None,
     net: Optional[AdaptiveDepthNet] = None,
+    group: Optional[str] = None,
 ) -> pd.DataFrame:
     """Run the sweep (resuming an interrupted one with the same name); one row per trial. ``net``: params.model
     already built (the candidate splits follow its stage depths; default: built here).
@@ -163,11 +177,9 @@ def run_sweep(
     """
     t = params.tune
     space = {
-        "alpha": tune.uniform(*t.alpha),
-        "temperature": tune.uniform(*t.temperature),
-        "split": tune.choice(splits) if (splits := params.tune_splits(net)) else params.model.split,
+        **search_space(params, net),
         "base": params.model_dump(mode="json"),
-        "setup": TrialSetup(uri, experiment, parent_run_id, t.epochs, t.workers, storage.uri),
+        "setup": TrialSetup(uri, experiment, parent_run_id, t.epochs, t.workers, storage.uri, group),
         **(space or {}),
     }
     # In-process trials hold their CPUs themselves; Train trials only drive and leave CPUs to their workers.

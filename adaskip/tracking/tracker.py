@@ -17,6 +17,7 @@ import pandas as pd
 from ..console import verbose
 from ..serving import ATTACHED
 from .uri import TrackingError, check_reachable
+from .views import GROUP_TAG, run_url, ui_base
 
 log = logging.getLogger("adaskip.tracking")
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
@@ -25,6 +26,8 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 MODEL_NAME = "adaptive_net"  # the MLflow Model's name in the train run (model/model.pt is the raw file artifact)
 SHA_TAG = "adaskip.model_sha256"  # on the registered version: which models/model.pt it serves
 SKIP_TAG = "adaskip.skip"  # on a registered version: the sub-network it serves by default (see Tracker.set_alias)
+ALIAS_TAG = "adaskip.alias."  # + alias, on the version holding it: the sub-network it serves
+CANDIDATE_TAG = "adaskip.candidate."  # + alias, on an evaluated version: the sub-network it would serve if promoted
 
 
 @contextlib.contextmanager
@@ -97,12 +100,14 @@ def load_table(uri: str, run_id: str, name: str) -> pd.DataFrame:
 class Tracker:
     """A thin handle on one experiment in one tracking store."""
 
-    def __init__(self, uri: str, experiment: str) -> None:
+    def __init__(self, uri: str, experiment: str, group: Optional[str] = None) -> None:
+        """``group``: the DVC experiment (:func:`.views.experiment_label`) every run started here is tagged with."""
         from mlflow.tracking import MlflowClient
 
         check_reachable(uri)
         self.uri = uri
         self.experiment = experiment
+        self.group = group
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(experiment)
         key, kind = EXPERIMENT_KIND
@@ -116,7 +121,7 @@ class Tracker:
     def start_run(
         self, name: str, tags: Optional[Mapping[str, str]] = None, parent_run_id: Optional[str] = None
     ) -> str:
-        tags = {**provenance_tags(), **(tags or {})}
+        tags = {**provenance_tags(), **({GROUP_TAG: self.group} if self.group else {}), **(tags or {})}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
@@ -136,6 +141,19 @@ class Tracker:
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if isinstance(v, (int, float))]
         self.client.log_batch(run_id, metrics=items)
+
+    def log_curve(self, run_id: str, key: str, steps: list[tuple[int, float]]) -> None:
+        """A curve as one metric's history: ``value`` at ``step`` each (:func:`.views.curve_steps`); logged again
+        (a resumed run), the old points are kept, not doubled."""
+        import time
+
+        from mlflow.entities import Metric
+
+        done = self.logged_steps(run_id, key)
+        now = int(time.time() * 1000)
+        items = [Metric(key, v, now, step) for step, v in steps if step not in done]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i : i + 1000])
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         for k, v in tags.items():
@@ -218,9 +236,7 @@ class Tracker:
         else:
             self.end_run(run_id, FINISHED)
             if parent_run_id is None and self.uri.startswith(("http://", "https://")):  # a stage's run: where to look
-                log.info(
-                    "MLflow run %s: %s/#/experiments/%s/runs/%s", name, self.uri.rstrip("/"), self.experiment_id, run_id
-                )
+                log.info("MLflow run %s: %s", name, run_url(ui_base(self.uri), self.experiment_id, run_id))
 
     def log_dataset(self, run_id: str, data: Mapping[str, Any], context: str) -> None:
         """Log the data set as the run's input: a one-row descriptor table (``data`` params: name, path, image size,
@@ -246,12 +262,17 @@ class Tracker:
         self.client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
 
     def log_model(
-        self, run_id: str, path: str | os.PathLike, registered_model: Optional[str], image_size: Optional[int] = None
+        self,
+        run_id: str,
+        path: str | os.PathLike,
+        registered_model: Optional[str],
+        image_size: Optional[int] = None,
+        tags: Optional[Mapping[str, Any]] = None,
     ) -> Optional[int]:
         """Log the model file ``path`` as an MLflow Model (pyfunc :class:`.model.AdaptiveDepthModel`, with input
         signature and a ``skip`` inference parameter) in run ``run_id``, and register it as a new version of
-        ``registered_model`` (None: not registered). Returns the version, tagged with the file's sha256 so that
-        :meth:`tag_model_version` finds it from the file alone."""
+        ``registered_model`` (None: not registered). Returns the version, tagged with ``tags`` (what it trained) and
+        the file's sha256, so that :meth:`tag_model_version` finds it from the file alone."""
         import hashlib
 
         import mlflow
@@ -282,7 +303,7 @@ class Tracker:
         if not registered_model:
             return None
         version = int(info.registered_model_version)
-        self.client.set_model_version_tag(registered_model, str(version), SHA_TAG, sha)
+        self.tag_model_version(registered_model, str(version), {**(tags or {}), SHA_TAG: sha})
         self.set_tags(run_id, {"adaskip.registered_model": f"{registered_model}/{version}"})
         return version
 
@@ -334,7 +355,7 @@ class Tracker:
         else:
             same = self.client.search_model_versions(f"name = '{registered_model}'")
             found = [v for v in same if v.source == mv.source and v.tags.get(SKIP_TAG) == skip]
-            tags = {k: v for k, v in mv.tags.items() if not k.startswith("adaskip.alias.")}
+            tags = {k: v for k, v in mv.tags.items() if not k.startswith((ALIAS_TAG, CANDIDATE_TAG))}
             target = (
                 found[0]
                 if found
@@ -348,9 +369,60 @@ class Tracker:
                     model_id=logged_model_id(mv.source),
                 )
             )
+        held = self.alias_version(registered_model, alias)
         self.client.set_registered_model_alias(registered_model, alias, target.version)
-        self.client.set_model_version_tag(registered_model, target.version, f"adaskip.alias.{alias}", skip)
+        self.client.set_model_version_tag(registered_model, target.version, f"{ALIAS_TAG}{alias}", skip)
+        if held and held.version != target.version:  # the version it left says so no more
+            self.client.delete_model_version_tag(registered_model, held.version, f"{ALIAS_TAG}{alias}")
         return str(target.version)
+
+    def alias_version(self, registered_model: str, alias: str):
+        """The ModelVersion ``@alias`` points at, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(registered_model, alias)
+        except MlflowException:
+            return None
+
+    def offer_aliases(
+        self, registered_model: str, version: str, wanted: Mapping[str, str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The registry's rule: record ``wanted`` (alias -> the skip it would serve) on ``version`` as candidate tags,
+        and point an alias there only where no version holds it yet (the first registration) or one of the same
+        logged model does (the same weights, re-evaluated). An alias another model holds stays: only
+        :meth:`promote` moves it. Returns (alias -> version for the aliases set, alias -> version for those kept)."""
+        self.tag_model_version(registered_model, version, {f"{CANDIDATE_TAG}{a}": s for a, s in wanted.items()})
+        source = self.client.get_model_version(registered_model, version).source
+        taken, kept = {}, {}
+        for alias, skip in wanted.items():
+            held = self.alias_version(registered_model, alias)
+            if held is None or held.source == source:
+                taken[alias] = self.set_alias(registered_model, version, alias, skip)
+            else:
+                kept[alias] = str(held.version)
+        return taken, kept
+
+    def promote(self, registered_model: str, version: str, only: Optional[list[str]] = None) -> dict[str, str]:
+        """Point the aliases evaluate offered ``version`` (its candidate tags; ``only``: some of them) at it. Returns
+        alias -> the version now serving it; a version evaluate never offered aliases is a TrackingError."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            tags = self.client.get_model_version(registered_model, version).tags
+        except MlflowException as e:
+            raise TrackingError(f"{registered_model} version {version}: {e.message.splitlines()[0][:200]}") from None
+        offered = {k.removeprefix(CANDIDATE_TAG): v for k, v in tags.items() if k.startswith(CANDIDATE_TAG)}
+        if not offered:
+            raise TrackingError(
+                f"{registered_model} version {version} was never evaluated (no {CANDIDATE_TAG}* tags): run the "
+                "evaluate stage on it first, or promote the version it registered"
+            )
+        unknown = sorted(set(only or ()) - set(offered))
+        if unknown:
+            raise TrackingError(f"version {version} offers no alias {unknown}; it offers {sorted(offered)}")
+        chosen = {a: s for a, s in offered.items() if a in (only or offered)}
+        return {a: self.set_alias(registered_model, version, a, s) for a, s in chosen.items()}
 
     def download_model(self, uri: str) -> tuple[Path, Optional[tuple[str, str]]]:
         """The model file of MLflow Model ``uri`` (``models:/adaskip/3``, ``models:/adaskip@base``) downloaded from
@@ -381,11 +453,7 @@ def skip_params(skip: str) -> dict[str, str]:
 
 
 def pareto_tags(grid: pd.DataFrame) -> dict[str, str]:
-    """Compact tags of the Pareto configurations: ``pareto`` = "FFFF:98.5@12.3M,..." (top-1 @ MACs, by MACs) and
-    ``acc1.<skip>`` / ``macs.<skip>`` each."""
+    """The Pareto configurations as one compact tag, ``pareto`` = "TTTT:97.0@5.38M,..." (top-1 @ MACs, by MACs): one
+    line in the registry's version list (every figure is in the grid attached beside the model)."""
     front = grid[grid["pareto"].astype(str).str.lower() == "true"].sort_values("macs")
-    tags = {"pareto": ",".join(f"{r.skip}:{r.acc1:.1f}@{r.macs / 1e6:.3g}M" for r in front.itertuples())}
-    for r in front.itertuples():
-        tags[f"acc1.{r.skip}"] = f"{r.acc1:.2f}"
-        tags[f"macs.{r.skip}"] = str(int(r.macs))
-    return tags
+    return {"pareto": ",".join(f"{r.skip}:{r.acc1:.1f}@{r.macs / 1e6:.3g}M" for r in front.itertuples())}

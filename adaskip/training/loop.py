@@ -74,8 +74,8 @@ SELF_DISTILLATION = FitMode()
 
 
 def distill_config(params: Params) -> DistillConfig:
-    """The loss's knobs: the train section's (validated with params.yaml), nothing copied."""
-    return params.train
+    """The loss's knobs: the train section's (validated with params.yaml), a swept key no sweep set at its default."""
+    return params.settled().train
 
 
 def seed_everything(seed: int) -> None:
