@@ -71,17 +71,18 @@ def run(params, args) -> Compared:
 
 
 def _log_variant_curves(tracking, parent: str, study: str, agg: pd.DataFrame) -> None:
-    """One run per variant under the study's run, holding its mean curve (:data:`CURVE`, step = MACs): the chart
-    view of the compare runs overlays the variants, each in its own colour."""
+    """One run per variant, holding its mean curve (:data:`CURVE`, step = MACs): the chart view of the compare runs
+    overlays the variants, each in its own colour. Top-level runs (tagged with the study's run), so the chart view's
+    filter finds them; the study's run keeps the cells as its children."""
     import logging
 
     from adaskip.tracking.views import CURVE, chart_url, curve_steps, ui_base
 
     for variant, rows in agg.groupby("variant", sort=False):
-        tags = {"adaskip.stage": "compare", "adaskip.study": study, "adaskip.variant": str(variant)}
-        run_id = tracking.unfinished_run(tags, parent)  # a re-run's curve is a new run: old points stay theirs
-        with tracking.run(f"compare {study}: {variant}", tags, parent, run_id) as child:
-            tracking.log_curve(child, CURVE, curve_steps(rows, "acc1_mean"))
+        tags = {"adaskip.stage": "compare", "adaskip.study_run": parent, "adaskip.variant": str(variant)}
+        run_id = tracking.unfinished_run(tags)  # a re-run's curve is a new run: old points stay theirs
+        with tracking.run(f"compare {study}: {variant}", {**tags, "adaskip.study": study}, run_id=run_id) as run:
+            tracking.log_curve(run, CURVE, curve_steps(rows, "acc1_mean"))
     charts = chart_url(ui_base(tracking.uri), tracking.experiment_id, "compare")
     logging.getLogger("adaskip.compare").info("each variant's mean curve: %s", charts)
 

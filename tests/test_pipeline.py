@@ -153,7 +153,8 @@ def test_mlflow_runs(reproduced: Path):
     best = json.loads((reproduced / "results" / "best_config.json").read_text())  # tune ran first; train used it
     assert float(train.data.params["train.alpha"]) == best["alpha"] and best["source"] == "tune"
     trained = json.loads((reproduced / "results" / "train_metrics.json").read_text())["trained_with"]
-    assert {k: trained[k] for k in ("alpha", "temperature", "split")} == {k: best[k] for k in trained if k in best}
+    keys = ("alpha", "temperature", "split")
+    assert {k: trained[k] for k in keys} == {k: best[k] for k in keys}
     assert (trained["model"], trained["data"], trained["epochs"]) == ("resnet34", "digits", EPOCHS)
     assert stages["tune"].info.start_time < train.info.start_time
     grid_children = tracker.children(stages["evaluate"].info.run_id)
@@ -290,6 +291,10 @@ def test_study_pipeline(reproduced: Path, ray_address: str, tmp_path: Path):
     parents = [r for r in tracker.client.search_runs([tracker.experiment_id], "tags.`adaskip.stage` = 'study'")]
     assert len(parents) == 1 and parents[0].info.status == FINISHED  # both variants' stages continued it
     parent = parents[0].info.run_id
+    curves = tracker.client.search_runs([tracker.experiment_id], "tags.`adaskip.stage` = 'compare'")
+    assert sorted(r.data.tags["adaskip.variant"] for r in curves) == ["adn", "individual_full", "kd_individual_base"]
+    adn_curve = [r for r in curves if r.data.tags["adaskip.variant"] == "adn"][0].info.run_id
+    assert len(tracker.client.get_metric_history(adn_curve, "acc1_vs_macs")) >= 2  # the mean Pareto front
     children = tracker.children(parent)
     assert sorted((c.data.tags["variant"], c.data.tags["seed"]) for c in children) == [
         ("adn", "0"),
