@@ -175,48 +175,65 @@ class Progress:
             log.debug("progress counter unavailable: %s", describe(e))
 
 
-def epoch_reporter(
-    tracking: Optional[TrackingTarget],
-    rank: int,
-    api: ModuleType = ray.train,
-    prefix: str = "",
-    progress: Optional[Progress] = None,
-):
-    """Per epoch: metrics to MLflow (rank 0; names prefixed with ``prefix``, e.g. a KD baseline's ``teacher_``), a
-    tick to ``progress``, then metrics and rank 0's checkpoint state to ``api`` (``ray.train`` in a Train worker,
-    ``ray.tune`` in an in-process Tune trial)."""
-    tracker, logged = None, set()
-    nodes = _worker_nodes()  # every rank takes part (a collective)
-    if tracking is not None and rank == 0:
-        from ..tracking import Tracker
+TRACKING_WAIT_ENV = "ADASKIP_TRACKING_WAIT_S"  # how long a finished worker waits for its records to be sent
+OUTBOX_KEY = "outbox"  # in a checkpoint's state: the records not sent yet, sent by the group that resumes from it
 
-        tracker = Tracker(tracking.uri, tracking.experiment)
-        # where the run trained, over every (re)started worker group: on a cluster, which nodes took part
-        seen = set(filter(None, tracker.tags(tracking.run_id).get(NODES_TAG, "").split(",")))
-        tracker.set_tags(tracking.run_id, {NODES_TAG: ",".join(sorted(seen | set(nodes)))})
-        # A group killed after logging an epoch but before Ray recorded that epoch's checkpoint makes the restarted
-        # group train the epoch again: it keeps the values first logged (each epoch once in the run's history).
-        logged = tracker.logged_steps(tracking.run_id, prefix + "epoch")
 
-    def report(metrics: dict[str, float], state: Optional[dict[str, Any]]) -> None:
+class EpochReporter:
+    """Per epoch: metrics to MLflow (rank 0; names prefixed with ``prefix``, e.g. a KD baseline's ``teacher_``)
+    through an :class:`~adaskip.tracking.outbox.Outbox`, so training never waits on the tracking server; a tick to
+    ``progress``; then metrics and rank 0's checkpoint state, with the records not sent yet, to ``api``
+    (``ray.train`` in a Train worker, ``ray.tune`` in an in-process Tune trial). ``pending``: the records the
+    checkpoint this group resumes from kept."""
+
+    def __init__(
+        self,
+        tracking: Optional[TrackingTarget],
+        rank: int,
+        api: ModuleType = ray.train,
+        prefix: str = "",
+        progress: Optional[Progress] = None,
+        pending: Optional[list] = None,
+    ) -> None:
+        self.tracking, self.rank, self.api, self.prefix, self.progress = tracking, rank, api, prefix, progress
+        self.outbox = None
+        nodes = _worker_nodes()  # every rank takes part (a collective)
+        if tracking is not None and rank == 0:
+            from ..tracking.outbox import Outbox
+
+            self.outbox = Outbox(tracking.uri, pending or ())
+            # where the run trained, over every (re)started worker group: on a cluster, which nodes took part
+            self.outbox.union_tag(tracking.run_id, NODES_TAG, nodes)
+
+    def __call__(self, metrics: dict[str, float], state: Optional[dict[str, Any]]) -> None:
         from ..models.file import save_atomic
 
-        step = int(metrics["epoch"])
-        if tracker is not None and step in logged:
-            log.info("epoch %d trained again after a restart; its metrics were logged before", step)
-            tracker.set_tags(tracking.run_id, {"adaskip.retrained_epoch": step})
-        elif tracker is not None:
-            tracker.log_metrics(tracking.run_id, {prefix + k: v for k, v in metrics.items()}, step=step)
-        if progress is not None and rank == 0:
-            progress.tick()
+        if self.outbox is not None:
+            # A group killed after logging an epoch but before Ray recorded that epoch's checkpoint makes the
+            # restarted group train the epoch again: the outbox keeps the values first logged (``once``).
+            named = {self.prefix + k: v for k, v in metrics.items()}
+            self.outbox.metrics(self.tracking.run_id, named, int(metrics["epoch"]), once=self.prefix + "epoch")
+        if self.progress is not None and self.rank == 0:
+            self.progress.tick()
         if state is None:
-            api.report(metrics)
+            self.api.report(metrics)
             return
+        if self.outbox is not None:
+            state = {**state, OUTBOX_KEY: self.outbox.pending()}
         with tempfile.TemporaryDirectory() as tmp:
             save_atomic(state, Path(tmp) / STATE_FILE)
-            api.report(metrics, checkpoint=api.Checkpoint.from_directory(tmp))
+            self.api.report(metrics, checkpoint=self.api.Checkpoint.from_directory(tmp))
 
-    return report
+    def finish(self) -> int:
+        """At the end of training: wait (``ADASKIP_TRACKING_WAIT_S``, default 300 s) for the records to be sent;
+        returns how many still wait (they are in the last checkpoint, for the stage to send)."""
+        if self.outbox is None:
+            return 0
+        left = self.outbox.drain(float(os.environ.get(TRACKING_WAIT_ENV, 300)))
+        self.outbox.close()
+        if left:
+            log.warning("%d MLflow record(s) not sent yet: kept in the last checkpoint", left)
+        return left
 
 
 def _worker_nodes() -> list[str]:
@@ -286,18 +303,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         log.info("%sresumes after epoch %d of %d (its latest checkpoint)", label, int(resume["epoch"]) + 1, epochs)
     device = get_device()
     alone: Optional[Alone] = config.get("alone")
+    reporter = EpochReporter(
+        config.get("tracking"),
+        rank,
+        prefix=config.get("prefix", ""),
+        progress=config.get("progress"),
+        pending=(resume or {}).get(OUTBOX_KEY),
+    )
     env = WorkerEnv(
         rank=rank,
         world_size=world,
         device=device,
         wrap=lambda m: prepare_model(m, parallel_strategy_kwargs={"find_unused_parameters": True}),
-        report=epoch_reporter(
-            config.get("tracking"), rank, prefix=config.get("prefix", ""), progress=config.get("progress")
-        ),
+        report=reporter,
         resume_state=resume,
         label=config.get("label", ""),
     )
     fit(params, env, epochs=epochs, mode=alone.fit_mode(params, device) if alone else SELF_DISTILLATION)
+    reporter.finish()
 
 
 def make_trainer(
@@ -373,4 +396,19 @@ def run_training(
 
     with result.checkpoint.as_directory() as d:
         state = read_torch_file(Path(d) / STATE_FILE, "Ray Train checkpoint state")
+    if tracking is not None and state.get(OUTBOX_KEY):  # what the last worker group may not have sent: sent here
+        send_pending(tracking.uri, state.pop(OUTBOX_KEY))
     return dict(result.metrics), state
+
+
+def send_pending(uri: str, records: list) -> int:
+    """Send records a finished worker group left in its last checkpoint (each epoch once: those it did send are
+    skipped), waiting up to ``ADASKIP_TRACKING_WAIT_S``; returns how many could not be sent."""
+    from ..tracking.outbox import Outbox
+
+    outbox = Outbox(uri, records)
+    left = outbox.drain(float(os.environ.get(TRACKING_WAIT_ENV, 300)))
+    outbox.close()
+    if left:
+        log.warning("%d MLflow record(s) of this run could not be sent: the tracking server did not answer", left)
+    return left

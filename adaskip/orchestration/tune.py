@@ -25,7 +25,7 @@ from ..console import verbose
 from ..errors import describe
 from .cluster import configure_ray_env
 from .storage import Storage
-from .train import TrackingTarget, epoch_reporter, latest_state, make_trainer
+from .train import OUTBOX_KEY, EpochReporter, TrackingTarget, latest_state, make_trainer
 
 if TYPE_CHECKING:
     from ..models import AdaptiveDepthNet  # trial drivers need not import timm
@@ -47,7 +47,10 @@ def _train_in_process(params: Params, epochs: int, tracking: TrackingTarget) -> 
     from ..training import WorkerEnv, fit
 
     torch.set_num_threads(1)
-    fit(params, WorkerEnv(report=epoch_reporter(tracking, 0, tune), resume_state=latest_state(tune)), epochs=epochs)
+    resume = latest_state(tune)
+    reporter = EpochReporter(tracking, 0, tune, pending=(resume or {}).get(OUTBOX_KEY))
+    fit(params, WorkerEnv(report=reporter, resume_state=resume), epochs=epochs)
+    reporter.finish()
 
 
 @dataclass(frozen=True)
