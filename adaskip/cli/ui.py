@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     env = {
         **os.environ,
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # MLflow's GenAI job workers (15 processes, 3 GB): not used
-        "PYTHONWARNINGS": "ignore::DeprecationWarning",  # one starlette notice per server process, nothing to act on
+        # one starlette notice per server process, nothing a user can act on
+        "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore:starlette.middleware.wsgi is deprecated",
     }
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host]
     cmd += ["--port", str(args.port), "--workers", str(args.workers), "--uvicorn-opts", "--no-access-log"]
