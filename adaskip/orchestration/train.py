@@ -248,15 +248,41 @@ def _worker_nodes() -> list[str]:
     return nodes
 
 
+STORAGE_WAIT_ENV = "ADASKIP_STORAGE_WAIT_S"  # how long a restarted group waits for storage that does not answer
+
+
 def latest_state(api: ModuleType = ray.train) -> Optional[dict[str, Any]]:
-    """The state of ``api``'s latest checkpoint of this run (after a restart or a re-run), or None."""
+    """The state of ``api``'s latest checkpoint of this run (after a restart or a re-run), or None. A checkpoint that
+    cannot be read because its storage does not answer (an object store down) is waited for, up to
+    ``ADASKIP_STORAGE_WAIT_S`` (600 s), instead of failing the run as a corrupt file would."""
+    import time
+
+    from ..models.file import CheckpointError, read_torch_file  # here: Tune trial drivers import this without timm
+
     ckpt = api.get_checkpoint()
     if ckpt is None:
         return None
-    from ..models.file import read_torch_file  # here: Tune trial drivers import this module without timm
+    deadline, said = time.monotonic() + float(os.environ.get(STORAGE_WAIT_ENV, 600)), False
+    while True:
+        try:
+            with ckpt.as_directory() as d:
+                return read_torch_file(Path(d) / STATE_FILE, "Ray Train checkpoint state")
+        except (CheckpointError, OSError):
+            if _storage_answers(ckpt) or time.monotonic() > deadline:
+                raise
+            if not said:
+                log.warning("the checkpoint's storage does not answer: waiting for it to resume from %s", ckpt.path)
+                said = True
+            time.sleep(5)
 
-    with ckpt.as_directory() as d:
-        return read_torch_file(Path(d) / STATE_FILE, "Ray Train checkpoint state")
+
+def _storage_answers(ckpt) -> bool:
+    """Whether the checkpoint's storage answers a listing (a missing file there is then really missing)."""
+    try:
+        ckpt.filesystem.get_file_info(ckpt.path)
+        return True
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
