@@ -47,8 +47,12 @@ def test_records_wait_for_a_server_that_went_away(state: Path, tmp_path: Path, c
     try:
         wait_ready(server, url, log)
         assert box.drain(90) == 0
-        again = Outbox(url, [{"kind": "metrics", "run": run, "metrics": {"epoch": 3.0, "acc": 99.0}, "step": 3,
-                              "time": int(time.time() * 1000), "once": "epoch"}])  # fmt: skip
+        # a restarted group: its checkpoint's records (sent after that checkpoint: silent duplicates) and an epoch
+        # it trains again (logged before: skipped, and the run says so)
+        resent = [{"kind": "metrics", "run": run, "metrics": {"epoch": 2.0, "acc": 99.0}, "step": 2,
+                   "time": int(time.time() * 1000), "once": "epoch"}]  # fmt: skip
+        again = Outbox(url, resent)
+        again.metrics(run, {"epoch": 3, "acc": 99.0}, 3, once="epoch")
         assert again.drain(60) == 0
         history = client.get_metric_history(run, "acc")
         assert [(m.step, m.value) for m in history] == [(1, 10.0), (2, 20.0), (3, 30.0), (4, 40.0)]
@@ -59,6 +63,8 @@ def test_records_wait_for_a_server_that_went_away(state: Path, tmp_path: Path, c
     lines = [r.getMessage() for r in caplog.records]
     assert sum("stopped answering" in m for m in lines) == 1 and sum("is back after" in m for m in lines) == 1, lines
     assert not any("Retrying" in m for m in lines), lines
+    again_lines = [m for m in lines if "trained again" in m]
+    assert again_lines == ["epoch 3 trained again after a restart; its metrics were logged before"], again_lines
 
 
 @pytest.mark.extended

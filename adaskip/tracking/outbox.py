@@ -23,7 +23,8 @@ class Outbox:
     def __init__(self, uri: str, records: Iterable[Record] = (), retry: tuple[float, float] = (1.0, 30.0)) -> None:
         self.uri = uri
         self.sent = 0
-        self._queue: collections.deque[Record] = collections.deque(records)
+        # records handed on from a checkpoint may have been sent after it was taken: a duplicate of one is expected
+        self._queue: collections.deque[Record] = collections.deque({**r, "resent": True} for r in records)
         self._cv = threading.Condition()
         self._retry = retry
         self._logged: dict[tuple[str, str], set[int]] = {}  # (run, key) -> steps the store has: each epoch once
@@ -132,8 +133,9 @@ class Outbox:
                 if logged is None:
                     logged = self._logged[(run, once)] = {m.step for m in client.get_metric_history(run, once)}
                 if step in logged:
-                    log.info("epoch %d trained again after a restart; its metrics were logged before", step)
-                    client.set_tag(run, "adaskip.retrained_epoch", str(step))
+                    if not record.get("resent"):  # a new record for a logged step: the epoch was trained again
+                        log.info("epoch %d trained again after a restart; its metrics were logged before", step)
+                        client.set_tag(run, "adaskip.retrained_epoch", str(step))
                     return
             items = [Metric(k, v, record["time"], step) for k, v in record["metrics"].items()]
             client.log_batch(run, metrics=items)
