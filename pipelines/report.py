@@ -14,7 +14,7 @@ from adaskip.stage import StageResult, main, remove_outputs, tracker
 
 GRID, TRAINED, BEST = "results/eval_grid.csv", "results/train_metrics.json", "results/best_config.json"
 PLOT, REPORT, METRICS = "results/tradeoff.png", "results/report.md", "results/metrics.json"
-CURVE = "results/tradeoff.csv"  # the grid without its machine-dependent latency: committed, for `dvc plots diff`
+TRADEOFF = "results/tradeoff.csv"  # the grid without its machine-dependent latency: committed, for `dvc plots diff`
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Reported(StageResult):
 def run(params, args) -> Reported:
     from adaskip.tracking.views import describe, run_name, trained_params
 
-    remove_outputs(PLOT, REPORT, METRICS, CURVE)
+    remove_outputs(PLOT, REPORT, METRICS, TRADEOFF)
     grid = pd.read_csv(GRID)
     trained = json.loads(Path(TRAINED).read_text())
     best = json.loads(Path(BEST).read_text()) if Path(BEST).exists() else None
@@ -47,7 +47,7 @@ def run(params, args) -> Reported:
         tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         for path in (PLOT, REPORT):
             tracking.log_artifact(run_id, path)
-        write_csv(tradeoff_table(grid), CURVE)
+        write_csv(tradeoff_table(grid), TRADEOFF)
         write_json(metrics, METRICS)
     return Reported(metrics)
 

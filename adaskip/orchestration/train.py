@@ -175,7 +175,6 @@ class Progress:
             log.debug("progress counter unavailable: %s", describe(e))
 
 
-TRACKING_WAIT_ENV = "ADASKIP_TRACKING_WAIT_S"  # how long a finished worker waits for its records to be sent
 OUTBOX_KEY = "outbox"  # in a checkpoint's state: the records not sent yet, sent by the group that resumes from it
 
 
@@ -183,8 +182,8 @@ class EpochReporter:
     """Per epoch: metrics to MLflow (rank 0; names prefixed with ``prefix``, e.g. a KD baseline's ``teacher_``)
     through an :class:`~adaskip.tracking.outbox.Outbox`, so training never waits on the tracking server; a tick to
     ``progress``; then metrics and rank 0's checkpoint state, with the records not sent yet, to ``api``
-    (``ray.train`` in a Train worker, ``ray.tune`` in an in-process Tune trial). ``pending``: the records the
-    checkpoint this group resumes from kept."""
+    (``ray.train`` in a Train worker, ``ray.tune`` in an in-process Tune trial). ``resume``: the checkpoint state
+    this group resumes from, whose records not sent yet it sends first."""
 
     def __init__(
         self,
@@ -193,7 +192,7 @@ class EpochReporter:
         api: ModuleType = ray.train,
         prefix: str = "",
         progress: Optional[Progress] = None,
-        pending: Optional[list] = None,
+        resume: Optional[dict[str, Any]] = None,
     ) -> None:
         self.tracking, self.rank, self.api, self.prefix, self.progress = tracking, rank, api, prefix, progress
         self.outbox = None
@@ -201,7 +200,7 @@ class EpochReporter:
         if tracking is not None and rank == 0:
             from ..tracking.outbox import Outbox
 
-            self.outbox = Outbox(tracking.uri, pending or ())
+            self.outbox = Outbox(tracking.uri, (resume or {}).get(OUTBOX_KEY) or ())
             # where the run trained, over every (re)started worker group: on a cluster, which nodes took part
             self.outbox.union_tag(tracking.run_id, NODES_TAG, nodes)
 
@@ -225,12 +224,11 @@ class EpochReporter:
             self.api.report(metrics, checkpoint=self.api.Checkpoint.from_directory(tmp))
 
     def finish(self) -> int:
-        """At the end of training: wait (``ADASKIP_TRACKING_WAIT_S``, default 300 s) for the records to be sent;
-        returns how many still wait (they are in the last checkpoint, for the stage to send)."""
+        """At the end of training: wait for the records to be sent (``Outbox.finish``); returns how many still wait
+        (they are in the last checkpoint, for the stage to send)."""
         if self.outbox is None:
             return 0
-        left = self.outbox.drain(float(os.environ.get(TRACKING_WAIT_ENV, 300)))
-        self.outbox.close()
+        left = self.outbox.finish()
         if left:
             log.warning("%d MLflow record(s) not sent yet: kept in the last checkpoint", left)
         return left
@@ -334,7 +332,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         rank,
         prefix=config.get("prefix", ""),
         progress=config.get("progress"),
-        pending=(resume or {}).get(OUTBOX_KEY),
+        resume=resume,
     )
     env = WorkerEnv(
         rank=rank,
@@ -429,12 +427,10 @@ def run_training(
 
 def send_pending(uri: str, records: list) -> int:
     """Send records a finished worker group left in its last checkpoint (each epoch once: those it did send are
-    skipped), waiting up to ``ADASKIP_TRACKING_WAIT_S``; returns how many could not be sent."""
+    skipped), waiting as ``Outbox.finish`` does; returns how many could not be sent."""
     from ..tracking.outbox import Outbox
 
-    outbox = Outbox(uri, records)
-    left = outbox.drain(float(os.environ.get(TRACKING_WAIT_ENV, 300)))
-    outbox.close()
+    left = Outbox(uri, records).finish()
     if left:
         log.warning("%d MLflow record(s) of this run could not be sent: the tracking server did not answer", left)
     return left

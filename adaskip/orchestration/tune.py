@@ -25,7 +25,7 @@ from ..console import verbose
 from ..errors import describe
 from .cluster import configure_ray_env
 from .storage import Storage
-from .train import OUTBOX_KEY, EpochReporter, TrackingTarget, latest_state, make_trainer
+from .train import EpochReporter, TrackingTarget, latest_state, make_trainer
 
 if TYPE_CHECKING:
     from ..models import AdaptiveDepthNet  # trial drivers need not import timm
@@ -48,7 +48,7 @@ def _train_in_process(params: Params, epochs: int, tracking: TrackingTarget) -> 
 
     torch.set_num_threads(1)
     resume = latest_state(tune)
-    reporter = EpochReporter(tracking, 0, tune, pending=(resume or {}).get(OUTBOX_KEY))
+    reporter = EpochReporter(tracking, 0, tune, resume=resume)
     fit(params, WorkerEnv(report=reporter, resume_state=resume), epochs=epochs)
     reporter.finish()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from typing import Any, Iterable, Mapping, Optional
@@ -13,7 +14,8 @@ from typing import Any, Iterable, Mapping, Optional
 from .uri import check_reachable
 
 log = logging.getLogger("adaskip.tracking")
-Record = dict[str, Any]  # {"kind": "metrics" | "tags" | "union_tag", "run": run_id, ...}: plain data (a checkpoint)
+Record = dict[str, Any]  # {"kind": "metrics" | "union_tag", "run": run_id, ...}: plain data (a checkpoint keeps it)
+WAIT_ENV = "ADASKIP_TRACKING_WAIT_S"  # how long a finished run waits for its records to be sent (default 300 s)
 
 
 class Outbox:
@@ -22,7 +24,6 @@ class Outbox:
 
     def __init__(self, uri: str, records: Iterable[Record] = (), retry: tuple[float, float] = (1.0, 30.0)) -> None:
         self.uri = uri
-        self.sent = 0
         # records handed on from a checkpoint may have been sent after it was taken: a duplicate of one is expected
         self._queue: collections.deque[Record] = collections.deque({**r, "resent": True} for r in records)
         self._cv = threading.Condition()
@@ -38,9 +39,6 @@ class Outbox:
         trained again after a restart), makes this record a no-op, so each step is logged once."""
         values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         self.put({"kind": "metrics", "run": run_id, "metrics": values, "step": int(step), "time": _now(), "once": once})
-
-    def tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        self.put({"kind": "tags", "run": run_id, "tags": {k: str(v) for k, v in tags.items()}})
 
     def union_tag(self, run_id: str, key: str, values: Iterable[str]) -> None:
         """Add ``values`` to the comma-separated set in tag ``key`` (read and written when sent)."""
@@ -63,6 +61,13 @@ class Outbox:
             while self._queue and time.monotonic() < deadline:
                 self._cv.wait(min(1.0, max(0.0, deadline - time.monotonic())))
             return len(self._queue)
+
+    def finish(self) -> int:
+        """Wait up to ``ADASKIP_TRACKING_WAIT_S`` (300 s) for the records to be sent, then stop the sender; returns how
+        many could not be sent."""
+        left = self.drain(float(os.environ.get(WAIT_ENV, 300)))
+        self.close()
+        return left
 
     def close(self) -> None:
         with self._cv:
@@ -100,7 +105,6 @@ class Outbox:
                 continue
             with self._cv:
                 self._queue.popleft()
-                self.sent += 1
                 self._cv.notify_all()
             if down_since is not None:
                 log.warning(
@@ -119,10 +123,7 @@ class Outbox:
         check_reachable(self.uri, timeout=3.0)
         client = self._mlflow()
         run = record["run"]
-        if record["kind"] == "tags":
-            for k, v in record["tags"].items():
-                client.set_tag(run, k, v)
-        elif record["kind"] == "union_tag":
+        if record["kind"] == "union_tag":
             have = client.get_run(run).data.tags.get(record["key"], "")
             merged = set(filter(None, have.split(","))) | set(record["values"])
             client.set_tag(run, record["key"], ",".join(sorted(merged)))
