@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import yaml
 from adaskip.orchestration.cluster import configure_ray_env  # noqa: E402
 
 configure_ray_env()
-from helpers import BUCKET, ROOT, TINY, merge  # noqa: E402  (what tests share that is not a fixture)
+from helpers import BUCKET, ROOT, TINY, free_port, merge  # noqa: E402  (what tests share that is not a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -78,16 +77,10 @@ def ray_cluster() -> Iterator[None]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_server() -> Iterator[dict[str, str]]:
     """moto's S3-compatible server on 127.0.0.1 with one bucket; yields the AWS environment a client needs."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

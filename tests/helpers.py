@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import yaml
 
 from adaskip.config import merge_params as merge
 
-__all__ = ["BUCKET", "ROOT", "TINY", "checkpoint_recorded", "merge", "new_project", "run_stage", "sh"]
+__all__ = ["BUCKET", "ROOT", "TINY", "checkpoint_recorded", "free_port", "merge", "new_project", "run_stage", "sh"]
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "adaskip-test"  # the moto S3 server's bucket (conftest.s3_server)
@@ -28,6 +29,13 @@ TINY: dict[str, Any] = {
     "tune": {"num_samples": 2, "epochs": 1},  # splits: auto, from the model's stage depths
     "evaluate": {"latency_reps": 2},
 }
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def checkpoint_recorded(root: Path, run_glob: str) -> bool:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from adaskip.tracking.outbox import Outbox
-from test_tracking_server import MISSING, free_port, server_env, start, state, stop, wait_ready  # noqa: F401
+from helpers import free_port
+from test_tracking_server import MISSING, server_env, start, state, stop, wait_ready  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess, pytest.mark.skipif(MISSING is not None, reason=str(MISSING))]
 

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import yaml
 
 from adaskip.tracking import FINISHED, Tracker
 
-from helpers import ROOT, TINY, merge, new_project, sh
+from helpers import ROOT, TINY, free_port, merge, new_project, sh
 
 pytestmark = [
     pytest.mark.slow,
@@ -36,9 +35,7 @@ def ray_address() -> Iterator[str]:
     starting and stopping a local Ray of its own (which also costs each stage start-up time on 2 cores). Started
     with --block in a session of its own and stopped by signalling that session: `ray stop` would also end every
     other Ray on the machine, the test session's own cluster included."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: AF_UNIX socket paths
     ray = str(Path(sys.executable).parent / "ray")
     log = Path(tmp) / "start.log"

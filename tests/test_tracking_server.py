@@ -23,6 +23,7 @@ from typing import Iterator, Optional
 import pytest
 
 from adaskip.tracking.server import ServerError, pg_bindir
+from helpers import free_port
 
 USER, PASSWORD = "adaskip-admin", "test-only-password-1234"  # MLflow wants 12+ characters
 CREDS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
@@ -47,12 +48,6 @@ def state() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="adaskip-mlflow-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def server_env(with_creds: bool) -> dict[str, str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import browser
-from helpers import TINY, merge, new_project, sh
+from helpers import TINY, free_port, merge, new_project, sh
 
 pytestmark = [pytest.mark.extended, pytest.mark.ray, pytest.mark.subprocess, pytest.mark.slow]
 EXPERIMENT = "alpha09-split1121"
@@ -52,11 +51,8 @@ def test_an_experiment_trains_what_it_sets_and_leaves_the_aliases(compared: Path
 
 def test_mlflow_ui_overlays_the_experiments_curves(compared: Path):
     shots = Path(os.environ.get("ADASKIP_SCREENSHOTS") or compared / "screenshots")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     ui = subprocess.Popen(
-        [str(Path(sys.executable).parent / "adaskip"), "ui", "--port", str(port)],
+        [str(Path(sys.executable).parent / "adaskip"), "ui", "--port", str(free_port())],
         cwd=compared,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
