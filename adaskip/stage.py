@@ -38,7 +38,34 @@ def tracker(params: Params):
     from .tracking.views import experiment_label
 
     group = experiment_label(params_hash(params, "data", "model", "train", "tune", "evaluate"))
-    return Tracker(resolve_uri(params.mlflow.tracking_uri, Path.cwd()), params.mlflow.experiment, group)
+    tracking = Tracker(resolve_uri(params.mlflow.tracking_uri, Path.cwd()), params.mlflow.experiment, group)
+    store = storage(params)
+    _TRACKERS.append((tracking, store))  # closed by main: what it could not send is kept in the storage
+    sync_spooled(store)
+    return tracking
+
+
+_TRACKERS: list = []  # (Tracker, Storage) of this stage
+
+
+def sync_spooled(store) -> tuple[int, int]:
+    """Send the MLflow records earlier stages kept in ``store`` (their tracking server did not answer)."""
+    from .tracking.outbox import spooled, sync
+
+    if not spooled(store):
+        return 0, 0
+    sent, left = sync(store)
+    log.info("MLflow: %d record(s) kept by earlier stages sent%s", sent, f", {left} still wait" if left else "")
+    return sent, left
+
+
+def _close_trackers(wait: float | None = None) -> None:
+    while _TRACKERS:
+        tracking, store = _TRACKERS.pop()
+        try:
+            tracking.close(store, wait)
+        except Exception as e:  # noqa: BLE001  (the storage failed too: the stage's own outputs are written)
+            log.error("MLflow records that %s did not take could not be kept in %s either: %s", tracking.uri, store, e)
 
 
 def storage(params: Params):
@@ -121,12 +148,15 @@ def main(description: str, run: Run, configure: Configure = lambda p: None) -> N
     started = time.perf_counter()
     try:
         result = run(load_params(args.params), args)
+        _close_trackers()  # its records sent, or kept (and said so) before the summary line
         stage = os.environ.get("DVC_STAGE") or Path(sys.argv[0]).stem
         print(f"{stage}: {result.summary()} in {duration(time.perf_counter() - started)}", flush=True)
     except AdaskipError as e:
+        _close_trackers()
         print(f"error: {redact(str(e))}", file=sys.stderr)
-        sys.exit(2)
+        exit_now(2)
     except KeyboardInterrupt:
+        _close_trackers(wait=5)
         print("interrupted: outputs of this stage were not written; re-run to resume", file=sys.stderr)
         exit_now(130)
     exit_now(0)

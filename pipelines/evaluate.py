@@ -36,17 +36,15 @@ def run(params, args) -> Evaluated:
     from adaskip.models.file import load_model
     from adaskip.orchestration.grid import evaluate_parallel
     from adaskip.select import aliases
-    from adaskip.serving import GRID_FILE
-    from adaskip.tracking import pareto_tags, skip_params
+    from adaskip.tracking import pareto_tags, skip_params, table
     from adaskip.tracking.views import CURVE, chart_url, curve_steps, run_name, trained_params, ui_base
 
     remove_outputs(GRID, LATENCY)
     _, model_file = load_model(MODEL)  # rebuilt and loaded here: a wrong or corrupt file fails before Ray starts
     trained_with = model_file.get("trained_with")  # what the file trained (not params.yaml: evaluate does not read it)
     with open(MODEL, "rb") as f:  # finished subtrees are reused only for the same weights and evaluation params
-        h = hashlib.sha256(
-            hashlib.file_digest(f, "sha256").digest() + params_hash(params, "data", "evaluate").encode()
-        ).hexdigest()[:10]
+        sha = hashlib.file_digest(f, "sha256").hexdigest()
+    h = hashlib.sha256(bytes.fromhex(sha) + params_hash(params, "data", "evaluate").encode()).hexdigest()[:10]
     tracking = tracker(params)
     tags = {"adaskip.stage": "evaluate", "adaskip.params_hash": h}
     resume = tracking.unfinished_run(tags)
@@ -70,13 +68,11 @@ def run(params, args) -> Evaluated:
         latency = latency_long(grid)
         tracking.log_table(parent, grid, "eval_grid.json")
         tracking.log_table(parent, latency, "latency.json")
-        name = params.mlflow.registered_model
-        version = name and tracking.model_version(name, MODEL)  # the version the train stage registered for this file
-        if version:  # the grid beside the served model (budgets); the aliases it is offered (see offer_aliases)
-            tracking.tag_model_version(name, version, {**pareto_tags(grid), "adaskip.evaluate_run": parent})
-            tracking.attach_to_model(name, version, {GRID_FILE: grid})
-            wanted = aliases(grid)
-            _log_aliases(name, version, wanted, *tracking.offer_aliases(name, version, wanted))
+        if name := params.mlflow.registered_model:  # the version the train stage registered for this file: the grid
+            wanted = aliases(grid)  # beside the served model (budgets), the aliases it is offered (see offer_aliases)
+            told = tracking.evaluated(name, sha, parent, pareto_tags(grid), table(grid), wanted)
+            if told:
+                _log_aliases(name, wanted, *told)
         write_csv(grid, GRID)
         write_csv(latency, LATENCY)
     done.remove()  # finished: nothing left to resume
@@ -87,7 +83,7 @@ def run(params, args) -> Evaluated:
     return Evaluated(grid)
 
 
-def _log_aliases(name: str, version: str, skips: dict[str, str], taken: dict[str, str], kept: dict[str, str]) -> None:
+def _log_aliases(name: str, skips: dict[str, str], version: str, taken: dict[str, str], kept: dict[str, str]) -> None:
     """The aliases this version took, and those another model keeps (only ``adaskip promote`` moves them)."""
     log = logging.getLogger("adaskip.evaluate")
     if taken:

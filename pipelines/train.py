@@ -15,6 +15,8 @@ from adaskip.stage import StageResult, main, remove_outputs, start_ray, storage,
 from adaskip.tracking.views import GROUP_TAG
 
 MODEL, METRICS, BEST = "models/model.pt", "results/train_metrics.json", "results/best_config.json"
+# results/train_metrics.json while the tracking server does not answer: the version is registered once it does
+PENDING = "pending: MLflow did not answer; adaskip sync (or the next stage) registers the model once it does"
 DIAGNOSTICS = "results/diagnostics.json"  # final epoch's ratio_* and ratio.s<stage>.<m|s><block> (also in MLflow)
 
 
@@ -25,6 +27,7 @@ class Trained(StageResult):
     epochs: int
     version: Optional[str]  # the registered model version, if any
     registered_model: Optional[str]
+    pending: bool = False  # its registration waits for the tracking server
 
     def summary(self) -> str:
         m, w = self.metrics, self.trained_with
@@ -32,12 +35,13 @@ class Trained(StageResult):
             f"val super {m['val_acc_super']:.1f} % base {m['val_acc_base']:.1f} % after {self.epochs} epochs "
             f"(alpha {w['alpha']:.2f}, T {w['temperature']:.2f}, split {w['split']}) -> {MODEL}"
             + (f", registered {self.registered_model} v{self.version}" if self.version else "")
+            + (f", registration of {self.registered_model} pending" if self.pending else "")
         )
 
 
 def run(params, args) -> Trained:
     from adaskip.models.file import model_file, save_atomic
-    from adaskip.orchestration.train import TrackingTarget, run_training
+    from adaskip.orchestration.train import TrackingTarget, run_training, unsent
     from adaskip.tracking.views import run_name, trained_params
 
     net = params.check_model(source=args.params)  # the model can be built and run: once here, not in every worker
@@ -69,6 +73,7 @@ def run(params, args) -> Trained:
         metrics, state = run_training(
             params, store, f"train-{h}", TrackingTarget(tracking.uri, params.mlflow.experiment, run_id)
         )
+        tracking.hand_on(unsent(state))
         trained_with["split"] = list(state["spec"]["split"])
         file = model_file(state, params.data.image_size, macs=state["macs"], metrics=metrics, trained_with=trained_with)
         logging.getLogger("adaskip.train").debug("saving the %s weights -> %s", file["weights"], MODEL)
@@ -84,18 +89,28 @@ def run(params, args) -> Trained:
             tags={**trained_params(trained_with), GROUP_TAG: tracking.group},
         )
         numbers = {k: metrics[k] for k in sorted(metrics) if isinstance(metrics[k], (int, float))}
+        registered = {"registered_model_version": version} if version else {}
+        if version is None and params.mlflow.registered_model and tracking.waiting():
+            registered = {"registration": PENDING}
         write_json(
             {
                 **{k: v for k, v in numbers.items() if not k.startswith("ratio")},
                 "trained_with": trained_with,
-                **({"registered_model_version": version} if version else {}),
+                **registered,
             },
             METRICS,
         )
         # the per-block residual ratios (Figure 3): a plain output, not DVC metrics, so `dvc exp show` stays narrow
         write_json({k: v for k, v in numbers.items() if k.startswith("ratio")}, DIAGNOSTICS)
     store.remove(f"train-{h}")  # finished: nothing left to resume
-    return Trained(numbers, trained_with, params.train.epochs, version, params.mlflow.registered_model)
+    return Trained(
+        numbers,
+        trained_with,
+        params.train.epochs,
+        version,
+        params.mlflow.registered_model,
+        "registration" in registered,
+    )
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ def run(params, args) -> Tuned:
                 parent,
                 net=net,
                 group=tracking.group,
+                experiment_id=tracking.experiment_id,
             )
         finally:
             tracking.end_leftovers(parent)

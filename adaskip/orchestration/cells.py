@@ -41,7 +41,7 @@ from ..console import duration, progress_bars
 from ..errors import AdaskipError, describe
 from .grid import grid_accuracy
 from .storage import Storage
-from .train import Alone, Progress, TrackingTarget, run_training
+from .train import Alone, Progress, TrackingTarget, run_training, unsent
 
 if TYPE_CHECKING:
     from ..tracking import Tracker
@@ -279,6 +279,8 @@ class _Cell:
             progress=self.progress,
             label=label,
         )
+        if self.tracker is not None:
+            self.tracker.hand_on(unsent(state))
         numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         file = model_file(state, self.cell.params.data.image_size, metrics=numbers)
         buf = io.BytesIO()

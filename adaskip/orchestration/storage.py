@@ -134,6 +134,11 @@ class Storage:
     def read_csv(self, name: str) -> pd.DataFrame:
         return pd.read_csv(io.BytesIO(self.read_bytes(name)), dtype={"skip": str})
 
+    def list(self, name: str = "") -> list[str]:
+        """The names in folder ``name`` (none if it is not there)."""
+        found = self.filesystem.get_file_info(pafs.FileSelector(self._p(name), allow_not_found=True))
+        return sorted(i.base_name for i in found)
+
     def remove(self, name: str = "") -> None:
         """Delete a file or a folder tree; nothing if it is not there."""
         fs, target = self.filesystem, self._p(name)

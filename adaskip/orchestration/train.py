@@ -14,7 +14,15 @@ from types import ModuleType
 from typing import Any, Optional
 
 import ray.train
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, TrainingFailedError
+from ray.train import (
+    CheckpointConfig,
+    CheckpointUploadMode,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+    TrainingFailedError,
+)
 from ray.train.torch import TorchConfig, TorchTrainer, get_device, prepare_model
 from ray.train.torch.config import _TorchBackend  # no public hook runs in the workers before the process group
 from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy  # nor one chooses the policy
@@ -200,7 +208,7 @@ class EpochReporter:
         if tracking is not None and rank == 0:
             from ..tracking.outbox import Outbox
 
-            self.outbox = Outbox(tracking.uri, (resume or {}).get(OUTBOX_KEY) or ())
+            self.outbox = Outbox(tracking.uri, (resume or {}).get(OUTBOX_KEY) or (), experiment=tracking.experiment)
             # where the run trained, over every (re)started worker group: on a cluster, which nodes took part
             self.outbox.union_tag(tracking.run_id, NODES_TAG, nodes)
 
@@ -219,19 +227,59 @@ class EpochReporter:
             return
         if self.outbox is not None:
             state = {**state, OUTBOX_KEY: self.outbox.pending()}
-        with tempfile.TemporaryDirectory() as tmp:
-            save_atomic(state, Path(tmp) / STATE_FILE)
-            self.api.report(metrics, checkpoint=self.api.Checkpoint.from_directory(tmp))
+        if self.api is not ray.train:  # an in-process Tune trial: its checkpoint is on this node's disk
+            with tempfile.TemporaryDirectory() as tmp:
+                save_atomic(state, Path(tmp) / STATE_FILE)
+                self.api.report(metrics, checkpoint=self.api.Checkpoint.from_directory(tmp))
+            return
+        # Uploaded by Ray Train in a thread of its own while the next epoch trains, patiently while the storage does
+        # not answer; Ray Train removes the local copy once uploaded and records a checkpoint only then, in order.
+        tmp = tempfile.mkdtemp(prefix="adaskip-checkpoint-")
+        save_atomic(state, Path(tmp) / STATE_FILE)
+        self.api.report(
+            metrics,
+            checkpoint=self.api.Checkpoint.from_directory(tmp),
+            checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
+            checkpoint_upload_fn=upload_patiently,
+        )
 
-    def finish(self) -> int:
-        """At the end of training: wait for the records to be sent (``Outbox.finish``); returns how many still wait
-        (they are in the last checkpoint, for the stage to send)."""
-        if self.outbox is None:
-            return 0
-        left = self.outbox.finish()
-        if left:
-            log.warning("%d MLflow record(s) not sent yet: kept in the last checkpoint", left)
-        return left
+    def finish(self, wait: float = 2.0) -> list:
+        """At the end of training: wait up to ``wait`` seconds for the records to be sent; returns those not sent
+        (the last checkpoint keeps them too: the stage's Tracker sends them, see ``Tracker.hand_on``)."""
+        return self.outbox.finish(wait) if self.outbox is not None else []
+
+
+def upload_patiently(checkpoint: ray.train.Checkpoint, name: str) -> ray.train.Checkpoint:
+    """Ray Train's own upload of ``checkpoint`` to the run's storage (as ``name``), tried again while the storage does
+    not answer (an object store down), up to ``ADASKIP_STORAGE_WAIT_S`` (600 s). A storage that answers and still
+    fails the upload (no space, no permission) fails it at once."""
+    import time
+
+    storage = ray.train.get_context().get_storage()
+    deadline, said = time.monotonic() + float(os.environ.get(STORAGE_WAIT_ENV, 600)), None
+    while True:
+        try:
+            persisted = storage.persist_current_checkpoint(checkpoint, name)
+        except (OSError, RuntimeError) as e:
+            if _answers(storage.storage_filesystem, storage.experiment_fs_path) or time.monotonic() > deadline:
+                raise
+            if said is None:
+                said = time.monotonic()
+                log.warning("the run's storage does not answer: checkpoint %s waits, training goes on [%s]", name, e)
+            time.sleep(5)
+            continue
+        if said is not None:
+            log.warning("the run's storage is back after %.0f s: checkpoint %s uploaded", time.monotonic() - said, name)
+        return persisted
+
+
+def _answers(fs, path: str) -> bool:
+    """Whether storage ``fs`` answers a listing of ``path`` (a failure there is then not an outage)."""
+    try:
+        fs.get_file_info(path)
+        return True
+    except OSError:
+        return False
 
 
 def _worker_nodes() -> list[str]:
@@ -266,21 +314,12 @@ def latest_state(api: ModuleType = ray.train) -> Optional[dict[str, Any]]:
             with ckpt.as_directory() as d:
                 return read_torch_file(Path(d) / STATE_FILE, "Ray Train checkpoint state")
         except (CheckpointError, OSError):
-            if _storage_answers(ckpt) or time.monotonic() > deadline:
+            if _answers(ckpt.filesystem, ckpt.path) or time.monotonic() > deadline:
                 raise
             if not said:
                 log.warning("the checkpoint's storage does not answer: waiting for it to resume from %s", ckpt.path)
                 said = True
             time.sleep(5)
-
-
-def _storage_answers(ckpt) -> bool:
-    """Whether the checkpoint's storage answers a listing (a missing file there is then really missing)."""
-    try:
-        ckpt.filesystem.get_file_info(ckpt.path)
-        return True
-    except OSError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -403,7 +442,8 @@ def make_trainer(
 def run_training(
     params: Params, storage: Storage, name: str, tracking: Optional[TrackingTarget] = None, **kwargs
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Train with Ray Train; returns the final metrics and the final checkpoint state (model + spec)."""
+    """Train with Ray Train; returns the final metrics and the final checkpoint state (model + spec, and the MLflow
+    records not sent: see ``unsent``)."""
     try:
         result = make_trainer(params, storage, name, tracking, **kwargs).fit()
     except SystemExit:  # Ray Train's own Ctrl-C handler aborts the run, then calls sys.exit(0): not a success
@@ -420,17 +460,10 @@ def run_training(
 
     with result.checkpoint.as_directory() as d:
         state = read_torch_file(Path(d) / STATE_FILE, "Ray Train checkpoint state")
-    if tracking is not None and state.get(OUTBOX_KEY):  # what the last worker group may not have sent: sent here
-        send_pending(tracking.uri, state.pop(OUTBOX_KEY))
     return dict(result.metrics), state
 
 
-def send_pending(uri: str, records: list) -> int:
-    """Send records a finished worker group left in its last checkpoint (each epoch once: those it did send are
-    skipped), waiting as ``Outbox.finish`` does; returns how many could not be sent."""
-    from ..tracking.outbox import Outbox
-
-    left = Outbox(uri, records).finish()
-    if left:
-        log.warning("%d MLflow record(s) of this run could not be sent: the tracking server did not answer", left)
-    return left
+def unsent(state: dict[str, Any]) -> list:
+    """The MLflow records a checkpoint's worker group had not sent (removed from ``state``): for the driver's
+    ``Tracker.hand_on``."""
+    return state.pop(OUTBOX_KEY, None) or []

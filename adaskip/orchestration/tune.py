@@ -25,7 +25,7 @@ from ..console import verbose
 from ..errors import describe
 from .cluster import configure_ray_env
 from .storage import Storage
-from .train import EpochReporter, TrackingTarget, latest_state, make_trainer
+from .train import STATE_FILE, EpochReporter, TrackingTarget, latest_state, make_trainer, unsent
 
 if TYPE_CHECKING:
     from ..models import AdaptiveDepthNet  # trial drivers need not import timm
@@ -40,8 +40,9 @@ def _trial_params(base: dict[str, Any], config: dict[str, Any]) -> Params:
     return Params.model_validate(data)
 
 
-def _train_in_process(params: Params, epochs: int, tracking: TrackingTarget) -> None:
-    """The training loop in this trial's process, reporting (and checkpointing) through Tune each epoch."""
+def _train_in_process(params: Params, epochs: int, tracking: TrackingTarget) -> list:
+    """The training loop in this trial's process, reporting (and checkpointing) through Tune each epoch; returns the
+    MLflow records not sent yet."""
     import torch
 
     from ..training import WorkerEnv, fit
@@ -50,7 +51,7 @@ def _train_in_process(params: Params, epochs: int, tracking: TrackingTarget) -> 
     resume = latest_state(tune)
     reporter = EpochReporter(tracking, 0, tune, resume=resume)
     fit(params, WorkerEnv(report=reporter, resume_state=resume), epochs=epochs)
-    reporter.finish()
+    return reporter.finish()
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class TrialSetup:
     workers: int
     storage_uri: str
     group: Optional[str] = None  # the DVC experiment the trial runs are tagged with (Tracker's group)
+    experiment_id: Optional[str] = None  # known: a trial starts while the tracking server does not answer
 
 
 def _trial(config: dict[str, Any]) -> None:
@@ -74,7 +76,7 @@ def _trial(config: dict[str, Any]) -> None:
     ctx = tune.get_context()
     params = _trial_params(config["base"], config)
     s: TrialSetup = config["setup"]
-    tracker = Tracker(s.uri, s.experiment, s.group)
+    tracker = Tracker(s.uri, s.experiment, s.group, s.experiment_id)
     tags = {"trial_id": ctx.get_trial_id()}
     run_id = tracker.find_run(tags, s.parent_run_id)  # a resumed sweep continues its interrupted trials' runs
     run_id = (
@@ -86,7 +88,7 @@ def _trial(config: dict[str, Any]) -> None:
     target = TrackingTarget(s.uri, s.experiment, run_id)
     try:
         if s.workers == 0:
-            _train_in_process(params, s.epochs, target)
+            tracker.hand_on(_train_in_process(params, s.epochs, target))
         else:
             configure_ray_env()  # this trial drives a Ray Train run of its own (its controller reads them)
             result = make_trainer(
@@ -100,11 +102,18 @@ def _trial(config: dict[str, Any]) -> None:
             ).fit()
             if result.error is not None:
                 raise result.error
+            if result.checkpoint is not None:  # what its last worker group had not sent
+                from ..models.file import read_torch_file
+
+                with result.checkpoint.as_directory() as d:
+                    tracker.hand_on(unsent(read_torch_file(Path(d) / STATE_FILE, "Ray Train checkpoint state")))
         tracker.end_run(run_id, FINISHED)
     except Exception as e:  # a stopped trial (SystemExit) is ended by _close_trial_runs, per Tune's verdict
         tracker.set_tags(run_id, {"error": describe(e)})
         tracker.end_run(run_id, FAILED)
         raise
+    finally:  # what the tracking server did not take is kept in the run storage for the next stage to send
+        tracker.close(Storage(s.storage_uri), wait=10)
 
 
 class TrialLines(tune.Callback):
@@ -171,6 +180,7 @@ def run_sweep(
     space: Optional[dict[str, Any]] = None,
     net: Optional[AdaptiveDepthNet] = None,
     group: Optional[str] = None,
+    experiment_id: Optional[str] = None,
 ) -> pd.DataFrame:
     """Run the sweep (resuming an interrupted one with the same name); one row per trial. ``net``: params.model
     already built (the candidate splits follow its stage depths; default: built here).
@@ -182,7 +192,7 @@ def run_sweep(
     space = {
         **search_space(params, net),
         "base": params.model_dump(mode="json"),
-        "setup": TrialSetup(uri, experiment, parent_run_id, t.epochs, t.workers, storage.uri, group),
+        "setup": TrialSetup(uri, experiment, parent_run_id, t.epochs, t.workers, storage.uri, group, experiment_id),
         **(space or {}),
     }
     # In-process trials hold their CPUs themselves; Train trials only drive and leave CPUs to their workers.
@@ -228,28 +238,26 @@ def run_sweep(
         for k in quiet:
             os.environ.pop(k, None)
     table = trials_table(grid)
-    _close_trial_runs(table, uri, experiment, parent_run_id, t.epochs)
+    _close_trial_runs(table, space["setup"], storage)
     return table
 
 
-def _close_trial_runs(table: pd.DataFrame, uri: str, experiment: str, parent_run_id: str, epochs: int) -> None:
+def _close_trial_runs(table: pd.DataFrame, setup: "TrialSetup", storage: Storage) -> None:
     """End the MLflow run of every trial per Tune's verdict: a trial stopped at max_t or pruned by ASHA never
     returns from its last report, so its own ``finally`` cannot be relied on. A run left KILLED by an interrupted
-    sweep whose trial had finished (or was resumed) gets its verdict too."""
+    sweep whose trial had finished (or was resumed) gets its verdict too. Sent when the tracking server answers."""
     from ..tracking import FAILED, FINISHED, Tracker
 
-    tracker = Tracker(uri, experiment)
+    tracker = Tracker(setup.uri, setup.experiment, experiment_id=setup.experiment_id)
+    parent_run_id, epochs = setup.parent_run_id, setup.epochs
     for row in table.itertuples(index=False):
-        run_id = tracker.find_run({"trial_id": str(row.trial_id)}, parent_run_id)
-        if run_id is None or tracker.status(run_id) in (FINISHED, FAILED):  # ended by the trial itself
-            continue
+        trial = {"trial_id": str(row.trial_id)}
         if isinstance(row.error, str):  # pandas turns a missing error into NaN
-            tracker.set_tags(run_id, {"error": row.error})
-            tracker.end_run(run_id, FAILED)
+            tracker.end_found(trial, parent_run_id, FAILED, {"error": row.error})
         else:
             done = int(row.epochs or 0)
-            tracker.set_tags(run_id, {"stopped_early": done < epochs, "epochs_done": done})
-            tracker.end_run(run_id, FINISHED)
+            tracker.end_found(trial, parent_run_id, FINISHED, {"stopped_early": done < epochs, "epochs_done": done})
+    tracker.close(storage, wait=10)  # what is left is kept, for the next stage (the stage's own records follow)
 
 
 def trials_table(grid: tune.ResultGrid) -> pd.DataFrame:

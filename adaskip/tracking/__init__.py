@@ -17,6 +17,7 @@ from .tracker import (
     pareto_tags,
     provenance_tags,
     skip_params,
+    table,
 )
 from .uri import CERT_ENV, TrackingError, check_access, check_reachable, resolve_uri, tls_context
 
@@ -40,5 +41,6 @@ __all__ = [
     "provenance_tags",
     "resolve_uri",
     "skip_params",
+    "table",
     "tls_context",
 ]

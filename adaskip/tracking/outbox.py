@@ -1,34 +1,69 @@
 """Records for MLflow that never hold up training: kept in order, sent by a background thread whenever the tracking
 store answers, and handed on (``pending``) to be kept with a checkpoint, so that a restarted worker group sends what
-its predecessor could not. Each metric keeps the time it was made, not the time it was sent."""
+its predecessor could not. Each record keeps the time it was made, not the time it was sent.
+
+A run created while the store does not answer has a placeholder id (``pending-<hex>``) until it is sent; any outbox,
+in any process, that meets the placeholder finds the real run by its ``adaskip.pending_id`` tag. What a finished
+stage could not send is spooled to the run storage's ``pending/`` folder, the files it names with it, and sent by
+:func:`sync` (``adaskip sync``, and every stage as it starts)."""
 
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
+import tempfile
 import threading
 import time
-from typing import Any, Iterable, Mapping, Optional
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional
 
-from .uri import check_reachable
+from .uri import TrackingError, check_reachable
 
 log = logging.getLogger("adaskip.tracking")
-Record = dict[str, Any]  # {"kind": "metrics" | "union_tag", "run": run_id, ...}: plain data (a checkpoint keeps it)
+# {"kind": "metrics" | "union_tag" | "call", "run": run_id, ...}: plain data (a checkpoint and the spool keep it)
+Record = dict[str, Any]
 WAIT_ENV = "ADASKIP_TRACKING_WAIT_S"  # how long a finished run waits for its records to be sent (default 300 s)
+PENDING, PENDING_TAG = "pending-", "adaskip.pending_id"  # a run's placeholder id, and the tag that finds it once sent
+SPOOL = "pending"  # in the run storage: one folder per stage that ended with records not sent
+
+
+class NotYet(Exception):
+    """A record names a run that another process has not created yet: sent later, like a store that is down."""
+
+
+def down(e: BaseException) -> bool:
+    """The store did not answer (or not well): a record is worth sending again, as opposed to one it refused."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(e, MlflowException):
+        status = e.get_http_status_code()
+        return not (400 <= status < 500 and status != 429)
+    return isinstance(e, (TrackingError, OSError, NotYet))  # requests' errors are OSErrors
 
 
 class Outbox:
     """An ordered queue of MLflow records for one tracking store and its sender thread. ``put`` never blocks and
-    never raises; the store being down shows as one log line when it stops answering and one when it is back."""
+    never raises; the store being down shows as one log line when it stops answering and one when it is back.
+    ``execute`` sends a ``call`` record (a Tracker method by name); ``experiment`` finds placeholder runs."""
 
-    def __init__(self, uri: str, records: Iterable[Record] = (), retry: tuple[float, float] = (1.0, 30.0)) -> None:
-        self.uri = uri
+    def __init__(
+        self,
+        uri: str,
+        records: Iterable[Record] = (),
+        retry: tuple[float, float] = (1.0, 30.0),
+        experiment: Optional[str] = None,
+        execute: Optional[Callable[[Record], Any]] = None,
+    ) -> None:
+        self.uri, self.experiment, self._execute = uri, experiment, execute
         # records handed on from a checkpoint may have been sent after it was taken: a duplicate of one is expected
         self._queue: collections.deque[Record] = collections.deque({**r, "resent": True} for r in records)
         self._cv = threading.Condition()
         self._retry = retry
         self._logged: dict[tuple[str, str], set[int]] = {}  # (run, key) -> steps the store has: each epoch once
+        self._ids: dict[str, str] = {}  # placeholder -> the run id the store gave
         self._client = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="mlflow-outbox", daemon=True)
@@ -44,10 +79,19 @@ class Outbox:
         """Add ``values`` to the comma-separated set in tag ``key`` (read and written when sent)."""
         self.put({"kind": "union_tag", "run": run_id, "key": key, "values": sorted(set(values))})
 
-    def put(self, record: Record) -> None:
+    def put(self, *records: Record) -> None:
         with self._cv:
-            self._queue.append(record)
+            self._queue.extend(records)
             self._cv.notify()
+
+    def idle(self) -> bool:
+        """Nothing waits: a caller may talk to the store directly without passing a record queued before."""
+        with self._cv:
+            return not self._queue
+
+    def sending(self) -> bool:
+        """Whether this is the sender thread (a record being sent may make calls of its own, sent at once)."""
+        return threading.current_thread() is self._thread
 
     def pending(self) -> list[Record]:
         """The records not sent yet, in order (the one being sent included): what a checkpoint keeps."""
@@ -58,21 +102,40 @@ class Outbox:
         """Wait up to ``timeout`` seconds for every record to be sent; returns how many are still waiting."""
         deadline = time.monotonic() + timeout
         with self._cv:
-            while self._queue and time.monotonic() < deadline:
+            while self._queue and time.monotonic() < deadline and self._thread.is_alive():
                 self._cv.wait(min(1.0, max(0.0, deadline - time.monotonic())))
             return len(self._queue)
 
-    def finish(self) -> int:
-        """Wait up to ``ADASKIP_TRACKING_WAIT_S`` (300 s) for the records to be sent, then stop the sender; returns how
-        many could not be sent."""
-        left = self.drain(float(os.environ.get(WAIT_ENV, 300)))
+    def finish(self, wait: Optional[float] = None) -> list[Record]:
+        """Wait up to ``wait`` seconds (default ``ADASKIP_TRACKING_WAIT_S``, 300) for the records to be sent, then
+        stop the sender; returns those not sent, in order."""
+        self.drain(float(os.environ.get(WAIT_ENV, 300)) if wait is None else wait)
         self.close()
-        return left
+        return self.pending()
 
     def close(self) -> None:
         with self._cv:
             self._closed = True
             self._cv.notify_all()
+        if not self.sending():
+            self._thread.join(timeout=10)  # a send under way ends first: what pending() says then is what is left
+
+    def resolve(self, value: Any) -> Any:
+        """``value`` with every placeholder run id replaced by the id the store gave (``NotYet`` if none yet)."""
+        if isinstance(value, str) and value.startswith(PENDING):
+            if value not in self._ids:
+                found = self._mlflow().search_runs(
+                    [self._experiment_id()], f"tags.`{PENDING_TAG}` = '{value}'", max_results=1
+                )
+                if not found:
+                    raise NotYet(f"run {value} is not created yet")
+                self._ids[value] = found[0].info.run_id
+            return self._ids[value]
+        if isinstance(value, dict):
+            return {k: self.resolve(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.resolve(v) for v in value]
+        return value
 
     def _run(self) -> None:
         down_since, delay = None, self._retry[0]
@@ -80,19 +143,17 @@ class Outbox:
             with self._cv:
                 while not self._queue and not self._closed:
                     self._cv.wait()
-                if self._closed and not self._queue:
+                if self._closed:
                     return
                 record = self._queue[0]
             try:
                 self._send(record)
             except Exception as e:  # noqa: BLE001  (whatever the store or network raised: wait and try again)
-                if _refused(e):  # the store answered no (a run deleted, a bad value): sending again cannot help
+                if not down(e):  # the store answered no (a run deleted, a bad value): sending again cannot help
                     log.warning("MLflow refused a record of run %s, left out: %s", record.get("run"), _first_line(e))
-                    with self._cv:
-                        self._queue.popleft()
-                        self._cv.notify_all()
+                    self._done()
                     continue
-                if down_since is None:
+                if down_since is None and not isinstance(e, NotYet):
                     down_since = time.monotonic()
                     log.warning(
                         "MLflow at %s stopped answering; training goes on, its records wait and are sent when it is "
@@ -100,50 +161,71 @@ class Outbox:
                         self.uri,
                         _first_line(e).split("; ")[0],  # not the start-up hint of check_reachable's message
                     )
-                time.sleep(delay)
+                with self._cv:
+                    self._cv.wait_for(lambda: self._closed, timeout=delay)
                 delay = min(delay * 2, self._retry[1])
                 continue
-            with self._cv:
-                self._queue.popleft()
-                self._cv.notify_all()
+            left = self._done()
             if down_since is not None:
                 log.warning(
                     "MLflow at %s is back after %.0f s: the waiting records are being sent (%d left)",
                     self.uri,
                     time.monotonic() - down_since,
-                    len(self._queue),
+                    left,
                 )
-                down_since, delay = None, self._retry[0]
+                down_since = None
+            delay = self._retry[0]
+
+    def _done(self) -> int:
+        with self._cv:
+            self._queue.popleft()
+            self._cv.notify_all()
+            return len(self._queue)
 
     def _send(self, record: Record) -> None:
-        from mlflow.entities import Metric
-
         # a server that does not answer its health check is down: asked through MLflow's client, which retries a
         # refused connection for about two minutes and warns at each try, the outbox would hear so much later
         check_reachable(self.uri, timeout=3.0)
-        client = self._mlflow()
-        run = record["run"]
+        if record["kind"] == "call":
+            if self._execute is None:
+                raise ValueError(f"no Tracker here to send a {record['method']} call")
+            args, kwargs = self.resolve(record["args"]), self.resolve(record["kwargs"])
+            result = self._execute({**record, "args": args, "kwargs": kwargs})
+            if record.get("pending_id"):
+                self._ids[record["pending_id"]] = result
+            return
+        client, run = self._mlflow(), self.resolve(record["run"])
         if record["kind"] == "union_tag":
             have = client.get_run(run).data.tags.get(record["key"], "")
             merged = set(filter(None, have.split(","))) | set(record["values"])
             client.set_tag(run, record["key"], ",".join(sorted(merged)))
         elif record["kind"] == "metrics":
-            once, step = record.get("once"), record["step"]
-            if once:
-                logged = self._logged.get((run, once))
-                if logged is None:
-                    logged = self._logged[(run, once)] = {m.step for m in client.get_metric_history(run, once)}
-                if step in logged:
-                    if not record.get("resent"):  # a new record for a logged step: the epoch was trained again
-                        log.info("epoch %d trained again after a restart; its metrics were logged before", step)
-                        client.set_tag(run, "adaskip.retrained_epoch", str(step))
-                    return
-            items = [Metric(k, v, record["time"], step) for k, v in record["metrics"].items()]
-            client.log_batch(run, metrics=items)
-            if once:
-                logged.add(step)
+            self._log_metrics(client, run, record)
         else:
             raise ValueError(f"unknown outbox record {record['kind']!r}")
+
+    def _log_metrics(self, client, run: str, record: Record) -> None:
+        from mlflow.entities import Metric
+
+        once, step = record.get("once"), record["step"]
+        if once:
+            logged = self._logged.get((run, once))
+            if logged is None:
+                logged = self._logged[(run, once)] = {m.step for m in client.get_metric_history(run, once)}
+            if step in logged:
+                if not record.get("resent"):  # a new record for a logged step: the epoch was trained again
+                    log.info("epoch %d trained again after a restart; its metrics were logged before", step)
+                    client.set_tag(run, "adaskip.retrained_epoch", str(step))
+                return
+        client.log_batch(run, metrics=[Metric(k, v, record["time"], step) for k, v in record["metrics"].items()])
+        if once:
+            logged.add(step)
+
+    def _experiment_id(self) -> str:
+        exp = self._mlflow().get_experiment_by_name(self.experiment or "")
+        if exp is None:
+            raise NotYet(f"experiment {self.experiment!r} is not created yet")
+        return exp.experiment_id
 
     def _mlflow(self):
         if self._client is None:
@@ -153,16 +235,78 @@ class Outbox:
         return self._client
 
 
+def spool(store: Any, head: Mapping[str, Any], records: list[Record]) -> str:
+    """Keep ``records`` in ``store``'s (a :class:`~adaskip.orchestration.storage.Storage`) ``pending/<id>/``, with
+    the files their calls name (``record["files"]``: argument -> local path). Returns the folder's name."""
+    name = f"{SPOOL}/{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    kept = []
+    for i, r in enumerate(records):
+        for arg, path in (r.get("files") or {}).items():
+            target = f"files/{i}-{arg}/{Path(path).name}"
+            store.write_bytes(f"{name}/{target}", Path(path).read_bytes())
+            r = {**r, "files": {**r["files"], arg: target}}
+        kept.append(r)
+    # written last: a folder without it (a stage killed while spooling) is not sent, and sync says so
+    store.write_bytes(f"{name}/records.json", _json({**head, "records": kept}))
+    return name
+
+
+def unspool(store: Any, name: str, into: Path) -> tuple[dict[str, Any], list[Record]]:
+    """The head and records kept in ``store``'s ``name`` folder, their files downloaded under ``into``."""
+    blob = json.loads(store.read_bytes(f"{name}/records.json"))
+    records = []
+    for r in blob.pop("records"):
+        for arg, target in (r.get("files") or {}).items():
+            local = into / name / target
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(store.read_bytes(f"{name}/{target}"))
+            r["kwargs"][arg] = str(local)
+        records.append(r)
+    return blob, records
+
+
+def spooled(store: Any) -> list[str]:
+    """The spool folders in ``store``, oldest first."""
+    return sorted(f"{SPOOL}/{n}" for n in store.list(SPOOL))
+
+
+def sync(store: Any, wait: Optional[float] = None) -> tuple[int, int]:
+    """Send what stages spooled in ``store`` to the tracking stores they were meant for, oldest first; a folder is
+    removed once everything in it is sent. Returns (records sent, records still waiting)."""
+    from .tracker import Tracker
+
+    sent = left = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in spooled(store):
+            if not store.exists(f"{name}/records.json"):
+                log.warning("%s/%s is incomplete (its stage stopped while keeping it): left there", store, name)
+                continue
+            head, records = unspool(store, name, Path(tmp))
+            try:
+                check_reachable(head["uri"], timeout=3.0)
+            except TrackingError:
+                left += len(records)
+                log.warning("%s/%s: %s does not answer; its records wait", store, name, head["uri"])
+                break  # later folders follow these in time: sent after them
+            tracker = Tracker(head["uri"], head["experiment"], head.get("group"), head["experiment_id"])
+            tracker.outbox.put(*({**r, "resent": True} for r in records))
+            still = tracker.outbox.finish(wait)
+            if still:  # kept for the next try, without those sent (a model is registered once)
+                store.write_bytes(f"{name}/records.json", _json({**head, "records": still}))
+                left += len(still)
+                sent += len(records) - len(still)
+                break  # later folders follow these in time: sent after them
+            store.remove(name)
+            sent += len(records)
+    return sent, left
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)).encode()  # numpy scalars
+
+
 def _now() -> int:
     return int(time.time() * 1000)
-
-
-def _refused(e: BaseException) -> bool:
-    """The store's own answer to a bad request (HTTP 4xx but 429), as opposed to a store that does not answer."""
-    from mlflow.exceptions import MlflowException
-
-    status = e.get_http_status_code() if isinstance(e, MlflowException) else 500
-    return 400 <= status < 500 and status != 429
 
 
 def _first_line(e: BaseException) -> str:

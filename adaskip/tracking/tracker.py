@@ -5,17 +5,22 @@ entries of the adaptive network (versions, attached tables, aliases)."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import logging
 import os
 import subprocess
+import time
+import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
 
 import pandas as pd
 
 from ..console import verbose
-from ..serving import ATTACHED
+from ..serving import ATTACHED, GRID_FILE
+from .outbox import PENDING, PENDING_TAG, Outbox, Record, down, spool
 from .uri import TrackingError, check_reachable
 from .views import GROUP_TAG, run_url, ui_base
 
@@ -97,18 +102,73 @@ def load_table(uri: str, run_id: str, name: str) -> pd.DataFrame:
         raise TrackingError(f"run {run_id} in {uri}: cannot load its table {name} ({lines[0][:200]})") from None
 
 
-class Tracker:
-    """A thin handle on one experiment in one tracking store."""
+F = TypeVar("F", bound=Callable[..., Any])
 
-    def __init__(self, uri: str, experiment: str, group: Optional[str] = None) -> None:
-        """``group``: the DVC experiment (:func:`.views.experiment_label`) every run started here is tagged with."""
+
+def deferrable(method: Optional[F] = None, *, files: tuple[str, ...] = ()) -> Any:
+    """A write to the store: done at once while the store answers, else queued in the Tracker's outbox (its value
+    then None, or a placeholder run id for ``start_run``), its arguments plain data (``files``: those naming a local
+    file, kept with the records). An ``at`` argument is stamped with the time of the call."""
+    if method is None:
+        return functools.partial(deferrable, files=files)
+    sig = inspect.signature(method)
+
+    @functools.wraps(method)
+    def call(self: "Tracker", *args: Any, **kwargs: Any) -> Any:
+        named = sig.bind(self, *args, **kwargs).arguments
+        named.pop("self")
+        if "at" in sig.parameters and named.get("at") is None:
+            named["at"] = int(time.time() * 1000)
+        return self._write(method, named, files)
+
+    return call
+
+
+def answered(default: Any) -> Callable[[F], F]:
+    """A read from the store: ``default`` (unknown) while the store does not answer or records wait to be sent."""
+
+    def wrap(method: F) -> F:
+        @functools.wraps(method)
+        def call(self: "Tracker", *args: Any, **kwargs: Any) -> Any:
+            if self.outbox.sending():
+                return method(self, *args, **kwargs)
+            if not self.outbox.idle() or any(isinstance(a, str) and a.startswith(PENDING) for a in args):
+                return default
+            try:
+                check_reachable(self.uri, timeout=3.0)
+                return method(self, *args, **kwargs)
+            except Exception as e:
+                if not down(e):
+                    raise
+                log.debug("MLflow did not answer %s: %s", method.__name__, e)
+                return default
+
+        return call  # type: ignore[return-value]
+
+    return wrap
+
+
+class Tracker:
+    """A thin handle on one experiment in one tracking store. Its writes never fail or wait on a store that stopped
+    answering once it had answered: they queue in ``outbox`` (:func:`deferrable`), and what a stage could not send
+    by its end is kept in the run storage by :meth:`close`."""
+
+    def __init__(
+        self, uri: str, experiment: str, group: Optional[str] = None, experiment_id: Optional[str] = None
+    ) -> None:
+        """``group``: the DVC experiment (:func:`.views.experiment_label`) every run started here is tagged with;
+        ``experiment_id``: known already (a trial of a stage, which asked the store): the store is not asked."""
         from mlflow.tracking import MlflowClient
 
-        check_reachable(uri)
         self.uri = uri
         self.experiment = experiment
         self.group = group
         self.client = MlflowClient(tracking_uri=uri)
+        self.outbox = Outbox(uri, experiment=experiment, execute=self._execute)
+        if experiment_id is not None:
+            self.experiment_id = experiment_id
+            return
+        check_reachable(uri)  # a stage's start: a store never reached (a mistyped URI) stops it in seconds
         exp = self.client.get_experiment_by_name(experiment)
         key, kind = EXPERIMENT_KIND
         if exp is None:
@@ -118,14 +178,78 @@ class Tracker:
             if key not in exp.tags:  # an experiment created before: a user's own kind is kept
                 self.client.set_experiment_tag(self.experiment_id, key, kind)
 
+    def _write(self, method: Callable[..., Any], kwargs: dict[str, Any], files: tuple[str, ...]) -> Any:
+        if self.outbox.sending():  # a queued call's own calls
+            return method(self, **kwargs)
+        if self.outbox.idle():
+            try:
+                check_reachable(self.uri, timeout=3.0)
+                return method(self, **self.outbox.resolve(kwargs))
+            except Exception as e:
+                if not down(e):
+                    raise
+        record: Record = {"kind": "call", "method": method.__name__, "args": [], "kwargs": kwargs}
+        record["files"] = {a: str(Path(kwargs[a]).resolve()) for a in files if kwargs.get(a)}
+        if method.__name__ == "start_run":  # its id, until the store gives one: found by its tag by any process
+            record["pending_id"] = pending = f"{PENDING}{uuid.uuid4().hex}"
+            kwargs["tags"] = {**(kwargs.get("tags") or {}), PENDING_TAG: pending}
+            self.outbox.put(record)
+            return pending
+        self.outbox.put(record)
+        return None
+
+    def _execute(self, record: Record) -> Any:
+        """Send a queued call: the method itself (not its deferring wrapper)."""
+        method = getattr(type(self), record["method"]).__wrapped__
+        if record.get("pending_id"):  # sent before, its answer lost: the run exists already
+            found = self.client.search_runs(
+                [self.experiment_id], f"tags.`{PENDING_TAG}` = '{record['pending_id']}'", max_results=1
+            )
+            if found:
+                return found[0].info.run_id
+        return method(self, *record["args"], **record["kwargs"])
+
+    def hand_on(self, records: list[Record]) -> None:
+        """Send ``records`` another outbox could not (a worker group's, kept in its last checkpoint) after those
+        queued here; a duplicate of one it did send is expected and skipped."""
+        self.outbox.put(*({**r, "resent": True} for r in records))
+
+    def waiting(self) -> int:
+        """How many records wait to be sent."""
+        return len(self.outbox.pending())
+
+    def close(self, store: Any, wait: Optional[float] = None) -> int:
+        """Wait up to ``wait`` seconds (``ADASKIP_TRACKING_WAIT_S``, 300) for the records to be sent, then keep what
+        is left in ``store``'s ``pending/`` (a :class:`~adaskip.orchestration.storage.Storage`), and say so once.
+        Returns how many records were kept."""
+        left = self.outbox.finish(wait)
+        if left:
+            head = {"uri": self.uri, "experiment": self.experiment, "experiment_id": self.experiment_id}
+            where = spool(store, {**head, "group": self.group}, left)
+            log.warning(
+                "%d MLflow record(s) wait: %s did not answer; kept in %s/%s, sent by `adaskip sync` (every stage "
+                "runs it as it starts) once it answers",
+                len(left),
+                self.uri,
+                store,
+                where,
+            )
+        return len(left)
+
+    @deferrable
     def start_run(
-        self, name: str, tags: Optional[Mapping[str, str]] = None, parent_run_id: Optional[str] = None
+        self,
+        name: str,
+        tags: Optional[Mapping[str, str]] = None,
+        parent_run_id: Optional[str] = None,
+        at: Optional[int] = None,
     ) -> str:
         tags = {**provenance_tags(), **({GROUP_TAG: self.group} if self.group else {}), **(tags or {})}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
-        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+        return self.client.create_run(self.experiment_id, start_time=at, run_name=name, tags=tags).info.run_id
 
+    @deferrable
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -133,28 +257,27 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i : i + 100])
 
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
-        import time
-
+    @deferrable
+    def log_metrics(
+        self, run_id: str, metrics: Mapping[str, float], step: Optional[int] = None, at: Optional[int] = None
+    ) -> None:
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if isinstance(v, (int, float))]
+        items = [Metric(k, float(v), at, step or 0) for k, v in metrics.items() if isinstance(v, (int, float))]
         self.client.log_batch(run_id, metrics=items)
 
-    def log_curve(self, run_id: str, key: str, steps: list[tuple[int, float]]) -> None:
+    @deferrable
+    def log_curve(self, run_id: str, key: str, steps: list[tuple[int, float]], at: Optional[int] = None) -> None:
         """A curve as one metric's history: ``value`` at ``step`` each (:func:`.views.curve_steps`); logged again
         (a resumed run), the old points are kept, not doubled."""
-        import time
-
         from mlflow.entities import Metric
 
         done = self.logged_steps(run_id, key)
-        now = int(time.time() * 1000)
-        items = [Metric(key, v, now, step) for step, v in steps if step not in done]
+        items = [Metric(key, v, at, step) for step, v in steps if step not in done]
         for i in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[i : i + 1000])
 
+    @deferrable
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, str(v))
@@ -166,29 +289,44 @@ class Tracker:
     def tags(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.tags)
 
+    @deferrable(files=("path",))
     def log_artifact(self, run_id: str, path: str | os.PathLike, folder: Optional[str] = None) -> None:
         self.client.log_artifact(run_id, str(path), folder)
 
     def log_table(self, run_id: str, df: pd.DataFrame, name: str) -> None:
-        self.client.log_table(run_id, data=df, artifact_file=name)
+        self._log_table(run_id, table(df), name)
 
+    @deferrable
+    def _log_table(self, run_id: str, table: dict[str, Any], name: str) -> None:
+        self.client.log_table(run_id, data=pd.DataFrame(**table), artifact_file=name)
+
+    @deferrable
     def log_dict(self, run_id: str, obj: Any, name: str) -> None:
         self.client.log_dict(run_id, obj, name)
 
-    def end_run(self, run_id: str, status: str = FINISHED) -> None:
-        self.client.set_terminated(run_id, status)
+    @deferrable
+    def end_run(self, run_id: str, status: str = FINISHED, at: Optional[int] = None) -> None:
+        self.client.set_terminated(run_id, status, end_time=at)
 
-    def status(self, run_id: str) -> str:
+    @answered(None)
+    def status(self, run_id: str) -> Optional[str]:
+        """The run's status (None: unknown, the store not answering)."""
         return self.client.get_run(run_id).info.status
 
     def reopen(self, run_id: str) -> str:
         """Mark a continued run (interrupted: KILLED or FAILED) RUNNING again, so it ends with its real verdict."""
-        if self.status(run_id) != RUNNING:
-            self.client.update_run(run_id, status=RUNNING)
+        self._reopen(run_id)
         return run_id
 
+    @deferrable
+    def _reopen(self, run_id: str) -> None:
+        if self.client.get_run(run_id).info.status != RUNNING:
+            self.client.update_run(run_id, status=RUNNING)
+
+    @answered(None)
     def find_run(self, tags: Mapping[str, str], parent_run_id: Optional[str] = None) -> Optional[str]:
-        """The newest run with these tags (to continue an interrupted run instead of duplicating it)."""
+        """The newest run with these tags (to continue an interrupted run instead of duplicating it); None also
+        while the store does not answer (a new run is started then)."""
         clauses = [f"tags.{k} = '{v}'" for k, v in tags.items()]
         if parent_run_id:
             clauses.append(f"tags.mlflow.parentRunId = '{parent_run_id}'")
@@ -203,17 +341,27 @@ class Tracker:
         run_id = self.find_run(tags, parent_run_id)
         return run_id if run_id and self.status(run_id) != FINISHED else None
 
+    @answered([])
     def children(self, parent_run_id: str) -> list:
         return self.client.search_runs(
             [self.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000
         )
 
-    def end_leftovers(self, parent_run_id: str, status: str = KILLED) -> int:
+    @deferrable
+    def end_leftovers(self, parent_run_id: str, status: str = KILLED) -> None:
         """Mark children still RUNNING (their process died or was stopped early) as ended."""
-        left = [r for r in self.children(parent_run_id) if r.info.status == RUNNING]
-        for r in left:
-            self.end_run(r.info.run_id, status)
-        return len(left)
+        for r in self.children(parent_run_id):
+            if r.info.status == RUNNING:
+                self.end_run(r.info.run_id, status)
+
+    @deferrable
+    def end_found(self, tags: Mapping[str, str], parent_run_id: str, status: str, verdict: Mapping[str, Any]) -> None:
+        """End the newest run with ``tags`` under ``parent_run_id`` with ``status``, tagged ``verdict``, unless it
+        ended FINISHED or FAILED already (its own process did)."""
+        run_id = self.find_run(tags, parent_run_id)
+        if run_id is not None and self.status(run_id) not in (FINISHED, FAILED):
+            self.set_tags(run_id, verdict)
+            self.end_run(run_id, status)
 
     @contextlib.contextmanager
     def run(
@@ -235,9 +383,10 @@ class Tracker:
             raise
         else:
             self.end_run(run_id, FINISHED)
-            if parent_run_id is None and self.uri.startswith(("http://", "https://")):  # a stage's run: where to look
+            if parent_run_id is None and self.uri.startswith(("http://", "https://")) and self.outbox.idle():
                 log.info("MLflow run %s: %s", name, run_url(ui_base(self.uri), self.experiment_id, run_id))
 
+    @deferrable
     def log_dataset(self, run_id: str, data: Mapping[str, Any], context: str) -> None:
         """Log the data set as the run's input: a one-row descriptor table (``data`` params: name, path, image size,
         split fractions, seed) named ``data["name"]``, its digest a hash of the descriptor; ``context``: training or
@@ -261,6 +410,7 @@ class Tracker:
             entity = ds._to_mlflow_entity()  # infers the schema: the integer-columns hint comes from here
         self.client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
 
+    @deferrable(files=("path",))
     def log_model(
         self,
         run_id: str,
@@ -307,14 +457,17 @@ class Tracker:
         self.set_tags(run_id, {"adaskip.registered_model": f"{registered_model}/{version}"})
         return version
 
+    @answered(None)
     def model_version(self, registered_model: str, path: str | os.PathLike) -> Optional[str]:
         """The newest registered version of ``registered_model`` that serves the model file ``path`` (by sha256)."""
         import hashlib
 
+        with open(path, "rb") as f:
+            return self._version_of(registered_model, hashlib.file_digest(f, "sha256").hexdigest())
+
+    def _version_of(self, registered_model: str, sha: str) -> Optional[str]:
         from mlflow.exceptions import MlflowException
 
-        with open(path, "rb") as f:
-            sha = hashlib.file_digest(f, "sha256").hexdigest()
         try:
             versions = self.client.search_model_versions(f"name = '{registered_model}'")
         except MlflowException:
@@ -323,6 +476,7 @@ class Tracker:
         hits = [v for v in hits if SKIP_TAG not in v.tags] or hits  # the train stage's, not an alias's (set_alias)
         return str(max(int(v.version) for v in hits)) if hits else None
 
+    @deferrable
     def tag_model_version(self, registered_model: str, version: str, tags: Mapping[str, Any]) -> None:
         for k, v in tags.items():
             self.client.set_model_version_tag(registered_model, version, k, str(v))
@@ -403,6 +557,27 @@ class Tracker:
                 kept[alias] = str(held.version)
         return taken, kept
 
+    @deferrable
+    def evaluated(
+        self,
+        registered_model: str,
+        model_sha: str,
+        run_id: str,
+        tags: Mapping[str, str],
+        grid: dict[str, Any],
+        wanted: Mapping[str, str],
+    ) -> Optional[tuple[str, dict[str, str], dict[str, str]]]:
+        """What the evaluate stage (run ``run_id``) tells the registry about the version serving the model file
+        whose sha256 is ``model_sha``: ``tags`` on it, the ``grid`` (a :func:`table`) beside the served model,
+        and the aliases ``wanted`` offered (:meth:`offer_aliases`). Returns (version, aliases set, aliases kept);
+        None when no version serves that file (the train stage registered none) or while the store does not answer."""
+        version = self._version_of(registered_model, model_sha)
+        if version is None:
+            return None
+        self.tag_model_version(registered_model, version, {**tags, "adaskip.evaluate_run": run_id})
+        self.attach_to_model(registered_model, version, {GRID_FILE: pd.DataFrame(**grid)})
+        return (version, *self.offer_aliases(registered_model, version, wanted))
+
     def promote(self, registered_model: str, version: str, only: Optional[list[str]] = None) -> dict[str, str]:
         """Point the aliases evaluate offered ``version`` (its candidate tags; ``only``: some of them) at it. Returns
         alias -> the version now serving it; a version evaluate never offered aliases is a TrackingError."""
@@ -440,6 +615,13 @@ class Tracker:
         meta = root / "registered_model_meta"
         info = yaml.safe_load(meta.read_text()) if meta.is_file() else None
         return root / "artifacts" / "model.pt", info and (info["model_name"], str(info["model_version"]))
+
+
+def table(df: pd.DataFrame) -> dict[str, Any]:
+    """``df`` as plain data (a queued record's argument), every value exact: ``pd.DataFrame(**table)`` makes it
+    again."""
+    split = df.to_dict(orient="split", index=False)  # Python scalars, not numpy's
+    return {"data": split["data"], "columns": split["columns"]}
 
 
 def logged_model_id(source: str) -> Optional[str]:
