@@ -1,11 +1,19 @@
 """Choose a sub-network under a budget (``adaskip select``).
 
 The grid is the evaluate stage's: ``results/eval_grid.csv``, or the ``eval_grid.json`` table of an MLflow evaluate
-run. Among its Pareto-front rows (fewer MACs vs higher top-1) those within every budget given (latency, MACs,
-top-1) are candidates; the most accurate wins, ties going to fewer MACs. Latency is milliseconds per forward of
-one batch (p50), at the first measured batch size unless ``batch`` names another, on the grid's device (``device``
-picks one when the grid holds several machines' rows). Exit codes of the command: 0 chosen, 1 nothing fits,
-2 bad arguments (an :class:`AdaskipError`, one line).
+run. Every sub-network within every budget given (latency, MACs, top-1) is a candidate, on the MACs Pareto front or
+not (on a CPU, latency and MACs disagree). The rule answers the question asked:
+
+- a cost cap (``max_latency_ms``, ``max_macs``), with or without an accuracy floor: the most accurate candidate,
+  ties going to the faster (lower p50 where the grid has latency, else fewer MACs);
+- an accuracy floor alone (``min_acc``): the cheapest candidate, the lowest p50 where the grid has latency for the
+  device and batch (one device, or the one ``device`` names), else the fewest MACs; ties going to the more accurate;
+- ``prefer`` (``accuracy``, ``latency``, ``macs``) overrides the rule: the candidate best at that.
+
+Remaining ties go to fewer MACs, then the skip string. Latency is milliseconds per forward of one batch (p50), at the
+first measured batch size unless ``batch`` names another, on the grid's device (``device`` picks one when the grid
+holds several machines' rows). Exit codes of the command: 0 chosen, 1 nothing fits, 2 bad arguments (an
+:class:`AdaskipError`, one line).
 """
 
 from __future__ import annotations
@@ -20,7 +28,6 @@ import pandas as pd
 from .console import si
 from .errors import AdaskipError
 from .evaluation.latency import latency_column, latency_wide, wide_columns
-from .evaluation.pareto import pareto_front
 
 GRID = "results/eval_grid.csv"
 TABLE = "eval_grid.json"  # the evaluate run's artifact
@@ -37,6 +44,7 @@ class Budget:
     min_acc: Optional[float] = None
     batch: Optional[int] = None  # which measured batch size max_latency_ms refers to (default: the first)
     device: Optional[str] = None  # which machine's latency (default: the grid's only one)
+    prefer: Optional[str] = None  # accuracy, latency or macs: overrides the rule (see the module's docstring)
 
     cli: bool = True  # messages name the command's flags (--max-latency-ms), else the request's params (serving)
 
@@ -57,7 +65,17 @@ class Budget:
                 or (is_batch and v != int(v))
             ):
                 raise SelectError(f"{key} must be {'an integer >= 1' if is_batch else 'a number >= 0'}, got {v!r}")
+        if self.prefer is not None and self.prefer not in PREFER:
+            raise SelectError(f"{self.name('prefer')} must be one of {', '.join(PREFER)}, got {self.prefer!r}")
         return self
+
+    def objective(self, has_latency: bool) -> str:
+        """What the choice maximises or minimises: ``prefer``, else accuracy under a cost cap, else the cost."""
+        if self.prefer:
+            return self.prefer
+        if self.max_latency_ms is not None or self.max_macs is not None:
+            return "accuracy"
+        return "latency" if has_latency else "macs"
 
     def describe(self, batch: Optional[int]) -> str:
         at = f" at batch {batch}" if batch else ""
@@ -69,13 +87,17 @@ class Budget:
         return ", ".join(p for p in parts if p)
 
 
+PREFER = ("accuracy", "latency", "macs")
+
+
 @dataclass(frozen=True)
 class Choice:
     chosen: Optional[pd.Series]  # None: nothing fits
-    front: pd.DataFrame  # the Pareto-front rows considered
+    rows: pd.DataFrame  # the sub-networks considered (every one of the device)
     fitting: int  # how many of them fit
-    p50: str  # the latency column used
+    p50: str  # the latency column used ("": none)
     batch: Optional[int]
+    objective: str  # accuracy, latency or macs: what chose among those that fit
 
 
 def read_grid(path: str | Path = GRID) -> pd.DataFrame:
@@ -165,23 +187,30 @@ def latency_of(grid: pd.DataFrame, batch: Optional[int], flag: str = "--batch") 
 
 
 def choose(grid: pd.DataFrame, budget: Budget) -> Choice:
-    """The most accurate Pareto-front row within ``budget`` (ties: fewer MACs, then skip string)."""
+    """The best sub-network of ``grid`` within ``budget`` by the rule of this module's docstring."""
     budget.check()
-    rows = on_device(grid, budget.device, need=budget.max_latency_ms is not None)
-    wants = budget.max_latency_ms is not None or budget.batch is not None
-    has = "latency_ms" in rows.columns or bool(wide_columns(list(rows.columns)))
-    p50, batch = latency_of(rows, budget.batch, budget.name("batch")) if wants or has else ("", None)
-    on_front = rows["pareto"].astype(bool) if "pareto" in rows.columns else pareto_front(rows["macs"], rows["acc1"])
-    front = rows[list(on_front)]
-    ok = pd.Series(True, front.index)
+    need = budget.max_latency_ms is not None or budget.prefer == "latency"
+    rows = on_device(grid, budget.device, need=need)
+    # latency counts where it is the device's: with several devices and none named, a floor alone goes by MACs
+    several = budget.device is None and "device" in grid.columns and grid["device"].nunique() > 1
+    has = not several and ("latency_ms" in rows.columns or bool(wide_columns(list(rows.columns))))
+    p50, batch = latency_of(rows, budget.batch, budget.name("batch")) if need or has or budget.batch else ("", None)
+    ok = pd.Series(True, rows.index)
     if budget.max_latency_ms is not None:
-        ok &= front[p50] <= budget.max_latency_ms
+        ok &= rows[p50] <= budget.max_latency_ms
     if budget.max_macs is not None:
-        ok &= front["macs"] <= budget.max_macs
+        ok &= rows["macs"] <= budget.max_macs
     if budget.min_acc is not None:
-        ok &= front["acc1"] >= budget.min_acc
-    fit = front[ok].sort_values(["acc1", "macs", "skip"], ascending=[False, True, True], kind="stable")
-    return Choice(fit.iloc[0] if len(fit) else None, front, len(fit), p50, batch)
+        ok &= rows["acc1"] >= budget.min_acc
+    objective = budget.objective(bool(p50))
+    faster = [p50] if p50 else []
+    keys = {
+        "accuracy": [("acc1", False), *((c, True) for c in faster)],
+        "latency": [*((c, True) for c in faster), ("acc1", False)],
+        "macs": [("macs", True), ("acc1", False)],
+    }[objective] + [("macs", True), ("skip", True)]
+    fit = rows[ok].sort_values([k for k, _ in keys], ascending=[a for _, a in keys], kind="stable")
+    return Choice(fit.iloc[0] if len(fit) else None, rows, len(fit), p50, batch, objective)
 
 
 def figures(row: pd.Series, p50: str) -> str:
@@ -204,18 +233,17 @@ def verdict(choice: Choice, budget: Budget) -> str:
     """One line: the chosen configuration with its figures, or that none fits and what the cheapest costs."""
     limits = budget.describe(choice.batch)
     if choice.chosen is not None:
+        best = {"accuracy": "most accurate", "latency": "fastest", "macs": "cheapest in MACs"}[choice.objective]
+        why = f"prefer {budget.prefer}" if budget.prefer else "the rule for this budget"
         return (
-            f"{choice.chosen['skip']}: {figures(choice.chosen, choice.p50)} (the most accurate of the "
-            f"{choice.fitting} Pareto-front sub-networks within {limits}; {len(choice.front)} on the front)"
+            f"{choice.chosen['skip']}: {figures(choice.chosen, choice.p50)} (the {best} of the {choice.fitting} of "
+            f"{len(choice.rows)} sub-networks within {limits}: {why})"
         )
     key = choice.p50 if budget.max_latency_ms is not None else "macs"
-    cheapest = choice.front.sort_values([key, "macs"], kind="stable").iloc[0]
-    best = choice.front.sort_values("acc1", ascending=False, kind="stable").iloc[0]
+    cheapest = choice.rows.sort_values([key, "macs"], kind="stable").iloc[0]
+    best = choice.rows.sort_values("acc1", ascending=False, kind="stable").iloc[0]
     most = f"; the most accurate, {best['skip']}, reaches {best['acc1']:.2f} %" if budget.min_acc is not None else ""
-    return (
-        f"no sub-network fits {limits}: the cheapest on the Pareto front is {cheapest['skip']}: "
-        f"{figures(cheapest, choice.p50)}{most}"
-    )
+    return f"no sub-network fits {limits}: the cheapest is {cheapest['skip']}: {figures(cheapest, choice.p50)}{most}"
 
 
 def aliases(grid: pd.DataFrame, within: float = 1.0) -> dict[str, str]:

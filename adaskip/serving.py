@@ -1,7 +1,8 @@
 """Serving by budget: which sub-network answers a request. A request names a sub-network (``skip``) or a budget
-(``max_latency_ms`` with an optional ``batch``, ``max_macs``, ``min_acc``); a budget is answered by the sub-network
-``adaskip select`` picks from the evaluation grid (accuracy, MACs, Pareto front) and the latency table of the device
-the model serves on. No MLflow here: :mod:`adaskip.tracking.model` reads the tables beside the MLflow Model."""
+(``max_latency_ms`` with an optional ``batch``, ``max_macs``, ``min_acc``, and ``prefer``); a budget is answered by
+the sub-network ``adaskip select`` picks by the same rule (:mod:`adaskip.select`) from the evaluation grid (accuracy,
+MACs) and the latency table of the device the model serves on. No MLflow here: :mod:`adaskip.tracking.model` reads
+the tables beside the MLflow Model."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from .errors import AdaskipError
 from .evaluation.latency import LONG_COLUMNS, latency_long, latency_wide
 from .select import Budget, SelectError, choose, verdict
 
-BUDGET_KEYS = ("max_latency_ms", "max_macs", "min_acc", "batch")
+BUDGET_KEYS = ("max_latency_ms", "max_macs", "min_acc", "batch", "prefer")
 ATTACHED = "adaskip"  # folder beside a served MLflow Model (Tracker.attach_to_model): the grid, latency/*.csv
 GRID_FILE, LATENCY_DIR = "eval_grid.csv", "latency"
 GRID_COLUMNS = ["skip", "acc1", "acc5", "macs", "params", "pareto"]  # what serving keeps of an evaluation grid
@@ -36,17 +37,18 @@ class Menu:
     grid: Optional[pd.DataFrame]
     latency: pd.DataFrame
     default: str  # the sub-network that answers a request with neither skip nor budget
-    answers: dict = field(default_factory=dict, compare=False, repr=False)  # budget -> (skip, error), see pick
+    answers: dict = field(default_factory=dict, compare=False, repr=False)  # budget -> (skip, error, figures)
 
-    def pick(self, params: Optional[Mapping[str, Any]]) -> tuple[str, bool]:
-        """The skip string that answers a request with ``params`` and whether a budget chose it; a RequestError
-        when a parameter is wrong or nothing fits."""
+    def pick(self, params: Optional[Mapping[str, Any]]) -> tuple[str, Optional[dict[str, Any]]]:
+        """The skip string that answers a request with ``params`` and, when a budget chose it, the figures it was
+        chosen by (the grid's top-1, MACs, the expected p50 and its batch size); a RequestError when a parameter is
+        wrong or nothing fits."""
         given = {k: v for k, v in (params or {}).items() if v is not None}
         budget = {k: given[k] for k in BUDGET_KEYS if k in given}
         if "skip" in given and budget:
             raise RequestError(f"skip and a budget ({', '.join(budget)}) were both given: pass one of them")
         if not budget:
-            return self.skip(given.get("skip", self.default)), False
+            return self.skip(given.get("skip", self.default)), None
         if self.grid is None:
             raise RequestError(
                 "this model has no evaluation grid, so a budget cannot be met: pass skip (one of "
@@ -57,19 +59,25 @@ class Menu:
             if len(self.answers) >= 4096:
                 self.answers.clear()
             self.answers[key] = self._choose(budget)
-        skip, error = self.answers[key]
+        skip, error, figures = self.answers[key]
         if error:
             raise RequestError(error)
-        return skip, True
+        return skip, figures
 
-    def _choose(self, budget: dict[str, Any]) -> tuple[str, str]:
-        """(the chosen skip, "") or ("", what is wrong)."""
+    def _choose(self, budget: dict[str, Any]) -> tuple[str, str, Optional[dict[str, Any]]]:
+        """(the chosen skip, "", its figures) or ("", what is wrong, None)."""
         try:
             wanted = Budget(**budget, cli=False).check()
             choice = choose(self.table, wanted)
         except SelectError as e:
-            return "", str(e)
-        return (str(choice.chosen["skip"]), "") if choice.chosen is not None else ("", verdict(choice, wanted))
+            return "", str(e), None
+        if choice.chosen is None:
+            return "", verdict(choice, wanted), None
+        row = choice.chosen
+        figures = {"acc1": float(row["acc1"]), "macs": float(row["macs"])}
+        if choice.p50:
+            figures |= {"p50_ms": float(row[choice.p50]), "batch": int(choice.batch or 1)}
+        return str(row["skip"]), "", figures
 
     @cached_property
     def table(self) -> pd.DataFrame:

@@ -124,7 +124,7 @@ def test_registered_model_serves_every_subnetwork(tmp_path: Path, tiny_params, m
     assert "attached to adaskip version 1 for cpu:" in done.stdout
     table = pd.read_csv(tmp_path / "latency.csv", dtype={"skip": str})
     assert len(table) == 2 * 2**S and set(table.threads) == {1} and set(table.batch_size) == {1, 4}
-    front = with_latency(grid, [tmp_path / "latency.csv"]).query("pareto")
+    front = with_latency(grid, [tmp_path / "latency.csv"])  # every sub-network is a candidate, not only the front
     b1 = sorted(front["latency_p50_ms_b1"])
     budgets = {
         "tight": {"max_latency_ms": b1[len(b1) // 2]},
@@ -170,9 +170,10 @@ def test_registered_model_serves_every_subnetwork(tmp_path: Path, tiny_params, m
             chosen[what] = got["skip"]
             assert got["skip"] == selected(budget), what
             np.testing.assert_allclose(np.asarray(got["logits"]), library(got["skip"]), atol=1e-4)
-        p50 = front.set_index("skip")["latency_p50_ms_b1"]
-        assert chosen["loose"] == "F" * S and p50[chosen["tight"]] <= budgets["tight"]["max_latency_ms"], chosen
-        assert (chosen["tight"] == "F" * S) == (p50["F" * S] <= budgets["tight"]["max_latency_ms"]), chosen
+        for what in ("tight", "loose"):  # a cost cap: the most accurate within it, ties to the faster
+            fits = front[front.latency_p50_ms_b1 <= budgets[what]["max_latency_ms"]]
+            best = fits.sort_values(["acc1", "latency_p50_ms_b1"], ascending=[False, True]).iloc[0]
+            assert chosen[what] == best.skip, (what, chosen)
 
         status, body = _post_error(url, {"inputs": x.tolist(), "params": {"max_latency_ms": b1[0] / 2}})
         assert status == 400 and body["message"].startswith(f"no sub-network fits latency <= {b1[0] / 2:g} ms"), body

@@ -137,7 +137,8 @@ def test_evaluate_stage_writes_latency_tables_and_select_reads_its_run(ray_clust
 
     assert _cli("select", "--run", parent, "--max-macs", "1e12") == 0
     line = capsys.readouterr().out.strip()
-    best = grid[grid.pareto].sort_values(["acc1", "macs"], ascending=[False, True]).iloc[0]
+    keys = ["acc1", "latency_p50_ms_b1", "macs", "skip"]  # a cost cap: the most accurate of all, then the faster
+    best = grid.sort_values(keys, ascending=[False, True, True, True]).iloc[0]
     assert line.startswith(f"{best.skip}: ")
     assert _cli("select", "--run", "0" * 32, "--min-acc", "1") == 2
     assert "cannot load its table" in capsys.readouterr().err
@@ -202,19 +203,93 @@ def _grid() -> pd.DataFrame:
     "budget, expected",
     [
         (Budget(max_latency_ms=3.0), "TFFF"),
-        (Budget(max_latency_ms=2.9), "FTTF"),  # ties with TTFF on accuracy and MACs: skip order
+        (Budget(max_latency_ms=2.9), "TTFF"),  # ties with FTTF on accuracy and MACs: the faster
         (Budget(max_latency_ms=10.5, batch=8), "TTFF"),  # at batch 8 only TTFF of the tie fits
-        (Budget(max_latency_ms=1.0), "TTTT"),  # FFTT is faster but not on the Pareto front
-        (Budget(max_macs=299), "FTTF"),
-        (Budget(min_acc=76), "FFFF"),
+        (Budget(max_latency_ms=1.0), "FFTT"),  # off the MACs Pareto front, yet faster and more accurate than TTTT
+        (Budget(max_macs=299), "TTFF"),
+        (Budget(min_acc=76), "TFFF"),  # a floor alone: the fastest that meets it, not the most accurate
+        (Budget(min_acc=76, prefer="accuracy"), "FFFF"),
+        (Budget(min_acc=60, prefer="macs"), "TTTT"),
         (Budget(max_macs=350, min_acc=70, max_latency_ms=2.2, device="test"), "TTFF"),
     ],
 )
-def test_choose_most_accurate_within_budget(budget, expected):
+def test_choose_answers_the_question_asked(budget, expected):
     grid = _grid()
     assert not grid.set_index("skip").pareto["FFTT"]
     choice = choose(grid, budget)
     assert choice.chosen is not None and choice.chosen["skip"] == expected
+
+
+def _rule(rows: list[dict], latency, macs, acc, prefer, p50: str):
+    """The documented rule, by brute force over every row: what fits every limit; a cost cap wants the most
+    accurate (then the fastest), a floor alone the fastest (p50; no latency: fewest MACs), then the more accurate;
+    ``prefer`` decides instead; then fewer MACs, then the skip string."""
+    fits = [r for r in rows if latency is None or r[p50] <= latency]
+    fits = [r for r in fits if (macs is None or r["macs"] <= macs) and (acc is None or r["acc1"] >= acc)]
+    goal = prefer or ("accuracy" if latency is not None or macs is not None else "latency" if p50 else "macs")
+    speed = (lambda r: r[p50]) if p50 else (lambda r: 0)
+    key = {
+        "accuracy": lambda r: (-r["acc1"], speed(r), r["macs"], r["skip"]),
+        "latency": lambda r: (speed(r), -r["acc1"], r["macs"], r["skip"]),
+        "macs": lambda r: (r["macs"], -r["acc1"], r["macs"], r["skip"]),
+    }[goal]
+    return min(fits, key=key)["skip"] if fits else None
+
+
+@pytest.mark.parametrize("latency_columns", [True, False])
+def test_served_and_selected_answers_equal_the_rule_by_brute_force(latency_columns, tmp_path, capsys):
+    """Every kind of budget at several levels, alone and together, with and without ``prefer``: the answer of the
+    serving menu (what ``mlflow models serve`` answers) and of ``adaskip select`` equal the rule computed here."""
+    import itertools
+
+    from adaskip.serving import GRID_COLUMNS, Menu, RequestError
+
+    grid = _grid()
+    if not latency_columns:
+        grid = grid.drop(columns=[c for c in grid.columns if c.startswith("latency") or c in ("device", "threads")])
+    p50 = "latency_p50_ms_b1" if latency_columns else ""
+    rows = grid.to_dict("records")
+    path = tmp_path / "grid.csv"
+    grid.to_csv(path, index=False)
+    # serving: the grid's accuracy and MACs with its own device's latency table (it always has one: see build_menu)
+    kept = grid[[c for c in GRID_COLUMNS if c in grid.columns]]
+    menu = Menu(4, kept, latency_long(grid), "FFFF") if latency_columns else None
+    levels = {
+        "latency": [None, 0.4, 1.0, 2.2, 3.0, 99.0] if latency_columns else [None],
+        "macs": [None, 99, 150, 200, 350, 1000],
+        "acc": [None, 60, 70, 75.5, 79, 95],
+        "prefer": [None, "accuracy", "latency", "macs"] if latency_columns else [None, "accuracy", "macs"],
+    }
+    checked = 0
+    for latency, macs, acc, prefer in itertools.product(*levels.values()):
+        if latency is None and macs is None and acc is None:
+            continue
+        expected = _rule(rows, latency, macs, acc, prefer, p50)
+        argv = [
+            f"--{k}={v}"
+            for k, v in (("max-latency-ms", latency), ("max-macs", macs), ("min-acc", acc))
+            if v is not None
+        ]
+        argv += [f"--prefer={prefer}"] if prefer else []
+        code = _cli("select", "--grid", str(path), *argv)
+        line = capsys.readouterr().out.strip()
+        assert (code == 0 and line.split(":")[0] == expected) or (code == 1 and expected is None), (
+            argv,
+            line,
+            expected,
+        )
+        if menu is not None:
+            asked = {"max_latency_ms": latency, "max_macs": macs, "min_acc": acc, "prefer": prefer}
+            if expected is None:
+                with pytest.raises(RequestError, match="no sub-network fits"):
+                    menu.pick(asked)
+            else:
+                skip, figures = menu.pick(asked)
+                row = grid.set_index("skip").loc[expected]
+                assert skip == expected and figures["acc1"] == row.acc1 and figures["macs"] == row.macs
+                assert figures["p50_ms"] == row.latency_p50_ms_b1 and figures["batch"] == 1
+        checked += 1
+    assert checked > 100
 
 
 def test_select_cli_exit_codes(tmp_path, capsys):
@@ -228,7 +303,7 @@ def test_select_cli_exit_codes(tmp_path, capsys):
     assert _cli(*g, "--max-latency-ms", "0.1", "--min-acc", "50") == 1
     (line,) = capsys.readouterr().out.strip().splitlines()
     assert line.startswith("no sub-network fits latency <= 0.1 ms at batch 1, top-1 >= 50 %")
-    assert "cheapest on the Pareto front is TTTT" in line and "p50 1 ms" in line
+    assert "the cheapest is FFTT" in line and "p50 0.5 ms" in line  # off the MACs front, the fastest
 
     for argv, message in [
         ((), "no budget given"),
@@ -251,8 +326,8 @@ def test_select_cli_exit_codes(tmp_path, capsys):
     assert "holds 2 devices: pass --device (one of cpu:Test CPU, NVIDIA H100)" in capsys.readouterr().err
     assert _cli(*g, "--max-latency-ms", "0.2", "--device", "h100") == 0
     assert capsys.readouterr().out.startswith("TTFF: ")  # FTTF, tied with it, takes 0.25 ms
-    assert _cli(*g, "--min-acc", "76") == 0  # no latency budget: the device does not matter
-    assert capsys.readouterr().out.startswith("FFFF: ")
+    assert _cli(*g, "--min-acc", "76") == 0  # a floor alone, no device named of two: the fewest MACs that meet it
+    assert capsys.readouterr().out.startswith("TFFF: ")
 
 
 def test_help_has_an_example(capsys):

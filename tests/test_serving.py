@@ -70,13 +70,17 @@ def test_requests_name_a_subnetwork_or_a_budget(net):
     grid = _grid(n)
     menu, lines = _menu(net, [_latency(grid, device_name("cpu"))], grid)
     assert lines == [f"adaskip: latency table for {device_name('cpu')} with 1 thread(s): {2**n} rows"]
-    assert menu.pick(None) == ("F" * n, False)
-    assert menu.pick({"skip": "t" * n, "max_latency_ms": None}) == ("T" * n, False)  # MLflow passes unset params
-    # the most accurate within the budget: latency 0.01 ms per MAC here
-    best = grid[grid.macs <= 80.5].sort_values("acc1").iloc[-1].skip
-    assert menu.pick({"max_latency_ms": 0.805}) == (best, True)
-    assert menu.pick({"max_macs": 80.5}) == (best, True)
-    assert menu.pick({"min_acc": 89.9}) == ("F" * n, True)
+    assert menu.pick(None) == ("F" * n, None)
+    assert menu.pick({"skip": "t" * n, "max_latency_ms": None}) == ("T" * n, None)  # MLflow passes unset params
+    # a cost cap: the most accurate within it (latency 0.01 ms per MAC here), with the figures it was chosen by
+    best = grid[grid.macs <= 80.5].sort_values("acc1").iloc[-1]
+    figures = {"acc1": best.acc1, "macs": best.macs, "p50_ms": pytest.approx(best.macs / 100), "batch": 1}
+    assert menu.pick({"max_latency_ms": 0.805}) == (best.skip, figures)
+    assert menu.pick({"max_macs": 80.5}) == (best.skip, figures)
+    # a floor alone: the fastest that meets it
+    fastest = grid[grid.acc1 >= 80].sort_values("macs").iloc[0].skip
+    assert menu.pick({"min_acc": 80})[0] == fastest != "F" * n
+    assert menu.pick({"min_acc": 80, "prefer": "accuracy"})[0] == "F" * n
     for params, start in (
         (
             {"skip": "TXF"},
@@ -85,6 +89,7 @@ def test_requests_name_a_subnetwork_or_a_budget(net):
         ),
         ({"skip": "F" * (n + 1)}, f"skip '{'F' * (n + 1)}' is not a sub-network"),
         ({"max_latency_ms": -2}, "max_latency_ms must be a number >= 0, got -2"),
+        ({"min_acc": 50, "prefer": "speed"}, "prefer must be one of accuracy, latency, macs, got 'speed'"),
         ({"max_latency_ms": float("nan")}, "max_latency_ms must be a number >= 0, got nan"),
         ({"batch": 1}, "no budget given: pass max_latency_ms, max_macs, min_acc"),
         (
@@ -94,7 +99,7 @@ def test_requests_name_a_subnetwork_or_a_budget(net):
         ({"skip": "F" * n, "max_macs": 5}, "skip and a budget (max_macs) were both given"),
         (
             {"max_latency_ms": 0.1},
-            f"no sub-network fits latency <= 0.1 ms at batch 1: the cheapest on the Pareto front is {'T' * n}",
+            f"no sub-network fits latency <= 0.1 ms at batch 1: the cheapest is {'T' * n}",
         ),
     ):
         with pytest.raises(RequestError) as e:
@@ -108,7 +113,7 @@ def test_a_model_never_evaluated_serves_skips_and_refuses_budgets(net):
     from adaskip.serving import RequestError
 
     menu, lines = _menu(net, [], None, default="tf" + "F" * (net.num_stages - 2))
-    assert menu.pick({}) == ("TF" + "F" * (net.num_stages - 2), False)  # a registered version's default
+    assert menu.pick({}) == ("TF" + "F" * (net.num_stages - 2), None)  # a registered version's default
     with pytest.raises(RequestError, match="^this model has no evaluation grid, so a budget cannot be met: pass skip"):
         menu.pick({"min_acc": 50})
     assert "measured them at load" in lines[0]  # no table at all: measured, and said so

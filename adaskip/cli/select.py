@@ -12,8 +12,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="choose the best sub-network under a latency / MACs / accuracy budget",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Read the evaluation grid (results/eval_grid.csv, or an MLflow evaluate run's "
-        "eval_grid.json)\nand print the most accurate Pareto-front sub-network within every budget "
-        "given (ties: fewer MACs),\nwith its figures. Latency is the p50 in ms per forward of one "
+        "eval_grid.json)\nand print the sub-network that answers the budget, among all of them, with its "
+        "figures:\na cost cap (--max-latency-ms, --max-macs) gets the most accurate that fits (ties: the "
+        "faster);\nan accuracy floor alone (--min-acc) gets the cheapest that meets it (the lowest p50, "
+        "else the\nfewest MACs; ties: the more accurate); --prefer decides instead. Latency is the p50 in "
+        "ms per forward of one "
         "batch, measured by evaluate at\nevaluate.latency_batch_sizes on the grid's device.\n"
         "exit 0: chosen; 1: none fits (one line: what the cheapest costs); 2: bad arguments (one line)",
         epilog="examples:\n"
@@ -50,6 +53,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-macs", type=float, metavar="M", help="multiply-accumulates per image at most (3.5e8)")
     s.add_argument("--min-acc", type=float, metavar="A", help="test top-1 accuracy at least, in %%")
     s.add_argument(
+        "--prefer",
+        choices=("accuracy", "latency", "macs"),
+        help="choose the best at this among those that fit (default: the most accurate under a cost cap, the "
+        "fastest, else the fewest MACs, for an accuracy floor alone)",
+    )
+    s.add_argument(
         "--export", metavar="FORMAT", help="export the choice (torch, torchscript or onnx), as `adaskip export` does"
     )
     s.add_argument("--out", type=Path, metavar="FILE", help="the export's output file")
@@ -64,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.export is None) != (args.out is None):
         raise SelectError("--export FORMAT and --out FILE go together")
-    budget = Budget(args.max_latency_ms, args.max_macs, args.min_acc, args.batch, args.device).check()
+    budget = Budget(args.max_latency_ms, args.max_macs, args.min_acc, args.batch, args.device, args.prefer).check()
     grid = grid_from_run(args.run, args.params) if args.run else read_grid(args.grid or GRID)
     if args.latency:
         grid = with_latency(grid, args.latency)

@@ -37,7 +37,8 @@ class BadRequest(MlflowException):
 
 class AdaptiveDepthModel(mlflow.pyfunc.PythonModel):
     """Rebuilds models/model.pt with :func:`adaskip.models.file.load_model`; ``predict`` returns float32 logits
-    (N, num_classes) of the requested sub-network, or for a budget ``{"skip": <chosen>, "logits": ...}``. Served
+    (N, num_classes) of the requested sub-network, or for a budget ``{"skip": <chosen>, "logits": ..., "acc1", "macs",
+    "p50_ms", "batch"}`` (the figures it was chosen by). Served
     with ``--env-manager local`` from an environment where adaskip is installed."""
 
     def load_context(self, context) -> None:
@@ -63,7 +64,7 @@ class AdaptiveDepthModel(mlflow.pyfunc.PythonModel):
         from adaskip.serving import RequestError
 
         try:
-            skip, chosen = self.menu.pick(params)
+            skip, figures = self.menu.pick(params)
         except RequestError as e:
             raise BadRequest(str(e)) from None
         if isinstance(model_input, dict):  # {"inputs": {"name": ...}}: the one tensor
@@ -73,7 +74,7 @@ class AdaptiveDepthModel(mlflow.pyfunc.PythonModel):
         x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
         with self.lock, torch.inference_mode():
             logits = self.net(x, skip=skip).float().numpy()
-        return {"skip": skip, "logits": logits} if chosen else logits
+        return {"skip": skip, "logits": logits, **figures} if figures else logits
 
 
 def _version_skip(root: Path) -> str | None:
@@ -105,7 +106,7 @@ def _log(line: str) -> None:
 def signature(image_size: int, num_classes: int, num_stages: int):
     """Input: float32 images (-1, 3, H, W); output: logits (-1, num_classes); params: ``skip`` (default: the
     registered version's sub-network, else the super-net) and the budget ``max_latency_ms``, ``batch``, ``max_macs``,
-    ``min_acc`` (none by default)."""
+    ``min_acc``, ``prefer`` (none by default)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
@@ -115,6 +116,7 @@ def signature(image_size: int, num_classes: int, num_stages: int):
         ParamSpec("batch", "long", None),
         ParamSpec("max_macs", "double", None),
         ParamSpec("min_acc", "double", None),
+        ParamSpec("prefer", "string", None),  # versions registered before it drop it (MLflow ignores unknown params)
     ]
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, image_size, image_size))]),
