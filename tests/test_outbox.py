@@ -60,10 +60,10 @@ def test_records_wait_for_a_server_that_went_away(state: Path, tmp_path: Path, c
     try:
         wait_ready(server, url, log)
         assert box.drain(90) == 0 and tracker.outbox.drain(60) == 0 and worker.drain(60) == 0
-        made = client.search_runs([tracker.experiment_id], "attributes.run_name = 'cell'")
-        assert len(made) == 1 and made[0].info.status == "FINISHED" and made[0].data.params["train.alpha"] == "0.5"
-        assert made[0].data.tags["mlflow.parentRunId"] == run and made[0].data.metrics["acc"] == 50.0
-        assert tracker.find_run({"variant": "x"}) == made[0].info.run_id
+        cells = client.search_runs([tracker.experiment_id], "attributes.run_name = 'cell'")
+        assert len(cells) == 1 and cells[0].info.status == "FINISHED" and cells[0].data.params["train.alpha"] == "0.5"
+        assert cells[0].data.tags["mlflow.parentRunId"] == run and cells[0].data.metrics["acc"] == 50.0
+        assert tracker.find_run({"variant": "x"}) == cells[0].info.run_id
         # a restarted group: its checkpoint's records (sent after that checkpoint: silent duplicates) and an epoch
         # it trains again (logged before: skipped, and the run says so)
         resent = [{"kind": "metrics", "run": run, "metrics": {"epoch": 2.0, "acc": 99.0}, "step": 2,

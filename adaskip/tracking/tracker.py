@@ -192,7 +192,6 @@ class Tracker:
         record["files"] = {a: str(Path(kwargs[a]).resolve()) for a in files if kwargs.get(a)}
         if method.__name__ == "start_run":  # its id, until the store gives one: found by its tag by any process
             record["pending_id"] = pending = f"{PENDING}{uuid.uuid4().hex}"
-            kwargs["tags"] = {**(kwargs.get("tags") or {}), PENDING_TAG: pending}
             self.outbox.put(record)
             return pending
         self.outbox.put(record)
@@ -201,13 +200,13 @@ class Tracker:
     def _execute(self, record: Record) -> Any:
         """Send a queued call: the method itself (not its deferring wrapper)."""
         method = getattr(type(self), record["method"]).__wrapped__
-        if record.get("pending_id"):  # sent before, its answer lost: the run exists already
-            found = self.client.search_runs(
-                [self.experiment_id], f"tags.`{PENDING_TAG}` = '{record['pending_id']}'", max_results=1
-            )
-            if found:
+        kwargs, pending = record["kwargs"], record.get("pending_id")
+        if pending:  # a run made while the store did not answer: tagged, so that any process finds it
+            found = self.client.search_runs([self.experiment_id], f"tags.`{PENDING_TAG}` = '{pending}'", max_results=1)
+            if found:  # sent before, its answer lost: the run exists already
                 return found[0].info.run_id
-        return method(self, *record["args"], **record["kwargs"])
+            kwargs = {**kwargs, "tags": {**(kwargs.get("tags") or {}), PENDING_TAG: pending}}
+        return method(self, *record["args"], **kwargs)
 
     def hand_on(self, records: list[Record]) -> None:
         """Send ``records`` another outbox could not (a worker group's, kept in its last checkpoint) after those
