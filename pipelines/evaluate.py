@@ -72,7 +72,7 @@ def run(params, args) -> Evaluated:
             wanted = aliases(grid)  # beside the served model (budgets), the aliases it is offered (see offer_aliases)
             told = tracking.evaluated(name, sha, parent, pareto_tags(grid), table(grid), wanted)
             if told:
-                _log_aliases(name, wanted, *told)
+                _log_aliases(name, wanted, *told, measured=_where(grid))
         write_csv(grid, GRID)
         write_csv(latency, LATENCY)
     done.remove()  # finished: nothing left to resume
@@ -83,12 +83,23 @@ def run(params, args) -> Evaluated:
     return Evaluated(grid)
 
 
-def _log_aliases(name: str, skips: dict[str, str], version: str, taken: dict[str, str], kept: dict[str, str]) -> None:
-    """The aliases this version took, and those another model keeps (only ``adaskip promote`` moves them)."""
+def _where(grid: pd.DataFrame) -> str:
+    """Whose latency chose @fastest-within-1pct: this machine's device and threads."""
+    if "device" not in grid.columns:
+        return "fewest MACs: the grid has no latency"
+    threads = int(grid["threads"].iloc[0]) if "threads" in grid.columns else None
+    return f"p50 on {grid['device'].iloc[0]}" + (f", {threads} thread{'s' * (threads != 1)}" if threads else "")
+
+
+def _log_aliases(
+    name: str, skips: dict[str, str], version: str, taken: dict[str, str], kept: dict[str, str], measured: str = ""
+) -> None:
+    """The aliases this version took (the fastest by ``measured``), and those another model keeps (only ``adaskip
+    promote`` moves them)."""
     log = logging.getLogger("adaskip.evaluate")
     if taken:
         moved = ", ".join(f"@{a} -> {v} ({skips[a]})" for a, v in taken.items())
-        log.info("%s version %s: %s", name, version, moved)
+        log.info("%s version %s: %s%s", name, version, moved, f" (the fastest by the {measured})" if measured else "")
     if kept:
         held = ", ".join(f"@{a} (v{v})" for a, v in kept.items())
         log.info("%s v%s: %s kept by another model; `adaskip promote %s` moves them", name, version, held, version)
