@@ -30,6 +30,12 @@ PENDING, PENDING_TAG = "pending-", "adaskip.pending_id"  # a run's placeholder i
 SPOOL = "pending"  # in the run storage: one folder per stage that ended with records not sent
 
 
+def made_run(client, experiment_id: str, pending: str) -> Optional[str]:
+    """The id of the run made for placeholder ``pending`` (found by its tag), or None if it is not made yet."""
+    found = client.search_runs([experiment_id], f"tags.`{PENDING_TAG}` = '{pending}'", max_results=1)
+    return found[0].info.run_id if found else None
+
+
 class NotYet(Exception):
     """A record names a run that another process has not created yet: sent later, like a store that is down."""
 
@@ -124,12 +130,10 @@ class Outbox:
         """``value`` with every placeholder run id replaced by the id the store gave (``NotYet`` if none yet)."""
         if isinstance(value, str) and value.startswith(PENDING):
             if value not in self._ids:
-                found = self._mlflow().search_runs(
-                    [self._experiment_id()], f"tags.`{PENDING_TAG}` = '{value}'", max_results=1
-                )
-                if not found:
+                found = made_run(self._mlflow(), self._experiment_id(), value)
+                if found is None:
                     raise NotYet(f"run {value} is not created yet")
-                self._ids[value] = found[0].info.run_id
+                self._ids[value] = found
             return self._ids[value]
         if isinstance(value, dict):
             return {k: self.resolve(v) for k, v in value.items()}

@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..console import verbose
 from ..serving import ATTACHED, GRID_FILE
-from .outbox import PENDING, PENDING_TAG, Outbox, Record, down, spool
+from .outbox import PENDING, PENDING_TAG, Outbox, Record, down, made_run, spool
 from .uri import TrackingError, check_reachable
 from .views import GROUP_TAG, run_url, ui_base
 
@@ -202,9 +202,8 @@ class Tracker:
         method = getattr(type(self), record["method"]).__wrapped__
         kwargs, pending = record["kwargs"], record.get("pending_id")
         if pending:  # a run made while the store did not answer: tagged, so that any process finds it
-            found = self.client.search_runs([self.experiment_id], f"tags.`{PENDING_TAG}` = '{pending}'", max_results=1)
-            if found:  # sent before, its answer lost: the run exists already
-                return found[0].info.run_id
+            if found := made_run(self.client, self.experiment_id, pending):  # sent before, its answer lost
+                return found
             kwargs = {**kwargs, "tags": {**(kwargs.get("tags") or {}), PENDING_TAG: pending}}
         return method(self, *record["args"], **kwargs)
 
