@@ -32,7 +32,7 @@ study: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro studies/ablation/dvc.yaml
 
 # ruff first (lint, then the formatter's check: pyproject.toml [tool.ruff]), then the tests.
-LINTED := adaskip tests benchmarks pipelines
+LINTED := adaskip tests benchmarks pipelines examples
 test: install
 	$(BIN)/ruff check $(LINTED) && $(BIN)/ruff format --check -q $(LINTED)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest

@@ -30,7 +30,9 @@ def test_help_imports_no_heavy_package(argv: list[str]):
 def test_export_help_states_the_library_default_opset(capsys):
     from adaskip.cli import main
     from adaskip.export import DEFAULT_OPSET
+    from adaskip.export_all import DEFAULT_OPSET as ALL_DEPTHS
 
     with pytest.raises(SystemExit):
         main(["export", "--help"])
-    assert f"(default: {DEFAULT_OPSET})" in capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {DEFAULT_OPSET}; with --all-depths {ALL_DEPTHS})" in text

@@ -5,8 +5,10 @@ count (:data:`LONG_COLUMNS`), and the evaluation grid's wide columns ``latency_m
 from __future__ import annotations
 
 import re
-from typing import Optional
+import time
+from typing import Callable, Mapping, Optional
 
+import numpy as np
 import pandas as pd
 
 LONG_COLUMNS = ["skip", "device", "batch_size", "threads", "p50_ms", "p90_ms"]
@@ -51,3 +53,24 @@ def latency_long(grid: pd.DataFrame) -> pd.DataFrame:
     if not parts:
         raise ValueError(f"the grid has no latency_p50_ms_b<B> columns: {list(grid.columns)}")
     return pd.concat(parts, ignore_index=True)[LONG_COLUMNS]
+
+
+def interleaved(
+    calls: Mapping[str, Callable[[], object]], seconds: float, min_rounds: int = 5, max_rounds: int = 200
+) -> dict[str, np.ndarray]:
+    """Milliseconds of each call of ``calls``, timed in rounds that run every call once, each round starting one call
+    further on (a machine that slows down or speeds up during the measurement shifts every call alike): one untimed
+    warm-up round, then as many rounds as fit in ``seconds`` (at least ``min_rounds``, at most ``max_rounds``)."""
+    names = list(calls)
+    start = time.perf_counter()
+    for name in names:
+        calls[name]()
+    per_round = max(time.perf_counter() - start, 1e-6)
+    rounds = int(min(max_rounds, max(min_rounds, seconds / per_round)))
+    times = {name: np.empty(rounds) for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            t = time.perf_counter()
+            calls[name]()
+            times[name][r] = 1000.0 * (time.perf_counter() - t)
+    return times

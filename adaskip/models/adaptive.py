@@ -116,6 +116,10 @@ class AdaptiveDepthNet(nn.Module):
     def skip_aware_norms(self, stage: int) -> list[SkipAwareNorm]:
         return list(self._stages[stage].norms)
 
+    def stage_pre(self, stage: int) -> Optional[nn.Module]:
+        """The module shared by both paths that runs before the stage's blocks (Swin's patch merging), else None."""
+        return self._stages[stage].pre
+
     # ----- forward -----
     def forward_stem(self, x: Tensor) -> Tensor:
         return self._family.stem(self.backbone, x)
