@@ -154,6 +154,18 @@ def _rule(depths: pd.DataFrame, p50: dict, first: int, budget: dict) -> str | No
     return min(rows, key=key)[0] if rows else None
 
 
+def _select(path: Path, budget: dict, capsys) -> str:
+    """The skip string ``adaskip select --grid PATH`` answers ``budget`` with."""
+    from adaskip.cli import main
+
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in budget.items()]
+    with pytest.raises(SystemExit) as done:
+        main(["select", "--grid", str(path), *args])
+    out = capsys.readouterr().out
+    assert done.value.code == 0, out
+    return out.split(":")[0]
+
+
 def _post(port: int, body: dict) -> tuple[int, dict]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode())
     try:
@@ -164,10 +176,10 @@ def _post(port: int, body: dict) -> tuple[int, dict]:
 
 
 @pytest.mark.parametrize("trained", ["resnet34"], indirect=True)
-def test_the_example_serves_budgets_with_onnxruntime_alone(trained, exported, tmp_path):
+def test_the_example_serves_budgets_with_onnxruntime_alone(trained, exported, tmp_path, capsys):
     """examples/serve_all_depths.py, started as a user starts it: every budget's answer (three levels each of a
-    latency cap, a MACs cap and an accuracy floor, and mixes with prefer) is the rule's over the metadata's table,
-    with the figures it was chosen by; its logits are the library's; a non-numeric budget gets the example's own
+    latency cap, a MACs cap and an accuracy floor, and mixes with prefer) is the rule's over the metadata's table, and
+    ``adaskip select --grid all.onnx``'s, with the figures it was chosen by; its logits are the library's; a non-numeric budget gets the example's own
     message, without the input; the process never imported torch."""
     _, grid, net, images, _ = trained
     result = exported
@@ -194,6 +206,7 @@ def test_the_example_serves_budgets_with_onnxruntime_alone(trained, exported, tm
         for budget in budgets:
             code, answer = _post(port, {"inputs": x.numpy().tolist(), "params": budget})
             assert code == 200 and answer["skip"] == _rule(depths, p50, 1, budget), (budget, answer)
+            assert _select(result.path, budget, capsys) == answer["skip"], budget
             row = depths.set_index("skip").loc[answer["skip"]]
             assert (answer["acc1"], answer["macs"]) == (row["acc1"], row["macs"])
             with torch.no_grad():

@@ -24,9 +24,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "  adaskip select --max-latency-ms 20 --batch 32 --device cpu --min-acc 80\n"
         "  adaskip select --max-macs 3e6 --export onnx --out small.onnx   # then export it, verified\n"
         "  adaskip select --run 3f2c...e1 --min-acc 85          # the grid of an MLflow evaluate run\n"
+        "  adaskip select --grid all.onnx --max-latency-ms 4 --batch 32  # what adaskip export --all-depths measured\n"
         "  adaskip select --latency results/latency-*.csv --device xeon --max-latency-ms 2  # profiled",
     )
-    s.add_argument("--grid", metavar="CSV", help="evaluation grid (default: results/eval_grid.csv)")
+    s.add_argument(
+        "--grid",
+        metavar="CSV",
+        help="evaluation grid (default: results/eval_grid.csv), or an all-depths export (.onnx/.pt2) whose "
+        "metadata holds one",
+    )
     s.add_argument("--run", metavar="RUN_ID", help="MLflow evaluate run whose eval_grid.json to read instead")
     s.add_argument("--params", default="params.yaml", help="for --run: its mlflow.tracking_uri (default: %(default)s)")
     s.add_argument("--max-latency-ms", type=float, metavar="X", help="p50 ms per batch at most")
@@ -74,7 +80,12 @@ def run(args: argparse.Namespace) -> int:
     if (args.export is None) != (args.out is None):
         raise SelectError("--export FORMAT and --out FILE go together")
     budget = Budget(args.max_latency_ms, args.max_macs, args.min_acc, args.batch, args.device, args.prefer).check()
-    grid = grid_from_run(args.run, args.params) if args.run else read_grid(args.grid or GRID)
+    if args.grid and Path(args.grid).suffix in (".onnx", ".pt2"):  # an all-depths export: the figures it carries
+        from ..export_all import as_grid, read_metadata
+
+        grid = as_grid(read_metadata(args.grid))
+    else:
+        grid = grid_from_run(args.run, args.params) if args.run else read_grid(args.grid or GRID)
     if args.latency:
         grid = with_latency(grid, args.latency)
     choice = choose(grid, budget)
