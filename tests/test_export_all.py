@@ -179,8 +179,8 @@ def _post(port: int, body: dict) -> tuple[int, dict]:
 def test_the_example_serves_budgets_with_onnxruntime_alone(trained, exported, tmp_path, capsys):
     """examples/serve_all_depths.py, started as a user starts it: every budget's answer (three levels each of a
     latency cap, a MACs cap and an accuracy floor, and mixes with prefer) is the rule's over the metadata's table, and
-    ``adaskip select --grid all.onnx``'s, with the figures it was chosen by; its logits are the library's; a non-numeric budget gets the example's own
-    message, without the input; the process never imported torch."""
+    ``adaskip select --grid all.onnx``'s, with the figures it was chosen by; its logits are the library's; a
+    non-numeric budget gets the example's own message, without the input; the process never imported torch."""
     _, grid, net, images, _ = trained
     result = exported
     meta = read_metadata(result.path)

@@ -68,7 +68,7 @@ def test_markdown_does_not_decide_the_claim():
     assert "| FF |" in text and "| +1.00 [-24.41, +26.41] |" in text and "| inconclusive (detectable:" in text
     assert "inconclusive (one seed: no confidence interval)" in text  # TT pairs on one seed only
     assert "size not recorded" in text  # these rows have no `n` column
-    assert "better" not in text and "worse" not in text
+    assert "| better |" not in text and "| worse |" not in text
 
 
 def _paired(deltas, n=10000, acc=90.0):

@@ -1,13 +1,15 @@
 """An ablation study's results: mean +- std over seeds per variant and configuration, the reference
-adaptive-depth network against individually trained baselines (paired by seed, with confidence intervals and the
-smallest detectable difference), per-variant summaries (DVC metrics) and the comparison table in markdown.
-pandas and scipy only: nothing here builds a model or trains.
+adaptive-depth network against individually trained baselines (paired by seed, with confidence intervals, verdicts
+corrected with Holm over every comparison, the smallest detectable difference and the probability of improvement),
+per-variant summaries (DVC metrics) and the comparison table in markdown. pandas and scipy only: nothing here builds
+a model or trains.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
+from . import power
 from .spec import StudySpec
 
 METRICS = ("acc1", "acc5")
@@ -40,6 +42,14 @@ COMPARE_COLUMNS = [
     "ci_low",
     "ci_high",
     "detectable",
+    "family",
+    "p_value",
+    "p_holm",
+    "ci_holm_low",
+    "ci_holm_high",
+    "p_improve",
+    "p_improve_low",
+    "p_improve_high",
 ]
 CONFIDENCE, POWER = 0.95, 0.80
 
@@ -51,13 +61,9 @@ def compare(rows: pd.DataFrame, reference: str) -> pd.DataFrame:
     ``ci_low``/``ci_high`` its 95 % confidence interval and ``detectable`` the smallest difference the study
     could detect (see :func:`paired_stats`); ``test_images`` the test-set size per seed (column ``n`` of the
     rows; NaN when the rows lack it)."""
-    ref = rows[rows.variant == reference]
-    base = rows[rows.baseline.notna()] if "baseline" in rows else rows.iloc[0:0]
-    pairs = ref.merge(base, on=["skip", "seed"], suffixes=("", "_baseline"))
+    pairs = paired(rows, reference)
     if pairs.empty:
         return pd.DataFrame(columns=COMPARE_COLUMNS)
-    pairs["delta"] = pairs.acc1 - pairs.acc1_baseline
-    pairs["test_images"] = pairs[["n", "n_baseline"]].min(axis=1) if "n" in pairs else float("nan")
     g = pairs.groupby(["skip", "variant_baseline"], sort=False)
     out = g.agg(
         macs=("macs", "first"),
@@ -77,7 +83,41 @@ def compare(rows: pd.DataFrame, reference: str) -> pd.DataFrame:
     }
     out[["ci_low", "ci_high", "detectable"]] = [stats[(r.skip, r.baseline)] for r in out.itertuples(index=False)]
     out = out.fillna({c: 0.0 for c in ("adn_acc1_std", "baseline_acc1_std", "delta_acc1_std")})  # one seed: no spread
+    out = out.join(pd.DataFrame([_corrected(g, r.skip, r.baseline) for r in out.itertuples(index=False)]))
+    out["p_holm"] = power.holm(out["p_value"].to_numpy())
+    out["family"] = int(out["p_value"].notna().sum())
+    out[["ci_holm_low", "ci_holm_high"]] = [
+        power.corrected_interval(g.get_group((r.skip, r.baseline)).delta, r.p_value, r.p_holm, power.ALPHA, n)
+        if r.seeds >= 2
+        else (float("nan"), float("nan"))
+        for r, n in zip(out.itertuples(index=False), out["test_images"].where(out["test_images"].notna(), None))
+    ]
     return out[COMPARE_COLUMNS].sort_values(["macs", "baseline"], ascending=[False, True], ignore_index=True)
+
+
+def paired(rows: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """The reference's rows joined with each baseline's at the same configuration and seed: ``delta`` (reference
+    minus baseline, %p) and ``test_images`` (the smaller test set of the two; NaN when the rows lack ``n``)."""
+    ref = rows[rows.variant == reference]
+    base = rows[rows.baseline.notna()] if "baseline" in rows else rows.iloc[0:0]
+    pairs = ref.merge(base, on=["skip", "seed"], suffixes=("", "_baseline"))
+    pairs["delta"] = pairs.acc1 - pairs.acc1_baseline
+    pairs["test_images"] = pairs[["n", "n_baseline"]].min(axis=1) if "n" in pairs else float("nan")
+    return pairs
+
+
+def _corrected(groups, skip: str, baseline: str) -> dict[str, float]:
+    """The paired t-test's p-value and the probability of improvement (with its bootstrap interval) of one
+    comparison."""
+    p = groups.get_group((skip, baseline))
+    n = p.test_images.min()
+    low, high = power.improvement_interval(p.acc1.to_numpy(), p.acc1_baseline.to_numpy())
+    return {
+        "p_value": float(power.paired_p(p.delta.to_numpy(), n if n == n else None)),
+        "p_improve": power.probability_of_improvement(p.acc1.to_numpy(), p.acc1_baseline.to_numpy()),
+        "p_improve_low": low,
+        "p_improve_high": high,
+    }
 
 
 def paired_stats(
@@ -144,8 +184,9 @@ def summary(agg: pd.DataFrame, rows: pd.DataFrame) -> dict[str, dict[str, float]
 
 
 def comparison_markdown(comparison: pd.DataFrame, agg: pd.DataFrame, spec: StudySpec) -> str:
-    """The comparison table: each difference with its 95 % confidence interval and the smallest difference the
-    study could detect; "better"/"worse" only where the interval excludes zero, "inconclusive" otherwise."""
+    """The comparison table: each difference with its confidence interval corrected with Holm over the table's
+    comparisons, "better"/"worse" only where that interval excludes zero ("inconclusive" otherwise, with the smallest
+    difference the study could detect), and the probability that the reference beats the baseline."""
     lines = [f"# Study `{spec.name}`: {len(spec.variants)} variants x {len(spec.seeds)} seeds", ""]
     if comparison.empty:
         lines.append("No individual baseline shares a configuration with the reference variant: nothing to compare.")
@@ -156,24 +197,36 @@ def comparison_markdown(comparison: pd.DataFrame, agg: pd.DataFrame, spec: Study
             if sizes
             else "size not recorded in the results"
         )
+        family = int(comparison.family.iloc[0])
         lines += [
             f"`{spec.reference}` (one adaptive-depth network) against individually trained networks of the same "
             "depth, test top-1 %, mean +- std over seeds. delta: "
-            f"`{spec.reference}` minus individual in percentage points, paired by seed, mean [95 % t-interval "
-            "over seeds]; detectable: the smallest delta this study finds with 80 % power (the larger of the "
-            f"seed-to-seed and the test-set limit; `adaskip.ablation.stats.paired_stats`). Test set: {size}.",
+            f"`{spec.reference}` minus individual in percentage points, paired by seed, mean [confidence interval "
+            f"over seeds]. The family: the {family} comparison{'s' if family != 1 else ''} of this table with two or "
+            "more seeds, corrected with Holm's step-down (family-wise error 5 %); each interval is at the level Holm "
+            "tested its comparison at, so it excludes zero exactly when the verdict is better or worse. detectable: "
+            "the smallest delta this study finds with 80 % power (the larger of the seed-to-seed and the test-set "
+            "limit; `adaskip.ablation.stats.paired_stats`). P(better): the probability that a run of "
+            f"`{spec.reference}` beats a run of the baseline (pairs of seeds, ties half) [95 % stratified bootstrap, "
+            f"from {power.MIN_BOOTSTRAP_SEEDS} seeds]. `adaskip study plan` says how many seeds a difference needs. "
+            f"Test set: {size}.",
             "",
-            "| config | MACs | baseline | " + spec.reference + " | individual | delta (%p) [95 % CI] | detectable (%p) "
-            f"| verdict for {spec.reference} |",
-            "|---|---|---|---|---|---|---|---|",
+            "| config | MACs | baseline | " + spec.reference + " | individual | delta (%p) [Holm CI] | detectable (%p) "
+            f"| P(better) | verdict for {spec.reference} |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in comparison.itertuples(index=False):
-            ci = f" [{r.ci_low:+.2f}, {r.ci_high:+.2f}]" if r.seeds >= 2 else ""
+            ci = f" [{r.ci_holm_low:+.2f}, {r.ci_holm_high:+.2f}]" if r.seeds >= 2 else ""
             det = f"{r.detectable:.1f}" if r.detectable == r.detectable else "n/a"
+            pi = f"{r.p_improve:.2f}" + (
+                f" [{r.p_improve_low:.2f}, {r.p_improve_high:.2f}]"
+                if r.p_improve_low == r.p_improve_low
+                else f" (no interval: < {power.MIN_BOOTSTRAP_SEEDS} seeds)"
+            )
             lines.append(
                 f"| {r.skip} | {r.macs / 1e6:.2f} M | {r.baseline} | {r.adn_acc1_mean:.2f} +- {r.adn_acc1_std:.2f} | "
                 f"{r.baseline_acc1_mean:.2f} +- {r.baseline_acc1_std:.2f} | {r.delta_acc1_mean:+.2f}{ci} | {det} | "
-                f"{verdict(r.ci_low, r.ci_high, r.detectable, r.seeds)} |"
+                f"{pi} | {verdict(r.ci_holm_low, r.ci_holm_high, r.detectable, r.seeds)} |"
             )
     lines += [
         "",
@@ -190,8 +243,8 @@ def comparison_markdown(comparison: pd.DataFrame, agg: pd.DataFrame, spec: Study
 
 
 def verdict(ci_low: float, ci_high: float, detectable: float, seeds: int) -> str:
-    """ "better" / "worse" (the reference against the baseline) only when the 95 % interval excludes zero;
-    otherwise "inconclusive", with the smallest difference the study could have detected."""
+    """ "better" / "worse" (the reference against the baseline) only when the (Holm-corrected) interval excludes
+    zero; otherwise "inconclusive", with the smallest difference the study could have detected."""
     if seeds < 2:
         return "inconclusive (one seed: no confidence interval)"
     if ci_low > 0:

@@ -9,9 +9,9 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import AdaskipError
-from . import doctor, export, profile, promote, recipe, select, sync, ui
+from . import doctor, export, profile, promote, recipe, select, study, sync, ui
 
-COMMANDS = (doctor, recipe, export, select, profile, promote, sync, ui)
+COMMANDS = (doctor, recipe, export, select, profile, promote, sync, study, ui)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
