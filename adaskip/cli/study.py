@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 STUDY = "studies/ablation/study.yaml"
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             raise planner.PlanError("--sd needs --test-size N (test images) and a spread > 0")
         spreads = [planner.Spread("as given", args.sd, None, args.test_size, args.accuracy)]
         source = f"--sd {args.sd:g} %p, taken as known (no pilot: no confidence bound)"
-        family = args.comparisons or (len(_compared(spec)) if spec else 1)
+        family = args.comparisons or (len(_compared(spec)) - 1 if spec else 1)  # the reference against each baseline
     else:
         rows = _pilot(spec, args.study, args.run_pilot)
         spreads = planner.pilot_spreads(rows, spec.reference)
@@ -96,7 +97,8 @@ def _pilot(spec, study: str, run_pilot: bool):
             f"per variant: dvc repro {' '.join(stages)}",
             flush=True,
         )
-        subprocess.run(["dvc", "repro", *stages], check=True)
+        dvc_bin = Path(sys.executable).with_name("dvc")  # the environment's DVC, also when it is not on PATH
+        subprocess.run([str(dvc_bin) if dvc_bin.is_file() else "dvc", "repro", *stages], check=True)
     elif missing:
         raise PlanError(
             f"no pilot results for {', '.join(missing)} ({cells_file(study, missing[0])}): run the study's cells "
@@ -113,8 +115,12 @@ def _cost(spec, seeds: int, no_waves: bool) -> str:
     line = f"cost: {seeds} seeds x {len(variants)} variants ({', '.join(variants)}) = {seeds * len(variants)} cell runs"
     if no_waves:
         return line
-    waves = _waves(spec, variants, seeds)
-    return f"{line}; {waves}"
+    from ..errors import AdaskipError
+
+    try:
+        return f"{line}; {_waves(spec, variants, seeds)}"
+    except AdaskipError as e:  # params.yaml missing or a variant that cannot run here: the plan above stands
+        return f"{line}; waves not counted: {e}"
 
 
 def _waves(spec, variants: list[str], seeds: int) -> str:
