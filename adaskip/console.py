@@ -8,7 +8,6 @@ import re
 import sys
 from typing import Mapping
 
-from .redact import redact
 
 VERBOSE_ENV = "ADASKIP_VERBOSE"  # "1": Ray's full output (set by a stage's -v, inherited by Ray's local workers)
 PROGRESS_ENV = "ADASKIP_PROGRESS"  # "1" / "0": progress bars on / off; unset: on when stderr is a terminal
@@ -102,32 +101,3 @@ def condense_tracebacks(lines: list[str]) -> list[str]:
             frames = False
             out.append(line)
     return out
-
-
-def quiet_ray_output() -> bool:
-    """In a Ray driver: drop RAY_NOISE lines, traceback frames (see condense_tracebacks) and all of RAY_QUIET_ACTORS'
-    output from the worker output Ray forwards to this process (what Ray's own
-    settings cannot turn off: the Train placement-group watchdog runs outside Train's logging config). Ray's
-    ``log_to_driver`` forwarder is one handler of its stdstream dispatcher; it is wrapped so each batch loses the
-    noise lines first. No-op with ``ADASKIP_VERBOSE=1``, or when this Ray has no such handler; True when installed."""
-    if verbose():
-        return False
-    try:
-        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-    except ImportError:
-        return False
-    handler = next((h for name, h in getattr(dispatcher, "handlers", []) if name == "ray_print_logs"), None)
-    if handler is None or getattr(handler, "_adaskip_quiet", False):
-        return False
-
-    def quiet(data: dict) -> None:
-        if data.get("actor_name") in RAY_QUIET_ACTORS:
-            return
-        lines = condense_tracebacks([redact(line) for line in data.get("lines", []) if not is_ray_noise(line)])
-        if lines:
-            handler({**data, "lines": lines})
-
-    quiet._adaskip_quiet = True  # type: ignore[attr-defined]
-    dispatcher.remove_handler("ray_print_logs")
-    dispatcher.add_handler("ray_print_logs", quiet)
-    return True

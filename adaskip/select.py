@@ -107,18 +107,7 @@ def read_grid(path: str | Path = GRID) -> pd.DataFrame:
         raise SelectError(
             f"no evaluation grid at {path}: run the evaluate stage (dvc repro), pass --grid CSV or --run RUN_ID"
         )
-    return _checked(pd.read_csv(path, dtype={"skip": str}), str(path))
-
-
-def grid_from_run(run_id: str, params: str | Path = "params.yaml") -> pd.DataFrame:
-    """The ``eval_grid.json`` table of MLflow evaluate run ``run_id``; the tracking store is params.yaml's
-    (``MLFLOW_TRACKING_URI`` wins; no params file: the project's default store)."""
-    from .config import load_params
-    from .tracking import load_table, resolve_uri
-
-    configured = load_params(params).mlflow.tracking_uri if Path(params).is_file() else None
-    uri = resolve_uri(configured, Path.cwd())
-    return _checked(load_table(uri, run_id, TABLE), f"run {run_id}")
+    return checked(pd.read_csv(path, dtype={"skip": str}), str(path))
 
 
 def with_latency(grid: pd.DataFrame, tables: list[str | Path]) -> pd.DataFrame:
@@ -144,7 +133,8 @@ def with_latency(grid: pd.DataFrame, tables: list[str | Path]) -> pd.DataFrame:
     return grid.drop(columns=own).merge(wide, on="skip")
 
 
-def _checked(grid: pd.DataFrame, source: str) -> pd.DataFrame:
+def checked(grid: pd.DataFrame, source: str) -> pd.DataFrame:
+    """``grid`` when it has the columns a choice needs; else a SelectError naming ``source``."""
     missing = [c for c in ("skip", "macs", "acc1") if c not in grid.columns]
     if missing or grid.empty:
         why = f"no column {', '.join(missing)}" if missing else "no rows"

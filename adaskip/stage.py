@@ -50,7 +50,8 @@ _TRACKERS: list = []  # (Tracker, Storage) of this stage
 
 def sync_spooled(store) -> tuple[int, int]:
     """Send the MLflow records earlier stages kept in ``store`` (their tracking server did not answer)."""
-    from .tracking.outbox import spooled, sync
+    from .tracking.outbox import spooled
+    from .tracking.tracker import sync
 
     if not spooled(store):
         return 0, 0

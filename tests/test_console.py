@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from adaskip import console
+from adaskip.orchestration.cluster import quiet_ray_output
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
@@ -95,8 +96,8 @@ def test_quiet_ray_output_filters_the_forwarded_batches(monkeypatch):
     printed = []
     dispatcher.add_handler("ray_print_logs", lambda data: printed.append(data["lines"]))
     monkeypatch.setattr(ray_logging, "global_worker_stdstream_dispatcher", dispatcher)
-    assert console.quiet_ray_output()
-    assert not console.quiet_ray_output()  # installed once
+    assert quiet_ray_output()
+    assert not quiet_ray_output()  # installed once
     dispatcher.emit({"pid": 1, "lines": RAY_LINES + KEPT_LINES})
     dispatcher.emit({"pid": 2, "lines": RAY_LINES[:2]})  # nothing left: nothing printed
     dispatcher.emit(
@@ -156,7 +157,7 @@ def test_quiet_ray_output_is_off_when_verbose(monkeypatch):
     dispatcher = ray_logging.WorkerStandardStreamDispatcher()
     dispatcher.add_handler("ray_print_logs", print)
     monkeypatch.setattr(ray_logging, "global_worker_stdstream_dispatcher", dispatcher)
-    assert not console.quiet_ray_output()
+    assert not quiet_ray_output()
     assert dispatcher.handlers == [("ray_print_logs", print)]
 
 

@@ -8,14 +8,11 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import TYPE_CHECKING, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import pandas as pd
 
 from .spec import Cell
-
-if TYPE_CHECKING:
-    from ..orchestration.storage import Storage
 
 CELL_SECTIONS = {"data", "model", "train", "evaluate"}  # what a cell trains and evaluates with (its DVC params too)
 NOT_RESULTS = {"train": {"placement", "max_failures"}}  # where and how often it may restart: the same results
@@ -70,11 +67,12 @@ def teacher_name(cell: Cell) -> Optional[str]:
     return run_name(teacher_cell(cell)) if cell.teacher else None
 
 
-def unfinished(cells: list[Cell], cache: "Storage") -> list[Cell]:
-    """The cells whose rows are not in the study's cache yet."""
+def unfinished(cells: list[Cell], cache: Any) -> list[Cell]:
+    """The cells whose rows are not in the study's cache yet (``cache``: the orchestration layer's Storage, or
+    anything with its ``exists`` and ``read_csv``)."""
     return [c for c in cells if not cache.exists(cell_file(c))]
 
 
-def collect(cells: list[Cell], cache: "Storage") -> pd.DataFrame:
+def collect(cells: list[Cell], cache: Any) -> pd.DataFrame:
     """The rows of finished ``cells``, from the cache."""
     return pd.concat([cache.read_csv(cell_file(c)) for c in cells], ignore_index=True)

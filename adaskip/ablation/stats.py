@@ -7,10 +7,11 @@ a model or trains.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
 from . import power
-from .spec import StudySpec
 
 METRICS = ("acc1", "acc5")
 
@@ -183,10 +184,11 @@ def summary(agg: pd.DataFrame, rows: pd.DataFrame) -> dict[str, dict[str, float]
     return out
 
 
-def comparison_markdown(comparison: pd.DataFrame, agg: pd.DataFrame, spec: StudySpec) -> str:
+def comparison_markdown(comparison: pd.DataFrame, agg: pd.DataFrame, spec: Any) -> str:
     """The comparison table: each difference with its confidence interval corrected with Holm over the table's
     comparisons, "better"/"worse" only where that interval excludes zero ("inconclusive" otherwise, with the smallest
-    difference the study could detect), and the probability that the reference beats the baseline."""
+    difference the study could detect), and the probability that the reference beats the baseline. ``spec``: the
+    study's :class:`~adaskip.ablation.spec.StudySpec` (its name, seeds, variants and reference)."""
     lines = [f"# Study `{spec.name}`: {len(spec.variants)} variants x {len(spec.seeds)} seeds", ""]
     if comparison.empty:
         lines.append("No individual baseline shares a configuration with the reference variant: nothing to compare.")

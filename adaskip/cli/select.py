@@ -75,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The verdict line (and the export's line); 0 chosen, 1 nothing fits."""
-    from ..select import GRID, Budget, SelectError, choose, grid_from_run, read_grid, verdict, with_latency
+    from ..select import GRID, Budget, SelectError, choose, read_grid, verdict, with_latency
 
     if (args.export is None) != (args.out is None):
         raise SelectError("--export FORMAT and --out FILE go together")
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
         grid = as_grid(read_metadata(args.grid))
     else:
-        grid = grid_from_run(args.run, args.params) if args.run else read_grid(args.grid or GRID)
+        grid = _from_run(args.run, args.params) if args.run else read_grid(args.grid or GRID)
     if args.latency:
         grid = with_latency(grid, args.latency)
     choice = choose(grid, budget)
@@ -101,3 +101,14 @@ def run(args: argparse.Namespace) -> int:
             ).line()
         )
     return 0
+
+
+def _from_run(run_id: str, params: str | Path):
+    """The ``eval_grid.json`` table of MLflow evaluate run ``run_id``; the tracking store is params.yaml's
+    (``MLFLOW_TRACKING_URI`` wins; no params file: the project's default store)."""
+    from ..config import load_params
+    from ..select import TABLE, checked
+    from ..tracking import load_table, resolve_uri
+
+    configured = load_params(params).mlflow.tracking_uri if Path(params).is_file() else None
+    return checked(load_table(resolve_uri(configured, Path.cwd()), run_id, TABLE), f"run {run_id}")

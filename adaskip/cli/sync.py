@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..config import load_params
     from ..orchestration.storage import Storage
-    from ..tracking.outbox import spooled, sync
+    from ..tracking.outbox import spooled
+    from ..tracking.tracker import sync
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     params = load_params(args.params)

@@ -9,6 +9,9 @@ import signal
 import threading
 from typing import Optional
 
+from ..console import RAY_QUIET_ACTORS, condense_tracebacks, is_ray_noise, verbose
+from ..redact import redact
+
 log = logging.getLogger(__name__)
 
 # The environment Ray reads, which configure_ray_env sets.
@@ -88,7 +91,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     """Join the cluster named by ``RAY_ADDRESS`` if set, else start a local one sized to this machine."""
     import ray
 
-    from ..console import PROGRESS_ENV, progress_bars, quiet_ray_output
+    from ..console import PROGRESS_ENV, progress_bars
 
     if ray.is_initialized():
         return
@@ -141,3 +144,32 @@ def use_node_interface() -> Optional[str]:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", name)
         os.environ.setdefault("NCCL_SOCKET_IFNAME", name)
     return name
+
+
+def quiet_ray_output() -> bool:
+    """In a Ray driver: drop RAY_NOISE lines, traceback frames (see condense_tracebacks) and all of RAY_QUIET_ACTORS'
+    output from the worker output Ray forwards to this process (what Ray's own
+    settings cannot turn off: the Train placement-group watchdog runs outside Train's logging config). Ray's
+    ``log_to_driver`` forwarder is one handler of its stdstream dispatcher; it is wrapped so each batch loses the
+    noise lines first. No-op with ``ADASKIP_VERBOSE=1``, or when this Ray has no such handler; True when installed."""
+    if verbose():
+        return False
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return False
+    handler = next((h for name, h in getattr(dispatcher, "handlers", []) if name == "ray_print_logs"), None)
+    if handler is None or getattr(handler, "_adaskip_quiet", False):
+        return False
+
+    def quiet(data: dict) -> None:
+        if data.get("actor_name") in RAY_QUIET_ACTORS:
+            return
+        lines = condense_tracebacks([redact(line) for line in data.get("lines", []) if not is_ray_noise(line)])
+        if lines:
+            handler({**data, "lines": lines})
+
+    quiet._adaskip_quiet = True  # type: ignore[attr-defined]
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", quiet)
+    return True

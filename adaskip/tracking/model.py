@@ -14,7 +14,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from . import SKIP_TAG
+from .tags import SKIP_TAG
 
 
 class BadRequest(MlflowException):

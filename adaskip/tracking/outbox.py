@@ -13,7 +13,6 @@ import collections
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 import uuid
@@ -251,7 +250,7 @@ def spool(store: Any, head: Mapping[str, Any], records: list[Record]) -> str:
             r = {**r, "files": {**r["files"], arg: target}}
         kept.append(r)
     # written last: a folder without it (a stage killed while spooling) is not sent, and sync says so
-    store.write_bytes(f"{name}/records.json", _json({**head, "records": kept}))
+    store.write_bytes(f"{name}/records.json", as_json({**head, "records": kept}))
     return name
 
 
@@ -274,38 +273,7 @@ def spooled(store: Any) -> list[str]:
     return sorted(f"{SPOOL}/{n}" for n in store.list(SPOOL))
 
 
-def sync(store: Any, wait: Optional[float] = None) -> tuple[int, int]:
-    """Send what stages spooled in ``store`` to the tracking stores they were meant for, oldest first; a folder is
-    removed once everything in it is sent. Returns (records sent, records still waiting)."""
-    from .tracker import Tracker
-
-    sent = left = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in spooled(store):
-            if not store.exists(f"{name}/records.json"):
-                log.warning("%s/%s is incomplete (its stage stopped while keeping it): left there", store, name)
-                continue
-            head, records = unspool(store, name, Path(tmp))
-            try:
-                check_reachable(head["uri"], timeout=3.0)
-            except TrackingError:
-                left += len(records)
-                log.warning("%s/%s: %s does not answer; its records wait", store, name, head["uri"])
-                break  # later folders follow these in time: sent after them
-            tracker = Tracker(head["uri"], head["experiment"], head.get("group"), head["experiment_id"])
-            tracker.outbox.put(*({**r, "resent": True} for r in records))
-            still = tracker.outbox.finish(wait)
-            if still:  # kept for the next try, without those sent (a model is registered once)
-                store.write_bytes(f"{name}/records.json", _json({**head, "records": still}))
-                left += len(still)
-                sent += len(records) - len(still)
-                break  # later folders follow these in time: sent after them
-            store.remove(name)
-            sent += len(records)
-    return sent, left
-
-
-def _json(obj: Any) -> bytes:
+def as_json(obj: Any) -> bytes:
     return json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)).encode()  # numpy scalars
 
 

@@ -10,6 +10,7 @@ import inspect
 import logging
 import os
 import subprocess
+import tempfile
 import time
 import uuid
 import warnings
@@ -20,19 +21,14 @@ import pandas as pd
 
 from ..console import verbose
 from ..serving import ATTACHED, GRID_FILE
-from .outbox import PENDING, PENDING_TAG, Outbox, Record, down, made_run, spool
+from .outbox import PENDING, PENDING_TAG, Outbox, Record, as_json, down, made_run, spool, spooled, unspool
+from .tags import ALIAS_TAG, CANDIDATE_TAG, EXPERIMENT_KIND, MODEL_NAME, SHA_TAG, SKIP_TAG
 from .uri import TrackingError, check_reachable
 from .views import GROUP_TAG, run_url, ui_base
 
 log = logging.getLogger("adaskip.tracking")
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 # MLflow 3's experiment kind: model training opens the UI on the runs table (not the GenAI traces overview)
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-MODEL_NAME = "adaptive_net"  # the MLflow Model's name in the train run (model/model.pt is the raw file artifact)
-SHA_TAG = "adaskip.model_sha256"  # on the registered version: which models/model.pt it serves
-SKIP_TAG = "adaskip.skip"  # on a registered version: the sub-network it serves by default (see Tracker.set_alias)
-ALIAS_TAG = "adaskip.alias."  # + alias, on the version holding it: the sub-network it serves
-CANDIDATE_TAG = "adaskip.candidate."  # + alias, on an evaluated version: the sub-network it would serve if promoted
 
 
 @contextlib.contextmanager
@@ -87,7 +83,6 @@ def provenance_tags() -> dict[str, str]:
 def load_table(uri: str, run_id: str, name: str) -> pd.DataFrame:
     """The table ``name`` (``eval_grid.json``) that :meth:`Tracker.log_table` logged to run ``run_id``; a missing
     run or table is one TrackingError line."""
-    import tempfile
 
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -483,7 +478,6 @@ class Tracker:
         """Write ``tables`` as CSV files (``{"latency/cpu.csv": df}``) into the MLflow Model directory that version
         ``version`` serves, under ``adaskip/``, where the served model reads them at load (every version registered
         from the same logged model sees them: same weights, same figures)."""
-        import tempfile
 
         source = self.client.get_model_version(registered_model, version).source
         if not (model_id := logged_model_id(source)):
@@ -637,3 +631,32 @@ def pareto_tags(grid: pd.DataFrame) -> dict[str, str]:
     line in the registry's version list (every figure is in the grid attached beside the model)."""
     front = grid[grid["pareto"].astype(str).str.lower() == "true"].sort_values("macs")
     return {"pareto": ",".join(f"{r.skip}:{r.acc1:.1f}@{r.macs / 1e6:.3g}M" for r in front.itertuples())}
+
+
+def sync(store: Any, wait: Optional[float] = None) -> tuple[int, int]:
+    """Send what stages spooled in ``store`` to the tracking stores they were meant for, oldest first; a folder is
+    removed once everything in it is sent. Returns (records sent, records still waiting)."""
+    sent = left = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in spooled(store):
+            if not store.exists(f"{name}/records.json"):
+                log.warning("%s/%s is incomplete (its stage stopped while keeping it): left there", store, name)
+                continue
+            head, records = unspool(store, name, Path(tmp))
+            try:
+                check_reachable(head["uri"], timeout=3.0)
+            except TrackingError:
+                left += len(records)
+                log.warning("%s/%s: %s does not answer; its records wait", store, name, head["uri"])
+                break  # later folders follow these in time: sent after them
+            tracker = Tracker(head["uri"], head["experiment"], head.get("group"), head["experiment_id"])
+            tracker.outbox.put(*({**r, "resent": True} for r in records))
+            still = tracker.outbox.finish(wait)
+            if still:  # kept for the next try, without those sent (a model is registered once)
+                store.write_bytes(f"{name}/records.json", as_json({**head, "records": still}))
+                left += len(still)
+                sent += len(records) - len(still)
+                break  # later folders follow these in time: sent after them
+            store.remove(name)
+            sent += len(records)
+    return sent, left
