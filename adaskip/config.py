@@ -145,8 +145,8 @@ class TrainParams(DistillConfig):
     channels_last: bool = Field(
         True,
         description="channels-last memory format for model and batches of the "
-        "convolutional families (resnet, mobilenetv2; on a 2-core CPU 12-17 % faster steps, "
-        "benchmarks/train_step.py); no effect on vit/swin",
+        "convolutional families (resnet, mobilenetv2: faster CPU steps, benchmarks/train_step.py measures "
+        "them); no effect on vit/swin",
     )
 
 

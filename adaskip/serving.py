@@ -55,7 +55,7 @@ class Menu:
                 f"{self.skips()}), or run the evaluate stage to attach its grid"
             )
         key = tuple(sorted(budget.items()))
-        if key not in self.answers:  # the same budgets come back: a choice is pandas work (~20 ms), a lookup is not
+        if key not in self.answers:  # the same budgets come back: a choice is pandas work, a lookup is not
             if len(self.answers) >= 4096:
                 self.answers.clear()
             self.answers[key] = self._choose(budget)

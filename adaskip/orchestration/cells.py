@@ -230,8 +230,8 @@ def _cell_grid(model_file: dict[str, Any], cell: Cell, threads: int) -> pd.DataF
 
 
 # Grid tasks get worker processes of their own (Ray pools workers by runtime environment): a finished grid's process,
-# torch and timm imported (about 12 s of CPU on 2 cores), then serves the next cell's grid instead of being taken by
-# the next run's Ray Train actors. The job's own env_vars are merged in by Ray.
+# torch and timm imported (the most CPU of a grid on a laptop: benchmarks/cell_overhead.py), then serves the next cell's
+# grid instead of being taken by the next run's Ray Train actors. The job's own env_vars are merged in by Ray.
 GRID_POOL = {"env_vars": {"ADASKIP_POOL": "grid"}}
 
 

@@ -26,8 +26,8 @@ RAY_ENV = (
     ("TUNE_DISABLE_SIGINT_HANDLER", "1"),
 )
 # ... and for a local Ray only: its servers on loopback (read once, when ray is first imported); no preemption watcher
-# (spot nodes of a cloud cluster) nor Prometheus metrics (no dashboard), whose per-run actors cost a Ray Train run
-# about 5 s of CPU on 2 cores (a study starts one run per cell)
+# (spot nodes of a cloud cluster) nor Prometheus metrics (no dashboard), whose per-run actors each start a process
+# importing Ray for every Ray Train run (a study starts one run per cell; benchmarks/cell_overhead.py measures it)
 LOCAL_RAY_ENV = (
     ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"),
     ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),

@@ -129,17 +129,17 @@ class _RecurringErrorsFinal(DefaultFailurePolicy):
 
 
 # Ray Train's default callbacks that start an actor per run that adaskip does not need (a study starts a run per cell;
-# each actor is a process importing Ray, 4-8 s of CPU with its helpers on 2 cores): the Ray Data manager (adaskip passes
-# no Ray Datasets; it also starts Ray Data's autoscaling coordinator, whose resource requests time out on a busy
-# machine and print a traceback) and the detached placement-group cleaner (for a controller that dies while its
-# driver lives on; the driver's end releases a run's placement group anyway, and a study's cells fail with it).
+# each actor is a process importing Ray: benchmarks/cell_overhead.py counts their CPU): the Ray Data manager (adaskip
+# passes no Ray Datasets; it also starts Ray Data's autoscaling coordinator, whose resource requests time out on a busy
+# machine and print a traceback) and the detached placement-group cleaner (for a controller that dies while its driver
+# lives on; the driver's end releases a run's placement group anyway, and a study's cells fail with it).
 _NOT_NEEDED = {"DatasetsCallback", "PlacementGroupCleanerCallback"}
 
 
-# Ray Train's controller takes one report per poll of its workers (each worker's report queue holds one), polling
-# every 2 s by default: a worker whose epochs are shorter (a baseline cell on digits: 1.5 s) waited for each poll,
-# its core idle. A poll is a small call per worker; Ray Train passes this variable on from the driver (a value set in
-# the environment wins).
+# Ray Train's controller takes one report per poll of its workers (each worker's report queue holds one), polling every
+# 2 s by default: a worker whose epochs are shorter than a poll (a baseline cell on digits) waited for each poll, its
+# core idle (benchmarks/cell_overhead.py measures the difference). A poll is a small call per worker; Ray Train passes
+# this variable on from the driver (a value set in the environment wins).
 POLL_ENV, POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
 
 
