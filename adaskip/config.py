@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
@@ -14,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .data import DataConfig
 from .errors import AdaskipError
+from .files import short_hash
 from .redact import credentials_in, redact
 
 if TYPE_CHECKING:
@@ -96,6 +95,7 @@ class DistillConfig(_Section):
 # The keys the tune stage sweeps when params.yaml leaves them null; a value there fixes them (never swept), and a
 # null one that no sweep chose trains at these defaults (the paper's alpha and T; a null split is the paper's rule).
 SWEPT = {"train.alpha": 0.5, "train.temperature": 1.0, "model.split": None}
+TUNED = "tune"  # the "source" of a best_config.json the tune stage chose (apply_tuned applies only those)
 
 
 class TrainParams(DistillConfig):
@@ -416,8 +416,7 @@ def format_errors(err: ValidationError, source: str) -> str:
 def params_hash(params: Params, *sections: str) -> str:
     """Short stable hash of the named params sections (deterministic Ray run names: re-runs resume)."""
     dump = params.model_dump(mode="json")
-    blob = json.dumps({s: dump[s] for s in sections}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+    return short_hash({s: dump[s] for s in sections})
 
 
 REPLACED_WHOLE = ("kwargs",)  # keys whose dict value replaces the old one: timm arguments do not merge key by key
@@ -454,7 +453,7 @@ def parse_params(raw: Any, source: str = "params") -> Params:
 def apply_tuned(params: Params, best: dict[str, Any], source: str = "results/best_config.json") -> Params:
     """``params`` settled (:meth:`Params.settled`) with the tune stage's choice ``best`` for the keys params.yaml
     leaves null; a key params.yaml fixes is never replaced: a ``best`` chosen with another value of it is stale."""
-    chosen = {k: best[k.split(".")[1]] for k in SWEPT if best.get("source") == "tune" and k.split(".")[1] in best}
+    chosen = {k: best[k.split(".")[1]] for k in SWEPT if best.get("source") == TUNED and k.split(".")[1] in best}
     for key, v in chosen.items():
         fixed = params.value(key)
         if fixed is not None and fixed != v:

@@ -1,8 +1,10 @@
-"""Crash-safe output files: written beside their final path, renamed onto it only once complete."""
+"""Crash-safe output files (written beside their final path, renamed onto it only once complete) and the two hashes
+adaskip names things by."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -38,3 +40,15 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
     """``obj`` as indented, key-sorted JSON, written atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, hex: what a model file is known by (registered versions, evaluate's key)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def short_hash(obj: Any) -> str:
+    """10 hex digits of the SHA-256 of ``obj`` as sorted JSON: the stable name of a set of params (Ray run names,
+    a study cell's identity: re-runs find what these names hold)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]

@@ -13,7 +13,7 @@ import pandas as pd
 from adaskip.files import write_csv
 from adaskip.stage import StageResult, main, remove_outputs, start_ray, storage, tracker
 from adaskip.ablation.cache import collect, run_ahead, unfinished
-from adaskip.ablation.spec import cells, cells_file, load_study, mlflow_tags
+from adaskip.ablation.spec import cells, cells_dir, cells_file, load_study, mlflow_tags
 
 
 def configure(parser) -> None:
@@ -89,8 +89,7 @@ def run(params, args) -> Planned | Cells:
     written = {v: rows[rows.variant == v] for v in outs}
     for variant, out in outs.items():
         write_csv(written[variant], out)
-    folder = cells_file(args.study, names[0]).parent
-    return Cells(written, spec.name, len(todo) - len(ahead), len(ahead), folder, collected=not left)
+    return Cells(written, spec.name, len(todo) - len(ahead), len(ahead), cells_dir(args.study), collected=not left)
 
 
 def _run(params, spec, todo: list, ahead: list, cache, store) -> pd.DataFrame:

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from adaskip.ablation import stats
-from adaskip.ablation.spec import cells_file, load_study, mlflow_tags
+from adaskip.ablation.spec import cells_file, load_study, mlflow_tags, results_dir
 from adaskip.config import ConfigError
 from adaskip.evaluation.report import tradeoff_plot
 from adaskip.files import atomic_path, write_csv, write_json
@@ -36,7 +36,7 @@ class Compared(StageResult):
 
 def run(params, args) -> Compared:
     spec = load_study(args.study)
-    res = Path(args.study).parent / "results"
+    res = results_dir(args.study)
     outs = {
         k: res / f
         for k, f in (

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from adaskip.config import params_hash
-from adaskip.files import write_csv
+from adaskip.files import file_sha256, write_csv
 from adaskip.stage import StageResult, main, remove_outputs, start_ray, storage, tracker
 
 MODEL, GRID, LATENCY = "models/model.pt", "results/eval_grid.csv", "results/latency.csv"
@@ -42,8 +42,7 @@ def run(params, args) -> Evaluated:
     remove_outputs(GRID, LATENCY)
     _, model_file = load_model(MODEL)  # rebuilt and loaded here: a wrong or corrupt file fails before Ray starts
     trained_with = model_file.get("trained_with")  # what the file trained (not params.yaml: evaluate does not read it)
-    with open(MODEL, "rb") as f:  # finished subtrees are reused only for the same weights and evaluation params
-        sha = hashlib.file_digest(f, "sha256").hexdigest()
+    sha = file_sha256(MODEL)  # finished subtrees are reused only for the same weights and evaluation params
     h = hashlib.sha256(bytes.fromhex(sha) + params_hash(params, "data", "evaluate").encode()).hexdigest()[:10]
     tracking = tracker(params)
     tags = {"adaskip.stage": "evaluate", "adaskip.params_hash": h}

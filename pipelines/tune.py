@@ -9,7 +9,7 @@ from typing import Optional
 
 import pandas as pd
 
-from adaskip.config import SWEPT, params_hash
+from adaskip.config import SWEPT, TUNED, params_hash
 from adaskip.errors import AdaskipError
 from adaskip.files import write_csv, write_json
 from adaskip.stage import StageResult, main, remove_outputs, start_ray, storage, tracker
@@ -89,7 +89,7 @@ def run(params, args) -> Tuned:
             "split": json.loads(best.split),
             "objective": float(best[METRIC]),
             "trial_id": str(best.trial_id),
-            "source": "tune",
+            "source": TUNED,
             "epochs": params.tune.epochs,
             "failed_trials": int(trials[METRIC].isna().sum()),
             "swept": swept,

@@ -5,13 +5,12 @@ their rows with this alone."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from typing import Any, Mapping, Optional
 
 import pandas as pd
 
+from ..files import short_hash
 from .spec import Cell
 
 CELL_SECTIONS = {"data", "model", "train", "evaluate"}  # what a cell trains and evaluates with (its DVC params too)
@@ -25,8 +24,7 @@ def cell_hash(cell: Cell) -> str:
     spec = {"params": params, "baseline": cell.baseline}
     if cell.teacher:  # only when set: hashes of cells without a teacher stay as they were
         spec["teacher"] = cell.teacher
-    blob = json.dumps(spec, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+    return short_hash(spec)
 
 
 def run_ahead(cells: list[Cell], results: Mapping[str, str | os.PathLike]) -> list[Cell]:

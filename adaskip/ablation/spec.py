@@ -122,9 +122,19 @@ def load_study(path: str | Path) -> StudySpec:
         raise ConfigError(format_errors(e, str(path))) from None
 
 
+def results_dir(study_file: str | Path) -> Path:
+    """The study's results folder, beside its study file: ``cells/`` (the cells stage's) and the compare stage's."""
+    return Path(study_file).parent / "results"
+
+
+def cells_dir(study_file: str | Path) -> Path:
+    """Where the cells stage writes each variant's rows."""
+    return results_dir(study_file) / "cells"
+
+
 def cells_file(study_file: str | Path, variant: str) -> Path:
     """Where the study stage writes one variant's rows (one row per seed and configuration)."""
-    return Path(study_file).parent / "results" / "cells" / f"{variant}.csv"
+    return cells_dir(study_file) / f"{variant}.csv"
 
 
 def cells(spec: StudySpec, base: Params, variants: Optional[list[str]] = None) -> list[Cell]:

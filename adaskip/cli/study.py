@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """The plan (a table and the cost); a PlanError (exit 2) when it cannot be made."""
     from ..ablation import plan as planner
-    from ..ablation.spec import load_study
+    from ..ablation.spec import cells_dir, load_study
 
     planner.check_target(args.detect, args.comparisons or 1, args.max_seeds)
     spec = load_study(args.study) if args.sd is None or Path(args.study).is_file() else None
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         spreads = planner.pilot_spreads(rows, spec.reference)
         seeds = sorted({s.pilot_seeds for s in spreads})
         source = (
-            f"the pilot in {Path(args.study).parent / 'results' / 'cells'} ({'/'.join(map(str, seeds))} seeds), "
+            f"the pilot in {cells_dir(args.study)} ({'/'.join(map(str, seeds))} seeds), "
             f"each planned at the {planner.pw.SD_CONFIDENCE * 100:.0f} % upper confidence bound of its spread"
         )
         family = args.comparisons or len(spreads)

@@ -62,3 +62,18 @@ def holdout_indices(labels: Sequence[int], fraction: float, seed: int) -> tuple[
         log.warning("stratified split impossible (%s); splitting at random", e)
         keep, held = train_test_split(idx, test_size=fraction, random_state=seed)
     return np.sort(keep), np.sort(held)
+
+
+def carve_val(train: Any, test: Any, val_fraction: float, seed: int, transform: Callable[[bool], Callable]) -> Subsets:
+    """Subsets of a dataset that ships train and test sets (``targets`` and ``classes`` as torchvision's): train minus
+    a stratified ``val_fraction`` carve, that carve as val (both from ``train``), and all of ``test``;
+    ``transform(is_training)`` makes each split's transform."""
+    keep, val = holdout_indices(train.targets, val_fraction, seed)
+    return Subsets(
+        train=TransformSubset(train, keep, transform(True)),
+        val=TransformSubset(train, val, transform(False)),
+        test=TransformSubset(test, range(len(test)), transform(False)),
+        num_classes=len(train.classes),
+        in_chans=3,
+        class_names=list(train.classes),
+    )

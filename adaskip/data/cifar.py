@@ -7,11 +7,10 @@ import logging
 import os
 import pickle
 from pathlib import Path
-from typing import Callable
 
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from .base import Subsets, TransformSubset, holdout_indices
+from .base import Subsets, carve_val
 from .config import DataConfig, DataError, one_line
 from .transforms import build_transform
 
@@ -99,18 +98,13 @@ def _open(cfg: DataConfig, train: bool) -> CIFAR10:
 def load(cfg: DataConfig) -> Subsets:
     """Train minus a stratified ``val_fraction`` carve, that carve as val, and the official test batch."""
     train_base, test_base = _open(cfg, train=True), _open(cfg, train=False)
-    keep, val = holdout_indices(train_base.targets, cfg.val_fraction, cfg.seed)
-
-    def make(is_training: bool) -> Callable:
-        return build_transform(cfg.image_size, is_training, cfg.augment, native_size=32)
-
-    subsets = Subsets(
-        train=TransformSubset(train_base, keep, make(True)),
-        val=TransformSubset(train_base, val, make(False)),
-        test=TransformSubset(test_base, range(len(test_base)), make(False)),
-        num_classes=len(train_base.classes),
-        in_chans=3,
-        class_names=list(train_base.classes),
+    subsets = carve_val(
+        train_base,
+        test_base,
+        cfg.val_fraction,
+        cfg.seed,
+        lambda is_training: build_transform(cfg.image_size, is_training, cfg.augment, native_size=32),
     )
-    log.info("%s from %s: train %d, val %d, test %d", cfg.name, cfg.path, len(keep), len(val), len(test_base))
+    sizes = (len(subsets.train), len(subsets.val), len(subsets.test))
+    log.info("%s from %s: train %d, val %d, test %d", cfg.name, cfg.path, *sizes)
     return subsets

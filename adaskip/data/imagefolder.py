@@ -7,13 +7,13 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .base import Subsets, TransformSubset, holdout_indices
+from .base import Subsets, carve_val
 from .config import DataConfig, DataError, one_line
 from .transforms import build_transform
 
@@ -119,25 +119,13 @@ def fingerprint(cfg: DataConfig) -> str:
 def load(cfg: DataConfig) -> Subsets:
     """train/ minus a stratified ``val_fraction`` carve, that carve as val, and val/ (or test/) as test."""
     train_base, test_base = _open(cfg)
-    keep, val = holdout_indices(train_base.targets, cfg.val_fraction, cfg.seed)
-
-    def make(is_training: bool) -> Callable:
-        return build_transform(cfg.image_size, is_training, cfg.augment)
-
-    log.info(
-        "imagefolder %s: %d classes, train %d, val %d, test %d (%s)",
-        cfg.path,
-        len(train_base.classes),
-        len(keep),
-        len(val),
-        len(test_base),
-        Path(test_base.root).name,
+    subsets = carve_val(
+        train_base,
+        test_base,
+        cfg.val_fraction,
+        cfg.seed,
+        lambda is_training: build_transform(cfg.image_size, is_training, cfg.augment),
     )
-    return Subsets(
-        train=TransformSubset(train_base, keep, make(True)),
-        val=TransformSubset(train_base, val, make(False)),
-        test=TransformSubset(test_base, range(len(test_base)), make(False)),
-        num_classes=len(train_base.classes),
-        in_chans=3,
-        class_names=list(train_base.classes),
-    )
+    sizes = (len(train_base.classes), len(subsets.train), len(subsets.val), len(subsets.test))
+    log.info("imagefolder %s: %d classes, train %d, val %d, test %d (%s)", cfg.path, *sizes, Path(test_base.root).name)
+    return subsets

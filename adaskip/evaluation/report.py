@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from ..config import SWEPT
 from .pareto import tradeoff_auc
 
 
@@ -115,14 +116,14 @@ def report_markdown(
         "",
     ]
     w = trained_with or best or {}  # train_metrics.json names what was trained; an older one did not
-    chosen = f"alpha={w.get('alpha', 0):.3f}, T={w.get('temperature', 0):.2f}, split={w.get('split')}"
+    chosen = f"alpha={_num(w.get('alpha'), '.3f')}, T={_num(w.get('temperature'), '.2f')}, split={w.get('split')}"
     if best is not None and best.get("objective") is not None:
         swept = best.get("swept")  # older best_config.json files did not say: the sweep searched all three
         lines += [
             f"Trained {chosen}; tune chose {', '.join(swept) if swept else 'them'}: the best validation objective of "
             f"its trials ({best['objective']:.2f} after {best.get('epochs', '?')} epochs; "
             f"{best.get('failed_trials', 0)} trial(s) failed), trained for the full epochs"
-            + ("; the rest as params.yaml fixes them" if swept and len(swept) < 3 else "")
+            + ("; the rest as params.yaml fixes them" if swept and len(swept) < len(SWEPT) else "")
             + ". The test split is used by evaluate only.",
             "",
         ]
@@ -131,3 +132,8 @@ def report_markdown(
     cols = [c for c in ("skip", "macs", "params", "acc1", "acc5", "latency_ms", "pareto") if c in grid]
     lines += [grid[cols].to_markdown(index=False, floatfmt=".2f"), ""]
     return "\n".join(lines)
+
+
+def _num(value: Any, fmt: str) -> str:
+    """``value`` formatted, or "?" when a results file does not say (older files)."""
+    return "?" if value is None else format(value, fmt)

@@ -41,7 +41,7 @@ from ..console import duration, progress_bars
 from ..errors import AdaskipError, describe
 from .grid import grid_accuracy
 from .storage import Storage
-from .train import Alone, Progress, TrackingTarget, run_training, unsent
+from .train import Alone, Progress, TrackingTarget, run_training, unsent, worker_resources, worker_threads
 
 if TYPE_CHECKING:
     from ..tracking import Tracker
@@ -56,8 +56,7 @@ Resources = dict[str, float]
 
 def worker_bundles(cell: Cell) -> list[Resources]:
     """What a cell's Ray Train worker group asks: one bundle per worker (as ``make_trainer`` requests them)."""
-    t = cell.params.train
-    return [{"GPU": 1.0} if t.use_gpu else {"CPU": t.cpus_per_worker}] * t.workers
+    return [worker_resources(cell.params.train)] * cell.params.train.workers
 
 
 def _fits(bundle: Resources, free: Resources) -> bool:
@@ -299,7 +298,7 @@ class _Cell:
                 alone = Alone(c.baseline, c.teacher, ray.put({k: teacher[k] for k in ("spec", "state_dict")}))
         metrics, model = self.trained(run_name(c), alone)
         t = c.params.train
-        threads = max(1, round(t.cpus_per_worker)) if not t.use_gpu else 1
+        threads = 1 if t.use_gpu else worker_threads(t)
         # held by this cell in the driver's plan while its workers are gone: the grid runs in the cell's room
         grid = ray.remote(
             num_cpus=0 if _grid_gpus(c) else t.cpus_per_worker,

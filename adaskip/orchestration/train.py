@@ -28,7 +28,7 @@ from ray.train.torch.config import _TorchBackend  # no public hook runs in the w
 from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy  # nor one chooses the policy
 from ray.train.v2._internal.execution.scaling_policy.fixed import FixedScalingPolicy  # ... or the scaling policy
 
-from ..config import Params
+from ..config import Params, TrainParams
 from ..console import verbose
 from ..errors import AdaskipError, describe
 from .cluster import joins_cluster, use_node_interface
@@ -386,6 +386,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     reporter.finish()
 
 
+def worker_resources(train: TrainParams) -> dict[str, float]:
+    """What one Ray Train worker asks: one GPU with ``train.use_gpu``, else ``train.cpus_per_worker`` CPUs."""
+    return {"GPU": 1.0} if train.use_gpu else {"CPU": train.cpus_per_worker}
+
+
+def worker_threads(train: TrainParams) -> int:
+    """The torch threads of a worker on the CPU: the CPUs it holds, at least one."""
+    return max(1, round(train.cpus_per_worker))
+
+
 def make_trainer(
     params: Params,
     storage: Storage,
@@ -406,12 +416,11 @@ def make_trainer(
     t = params.train
     n = workers or t.workers
     os.environ.setdefault(POLL_ENV, POLL_S)
-    resources = {"GPU": 1} if t.use_gpu else {"CPU": t.cpus_per_worker}
     config = {
         "params": params,
         "tracking": tracking,
         "epochs": epochs,
-        "threads": max(1, round(t.cpus_per_worker)),
+        "threads": worker_threads(t),
         "alone": alone,
         "prefix": prefix,
         "progress": progress,
@@ -421,7 +430,10 @@ def make_trainer(
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ScalingConfig(
-            num_workers=n, use_gpu=t.use_gpu, resources_per_worker=resources, placement_strategy=t.placement.upper()
+            num_workers=n,
+            use_gpu=t.use_gpu,
+            resources_per_worker=worker_resources(t),
+            placement_strategy=t.placement.upper(),
         ),
         torch_config=LoopbackTorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         run_config=RunConfig(

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
 import pandas as pd
 
 from ..console import verbose
+from ..files import file_sha256
 from ..serving import ATTACHED, GRID_FILE
 from .outbox import PENDING, PENDING_TAG, Outbox, Record, as_json, down, made_run, spool, spooled, unspool
 from .tags import ALIAS_TAG, CANDIDATE_TAG, EXPERIMENT_KIND, MODEL_NAME, SHA_TAG, SKIP_TAG
@@ -416,8 +417,6 @@ class Tracker:
         signature and a ``skip`` inference parameter) in run ``run_id``, and register it as a new version of
         ``registered_model`` (None: not registered). Returns the version, tagged with ``tags`` (what it trained) and
         the file's sha256, so that :meth:`tag_model_version` finds it from the file alone."""
-        import hashlib
-
         import mlflow
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
@@ -428,8 +427,7 @@ class Tracker:
         obj = load_file(path)
         spec = obj["spec"]
         size = int(image_size or obj.get("image_size") or 224)
-        with open(path, "rb") as f:
-            sha = hashlib.file_digest(f, "sha256").hexdigest()
+        sha = file_sha256(path)
         with _use_tracking_uri(self.uri), _quiet_model_logging():
             info = mlflow.models.Model.log(
                 None,
@@ -453,10 +451,7 @@ class Tracker:
     @answered(None)
     def model_version(self, registered_model: str, path: str | os.PathLike) -> Optional[str]:
         """The newest registered version of ``registered_model`` that serves the model file ``path`` (by sha256)."""
-        import hashlib
-
-        with open(path, "rb") as f:
-            return self._version_of(registered_model, hashlib.file_digest(f, "sha256").hexdigest())
+        return self._version_of(registered_model, file_sha256(path))
 
     def _version_of(self, registered_model: str, sha: str) -> Optional[str]:
         from mlflow.exceptions import MlflowException
