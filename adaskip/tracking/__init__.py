@@ -1,16 +1,14 @@
-"""The only package that talks to MLflow: :mod:`.uri` (which store, TLS, reachability), :mod:`.tracker` (runs and
-the Model Registry), :mod:`.model` (the served pyfunc), :mod:`.server` (the project's tracking server) and
-:mod:`.serve` (``mlflow models serve`` on loopback)."""
+"""The only package that talks to MLflow: :mod:`.uri` (which store, TLS, reachability), :mod:`.tracker` (runs),
+:mod:`.registry` (the Model Registry, a part of the Tracker), :mod:`.outbox` (writes that wait for a store that went
+away), :mod:`.tags` (the names they share), :mod:`.model` (the served pyfunc), :mod:`.server` (the project's tracking
+server) and :mod:`.serve` (``mlflow models serve`` on loopback)."""
 
+from .tags import EXPERIMENT_KIND, MODEL_NAME, SHA_TAG, SKIP_TAG
 from .tracker import (
-    EXPERIMENT_KIND,
     FAILED,
     FINISHED,
     KILLED,
-    MODEL_NAME,
     RUNNING,
-    SHA_TAG,
-    SKIP_TAG,
     Tracker,
     flatten,
     load_table,

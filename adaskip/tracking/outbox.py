@@ -10,6 +10,8 @@ stage could not send is spooled to the run storage's ``pending/`` folder, the fi
 from __future__ import annotations
 
 import collections
+import functools
+import inspect
 import json
 import logging
 import os
@@ -17,7 +19,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar
 
 from .uri import TrackingError, check_reachable
 
@@ -283,3 +285,49 @@ def _now() -> int:
 
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def deferrable(method: Optional[F] = None, *, files: tuple[str, ...] = ()) -> Any:
+    """A write to the store: done at once while the store answers, else queued in the Tracker's outbox (its value
+    then None, or a placeholder run id for ``start_run``), its arguments plain data (``files``: those naming a local
+    file, kept with the records). An ``at`` argument is stamped with the time of the call."""
+    if method is None:
+        return functools.partial(deferrable, files=files)
+    sig = inspect.signature(method)
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        named = sig.bind(self, *args, **kwargs).arguments
+        named.pop("self")
+        if "at" in sig.parameters and named.get("at") is None:
+            named["at"] = int(time.time() * 1000)
+        return self._write(method, named, files)
+
+    return call
+
+
+def answered(default: Any) -> Callable[[F], F]:
+    """A read from the store: ``default`` (unknown) while the store does not answer or records wait to be sent."""
+
+    def wrap(method: F) -> F:
+        @functools.wraps(method)
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.outbox.sending():
+                return method(self, *args, **kwargs)
+            if not self.outbox.idle() or any(isinstance(a, str) and a.startswith(PENDING) for a in args):
+                return default
+            try:
+                check_reachable(self.uri, timeout=3.0)
+                return method(self, *args, **kwargs)
+            except Exception as e:
+                if not down(e):
+                    raise
+                log.debug("MLflow did not answer %s: %s", method.__name__, e)
+                return default
+
+        return call  # type: ignore[return-value]
+
+    return wrap
