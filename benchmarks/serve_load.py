@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's adaskip, wherever it is run from
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))  # its test helpers: local_server
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
     from adaskip.config import load_params
     from adaskip.serving import build_menu, read_attached
     from adaskip.tracking import Tracker, resolve_uri
-    from adaskip.tracking.serve import local_server
+    from helpers import local_server
     from adaskip.models.file import load_model
 
     torch.set_num_threads(1)  # as each server worker: the same latency table

@@ -1,6 +1,6 @@
 """Benchmark: what a tracking-server outage costs a Ray Train run, against the same run with the server up.
 
-The project's tracking server (``python -m adaskip.tracking.server``: PostgreSQL behind ``mlflow server``) runs on
+The project's tracking server (``python -m adaskip.ops.tracking_server``: PostgreSQL behind ``mlflow server``) runs on
 loopback. The same training (params.yaml's model and data, ``--epochs``, one Ray Train run per side, each in its own
 MLflow run) is timed twice, alternating the order over ``--reps``:
   (A) with the server up throughout;
@@ -45,7 +45,7 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "adaskip.tracking.server", "--state", str(self.state), "--host", "127.0.0.1"]
+        cmd = [sys.executable, "-m", "adaskip.ops.tracking_server", "--state", str(self.state), "--host", "127.0.0.1"]
         log = (self.state.parent / "server.log").open("a")
         self.proc = subprocess.Popen([*cmd, "--port", str(self.port), "--workers", "1"], stdout=log, stderr=log)
         deadline = time.monotonic() + 120

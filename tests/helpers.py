@@ -1,22 +1,38 @@
 """What tests share that is not a fixture (fixtures are in conftest.py): the project root, the tiny params every
-quick pipeline run applies, the params merge rule, the test bucket's name, Ray Train's checkpoint record."""
+quick pipeline run applies, the params merge rule, the test bucket's name, Ray Train's checkpoint record, a free port,
+waiting until something is ready, and `mlflow models serve` on loopback (benchmarks/serve_load.py uses it too)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import yaml
 
 from adaskip.config import merge_params as merge
 
-__all__ = ["BUCKET", "ROOT", "TINY", "checkpoint_recorded", "free_port", "merge", "new_project", "run_stage", "sh"]
+__all__ = [
+    "BUCKET",
+    "ROOT",
+    "TINY",
+    "checkpoint_recorded",
+    "free_port",
+    "local_server",
+    "merge",
+    "new_project",
+    "run_stage",
+    "sh",
+    "wait_until",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "adaskip-test"  # the moto S3 server's bucket (conftest.s3_server)
@@ -93,3 +109,62 @@ def new_project(repo: Path, overrides: dict[str, Any]) -> Path:
     for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "init"]):
         sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", *cmd)
     return repo
+
+
+def wait_until(ready: Callable[[], Any], timeout: float, what: str, alive: Callable[[], bool] = lambda: True) -> Any:
+    """Call ``ready`` every 0.2-1 s until it returns something true (an exception counts as not yet) and return that;
+    a RuntimeError naming ``what`` after ``timeout`` seconds, or as soon as ``alive`` says the process it waits for
+    is gone."""
+    deadline, pause, last = time.monotonic() + timeout, 0.2, None
+    while True:
+        try:
+            if result := ready():
+                return result
+        except Exception as e:  # not ready yet: a refused connection, a missing file
+            last = e
+        if not alive():
+            raise RuntimeError(f"{what}: the process it waits for has exited ({last!r})")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not ready after {timeout:g} s ({last!r})")
+        time.sleep(pause)
+        pause = min(1.0, pause * 1.5)
+
+
+def _answers(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2):  # noqa: S310 (loopback)
+        return True
+
+
+@contextlib.contextmanager
+def local_server(tracking_uri: str, model_uri: str, log_file: Path, workers: int = 1) -> Iterator[str]:
+    """`mlflow models serve` of ``model_uri`` on a free loopback port, one torch thread per worker, with this
+    environment's ``uvicorn``; yields the invocations URL once /ping answers, and stops the server after."""
+    port, bindir = free_port(), str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "OMP_NUM_THREADS": "1",
+        "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
+    }
+    command = [str(Path(bindir) / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "-w", str(workers)]
+    with open(log_file, "wb") as log:
+        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            try:
+                wait_until(
+                    lambda: _answers(f"http://127.0.0.1:{port}/ping"),
+                    180,
+                    "mlflow models serve",
+                    lambda: server.poll() is None,
+                )
+            except RuntimeError as e:
+                raise RuntimeError(f"{e}\n{log_file.read_text()[-3000:]}") from None
+            yield f"http://127.0.0.1:{port}/invocations"
+        finally:
+            os.killpg(server.pid, 15)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, 9)
+                server.wait()

@@ -85,7 +85,7 @@ def cluster(two_hosts: TwoHosts):  # noqa: F811 (the fixture)
         [
             "python",
             "-m",
-            "adaskip.tracking.server",
+            "adaskip.ops.tracking_server",
             "--host",
             th.host1.ip,
             "--port",

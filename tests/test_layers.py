@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("select", "serving", "ablation", "export", "export_all", "profile", "recipes"),
     ("tracking",),  # the only MLflow adapter
     ("orchestration",),  # the only Ray layer
-    ("stage", "cli"),
+    ("stage", "cli", "ops"),  # ops: tools beside the library (the tracking server), imported by nothing in it
 ]
 # Decision logic: choosing a sub-network under a budget, a study's statistics and plan.
 PURE = ("select", "serving", "ablation.power", "ablation.plan", "ablation.stats")

@@ -35,7 +35,7 @@ def test_registered_model_serves_every_subnetwork(tmp_path: Path, tiny_params, m
     from adaskip.select import aliases, with_latency
     from adaskip.serving import GRID_FILE
     from adaskip.tracking import EXPERIMENT_KIND, Tracker, pareto_tags, skip_params
-    from adaskip.tracking.serve import local_server
+    from helpers import local_server
     from adaskip.training import save_atomic
 
     monkeypatch.chdir(tmp_path)  # the store's default artifact root (./mlruns) lands in tmp_path

@@ -73,7 +73,7 @@ def tracking_server(netns, tmp_path: Path) -> Iterator[dict[str, str]]:
             ns,
             sys.executable,
             "-m",
-            "adaskip.tracking.server",
+            "adaskip.ops.tracking_server",
             "--state",
             str(state),
             "--host",

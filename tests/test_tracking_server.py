@@ -1,4 +1,4 @@
-"""The tracking server (adaskip.tracking.server), for real: PostgreSQL, `mlflow server --serve-artifacts`, an MLflow
+"""The tracking server (adaskip.ops.tracking_server), for real: PostgreSQL, `mlflow server --serve-artifacts`, an MLflow
 client over HTTP; on a non-loopback address (in a network namespace of its own) with basic auth over HTTPS (a
 self-signed certificate), and plain HTTP refused there."""
 
@@ -22,7 +22,7 @@ from typing import Iterator, Optional
 
 import pytest
 
-from adaskip.tracking.server import ServerError, pg_bindir
+from adaskip.ops.tracking_server import ServerError, pg_bindir
 from helpers import free_port
 
 USER, PASSWORD = "adaskip-admin", "test-only-password-1234"  # MLflow wants 12+ characters
@@ -62,7 +62,7 @@ def start(
         *prefix,
         sys.executable,
         "-m",
-        "adaskip.tracking.server",
+        "adaskip.ops.tracking_server",
         "--state",
         str(state),
         "--host",
@@ -139,7 +139,7 @@ def test_loopback_server_tracks_and_proxies_artifacts(
         assert wait_ready(proc, url, log) == f"MLFLOW_TRACKING_URI={url}"
         assert (state / "pg" / "data" / "PG_VERSION").exists()
         second = subprocess.run(
-            [sys.executable, "-m", "adaskip.tracking.server", "--state", str(state), "--port", str(free_port())],
+            [sys.executable, "-m", "adaskip.ops.tracking_server", "--state", str(state), "--port", str(free_port())],
             env=server_env(False),
             capture_output=True,
             text=True,
@@ -171,7 +171,7 @@ def test_loopback_server_tracks_and_proxies_artifacts(
 
 def test_non_loopback_server_requires_credentials(state: Path, tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "adaskip.tracking.server", "--state", str(state / "s"), "--host", "198.18.0.1"],
+        [sys.executable, "-m", "adaskip.ops.tracking_server", "--state", str(state / "s"), "--host", "198.18.0.1"],
         env=server_env(with_creds=False),
         capture_output=True,
         text=True,
@@ -186,7 +186,7 @@ def test_non_loopback_server_requires_credentials(state: Path, tmp_path: Path) -
 def test_non_loopback_server_without_tls_is_refused(state: Path) -> None:
     """Beyond loopback, basic auth over plain HTTP would send the password in clear: refused unless --insecure."""
     done = subprocess.run(
-        [sys.executable, "-m", "adaskip.tracking.server", "--state", str(state / "s"), "--host", "198.18.0.1"],
+        [sys.executable, "-m", "adaskip.ops.tracking_server", "--state", str(state / "s"), "--host", "198.18.0.1"],
         env=server_env(with_creds=True),
         capture_output=True,
         text=True,

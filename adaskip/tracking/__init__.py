@@ -1,7 +1,7 @@
 """The only package that talks to MLflow: :mod:`.uri` (which store, TLS, reachability), :mod:`.tracker` (runs),
 :mod:`.registry` (the Model Registry, a part of the Tracker), :mod:`.outbox` (writes that wait for a store that went
-away), :mod:`.tags` (the names they share), :mod:`.model` (the served pyfunc), :mod:`.server` (the project's tracking
-server) and :mod:`.serve` (``mlflow models serve`` on loopback)."""
+away), :mod:`.tags` (the names they share), :mod:`.model` (the served pyfunc). The project's tracking server is an
+operations tool apart from this adapter: :mod:`adaskip.ops.tracking_server`."""
 
 from .tags import EXPERIMENT_KIND, MODEL_NAME, SHA_TAG, SKIP_TAG
 from .tracker import (

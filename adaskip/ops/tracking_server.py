@@ -1,6 +1,6 @@
 """An MLflow tracking server for a cluster or a laptop: PostgreSQL backend store, proxied artifacts.
 
-    python -m adaskip.tracking.server [--state .mlflow-server] [--host 127.0.0.1] [--port 5000]
+    python -m adaskip.ops.tracking_server [--state .mlflow-server] [--host 127.0.0.1] [--port 5000]
 
 Runs in the foreground. PostgreSQL keeps its data in STATE/pg and listens only on a unix socket in that folder
 (no TCP port); ``mlflow server --serve-artifacts`` keeps artifacts in STATE/artifacts (or --artifacts), so
@@ -60,7 +60,7 @@ class _Stop(Exception):
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m adaskip.tracking.server",
+        prog="python -m adaskip.ops.tracking_server",
         description=__doc__.split("\n\n")[0],
         epilog="Clients set MLFLOW_TRACKING_URI=https://HOST:PORT (plus MLFLOW_TRACKING_USERNAME/PASSWORD when the "
         "server authenticates, and MLFLOW_TRACKING_SERVER_CERT_PATH for a certificate their system does not "
