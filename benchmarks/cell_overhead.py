@@ -37,7 +37,7 @@ import ray  # noqa: E402
 from adaskip.ablation.spec import Cell  # noqa: E402
 from adaskip.orchestration.cells import _cell_grid, run_cells  # noqa: E402
 from adaskip.orchestration.storage import Storage  # noqa: E402
-from adaskip.orchestration.train import POLL_ENV  # noqa: E402
+from adaskip.orchestration.raytrain import POLL_ENV  # noqa: E402
 from study_concurrency import parse_checked, study_cells, study_parser  # noqa: E402  (its options and cells)
 
 

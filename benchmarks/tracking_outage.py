@@ -34,7 +34,8 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from adaskip.config import load_params  # noqa: E402
 from adaskip.orchestration.storage import Storage  # noqa: E402
-from adaskip.orchestration.train import TrackingTarget, run_training  # noqa: E402
+from adaskip.orchestration.reporting import TrackingTarget  # noqa: E402
+from adaskip.orchestration.train import run_training  # noqa: E402
 
 
 class Server:

@@ -41,7 +41,8 @@ class Trained(StageResult):
 
 def run(params, args) -> Trained:
     from adaskip.models.file import model_file, save_atomic
-    from adaskip.orchestration.train import TrackingTarget, run_training, unsent
+    from adaskip.orchestration.reporting import TrackingTarget, unsent
+    from adaskip.orchestration.train import run_training
     from adaskip.tracking.views import run_name, trained_params
 
     net = params.check_model(source=args.params)  # the model can be built and run: once here, not in every worker

@@ -101,7 +101,8 @@ def test_training_goes_on_while_the_server_is_down(ray_cluster, tiny_raw, state,
 
     from adaskip.config import Params
     from adaskip.orchestration.storage import Storage
-    from adaskip.orchestration.train import TrackingTarget, run_training
+    from adaskip.orchestration.reporting import TrackingTarget
+    from adaskip.orchestration.train import run_training
     from helpers import checkpoint_recorded, merge
 
     epochs, port, log = 12, free_port(), tmp_path / "server.log"

@@ -43,7 +43,8 @@ def test_train_ddp_worker_failure_resumes(ray_cluster, tiny_raw, mlflow_uri, tmp
     """2-worker DDP run; a worker SIGKILLed mid-run makes Ray Train restart the group from a checkpoint
     (not from scratch); the run finishes with all epochs, in one MLflow run."""
     from adaskip.config import Params
-    from adaskip.orchestration.train import TrackingTarget, run_training
+    from adaskip.orchestration.reporting import TrackingTarget
+    from adaskip.orchestration.train import run_training
 
     params = Params.model_validate(merge(tiny_raw, {"data": {"image_size": 32}}))  # ~1 s/epoch: killed mid-run
     tracker = Tracker(mlflow_uri, "t")

@@ -102,7 +102,7 @@ import psutil, sys
 from adaskip.orchestration import configure_ray_env, init_ray
 configure_ray_env()  # before ray: Ray reads its environment once
 import ray, ray.train
-from adaskip.orchestration.train import LoopbackTorchConfig, TorchTrainer
+from adaskip.orchestration.raytrain import LoopbackTorchConfig, TorchTrainer
 
 def listening(proc):
     try:
@@ -189,7 +189,8 @@ def test_recurring_worker_error_is_not_retried(ray_cluster, tiny_raw, tmp_path: 
     as one AdaskipError naming the problem."""
     from adaskip.config import Params
     from adaskip.orchestration.storage import Storage
-    from adaskip.orchestration.train import RecurringTrainingError, run_training
+    from adaskip.orchestration.raytrain import RecurringTrainingError
+    from adaskip.orchestration.train import run_training
 
     bad = tmp_path / "weights.pth"
     torch.save({"not": "weights"}, bad)

@@ -41,7 +41,8 @@ from ..console import duration, progress_bars
 from ..errors import AdaskipError, describe
 from .grid import grid_accuracy
 from .storage import Storage
-from .train import Alone, Progress, TrackingTarget, run_training, unsent, worker_resources, worker_threads
+from .reporting import Progress, TrackingTarget, unsent
+from .train import Alone, run_training, worker_resources, worker_threads
 
 if TYPE_CHECKING:
     from ..tracking import Tracker
@@ -173,34 +174,46 @@ class _EpochCounter:
         return self.counts
 
 
-Names = dict[str, Optional[str]]  # per cell key: its run's name (run_name), or its teacher's (teacher_name)
+@dataclass
+class _Queued:
+    """One cell waiting in (or taken from) the driver's queue, with what the scheduler decides by."""
+
+    cell: Cell
+    name: str  # its Ray Train run's name (run_name): the teacher a KD cell of the same sub-network waits for
+    teacher: Optional[str]  # a KD cell's teacher's run name (teacher_name), else None
+    epochs: int = 0  # epochs it trains: its own, and its teacher's when it trains that too
+    chain: int = 0  # its epochs and those of the longest KD cell that distils from it
+
+    @property
+    def key(self) -> str:
+        return self.cell.key
 
 
-def _epochs(cell: Cell, teaching: Collection[str]) -> int:
-    """Epochs a cell trains: its own, and as many again for its teacher if it trains that (its key in
-    ``teaching``)."""
-    return cell.params.train.epochs * (2 if cell.key in teaching else 1)
+def _queue(todo: list[Cell], cache: Storage) -> list[_Queued]:
+    """The cells in the order they start: longest chain first (a cell, and after it the KD cells that distil from
+    it), so the last wave is short cells, not one long cell alone on an otherwise idle cluster (sorted is stable:
+    variants and seeds keep their order among equals). A KD cell whose teacher no cell trains and the cache does not
+    hold trains it first (the first such cell per teacher)."""
+    queue = [_Queued(c, run_name(c), teacher_name(c)) for c in todo]
+    made = {q.name for q in queue} | {q.teacher for q in queue if q.teacher and cache.exists(f"{q.teacher}.pt")}
+    for q in queue:
+        trains_teacher = q.teacher is not None and q.teacher not in made
+        made.add(q.teacher)
+        q.epochs = q.cell.params.train.epochs * (2 if trains_teacher else 1)
+    students: dict[str, int] = {}
+    for q in queue:
+        if q.teacher:
+            students[q.teacher] = max(students.get(q.teacher, 0), q.epochs)
+    for q in queue:
+        q.chain = q.epochs + students.get(q.name, 0)
+    return sorted(queue, key=lambda q: q.chain, reverse=True)
 
 
-def _teaching(todo: list[Cell], names: Names, needs: Names, cache: Storage) -> set[str]:
-    """The keys of the KD cells that train their teacher themselves: the first of those needing a teacher that no
-    other cell trains and the cache does not hold."""
-    made = set(names.values()) | {n for n in needs.values() if n and cache.exists(f"{n}.pt")}
-    keys = set()
-    for c in todo:
-        if (n := needs[c.key]) and n not in made:
-            keys.add(c.key)
-            made.add(n)
-    return keys
-
-
-def _waits(cell: Cell, queued: list[Cell], running: list[Cell], names: Names, needs: Names) -> bool:
+def _waits(q: _Queued, queued: list[_Queued], running: list[_Queued]) -> bool:
     """Whether a KD cell waits for its teacher: while a cell that trains it (the study's individually trained
     baseline of that sub-network, or another KD cell with the same teacher) is queued or running."""
-    name = needs[cell.key]
-    return name is not None and (
-        any(names[o.key] == name for o in queued + running if o is not cell)
-        or any(needs[o.key] == name for o in running)
+    return q.teacher is not None and (
+        any(o.name == q.teacher for o in queued + running if o is not q) or any(o.teacher == q.teacher for o in running)
     )
 
 
@@ -398,62 +411,64 @@ def _schedule(
     """Start queued cells while the cluster has room for their workers, each driven from a thread; wait, report
     and start more as they finish. Returns the error lines and the keys of the cells that failed."""
     nodes = cluster_nodes()
-    plan = plan_cells(todo, nodes)
-    log.info("%s", plan.line())
-    runs: dict[str, Optional[str]] = {}  # each cell's MLflow run, created when the cell starts
+    log.info("%s", plan_cells(todo, nodes).line())
+    queue = _queue(todo, cache)
+    every, teachers = list(queue), {q.teacher for q in queue if q.teacher}
     counter = _counter()
-    reading = counter
     pool = futures.ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="cell")
-    names, needs = {c.key: run_name(c) for c in todo}, {c.key: teacher_name(c) for c in todo}
-    teachers, teaching = set(filter(None, needs.values())), _teaching(todo, names, needs, cache)
-    epochs = {c.key: _epochs(c, teaching) for c in todo}
-    # longest chain first (a cell, and after it the KD cells that distil from it): the last wave is then short
-    # cells, not one long cell alone on an otherwise idle cluster (sorted is stable: variants and seeds keep their
-    # order among equals)
-    students = {n: max(epochs[c.key] for c in todo if needs[c.key] == n) for n in teachers}
-    chain = {c.key: epochs[c.key] + students.get(names[c.key], 0) for c in todo}
-    free, queue, running = dict(nodes), sorted(todo, key=lambda c: chain[c.key], reverse=True), {}
-    errors, failed, counts = [], set(), {}
+    free, running, errors, failed = dict(nodes), {}, [], set()
     started, finished = time.perf_counter(), total - len(todo)
-    bars = progress_bars()  # the epoch counts are read for the bar only
     try:
-        with tqdm(total=sum(epochs.values()), desc="study", unit="epoch", disable=not bars) as bar:
+        with _Bar(every, counter) as bar:
             while queue or running:
-                for c in list(queue):  # in order, each that fits now and is not waiting for its teacher
-                    if _waits(c, queue, [r for r, *_ in running.values()], names, needs):
+                for q in list(queue):  # in order, each that fits now and is not waiting for its teacher
+                    if _waits(q, queue, [r for r, *_ in running.values()]):
                         continue
-                    if (left := place(worker_bundles(c), free)) is not None:
-                        runs[c.key] = _cell_run(tracker, c, parent_run_id)
-                        job = _Cell(c, cache, tracker, runs[c.key], counter, teachers)
-                        running[pool.submit(job.run)] = (c, free, left)
+                    if (left := place(worker_bundles(q.cell), free)) is not None:
+                        run_id = _cell_run(tracker, q.cell, parent_run_id)
+                        job = _Cell(q.cell, cache, tracker, run_id, counter, teachers)
+                        running[pool.submit(job.run)] = (q, run_id, free, left)
                         free = left
-                        queue.remove(c)
+                        queue.remove(q)
                 done, _ = futures.wait(running, timeout=2.0, return_when=futures.FIRST_COMPLETED)
-                if bars and reading is not None:  # a restarted cell counts again: capped at its epochs
-                    counts, reading = _read(reading, counts)
-                    bar.n = sum(min(counts.get(c.key, 0), epochs[c.key]) for c in todo)
-                    bar.set_postfix_str(
-                        ", ".join(f"{c.key} {counts.get(c.key, 0)}/{epochs[c.key]}" for c, *_ in running.values())
-                    )
+                bar.update([q for q, *_ in running.values()])
                 for f in done:
-                    cell, before, after = running.pop(f)
+                    q, run_id, before, after = running.pop(f)
                     free = release(free, before, after)
                     finished += 1
-                    _finish(tracker, runs[cell.key], cell, f, errors, failed, optional)
-                    log.info(
-                        "cell %s %s (%d of %d cells, %s)",
-                        cell.key,
-                        "failed" if cell.key in failed else "done",
-                        finished,
-                        total,
-                        duration(time.perf_counter() - started),
-                    )
+                    _finish(tracker, run_id, q.cell, f, errors, failed, optional)
+                    what = "failed" if q.key in failed else "done"
+                    took = duration(time.perf_counter() - started)
+                    log.info("cell %s %s (%d of %d cells, %s)", q.key, what, finished, total, took)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C: the process exits, its threads with it
     for name in teachers:  # a teacher's model, once no cell that trains it or distils from it needs it again
-        if not any(k in failed for k in names if name in (names[k], needs[k])):
+        if not any(q.key in failed for q in every if name in (q.name, q.teacher)):
             cache.remove(f"{name}.pt")
     return errors, failed
+
+
+class _Bar:
+    """The study's progress bar on a terminal: epochs trained of every cell's, and each running cell's epoch (read
+    from the counter the cells' rank 0 ticks; a restarted cell counts again: capped at its epochs)."""
+
+    def __init__(self, queue: list[_Queued], counter: Any) -> None:
+        self.queue, self.reading, self.counts = queue, counter, {}
+        self.shown = progress_bars()
+        self.bar = tqdm(total=sum(q.epochs for q in queue), desc="study", unit="epoch", disable=not self.shown)
+
+    def __enter__(self) -> "_Bar":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.close()
+
+    def update(self, running: list[_Queued]) -> None:
+        if not self.shown or self.reading is None:
+            return
+        self.counts, self.reading = _read(self.reading, self.counts)
+        self.bar.n = sum(min(self.counts.get(q.key, 0), q.epochs) for q in self.queue)
+        self.bar.set_postfix_str(", ".join(f"{q.key} {self.counts.get(q.key, 0)}/{q.epochs}" for q in running))
 
 
 def _finish(

@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import pandas as pd
 import ray
@@ -25,7 +25,8 @@ from ..console import verbose
 from ..errors import describe
 from .cluster import configure_ray_env
 from .storage import Storage
-from .train import STATE_FILE, EpochReporter, TrackingTarget, latest_state, make_trainer, unsent
+from .reporting import STATE_FILE, EpochReporter, TrackingTarget, latest_state, unsent
+from .train import make_trainer
 
 if TYPE_CHECKING:
     from ..models import AdaptiveDepthNet  # trial drivers need not import timm
@@ -195,6 +196,16 @@ def run_sweep(
         "setup": TrialSetup(uri, experiment, parent_run_id, t.epochs, t.workers, storage.uri, group, experiment_id),
         **(space or {}),
     }
+    tuner = _tuner(params, storage, name, space)
+    table = trials_table(_quietly(tuner.fit))
+    _close_trial_runs(table, space["setup"], storage)
+    return table
+
+
+def _tuner(params: Params, storage: Storage, name: str, space: dict[str, Any]) -> tune.Tuner:
+    """The sweep's Tuner: ASHA over ``space``, seeded, as many trials at once as the cluster fits; the interrupted
+    sweep of the same name restored instead (its finished trials kept)."""
+    t = params.tune
     # In-process trials hold their CPUs themselves; Train trials only drive and leave CPUs to their workers.
     driver = {"cpu": params.train.cpus_per_worker} if t.workers == 0 else {"cpu": 0.1}
     trainable = tune.with_resources(_trial, driver)
@@ -213,33 +224,32 @@ def run_sweep(
     )
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
         log.info("resuming the sweep at %s (finished trials are kept)", storage.child(name))
-        tuner = tune.Tuner.restore(path, trainable, resume_errored=True, restart_errored=False, storage_filesystem=fs)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space,
-            tune_config=tune_config,
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=storage.path,
-                storage_filesystem=fs,
-                verbose=1 if verbose() else 0,  # no per-trial tables: one line per ended trial instead
-                callbacks=[TrialLines(t.num_samples)],
-                failure_config=tune.FailureConfig(max_failures=0),
-            ),
-        )
-    # Tune's default output engine prints its experiment header and paths at any verbosity; the legacy one at
-    # verbose=0 prints nothing (RAY_AIR_NEW_OUTPUT is read when fit starts)
+        return tune.Tuner.restore(path, trainable, resume_errored=True, restart_errored=False, storage_filesystem=fs)
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune_config,
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage.path,
+            storage_filesystem=fs,
+            verbose=1 if verbose() else 0,  # no per-trial tables: one line per ended trial instead
+            callbacks=[TrialLines(t.num_samples)],
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+
+
+def _quietly(fit: Callable[[], Any]) -> Any:
+    """``fit()`` without Tune's experiment header: its default output engine prints the header and paths at any
+    verbosity, the legacy one at verbose=0 nothing (RAY_AIR_NEW_OUTPUT is read when fit starts)."""
     quiet = {} if verbose() or "RAY_AIR_NEW_OUTPUT" in os.environ else {"RAY_AIR_NEW_OUTPUT": "0"}
     os.environ.update(quiet)
     try:
-        grid = tuner.fit()
+        return fit()
     finally:
         for k in quiet:
             os.environ.pop(k, None)
-    table = trials_table(grid)
-    _close_trial_runs(table, space["setup"], storage)
-    return table
 
 
 def _close_trial_runs(table: pd.DataFrame, setup: "TrialSetup", storage: Storage) -> None:

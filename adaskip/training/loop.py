@@ -214,6 +214,29 @@ def diagnostics(net: AdaptiveDepthNet, loader, env: WorkerEnv, skip: Optional[st
     return {**ratio_summary(ratios), **{f"ratio.{k}": v for k, v in ratios.items()}}
 
 
+@dataclass
+class _Run:
+    """What one training run holds from set-up to its last epoch."""
+
+    net: AdaptiveDepthNet  # the model itself (unwrapped)
+    model: nn.Module  # ``net`` as the worker trains it (DDP-wrapped on several ranks)
+    ema: Optional[Any]  # timm's ModelEmaV3, with train.ema
+    optimizer: torch.optim.Optimizer
+    scheduler: Optional[Any]
+    macs: dict[str, int]  # every sub-network's, at the data's image size
+    fmt: torch.memory_format
+    train_loader: Any
+    val_loader: Any
+    mixup: Optional[timm.data.Mixup]
+    step: Callable[[Tensor, Tensor], tuple[dict[str, float], float]]
+    start: int  # the first epoch to train (after a resume)
+
+    @property
+    def eval_net(self) -> AdaptiveDepthNet:
+        """The weights validated and shipped: the EMA's with train.ema."""
+        return self.ema.module if self.ema is not None else self.net
+
+
 def fit(
     params: Params, env: WorkerEnv, epochs: Optional[int] = None, mode: FitMode = SELF_DISTILLATION
 ) -> dict[str, float]:
@@ -222,112 +245,117 @@ def fit(
     weights validated and to ship; ``"spec"``: the model's spec, its split as resolved). ``mode`` says what is
     trained: every sub-network by self-distillation (default), or one sub-network alone (see FitMode)."""
     epochs = epochs or params.train.epochs
-    seed_everything(params.train.seed)
-    subsets = load_subsets(params.data)
-    m = params.model
-    net = params.build_model(num_classes=subsets.num_classes)
-    spec = net.spec
-    macs = {
-        str(c): count_macs(net, c, (subsets.in_chans, params.data.image_size, params.data.image_size))
-        for c in net.configs()
-    }
-    fmt = memory_format(params, net)
-    net.to(env.device, memory_format=fmt)
-    optimizer, scheduler = _optimizer_and_scheduler(net, params, epochs)
-    start = 0
-    if env.resume_state is not None:
-        load_state(net, env.resume_state["model"], "resume checkpoint")
-        optimizer.load_state_dict(env.resume_state["optimizer"])
-        if scheduler is not None and env.resume_state.get("scheduler"):
-            scheduler.load_state_dict(env.resume_state["scheduler"])
-        start = int(env.resume_state["epoch"]) + 1
-        log.debug("resuming from epoch %d", start)  # rank 0 of a Ray Train run says it once, naming the run
-    elif m.pretrained:  # a fresh start only: a resumed run's checkpoint wins; every rank loads the same file
-        load_pretrained(net, m.pretrained, log, **spec["kwargs"])
-    ema = make_ema(net, params, env.resume_state)  # after the resumed or pretrained weights are in
-    model = env.wrap(net)
-    bs = max(1, params.train.batch_size // env.world_size)
-    shard = (env.rank, env.world_size) if env.world_size > 1 else None
-    # each rank builds its own loaders: an explicit data.workers is per rank, the default shares this machine's
-    # CPUs among the world_size ranks (assumed on one machine; on several nodes set data.workers)
-    workers = resolve_workers(params.data, ranks=env.world_size)
-    train_loader = make_loader(
-        subsets.train,
-        bs,
-        shuffle=True,
-        seed=params.train.seed,
-        drop_last=True,
-        distributed=shard,
-        num_workers=workers,
-        device=env.device,
-    )
-    val_loader = make_loader(
-        subsets.val,
-        params.evaluate.batch_size,
-        shuffle=False,
-        seed=0,
-        distributed=shard,
-        num_workers=workers,
-        device=env.device,
-    )
-    mixup = make_mixup(params, subsets.num_classes)
-    precision = Precision(params.train.precision)
-    step = _step_fn(model, optimizer, params, precision, precision.scaler(env.device), mode)
-    eval_net = ema.module if ema is not None else net
-    global_step = start * len(train_loader)
+    run = _set_up(params, env, epochs, mode)
     metrics: dict[str, float] = {}
-    for epoch in range(start, epochs):
-        if shard:
-            train_loader.sampler.set_epoch(epoch)
-        model.train()
-        sums: dict[str, float] = {}
-        seen = 0
+    for epoch in range(run.start, epochs):
         started = time.perf_counter()
-        bar = tqdm(
-            train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=env.rank != 0 or not progress_bars(), leave=False
-        )
-        for images, targets in bar:
-            images = images.to(env.device, non_blocking=True, memory_format=fmt)
-            targets = targets.to(env.device, non_blocking=True)
-            if mixup is not None:
-                images, targets = mixup(images, targets)  # soft targets
-            out, loss = step(images, targets)
-            global_step += 1
-            if ema is not None:
-                ema.update(net, step=global_step)
-            if not math.isfinite(loss):
-                raise TrainingDiverged(f"loss is {loss} at epoch {epoch + 1}: lower train.lr or check train.alpha")
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + v * (1 if k.endswith("correct") else len(images))
-            seen += len(images)
-            bar.set_postfix(loss=f"{loss:.3f}")
-        if scheduler is not None:
-            scheduler.step(epoch + 1)
-        metrics = {
-            ("train_acc_" + k.split("_")[0] if k.endswith("correct") else "train_" + k): v
-            / seen
-            * (100 if k.endswith("correct") else 1)
-            for k, v in sums.items()
-        }
-        metrics.update(validate(eval_net, val_loader, env, macs))
-        metrics.update(diagnostics(eval_net, val_loader, env, mode.alone))
-        metrics.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"])
+        metrics = _train_epoch(run, env, epoch, epochs)
+        if run.scheduler is not None:
+            run.scheduler.step(epoch + 1)
+        metrics.update(validate(run.eval_net, run.val_loader, env, run.macs))
+        metrics.update(diagnostics(run.eval_net, run.val_loader, env, mode.alone))
+        metrics.update(epoch=epoch + 1, lr=run.optimizer.param_groups[0]["lr"])
         if env.rank == 0:  # one line per epoch; every metric (per-block ratios too) goes to MLflow and DEBUG
             log.info("%s%s", env.label, epoch_line(epoch + 1, epochs, metrics, time.perf_counter() - started))
         log.debug("epoch %d/%d rank %d %s", epoch + 1, epochs, env.rank, {k: round(v, 4) for k, v in metrics.items()})
-        state = (
-            {
-                "epoch": epoch,
-                "model": unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "spec": spec,
-                "macs": macs,
-            }
-            if env.rank == 0
-            else None
-        )
-        if state is not None and ema is not None:
-            state["ema"] = ema.module.state_dict()
-        env.report(metrics, state)
+        env.report(metrics, _state(run, epoch) if env.rank == 0 else None)
     return metrics
+
+
+def _set_up(params: Params, env: WorkerEnv, epochs: int, mode: FitMode) -> _Run:
+    """The seeded model (resumed, or from pretrained weights), its optimizer, EMA, loaders and step, in that order
+    (the order the random generators are drawn in: a resumed or repeated run is the same run)."""
+    seed_everything(params.train.seed)
+    subsets = load_subsets(params.data)
+    net = params.build_model(num_classes=subsets.num_classes)
+    size = (subsets.in_chans, params.data.image_size, params.data.image_size)
+    macs = {str(c): count_macs(net, c, size) for c in net.configs()}
+    fmt = memory_format(params, net)
+    net.to(env.device, memory_format=fmt)
+    optimizer, scheduler = _optimizer_and_scheduler(net, params, epochs)
+    start = _resume_or_pretrained(net, optimizer, scheduler, params, env)
+    ema = make_ema(net, params, env.resume_state)  # after the resumed or pretrained weights are in
+    model = env.wrap(net)
+    train_loader, val_loader = _loaders(params, env, subsets)
+    mixup = make_mixup(params, subsets.num_classes)
+    precision = Precision(params.train.precision)
+    step = _step_fn(model, optimizer, params, precision, precision.scaler(env.device), mode)
+    return _Run(net, model, ema, optimizer, scheduler, macs, fmt, train_loader, val_loader, mixup, step, start)
+
+
+def _resume_or_pretrained(net: AdaptiveDepthNet, optimizer, scheduler, params: Params, env: WorkerEnv) -> int:
+    """The first epoch to train: after the resume checkpoint's (its weights, optimizer and scheduler loaded), else 0
+    (with model.pretrained's weights loaded on a fresh start; every rank loads the same file)."""
+    state = env.resume_state
+    if state is None:
+        if params.model.pretrained:
+            load_pretrained(net, params.model.pretrained, log, **net.spec["kwargs"])
+        return 0
+    load_state(net, state["model"], "resume checkpoint")
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler"):
+        scheduler.load_state_dict(state["scheduler"])
+    log.debug("resuming from epoch %d", int(state["epoch"]) + 1)  # rank 0 of a Ray Train run says it, naming the run
+    return int(state["epoch"]) + 1
+
+
+def _loaders(params: Params, env: WorkerEnv, subsets) -> tuple[Any, Any]:
+    """This rank's train and validation loaders. Each rank builds its own: an explicit data.workers is per rank, the
+    default shares this machine's CPUs among the world_size ranks (assumed on one machine; on several nodes set
+    data.workers)."""
+    shard = (env.rank, env.world_size) if env.world_size > 1 else None
+    workers = resolve_workers(params.data, ranks=env.world_size)
+    common = {"distributed": shard, "num_workers": workers, "device": env.device}
+    bs = max(1, params.train.batch_size // env.world_size)
+    train = make_loader(subsets.train, bs, shuffle=True, seed=params.train.seed, drop_last=True, **common)
+    val = make_loader(subsets.val, params.evaluate.batch_size, shuffle=False, seed=0, **common)
+    return train, val
+
+
+def _train_epoch(run: _Run, env: WorkerEnv, epoch: int, epochs: int) -> dict[str, float]:
+    """One pass over this rank's training batches: its mean losses (``train_<loss>``) and accuracies
+    (``train_acc_<net>``)."""
+    if env.world_size > 1:
+        run.train_loader.sampler.set_epoch(epoch)
+    run.model.train()
+    sums: dict[str, float] = {}
+    seen, global_step = 0, epoch * len(run.train_loader)
+    bar = tqdm(
+        run.train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=env.rank != 0 or not progress_bars(), leave=False
+    )
+    for images, targets in bar:
+        images = images.to(env.device, non_blocking=True, memory_format=run.fmt)
+        targets = targets.to(env.device, non_blocking=True)
+        if run.mixup is not None:
+            images, targets = run.mixup(images, targets)  # soft targets
+        out, loss = run.step(images, targets)
+        global_step += 1
+        if run.ema is not None:
+            run.ema.update(run.net, step=global_step)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss} at epoch {epoch + 1}: lower train.lr or check train.alpha")
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + v * (1 if k.endswith("correct") else len(images))
+        seen += len(images)
+        bar.set_postfix(loss=f"{loss:.3f}")
+    return {
+        ("train_acc_" + k.split("_")[0] if k.endswith("correct") else "train_" + k): v
+        / seen
+        * (100 if k.endswith("correct") else 1)
+        for k, v in sums.items()
+    }
+
+
+def _state(run: _Run, epoch: int) -> dict[str, Any]:
+    """Rank 0's checkpoint state after ``epoch``: what a resumed run and the model file are made from."""
+    state = {
+        "epoch": epoch,
+        "model": unwrap(run.model).state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+        "spec": run.net.spec,
+        "macs": run.macs,
+    }
+    if run.ema is not None:
+        state["ema"] = run.ema.module.state_dict()
+    return state
