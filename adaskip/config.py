@@ -61,15 +61,16 @@ class ModelParams(_Section):
     def timm_kwargs(self, image_size: int) -> dict[str, Any]:
         """model.kwargs for model.name (its family's section when kwargs is per family), with ``img_size`` =
         data.image_size for families built for one input size (ViT, Swin) unless kwargs sets it."""
-        from .models import find_family
+        from .models import ModelError, find_family
         from .models.families import FAMILIES
 
         family = find_family(self.name)
         sections = set(self.kwargs) & {f.name for f in FAMILIES}
         if sections and sections != set(self.kwargs):
-            raise ValueError(
-                f"model.kwargs mixes family sections {sorted(sections)} with timm arguments "
-                f"{sorted(set(self.kwargs) - sections)}: put the arguments inside a family's section"
+            raise ModelError(
+                "model.kwargs",
+                f"mixes family sections {sorted(sections)} with timm arguments "
+                f"{sorted(set(self.kwargs) - sections)}: put the arguments inside a family's section",
             )
         kwargs = dict(self.kwargs.get(family.name) or {}) if sections else dict(self.kwargs)
         if family.fixed_size:
@@ -338,17 +339,14 @@ class Params(_Section):
         return net
 
     def _build_or_explain(self) -> "AdaptiveDepthNet":
+        from .models import ModelError
+
         try:
             return self.build_model()
-        except (ValueError, TypeError) as e:
-            key = (
-                "model.split"
-                if str(e).startswith("split")
-                else "model.kwargs"
-                if isinstance(e, TypeError) or str(e).startswith("model.kwargs")
-                else "model.name"
-            )
-            raise ValueError(f"{key}: {str(e).removeprefix('model.kwargs ')}") from None
+        except ModelError as e:
+            raise ValueError(f"{e.key}: {e}") from None
+        except (ValueError, TypeError) as e:  # what the family says about the model (a ViT's stage count)
+            raise ValueError(f"model.name: {e}") from None
 
     def build_model(self, num_classes: int = 2, split: Optional[list[int]] = None) -> "AdaptiveDepthNet":
         """params.model as an AdaptiveDepthNet with random weights; ``split`` replaces model.split."""

@@ -2,6 +2,7 @@
 
 from .adaptive import (
     AdaptiveDepthNet,
+    ModelError,
     candidate_splits,
     check_input_size,
     create_model,
@@ -18,6 +19,7 @@ from .skip import SkipConfig
 
 __all__ = [
     "AdaptiveDepthNet",
+    "ModelError",
     "SkipAwareNorm",
     "SkipConfig",
     "candidate_splits",

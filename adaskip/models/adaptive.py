@@ -18,6 +18,15 @@ from .skip import SkipConfig, SkipLike
 log = logging.getLogger(__name__)
 
 
+class ModelError(ValueError):
+    """A model cannot be built as asked; ``key`` names the params.yaml key at fault (``model.name``,
+    ``model.split``, ``model.kwargs``), so that a config error names it without reading the message."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 def default_split(blocks_per_stage: Sequence[int]) -> list[int]:
     """The paper's rule: ``mandatory = min(n - 1, (n + 1) // 2)`` blocks for a stage of n blocks."""
     return [min(n - 1, (n + 1) // 2) for n in blocks_per_stage]
@@ -190,15 +199,17 @@ def check_input_size(model: AdaptiveDepthNet, image_size: int, in_chans: int = 3
 
 def _check_split(split: Sequence[int], sizes: Sequence[int]) -> None:
     if len(split) != len(sizes):
-        raise ValueError(
+        raise ModelError(
+            "model.split",
             f"split {list(split)} has {len(split)} entries but the model has {len(sizes)} stages "
-            f"of {list(sizes)} blocks"
+            f"of {list(sizes)} blocks",
         )
     for i, (m, n) in enumerate(zip(split, sizes)):
         if not 1 <= m <= n - 1:
-            raise ValueError(
+            raise ModelError(
+                "model.split",
                 f"split {list(split)}: stage {i} has {n} blocks, so its mandatory count must be in [1, {n - 1}] "
-                f"(at least one mandatory and one skippable block), got {m}"
+                f"(at least one mandatory and one skippable block), got {m}",
             )
 
 
@@ -206,7 +217,7 @@ def find_family(name: str) -> Family:
     for family in FAMILIES:
         if any(fnmatch.fnmatch(name, p) for p in family.patterns):
             return family
-    raise ValueError(f"unsupported model {name!r}: supported timm families are {supported_families()}")
+    raise ModelError("model.name", f"unsupported model {name!r}: supported timm families are {supported_families()}")
 
 
 def supported_families() -> str:
@@ -234,14 +245,20 @@ def create_model(
     """
     family = find_family(name)
     if not timm.is_model(name):
-        raise ValueError(f"unknown timm model {name!r}: supported timm families are {supported_families()}")
+        raise ModelError(
+            "model.name", f"unknown timm model {name!r}: supported timm families are {supported_families()}"
+        )
     if timm_kwargs.pop("pretrained", False):
         raise ValueError("pretrained=True would download weights; load local ones with adaskip.load_timm_weights")
-    backbone = timm.create_model(name, pretrained=False, num_classes=num_classes, **timm_kwargs)
+    try:
+        backbone = timm.create_model(name, pretrained=False, num_classes=num_classes, **timm_kwargs)
+    except TypeError as e:  # an argument this timm model does not take
+        raise ModelError("model.kwargs", str(e)) from None
     if not isinstance(backbone, family.cls):
-        raise ValueError(
+        raise ModelError(
+            "model.name",
             f"model {name!r} is a {type(backbone).__name__}, "
-            f"not the {family.cls.__name__} that family {family.name} wraps"
+            f"not the {family.cls.__name__} that family {family.name} wraps",
         )
     net = AdaptiveDepthNet(backbone, family, split=split, skip_aware_norm=skip_aware_norm, num_stages=num_stages)
     net.spec = {
