@@ -30,6 +30,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's adaskip, wherever it is run from
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))  # its test helpers: free_port
 
 from adaskip.orchestration.cluster import configure_ray_env  # noqa: E402
 
@@ -88,11 +89,9 @@ def main() -> None:
     ap.add_argument("--outage", type=float, default=120, help="seconds the store is frozen (default %(default)s)")
     ap.add_argument("--start", type=float, default=0.33, help="when, as a share of the run without outage")
     args = ap.parse_args()
-    import socket
+    from helpers import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     os.environ.update(
         AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
         AWS_ACCESS_KEY_ID="testing",

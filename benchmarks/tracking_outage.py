@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's adaskip, wherever it is run from
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))  # its test helpers: free_port
 
 from adaskip.orchestration.cluster import configure_ray_env  # noqa: E402
 
@@ -36,6 +37,7 @@ from adaskip.config import load_params  # noqa: E402
 from adaskip.orchestration.storage import Storage  # noqa: E402
 from adaskip.orchestration.reporting import TrackingTarget  # noqa: E402
 from adaskip.orchestration.train import run_training  # noqa: E402
+from helpers import free_port  # noqa: E402
 
 
 class Server:
@@ -101,7 +103,7 @@ def main() -> None:
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml").settled()
     root = Path(tempfile.mkdtemp(prefix="outage-", dir="/tmp"))  # /tmp: the server's postgres user can open it
     os.chmod(root, 0o755)
-    server = Server(root / "state", _free_port())
+    server = Server(root / "state", free_port())
     # the workers' output stays in Ray's logs: thousands of report lines would slow the side that prints them
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=False, log_to_driver=False)
     server.start()
@@ -130,14 +132,6 @@ def main() -> None:
         server.stop()
         ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -154,3 +154,12 @@ def netns() -> Iterator[tuple[str, str]]:
     finally:
         subprocess.run(["ip", "link", "del", host_if], capture_output=True)  # also removes the peer
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.fixture
+def state() -> Iterator[Path]:
+    """A state folder straight under /tmp: the module opens it to the postgres user itself, but cannot open
+    pytest's tmp_path root (mode 0700, root's)."""
+    path = Path(tempfile.mkdtemp(prefix="adaskip-mlflow-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

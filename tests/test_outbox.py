@@ -12,7 +12,7 @@ import pytest
 from adaskip.tracking import Tracker
 from adaskip.tracking.outbox import Outbox
 from helpers import free_port
-from test_tracking_server import MISSING, server_env, start, state, stop, wait_ready  # noqa: F401
+from trackserver import MISSING, server_env, start, stop, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess, pytest.mark.skipif(MISSING is not None, reason=str(MISSING))]
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import ssl
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from helpers import BUCKET, ROOT, TINY, merge
+from trackserver import start, stop, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.subprocess, pytest.mark.extended]
 
@@ -53,51 +54,25 @@ def _found(blob: bytes) -> list[str]:
 
 
 @pytest.fixture
-def tracking_server(netns, tmp_path: Path) -> Iterator[dict[str, str]]:
+def tracking_server(netns, state: Path, tmp_path: Path) -> Iterator[dict[str, str]]:
     """adaskip's tracking server with basic auth and a self-signed certificate on the namespace's address; yields a
     client's environment (the password included, as a user sets it)."""
     ns, addr = netns
-    state = Path(tempfile.mkdtemp(prefix="adaskip-leak-"))  # under /tmp: the postgres user must open it
-    port = 5000 + os.getpid() % 1000
+    port, log, url = 5000 + os.getpid() % 1000, tmp_path / "server.log", ""
     env = {
         **os.environ,
         "MLFLOW_TRACKING_USERNAME": USER,
         "MLFLOW_TRACKING_PASSWORD": SECRETS["MLFLOW_TRACKING_PASSWORD"],
     }
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            sys.executable,
-            "-m",
-            "adaskip.ops.tracking_server",
-            "--state",
-            str(state),
-            "--host",
-            addr,
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--self-signed",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
+    proc = start(state, addr, port, log, env, ("ip", "netns", "exec", ns), "--self-signed")
     try:
-        ready = dict(line.strip().partition("=")[::2] for line in (proc.stdout.readline(), proc.stdout.readline()))
-        assert ready.get("MLFLOW_TRACKING_URI") == f"https://{addr}:{port}", (tmp_path / "server.log").read_text()
+        url = f"https://{addr}:{port}"
+        first = wait_ready(proc, url, log, context=ssl._create_unverified_context())
+        ready = dict(line.partition("=")[::2] for line in (first, proc.stdout.readline().strip()))
+        assert ready.get("MLFLOW_TRACKING_URI") == url, log.read_text()
         yield {**ready, "MLFLOW_TRACKING_USERNAME": USER, "state": str(state)}
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        log.close()
-        shutil.rmtree(state, ignore_errors=True)
+        stop(proc, log)
 
 
 def _project(root: Path) -> Path:
