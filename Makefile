@@ -57,6 +57,6 @@ ui: install
 	$(BIN)/adaskip ui
 
 # An MLflow tracking server for this laptop on 127.0.0.1:5000 (PostgreSQL backend, proxied artifacts; state in
-# .mlflow-server/). Clients: MLFLOW_TRACKING_URI=http://127.0.0.1:5000. Cluster heads: see README "MLflow".
+# .mlflow-server/). Clients: MLFLOW_TRACKING_URI=http://127.0.0.1:5000. Cluster heads: see docs/serving.md "A tracking server".
 tracking-server: install
 	$(BIN)/python -m adaskip.ops.tracking_server --state .mlflow-server --host 127.0.0.1 --port 5000

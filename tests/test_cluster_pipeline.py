@@ -1,4 +1,4 @@
-"""The whole pipeline on a real two-host Ray cluster (tests/multihost.py), following README "Scaling out": an MLflow
+"""The whole pipeline on a real two-host Ray cluster (tests/multihost.py), following docs/scaling-out.md: an MLflow
 tracking server with PostgreSQL on the head host (credentials required, HTTPS), a shared folder as storage (NFS),
 `adaskip doctor`, then `dvc repro` of the default pipeline and a 2-variant x 2-seed study from the head host; the
 train stage and a study again with S3-only storage (an S3 API server on the head host); a worker host killed mid-run
@@ -73,14 +73,14 @@ def _watch_checkpoints(root: Path, seen: set[str], stop: threading.Event) -> Non
 
 @pytest.fixture(scope="module")
 def cluster(two_hosts: TwoHosts):  # noqa: F811 (the fixture)
-    """The tracking server on host1 and the environment of a driver there (README "Scaling out", steps 1-3)."""
+    """The tracking server on host1 and the environment of a driver there (docs/scaling-out.md, steps 1-3)."""
     th = two_hosts
     creds = {"MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": PASSWORD}
     # the server's output to a file: a pipe nobody reads fills up (64 KiB of request logs) and then blocks the
     # server, which stops answering in the middle of the module
     server_log = (th.root / "mlflow-server.log").open("w")
-    # HTTPS with a self-signed pair (README "A tracking server"): every node verifies it with the certificate, in a
-    # folder both hosts read
+    # HTTPS with a self-signed pair (docs/serving.md "A tracking server"): every node verifies it with the certificate,
+    # in a folder both hosts read
     server = th.host1_popen(
         [
             "python",
@@ -241,7 +241,7 @@ print("RESULT " + json.dumps({"keys": keys, "leaks": leaks}))
 
 @pytest.mark.ddp
 def test_train_and_study_with_s3_storage_only(cluster):
-    """README "Scaling out" with object storage and no shared folder: an S3 API server (moto) on the head host,
+    """docs/scaling-out.md with object storage and no shared folder: an S3 API server (moto) on the head host,
     ADASKIP_STORAGE=s3://..., the keys only in the driver's environment (the job forwards them to the workers). The
     train stage (2 DDP workers, one per host) checkpoints every epoch to the bucket; a study's cells keep their
     results there; nothing goes to the shared folder or a host's disk, and no object holds the secret key."""

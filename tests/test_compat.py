@@ -1,5 +1,5 @@
-"""Every private API adaskip leans on (README "Private APIs"), checked where it is: an upgrade of Ray, torch, timm or
-MLflow that moves or renames one fails here, by name, instead of deep inside a run."""
+"""Every private API adaskip leans on (docs/library.md "Private APIs"), checked where it is: an upgrade of Ray, torch,
+timm or MLflow that moves or renames one fails here, by name, instead of deep inside a run."""
 
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ PRIVATE = [
 def test_private_api_is_where_adaskip_uses_it(module: str, name: str, methods: list[str], dist: str):
     where = f"{module}.{name} ({dist} {md.version(dist)})"
     obj = getattr(importlib.import_module(module), name, None)
-    assert obj is not None, f"{where} is gone: see README 'Private APIs' for what uses it"
+    assert obj is not None, f"{where} is gone: see docs/library.md 'Private APIs' for what uses it"
     for method in methods:
-        assert callable(getattr(obj, method, None)), f"{where} has no {method}: see README 'Private APIs'"
+        assert callable(getattr(obj, method, None)), f"{where} has no {method}: see docs/library.md 'Private APIs'"
 
 
 def test_trainer_controller_hook_takes_the_arguments_adaskip_replaces():

@@ -131,7 +131,7 @@ def _tracking_problems(expect: Expect, ip: str) -> list[str]:
     if uri.startswith(LOCAL_TRACKING) and ip != expect.driver_ip:
         return [
             f"MLflow tracking URI {uri} is a file on the driver's host, which this host cannot log to: start a "
-            "tracking server (python -m adaskip.ops.tracking_server, see README 'Scaling out') and set "
+            "tracking server (python -m adaskip.ops.tracking_server, see docs/scaling-out.md) and set "
             "MLFLOW_TRACKING_URI=http://<server>:<port>"
         ]
     try:

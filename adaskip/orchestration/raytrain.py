@@ -1,7 +1,7 @@
-"""Ray Train as adaskip runs it: every Ray Train method adaskip overrides (README "Private APIs"), in one place. Each
-worker's process group forms on loopback (a local run) or the node's interface; a recurring worker error ends a run
-instead of using up its restarts; a local Ray sends no autoscaler requests; two per-run actors adaskip does not use
-are not started."""
+"""Ray Train as adaskip runs it: every Ray Train method adaskip overrides (docs/library.md "Private APIs"), in one
+place. Each worker's process group forms on loopback (a local run) or the node's interface; a recurring worker error
+ends a run instead of using up its restarts; a local Ray sends no autoscaler requests; two per-run actors adaskip
+does not use are not started."""
 
 from __future__ import annotations
 
