@@ -1,5 +1,6 @@
-"""The training loop's recipe knobs (what recipes/ sets): mixup/cutmix, EMA and channels-last training, through
-``distill_step`` and ``fit``. Fast, CPU, no Ray."""
+"""The training loop, ``fit``: what each path trains with (a baseline gets the recipe's label smoothing) and the
+recipe knobs it applies (what recipes/ sets): mixup/cutmix, EMA and channels-last training. Fast, CPU, no Ray. The
+loss and the steps themselves: tests/test_loss_and_step.py."""
 
 from __future__ import annotations
 
@@ -170,3 +171,32 @@ def test_fit_feeds_channels_last_batches(tiny_params, monkeypatch):
         with pytest.raises(Stop):
             loop.fit(_train(tiny_params, channels_last=on), loop.WorkerEnv(), epochs=1)
     assert seen == [(True, True), (False, False)]
+
+
+# ----------------------------------------------------------------------------- baselines
+@pytest.mark.parametrize("teacher", [False, True])
+def test_fit_gives_baselines_the_recipes_label_smoothing(tiny_params, monkeypatch, teacher):
+    """fit's individually trained paths (CE and KD baseline) receive train.label_smoothing (stops at the first step)."""
+    from adaskip.training import loop
+
+    class Seen(Exception):
+        pass
+
+    def record(name):
+        def step(*args, **kwargs):
+            cfg = kwargs.get("cfg") or next((a for a in args if isinstance(a, DistillConfig)), None)
+            raise Seen(name, cfg.label_smoothing if cfg is not None else kwargs.get("label_smoothing", 0.0))
+
+        return step
+
+    monkeypatch.setattr(loop, "plain_step", record("plain"))
+    monkeypatch.setattr(loop, "kd_step", record("kd"))
+    p = tiny_params.model_copy(update={"train": tiny_params.train.model_copy(update={"label_smoothing": 0.1})})
+    with pytest.raises(Seen) as seen:
+        loop.fit(
+            p,
+            loop.WorkerEnv(),
+            epochs=1,
+            mode=loop.FitMode(alone="TTTT", teacher=(lambda images: torch.zeros(len(images), 10)) if teacher else None),
+        )
+    assert seen.value.args == ("kd" if teacher else "plain", 0.1)

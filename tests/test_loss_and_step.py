@@ -418,34 +418,6 @@ def test_plain_step_uses_the_recipes_label_smoothing():
     assert out["loss"] == pytest.approx(ref_ce(logits, y).item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("teacher", [False, True])
-def test_fit_gives_baselines_the_recipes_label_smoothing(tiny_params, monkeypatch, teacher):
-    """fit's individually trained paths (CE and KD baseline) receive train.label_smoothing (stops at the first step)."""
-    from adaskip.training import loop
-
-    class Seen(Exception):
-        pass
-
-    def record(name):
-        def step(*args, **kwargs):
-            cfg = kwargs.get("cfg") or next((a for a in args if isinstance(a, DistillConfig)), None)
-            raise Seen(name, cfg.label_smoothing if cfg is not None else kwargs.get("label_smoothing", 0.0))
-
-        return step
-
-    monkeypatch.setattr(loop, "plain_step", record("plain"))
-    monkeypatch.setattr(loop, "kd_step", record("kd"))
-    p = tiny_params.model_copy(update={"train": tiny_params.train.model_copy(update={"label_smoothing": 0.1})})
-    with pytest.raises(Seen) as seen:
-        loop.fit(
-            p,
-            loop.WorkerEnv(),
-            epochs=1,
-            mode=loop.FitMode(alone="TTTT", teacher=(lambda images: torch.zeros(len(images), 10)) if teacher else None),
-        )
-    assert seen.value.args == ("kd" if teacher else "plain", 0.1)
-
-
 # ----------------------------------------------------------------------------- DDP (gloo, 2 processes)
 DDP_STEPS = 3
 DDP_CONFIGS = {
