@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+from helpers import wait_until
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # headless on a machine without a display or a network: no GPU, no sandbox (root), no background calls home
@@ -46,14 +47,15 @@ def open_page(driver, url: str, until: str, timeout: float = 90.0) -> str:
     """Load ``url`` and wait until the page shows ``until`` (the UI renders a few seconds after loading); returns the
     page's text."""
     driver.get(url)
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def shown() -> str | None:
         text = driver.find_element("tag name", "body").text
-        if until in text:
-            return text
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{url} never showed {until!r}; it shows:\n{text[:2000]}")
-        time.sleep(0.5)
+        return text if until in text else None
+
+    try:
+        return wait_until(shown, timeout, f"{url} showing {until!r}")
+    except RuntimeError as e:
+        raise AssertionError(f"{e}; it shows:\n{driver.find_element('tag name', 'body').text[:2000]}") from None
 
 
 def close_assistant(driver) -> None:

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,7 +20,7 @@ import yaml
 from adaskip.orchestration.cluster import configure_ray_env  # noqa: E402
 
 configure_ray_env()
-from helpers import BUCKET, ROOT, TINY, free_port, merge  # noqa: E402  (what tests share that is not a fixture)
+from helpers import BUCKET, ROOT, TINY, free_port, merge, wait_until  # noqa: E402  (what tests share that is not a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -87,16 +86,11 @@ def s3_server() -> Iterator[dict[str, str]]:
         stderr=subprocess.DEVNULL,
     )
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1)
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("moto_server did not start")
-            time.sleep(0.2)
+    try:
+        wait_until(lambda: urllib.request.urlopen(endpoint, timeout=1), 30, "moto_server", lambda: proc.poll() is None)
+    except RuntimeError as e:
+        proc.kill()
+        pytest.fail(str(e))
     env = {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
