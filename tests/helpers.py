@@ -22,6 +22,7 @@ from adaskip.config import merge_params as merge
 
 __all__ = [
     "BUCKET",
+    "PROGRAMS",
     "ROOT",
     "TINY",
     "checkpoint_recorded",
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
+PROGRAMS = ROOT / "tests" / "programs"  # Python programs tests run in a process of their own
 BUCKET = "adaskip-test"  # the moto S3 server's bucket (conftest.s3_server)
 
 # Small enough for seconds per epoch on 2 cores, big enough to have 4 stages with choices of split.

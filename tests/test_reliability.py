@@ -17,7 +17,7 @@ from adaskip.models import create_model
 from adaskip.tracking import Tracker, TrackingError
 from adaskip.training import CheckpointError, load_model, save_atomic
 
-from helpers import ROOT, merge
+from helpers import PROGRAMS, ROOT, merge
 
 
 @pytest.fixture
@@ -97,37 +97,6 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path):
     assert out.read_text() == '{\n  "a": [\n    2\n  ],\n  "b": 1\n}\n' and len(list(out.parent.iterdir())) == 1
 
 
-LISTENERS = """
-import psutil, sys
-from adaskip.orchestration import configure_ray_env, init_ray
-configure_ray_env()  # before ray: Ray reads its environment once
-import ray, ray.train
-from adaskip.orchestration.raytrain import LoopbackTorchConfig, TorchTrainer
-
-def listening(proc):
-    try:
-        return [f"{proc.name()} {c.laddr.ip} {c.laddr.port}" for c in proc.net_connections(kind="inet")
-                if c.status == psutil.CONN_LISTEN]
-    except psutil.NoSuchProcess:  # a worker that ended meanwhile
-        return []
-
-def train(config):  # 2 DDP workers: rank 0 hosts torch.distributed's rendezvous store
-    import torch, torch.distributed as dist
-    t = torch.ones(1)
-    dist.all_reduce(t)
-    if ray.train.get_context().get_world_rank() == 0:
-        open(config["out"], "w").write("\\n".join(listening(psutil.Process())) + f"\\nsum {t.item()} 0\\n")
-
-init_ray(2)
-TorchTrainer(train, train_loop_config={"out": sys.argv[1]}, torch_config=LoopbackTorchConfig(backend="gloo"),
-             scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.9}),
-             run_config=ray.train.RunConfig(storage_path=sys.argv[2], name="t")).fit()
-me = psutil.Process()
-for p in [me, *me.children(recursive=True)]:
-    print("\\n".join(listening(p)))
-"""
-
-
 @pytest.mark.ray
 @pytest.mark.ddp
 @pytest.mark.subprocess
@@ -139,7 +108,7 @@ def test_local_ray_listens_on_loopback_only(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     out = tmp_path / "rank0.txt"
     r = subprocess.run(
-        [sys.executable, "-c", LISTENERS, str(out), str(tmp_path / "ray")],
+        [sys.executable, str(PROGRAMS / "listeners.py"), str(out), str(tmp_path / "ray")],
         capture_output=True,
         text=True,
         timeout=600,

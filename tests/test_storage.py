@@ -10,7 +10,7 @@ import pytest
 
 from adaskip.config import ConfigError, parse_params
 from adaskip.orchestration.storage import Storage, StorageError
-from helpers import BUCKET
+from helpers import BUCKET, PROGRAMS
 
 
 def _roundtrip(store: Storage) -> None:
@@ -66,22 +66,6 @@ def test_credentials_in_a_storage_uri_are_refused(monkeypatch):
     assert "wJalr" not in str(e.value)
 
 
-# a Ray of its own, started by a process that has the keys in its environment (as a stage does): workers read their
-# credentials from their own environment, and the session's Ray was started before this module's S3 server
-TRAIN_ON_S3 = """
-import json, sys
-import ray
-from adaskip.config import Params
-from adaskip.orchestration.storage import Storage
-from adaskip.orchestration.train import run_training
-
-ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-store = Storage.resolve(sys.argv[2], ".")
-metrics, state = run_training(Params.model_validate(json.loads(sys.argv[1])), store, "train-s3")
-print(json.dumps({"epoch": metrics["epoch"], "state_epoch": state["epoch"], "has_model": "model" in state}))
-"""
-
-
 @pytest.mark.subprocess
 @pytest.mark.ray
 @pytest.mark.extended  # a Ray of its own (70 s); the pipeline on S3 runs in test_secrets (extended) too
@@ -99,7 +83,7 @@ def test_train_checkpoints_go_to_s3(tiny_raw, s3_env, tmp_path):
 
     params = merge(tiny_raw, {"train": {"workers": 1, "epochs": 2}})
     r = subprocess.run(
-        [sys.executable, "-c", TRAIN_ON_S3, json.dumps(params), f"s3://{BUCKET}/ray"],
+        [sys.executable, str(PROGRAMS / "train_on_s3.py"), json.dumps(params), f"s3://{BUCKET}/ray"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
