@@ -32,6 +32,7 @@ __all__ = [
     "new_project",
     "run_stage",
     "sh",
+    "tiny_vit",
     "wait_until",
 ]
 
@@ -170,3 +171,26 @@ def local_server(tracking_uri: str, model_uri: str, log_file: Path, workers: int
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, 9)
                 server.wait()
+
+
+def tiny_vit(num_classes: int, seed: int = 0) -> Any:
+    """A DeiT with 4 blocks in 2 stages (1 mandatory + 1 skippable each), 32 px, no BatchNorm, dropout 0."""
+    import torch
+
+    import adaskip
+
+    torch.manual_seed(seed)
+    return adaskip.create_model(
+        "deit_tiny_patch16_224",
+        num_classes=num_classes,
+        img_size=32,
+        patch_size=8,
+        depth=4,
+        embed_dim=32,
+        num_heads=2,
+        num_stages=2,
+        drop_rate=0.0,
+        drop_path_rate=0.0,
+        attn_drop_rate=0.0,
+        proj_drop_rate=0.0,
+    )

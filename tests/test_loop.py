@@ -10,6 +10,7 @@ import torch
 import adaskip
 from adaskip.data import load_subsets, make_loader
 from adaskip.training import DistillConfig, build_from_spec, cross_entropy, distill_step, loop
+from helpers import tiny_vit
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
@@ -137,16 +138,7 @@ def test_channels_last_gives_the_same_step(tiny_params):
 
 
 def test_channels_last_only_for_convolutional_families(tiny_params):
-    vit = adaskip.create_model(
-        "deit_tiny_patch16_224",
-        num_classes=3,
-        img_size=32,
-        patch_size=8,
-        depth=4,
-        embed_dim=32,
-        num_heads=2,
-        num_stages=2,
-    )
+    vit = tiny_vit(3)
     assert loop.memory_format(tiny_params, vit) == torch.contiguous_format
     assert loop.memory_format(_train(tiny_params, channels_last=False), tiny_resnet()) == torch.contiguous_format
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import adaskip
+import helpers
 from adaskip.training import (
     DistillConfig,
     Precision,
@@ -36,22 +37,7 @@ NUM_CLASSES = 5
 
 # ----------------------------------------------------------------------------- helpers
 def tiny_vit(seed: int = 0) -> adaskip.AdaptiveDepthNet:
-    """DeiT with 4 blocks in 2 stages (1 mandatory + 1 skippable each), 32 px, no BatchNorm, dropout 0."""
-    torch.manual_seed(seed)
-    return adaskip.create_model(
-        "deit_tiny_patch16_224",
-        num_classes=NUM_CLASSES,
-        img_size=32,
-        patch_size=8,
-        depth=4,
-        embed_dim=32,
-        num_heads=2,
-        num_stages=2,
-        drop_rate=0.0,
-        drop_path_rate=0.0,
-        attn_drop_rate=0.0,
-        proj_drop_rate=0.0,
-    )
+    return helpers.tiny_vit(NUM_CLASSES, seed)
 
 
 def batch(n: int = 8, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
