@@ -12,58 +12,25 @@ import uuid
 
 import pytest
 
+from helpers import PROGRAMS
 from multihost import TwoHosts, two_hosts  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.ray, pytest.mark.ddp, pytest.mark.subprocess]
 
 # On host1: writes a marker into P and into the shared folder, then a task on each host reports where it runs,
 # which adaskip it imports and which markers it sees.
-DRIVER = r"""
-import json, sys
-from pathlib import Path
-import adaskip, ray
-
-project, shared, marker, marker2 = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
-(project / marker).write_text("host1")
-(shared / marker).write_text("host1")
-ray.init(logging_level="ERROR")
-
-
-@ray.remote(num_cpus=0)
-def probe():
-    import adaskip, ray
-    return {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
-            "adaskip": adaskip.__file__, "sees_p": (project / marker).exists(), "sees_s": (shared / marker).exists(),
-            "own_copy": (Path(adaskip.__file__).parents[1] / marker2).exists()}
-
-
-out = {"driver_adaskip": adaskip.__file__, "driver_ip": ray.util.get_node_ip_address(),
-       "alive": sorted((n["NodeManagerAddress"], n["NodeID"]) for n in ray.nodes() if n["Alive"]),
-       "tasks": {h: ray.get(probe.options(resources={h: 0.1}).remote()) for h in ("host1", "host2")}}
-print("RESULT " + json.dumps(out))
-"""
 
 CONNECT = "import ray; ray.init(); print('CONNECTED')"
 
 # os._exit: a Gloo group left at interpreter exit sometimes aborts ("terminate called without an active exception")
 # once its peer is gone
-GLOO = r"""
-import datetime, os, sys, torch, torch.distributed as dist
-rank, master, port = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-dist.init_process_group("gloo", init_method=f"tcp://{master}:{port}", rank=rank, world_size=2,
-                        timeout=datetime.timedelta(seconds=20))
-t = torch.ones(1) * (rank + 1)
-dist.all_reduce(t)
-print("SUM", t.item(), flush=True)
-os._exit(0)
-"""
 
 
 def _gloo_pair(th: TwoHosts, port: int, ifnames: tuple[str, str] | None) -> list[subprocess.Popen[str]]:
     """Rank 0 on host1, rank 1 on host2; GLOO_SOCKET_IFNAME=each host's veth if ``ifnames``."""
     return [
         run(
-            ["python", "-c", GLOO, str(rank), th.host1.ip, str(port)],
+            ["python", str(PROGRAMS / "gloo_pair.py"), str(rank), th.host1.ip, str(port)],
             env={"GLOO_SOCKET_IFNAME": ifnames[rank]} if ifnames else None,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -98,7 +65,7 @@ def test_two_hosts(two_hosts: TwoHosts) -> None:  # noqa: F811 (the fixture)
     # a file on host2's private disk only (written from outside, where that disk is host2_project)
     (th.host2_project / marker2).write_text("host2")
 
-    r = th.host1_run(["python", "-c", DRIVER, P, S, marker, marker2], timeout=180, check=True)
+    r = th.host1_run(["python", str(PROGRAMS / "cluster_driver.py"), P, S, marker, marker2], timeout=180, check=True)
     out = json.loads(r.stdout.split("RESULT ", 1)[1])
     t1, t2 = out["tasks"]["host1"], out["tasks"]["host2"]
     assert [ip for ip, _ in out["alive"]] == sorted([h1.ip, h2.ip]), out["alive"]

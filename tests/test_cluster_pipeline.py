@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import checkpoint_recorded
+from helpers import PROGRAMS, checkpoint_recorded
 from multihost import TwoHosts, two_hosts  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.ray, pytest.mark.subprocess]
@@ -33,28 +33,7 @@ STUDY = {
 
 # Run on host1 (the only place that reaches the server): every run of the experiment with its status and tags, the
 # epochs logged per train run, and the model artifact of the newest train run.
-INSPECT = r"""
-import json, sys
-from mlflow.tracking import MlflowClient
-c = MlflowClient()
-exp = c.get_experiment_by_name("adaskip")
-runs = c.search_runs([exp.experiment_id], max_results=1000)
-out = {"runs": [{"id": r.info.run_id, "name": r.info.run_name, "status": r.info.status, "tags": r.data.tags,
-                 "artifact_uri": r.info.artifact_uri} for r in runs], "epochs": {}}
-for r in runs:
-    if r.data.tags.get("adaskip.stage") == "train":
-        out["epochs"][r.info.run_id] = sorted(m.step for m in c.get_metric_history(r.info.run_id, "val_acc_super"))
-train = [r for r in runs if r.data.tags.get("adaskip.stage") == "train"]
-if train:
-    out["artifact"] = c.download_artifacts(train[0].info.run_id, "model/model.pt", sys.argv[1])
-print("RESULT " + json.dumps(out))
-"""
 # The alive nodes of the cluster (a step of its own: a hang here is not taken for the tracking server's).
-NODES = r"""
-import json, ray
-ray.init(logging_level="ERROR")
-print("RESULT " + json.dumps({n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}))
-"""
 
 
 def _result(proc) -> dict:
@@ -195,8 +174,8 @@ def test_pipeline_and_study_run_on_both_hosts(cluster):
     assert any("/checkpoint_" in s for s in seen), "no checkpoint appeared in the shared storage"
     for project in (th.project, th.host2_project):  # nothing persisted on a host's own disk
         assert not (project / ".ray_results").exists()
-    out = _result(th.host1_run(["python", "-c", INSPECT, str(th.root / "dl")], env=env, timeout=300))
-    nodes = set(_result(th.host1_run(["python", "-c", NODES], env=env, timeout=300)))
+    out = _result(th.host1_run(["python", str(PROGRAMS / "inspect_run.py"), str(th.root / "dl")], env=env, timeout=300))
+    nodes = set(_result(th.host1_run(["python", str(PROGRAMS / "alive_nodes.py")], env=env, timeout=300)))
     assert len(nodes) == 2
     by_stage = {}
     for run in out["runs"]:
@@ -214,29 +193,7 @@ def test_pipeline_and_study_run_on_both_hosts(cluster):
 
 
 S3_SECRET = "cluster-s3-secret-do-not-persist-7f3a"  # distinctive: the scan below looks for it in every object
-S3_READY = r"""
-import boto3, sys, time
-s3 = boto3.client("s3")
-for _ in range(120):
-    try:
-        s3.create_bucket(Bucket="adaskip-cluster"); break
-    except Exception:
-        time.sleep(0.5)
-else:
-    sys.exit("no S3 server")
-"""
 # Every object in the bucket, and whether any holds the secret key (run on host1, which reaches the server).
-S3_SCAN = r"""
-import boto3, json, sys
-s3 = boto3.client("s3")
-keys, leaks = [], []
-for page in s3.get_paginator("list_objects_v2").paginate(Bucket="adaskip-cluster"):
-    for o in page.get("Contents", []):
-        keys.append(o["Key"])
-        if sys.argv[1].encode() in s3.get_object(Bucket="adaskip-cluster", Key=o["Key"])["Body"].read():
-            leaks.append(o["Key"])
-print("RESULT " + json.dumps({"keys": keys, "leaks": leaks}))
-"""
 
 
 @pytest.mark.ddp
@@ -259,7 +216,7 @@ def test_train_and_study_with_s3_storage_only(cluster):
     env = {**env, **s3, "ADASKIP_STORAGE": "s3://adaskip-cluster/runs"}
     shared_before = sorted(p.name for p in (th.shared / "ray").iterdir())
     try:
-        assert th.host1_run(["python", "-c", S3_READY], env=s3, timeout=120).returncode == 0
+        assert th.host1_run(["python", str(PROGRAMS / "s3_ready.py")], env=s3, timeout=120).returncode == 0
         raw = yaml.safe_load((th.project / "params.yaml").read_text())
         raw["train"]["seed"] = 1  # another params hash than the shared-folder run's (4 epochs as that one, which
         # the dead-host test below tells apart from its own 8-epoch run): trained again, from scratch
@@ -276,7 +233,7 @@ def test_train_and_study_with_s3_storage_only(cluster):
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-5000:]
         study_s = time.time() - start - train_s
         print(f"S3-only storage on two hosts: train {train_s:.0f} s, 1-cell study {study_s:.0f} s")
-        scan = _result(th.host1_run(["python", "-c", S3_SCAN, S3_SECRET], env=s3, timeout=300))
+        scan = _result(th.host1_run(["python", str(PROGRAMS / "s3_scan.py"), S3_SECRET], env=s3, timeout=300))
     finally:
         moto.terminate()
         moto.wait(timeout=60)
@@ -314,7 +271,9 @@ def test_a_dead_worker_host_during_training_resumes_on_the_other(cluster):
     print(f"worker host killed; training finished {time.time() - killed_at:.0f} s later")
     try:
         assert proc.returncode == 0, out[-2000:] + err[-5000:]
-        result = _result(th.host1_run(["python", "-c", INSPECT, str(th.root / "dl2")], env=env, timeout=300))
+        result = _result(
+            th.host1_run(["python", str(PROGRAMS / "inspect_run.py"), str(th.root / "dl2")], env=env, timeout=300)
+        )
         runs = [
             x
             for x in result["runs"]
@@ -327,19 +286,6 @@ def test_a_dead_worker_host_during_training_resumes_on_the_other(cluster):
     finally:
         th.start_host2()
         _wait_replaced(th)
-
-
-STUDY_EPOCHS = r"""
-import json, sys
-from mlflow.tracking import MlflowClient
-c = MlflowClient()
-exp = c.get_experiment_by_name("adaskip")
-[parent] = c.search_runs([exp.experiment_id], f"tags.`adaskip.study` = '{sys.argv[1]}'")
-cells = c.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-print("RESULT " + json.dumps({r.info.run_name: {
-    "status": r.info.status, "nodes": r.data.tags.get("adaskip.train_nodes"),
-    "epochs": sorted(m.step for m in c.get_metric_history(r.info.run_id, "val_acc_super"))} for r in cells}))
-"""
 
 
 @pytest.mark.ddp
@@ -373,7 +319,7 @@ def test_a_dead_worker_host_mid_study_resumes_its_cells(cluster):
         print("\n".join(ln for ln in text.splitlines() if "resumes after epoch" in ln))
         rows = (th.project / "studies" / "kill" / "results" / "cells" / "adn.csv").read_text().splitlines()
         assert len(rows) == 1 + 3 * 16  # every cell's whole grid
-        cells = _result(th.host1_run(["python", "-c", STUDY_EPOCHS, "kill"], env=env, timeout=120))
+        cells = _result(th.host1_run(["python", str(PROGRAMS / "study_epochs.py"), "kill"], env=env, timeout=120))
         assert len(cells) == 3 and all(c["status"] == "FINISHED" for c in cells.values()), cells
         assert all(c["epochs"] == list(range(1, epochs + 1)) for c in cells.values()), cells  # each epoch once
     finally:
@@ -395,18 +341,6 @@ def _wait_replaced(th: TwoHosts, timeout: float = 300) -> None:
         "sys.exit('the killed node is still listed alive')\n" % timeout
     )
     th.host1_run(["python", "-c", script], timeout=timeout + 60, check=True)
-
-
-CELL_TIMES = r"""
-import json, sys
-from mlflow.tracking import MlflowClient
-c = MlflowClient()
-exp = c.get_experiment_by_name("adaskip")
-[parent] = c.search_runs([exp.experiment_id], f"tags.`adaskip.study` = '{sys.argv[1]}'")
-cells = c.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-print("RESULT " + json.dumps({r.data.tags["variant"] + "-" + r.data.tags["seed"]: [r.info.start_time / 1000,
-                              r.info.end_time / 1000] for r in cells}))
-"""
 
 
 def test_study_variants_run_at_once(cluster):
@@ -442,7 +376,9 @@ def test_study_variants_run_at_once(cluster):
             assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
             each.append(time.time() - t)
         times[mode] = time.time() - start
-        spans[mode] = _result(th.host1_run(["python", "-c", CELL_TIMES, f"conc-{mode}"], env=env, timeout=120))
+        spans[mode] = _result(
+            th.host1_run(["python", str(PROGRAMS / "cell_times.py"), f"conc-{mode}"], env=env, timeout=120)
+        )
     ratio = times["ahead"] / times["alone"]
     print(
         f"2-variant x 1-seed study of 1-CPU cells on two hosts (2 real cores): one variant after another "
