@@ -16,6 +16,7 @@ effect). A sample spread below half an image step cannot be measured on the test
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence
 
@@ -73,9 +74,26 @@ def seeds_for(
 ) -> Optional[int]:
     """The fewest seeds (2..``most``) whose paired t-test at ``alpha / comparisons`` detects ``detect`` with
     ``power``; None when none up to ``most`` does."""
+    enough = np.nonzero(_smallest_effects(alpha / comparisons, power, most) <= detect / sd)[0]
+    if not len(enough):
+        return None
+    k = int(enough[0]) + 2
+    while k <= most and power_of(k, detect, sd, alpha / comparisons) < power:  # the table's last digit
+        k += 1
+    return k if k <= most else None
+
+
+@functools.lru_cache(maxsize=16)
+def _smallest_effects(level: float, power: float, most: int) -> np.ndarray:
+    """For k = 2..most seeds: the smallest difference, in units of the spread, that the test at ``level`` detects
+    with ``power`` (bisection over every k at once: a plan is a lookup, a simulation of thousands of plans cheap)."""
     k = np.arange(2, most + 1)
-    enough = np.nonzero(power_of(k, detect, sd, alpha / comparisons) >= power)[0]
-    return int(k[enough[0]]) if len(enough) else None
+    low, high = np.zeros(len(k)), np.full(len(k), 100.0)
+    for _ in range(60):
+        mid = (low + high) / 2
+        reached = power_of(k, mid, 1.0, level) >= power
+        high, low = np.where(reached, mid, high), np.where(reached, low, mid)
+    return high
 
 
 def paired_p(deltas: np.ndarray, test_size: Optional[float] = None) -> np.ndarray:
