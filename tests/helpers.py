@@ -114,10 +114,16 @@ def new_project(repo: Path, overrides: dict[str, Any]) -> Path:
     return repo
 
 
-def wait_until(ready: Callable[[], Any], timeout: float, what: str, alive: Callable[[], bool] = lambda: True) -> Any:
+def wait_until(
+    ready: Callable[[], Any],
+    timeout: float,
+    what: str,
+    alive: Callable[[], bool] = lambda: True,
+    detail: Callable[[], str] = lambda: "",
+) -> Any:
     """Call ``ready`` every 0.2-1 s until it returns something true (an exception counts as not yet) and return that;
-    a RuntimeError naming ``what`` after ``timeout`` seconds, or as soon as ``alive`` says the process it waits for
-    is gone."""
+    a RuntimeError naming ``what`` (and ``detail()``, e.g. the tail of a log) after ``timeout`` seconds, or as soon as
+    ``alive`` says the process it waits for is gone."""
     deadline, pause, last = time.monotonic() + timeout, 0.2, None
     while True:
         try:
@@ -126,9 +132,9 @@ def wait_until(ready: Callable[[], Any], timeout: float, what: str, alive: Calla
         except Exception as e:  # not ready yet: a refused connection, a missing file
             last = e
         if not alive():
-            raise RuntimeError(f"{what}: the process it waits for has exited ({last!r})")
+            raise RuntimeError(f"{what}: the process it waits for has exited ({last!r})\n{detail()}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not ready after {timeout:g} s ({last!r})")
+            raise RuntimeError(f"{what}: not ready after {timeout:g} s ({last!r})\n{detail()}")
         time.sleep(pause)
         pause = min(1.0, pause * 1.5)
 

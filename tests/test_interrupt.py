@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import yaml
 
 from adaskip.files import write_json
 from adaskip.tracking import FINISHED, KILLED, RUNNING, Tracker
-from helpers import ROOT, checkpoint_recorded, merge
+from helpers import ROOT, checkpoint_recorded, merge, wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.subprocess, pytest.mark.extended]
 
@@ -65,12 +64,9 @@ def test_sigterm_during_train_then_resume(tmp_path: Path, tiny_raw: dict[str, An
         tmp_path / "results" / "best_config.json",
     )
     proc = _stage(tmp_path)
-    deadline = time.time() + 900
-    while not checkpoint_recorded(
-        tmp_path, ".ray_results/train-*"
-    ):  # epoch 1's checkpoint, once Ray Train has recorded it
-        assert proc.poll() is None and time.time() < deadline, _output(tmp_path)[-3000:]
-        time.sleep(0.5)
+    running, log = (lambda: proc.poll() is None), (lambda: _output(tmp_path)[-3000:])
+    # epoch 1's checkpoint, once Ray Train has recorded it
+    wait_until(lambda: checkpoint_recorded(tmp_path, ".ray_results/train-*"), 900, "a checkpoint", running, log)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=300) == 130, _output(tmp_path)[-3000:]
     out = _output(tmp_path)
@@ -111,14 +107,17 @@ def test_sigterm_mid_cell_then_the_study_trains_only_the_remaining_epochs(tmp_pa
     (tmp_path / "studies" / "s" / "study.yaml").write_text(yaml.safe_dump(study))
     args = ("--study", "studies/s/study.yaml")
     proc = _stage(tmp_path, "cells", *args)
-    deadline = time.time() + 900
     # mid-cell: a few epochs in, and Ray Train has recorded a checkpoint
-    while not (
-        re.search(rf"epoch +3/{epochs} ", _output(tmp_path, "cells"))
-        and checkpoint_recorded(tmp_path, ".ray_results/study-s/cell-*")
-    ):
-        assert proc.poll() is None and time.time() < deadline, _output(tmp_path, "cells")[-3000:]
-        time.sleep(0.5)
+    wait_until(
+        lambda: (
+            re.search(rf"epoch +3/{epochs} ", _output(tmp_path, "cells"))
+            and checkpoint_recorded(tmp_path, ".ray_results/study-s/cell-*")
+        ),
+        900,
+        "a cell three epochs in, with a checkpoint",
+        lambda: proc.poll() is None,
+        lambda: _output(tmp_path, "cells")[-3000:],
+    )
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=300) == 130, _output(tmp_path, "cells")[-3000:]
     first = _output(tmp_path, "cells")
@@ -181,10 +180,13 @@ def test_ctrl_c_during_tune_keeps_finished_trials(tmp_path: Path, tiny_raw: dict
     (tmp_path / "results").mkdir()  # the train stage's metrics, which the sweep's summary quotes
     (tmp_path / "results" / "train_metrics.json").write_text(json.dumps({"objective": 50.0}))
     proc = _stage(tmp_path, "tune")
-    deadline = time.time() + 900
-    while "TERMINATED" not in _trial_states(tmp_path).values():  # one trial done, the other one next
-        assert proc.poll() is None and time.time() < deadline, _output(tmp_path, "tune")[-3000:]
-        time.sleep(0.5)
+    wait_until(  # one trial done, the other one next
+        lambda: "TERMINATED" in _trial_states(tmp_path).values(),
+        900,
+        "a finished trial",
+        lambda: proc.poll() is None,
+        lambda: _output(tmp_path, "tune")[-3000:],
+    )
     states = _trial_states(tmp_path)
     done = [t for t, s in states.items() if s == "TERMINATED"]
     assert len(done) == 1, states  # the other trial still to run or running when Ctrl-C comes
@@ -232,10 +234,13 @@ def test_ctrl_c_during_evaluate_keeps_finished_subtrees(tmp_path: Path, tiny_raw
     net = Params.model_validate(params).build_model(num_classes=10)  # untrained weights do
     save_atomic({"spec": net.spec, "state_dict": net.state_dict()}, tmp_path / "models" / "model.pt")
     proc = _stage(tmp_path, "evaluate")
-    deadline = time.time() + 600
-    while not list(tmp_path.glob(".ray_results/evaluate-*/*.csv")):
-        assert proc.poll() is None and time.time() < deadline, _output(tmp_path, "evaluate")[-3000:]
-        time.sleep(0.2)
+    wait_until(
+        lambda: list(tmp_path.glob(".ray_results/evaluate-*/*.csv")),
+        600,
+        "a finished subtree of the grid",
+        lambda: proc.poll() is None,
+        lambda: _output(tmp_path, "evaluate")[-3000:],
+    )
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=300) == 130, _output(tmp_path, "evaluate")[-3000:]
     assert "interrupted: outputs of this stage were not written" in _output(tmp_path, "evaluate")
