@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -14,9 +14,6 @@ from .data import DataConfig
 from .errors import AdaskipError
 from .files import short_hash
 from .redact import credentials_in, redact
-
-if TYPE_CHECKING:
-    from .models import AdaptiveDepthNet
 
 
 class ConfigError(AdaskipError, ValueError):
@@ -57,25 +54,6 @@ class ModelParams(_Section):
         # as adaskip.models.pretrained.is_local, without importing timm here
         local = v.lower().endswith((".pth", ".pt", ".bin", ".safetensors")) or Path(v).expanduser().is_file()
         return str(Path(v).expanduser().resolve()) if local else v
-
-    def timm_kwargs(self, image_size: int) -> dict[str, Any]:
-        """model.kwargs for model.name (its family's section when kwargs is per family), with ``img_size`` =
-        data.image_size for families built for one input size (ViT, Swin) unless kwargs sets it."""
-        from .models import ModelError, find_family
-        from .models.families import FAMILIES
-
-        family = find_family(self.name)
-        sections = set(self.kwargs) & {f.name for f in FAMILIES}
-        if sections and sections != set(self.kwargs):
-            raise ModelError(
-                "model.kwargs",
-                f"mixes family sections {sorted(sections)} with timm arguments "
-                f"{sorted(set(self.kwargs) - sections)}: put the arguments inside a family's section",
-            )
-        kwargs = dict(self.kwargs.get(family.name) or {}) if sections else dict(self.kwargs)
-        if family.fixed_size:
-            kwargs.setdefault("img_size", image_size)
-        return kwargs
 
 
 class DistillConfig(_Section):
@@ -296,72 +274,6 @@ class Params(_Section):
             )
         return self
 
-    def check_model(self, splits: bool = False, source: str = "params") -> "AdaptiveDepthNet":
-        """Build params.model (random weights) and run one forward pass at data.image_size, check that
-        model.pretrained's file or hub name exists, and with ``splits`` build each variant tune.splits lists: a
-        model that cannot be built or run on the data fails here, in seconds, with one line naming the keys, not in
-        every Ray worker. Validation (``parse_params``) checks the schema only; each stage that builds models calls
-        this once, before any work. Returns the model built; raises ConfigError (``source: key: what is wrong``)."""
-        try:
-            return self._check_model(splits)
-        except ValueError as e:
-            raise ConfigError(f"{source}: {e}") from None
-
-    def _check_model(self, splits: bool) -> "AdaptiveDepthNet":
-        from .models import check_input_size
-
-        net = self._build_or_explain()
-        try:
-            check_input_size(net, self.data.image_size)
-        except ValueError as e:
-            raise ValueError(
-                f"model.name / data.image_size: {e}; change data.image_size, model.name or model.kwargs"
-            ) from None
-        if self.model.pretrained:  # only that the file exists (or the hub name is one): weights load in training
-            from .models.pretrained import PretrainedError, check_source
-
-            try:
-                check_source(self.model.pretrained)
-            except PretrainedError as e:
-                raise ValueError(str(e)) from None
-        if splits and self.tune.enabled and self.model.split is not None and isinstance(self.tune.splits, list):
-            raise ValueError(
-                f"model.split: {self.model.split} fixes the split, but tune.splits lists candidates to sweep: set "
-                "model.split: null to sweep them, or tune.splits: auto to keep the split fixed"
-            )
-        for split in (
-            self.tune.splits if splits and isinstance(self.tune.splits, list) else []
-        ):  # auto: valid by construction
-            try:
-                self.build_model(split=split)
-            except ValueError as e:
-                raise ValueError(f"tune.splits: {split}: {e}") from None
-        return net
-
-    def _build_or_explain(self) -> "AdaptiveDepthNet":
-        from .models import ModelError
-
-        try:
-            return self.build_model()
-        except ModelError as e:
-            raise ValueError(f"{e.key}: {e}") from None
-        except (ValueError, TypeError) as e:  # what the family says about the model (a ViT's stage count)
-            raise ValueError(f"model.name: {e}") from None
-
-    def build_model(self, num_classes: int = 2, split: Optional[list[int]] = None) -> "AdaptiveDepthNet":
-        """params.model as an AdaptiveDepthNet with random weights; ``split`` replaces model.split."""
-        from .models import create_model
-
-        m = self.model
-        return create_model(
-            m.name,
-            num_classes=num_classes,
-            split=split or m.split,
-            skip_aware_norm=m.skip_aware_norm,
-            num_stages=m.num_stages,
-            **self.model.timm_kwargs(self.data.image_size),
-        )
-
     def swept(self) -> list[str]:
         """The keys of :data:`SWEPT` that params.yaml leaves null: the ones the tune stage searches when enabled (the
         split only where ``tune.splits`` offers candidates)."""
@@ -383,15 +295,6 @@ class Params(_Section):
             section, name = key.split(".")
             raw[section][name] = v
         return Params.model_validate(raw)
-
-    def tune_splits(self, net: Optional["AdaptiveDepthNet"] = None) -> Optional[list[list[int]]]:
-        """The sweep's candidate splits: tune.splits, or derived from the model's stage depths when "auto" (those of
-        ``net``, params.model already built, else of a model built here)."""
-        if self.tune.splits != "auto":
-            return self.tune.splits
-        from .models import candidate_splits
-
-        return candidate_splits((net or self.build_model()).stage_depths)
 
 
 def format_errors(err: ValidationError, source: str) -> str:
@@ -435,7 +338,7 @@ def merge_params(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
 
 def parse_params(raw: Any, source: str = "params") -> Params:
     """Validate a dict (as loaded from YAML) against the schema; raise ConfigError naming every bad key. Whether
-    the model can be built and run is ``Params.check_model``'s to say."""
+    the model can be built and run is ``adaskip.build.check_model``'s to say."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -187,8 +187,10 @@ def check(raw: dict[str, Any], source: str) -> None:
     except ConfigError as e:
         hint = " (add --set data.path=DIR)" if "data.path" in str(e) else ""
         raise ConfigError(f"{e}{hint}") from None
+    from .build import build_model  # here: recipes are listed without importing timm
+
     try:
-        params.build_model()
+        build_model(params)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{source}: model: {params.model.name} cannot be built: {e}") from None
 

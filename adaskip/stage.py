@@ -124,7 +124,7 @@ def stage_parser(description: str, configure: Configure = lambda p: None) -> arg
 
 def main(description: str, run: Run, configure: Configure = lambda p: None) -> None:
     """Parse ``--params``, validate them (the schema: a stage that builds models checks them itself, once, with
-    ``Params.check_model``), run the stage; known errors print one line and exit non-zero. The result ``run``
+    ``build.check_model``), run the stage; known errors print one line and exit non-zero. The result ``run``
     returns ends the stage's output as one line: ``<stage>: <its summary> in <time>``."""
     from .orchestration.cluster import configure_ray_env
 

@@ -40,12 +40,13 @@ class Trained(StageResult):
 
 
 def run(params, args) -> Trained:
+    from adaskip.build import check_model
     from adaskip.models.file import model_file, save_atomic
     from adaskip.orchestration.reporting import TrackingTarget, unsent
     from adaskip.orchestration.train import run_training
     from adaskip.tracking.views import run_name, trained_params
 
-    net = params.check_model(source=args.params)  # the model can be built and run: once here, not in every worker
+    net = check_model(params, source=args.params)  # the model can be built and run: once here, not in every worker
     remove_outputs(MODEL, METRICS, DIAGNOSTICS)
     if not Path(BEST).is_file():
         raise AdaskipError(

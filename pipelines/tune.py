@@ -43,7 +43,9 @@ class Tuned(StageResult):
 
 
 def run(params, args) -> Tuned:
-    net = params.check_model(splits=True, source=args.params)  # the model and each listed tune.splits variant
+    from adaskip.build import check_model
+
+    net = check_model(params, splits=True, source=args.params)  # the model and each listed tune.splits variant
     remove_outputs(TRIALS, BEST)
     swept = params.swept() if params.tune.enabled else []
     if not swept:  # nothing to choose: train trains params.yaml's values (a null one at its default)

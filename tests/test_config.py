@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from adaskip.build import build_model, check_model, timm_kwargs, tune_splits
 from adaskip.config import ConfigError, apply_tuned, load_params, parse_params
 from adaskip.errors import AdaskipError
 from helpers import run_stage
@@ -37,7 +38,7 @@ def _with(defaults: dict, dotted: str, value) -> dict:
 def test_shipped_params_are_valid():
     p = load_params(ROOT / "params.yaml")
     assert p.data.name == "digits" and p.train.alpha is None  # swept by default
-    p.check_model(splits=True)
+    check_model(p, splits=True)
 
 
 def test_defaults_are_the_shipped_params(defaults):
@@ -88,12 +89,12 @@ def test_defaults_are_the_shipped_params(defaults):
 )
 def test_bad_values_name_the_key(defaults, dotted, value, expect):
     """Validation rejects a bad key or value; what only building the model finds (a model, split or kwargs that
-    cannot be built or run on the data, a tune.splits candidate) Params.check_model rejects, with the same line."""
+    cannot be built or run on the data, a tune.splits candidate) build.check_model rejects, with the same line."""
     raw = _with(defaults, dotted, value)
     if value == "vit_base_patch16_224":
         raw = _with(raw, "model.kwargs", {"img_size": 224})  # built for 224 px, given 32 px images
     with pytest.raises(ConfigError) as e:
-        parse_params(raw, "params.yaml").check_model(splits=True, source="params.yaml")
+        check_model(parse_params(raw, "params.yaml"), splits=True, source="params.yaml")
     assert expect in str(e.value), str(e.value)
     assert "params.yaml" in str(e.value)
 
@@ -114,25 +115,25 @@ def test_any_family_by_changing_model_name(defaults, name):
     from adaskip.models import candidate_splits, default_split
 
     p = parse_params(_with(defaults, "model.name", name))
-    kwargs = p.model.timm_kwargs(p.data.image_size)
+    kwargs = timm_kwargs(p.model, p.data.image_size)
     assert ("channels" in kwargs) == name.startswith("resnet")
     assert kwargs.get("img_size") == (p.data.image_size if name.startswith(("deit", "swin")) else None)
-    net = p.build_model()
+    net = build_model(p)
     assert net.stage_depths == FAMILIES[name]
-    assert p.tune_splits() == candidate_splits(FAMILIES[name]) and p.tune_splits()[0] == default_split(FAMILIES[name])
+    assert tune_splits(p) == candidate_splits(FAMILIES[name]) and tune_splits(p)[0] == default_split(FAMILIES[name])
 
 
 def test_a_model_that_cannot_run_on_the_data_fails_validation_fast(defaults):
     """A forward pass at data.image_size is part of validation: seconds, not a failure in every Ray worker."""
     import time
 
-    parse_params(defaults).check_model()  # imports done
+    check_model(parse_params(defaults))  # imports done
     start = time.monotonic()
     p = parse_params(_with(_with(defaults, "model.name", "vit_base_patch16_224"), "data.image_size", 8), "params.yaml")
     with pytest.raises(
         ConfigError, match="params.yaml: model.name / data.image_size: VisionTransformer cannot run on 3x8x8"
     ):
-        p.check_model(source="params.yaml")
+        check_model(p, source="params.yaml")
     assert time.monotonic() - start < 10
 
 
@@ -148,9 +149,9 @@ def test_validation_is_the_schema_and_builds_no_model(defaults):
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.stdout.split() == ["vgg16", "False", "False"], r.stderr
     p = parse_params(_with(defaults, "tune.splits", [[2, 2, 3, 2], [0, 1, 1, 1]]))
-    assert p.check_model().split == [2, 2, 3, 2]  # the model alone is fine
+    assert check_model(p).split == [2, 2, 3, 2]  # the model alone is fine
     with pytest.raises(ConfigError, match=r"params: tune.splits: \[0, 1, 1, 1\]: split"):
-        p.check_model(splits=True)
+        check_model(p, splits=True)
 
 
 @pytest.mark.subprocess
@@ -173,8 +174,8 @@ def test_only_the_stages_that_build_a_model_check_it(tmp_path, defaults, monkeyp
 
 
 def test_tune_splits_null_searches_model_split_only(defaults):
-    assert parse_params(_with(defaults, "tune.splits", None)).tune_splits() is None
-    assert parse_params(_with(defaults, "tune.splits", [[1, 1, 1, 1]])).tune_splits() == [[1, 1, 1, 1]]
+    assert tune_splits(parse_params(_with(defaults, "tune.splits", None))) is None
+    assert tune_splits(parse_params(_with(defaults, "tune.splits", [[1, 1, 1, 1]]))) == [[1, 1, 1, 1]]
 
 
 def test_missing_dataset_path(defaults, tmp_path):
@@ -267,8 +268,8 @@ def test_a_value_set_is_the_value_trained(defaults):
 def test_a_fixed_split_with_listed_candidates_is_refused(defaults):
     raw = _with(_with(defaults, "model.split", [2, 2, 3, 2]), "tune.splits", [[2, 2, 3, 2], [1, 2, 3, 1]])
     with pytest.raises(ConfigError, match=r"params: model.split: \[2, 2, 3, 2\] fixes the split, but tune.splits"):
-        parse_params(raw).check_model(splits=True)
-    parse_params(_with(raw, "tune.enabled", False)).check_model(splits=True)  # no sweep: nothing contradicts
+        check_model(parse_params(raw), splits=True)
+    check_model(parse_params(_with(raw, "tune.enabled", False)), splits=True)  # no sweep: nothing contradicts
 
 
 @pytest.mark.subprocess

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from adaskip.build import build_model
 from adaskip.files import write_json
 from adaskip.tracking import FINISHED, KILLED, RUNNING, Tracker
 from helpers import ROOT, checkpoint_recorded, merge, wait_until
@@ -231,7 +232,7 @@ def test_ctrl_c_during_evaluate_keeps_finished_subtrees(tmp_path: Path, tiny_raw
         tiny_raw,
         {"data": {"image_size": 32}, "evaluate": {"parallelism": 4, "latency_reps": 1000, "latency_batch_sizes": [1]}},
     )
-    net = Params.model_validate(params).build_model(num_classes=10)  # untrained weights do
+    net = build_model(Params.model_validate(params), num_classes=10)  # untrained weights do
     save_atomic({"spec": net.spec, "state_dict": net.state_dict()}, tmp_path / "models" / "model.pt")
     proc = _stage(tmp_path, "evaluate")
     wait_until(

@@ -15,8 +15,8 @@ PACKAGE = ROOT / "adaskip"
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "redact", "console", "files"),  # shared helpers
     ("models", "data"),
-    ("config",),  # typed params.yaml: builds on the models and datasets it validates
-    ("training", "evaluation"),
+    ("config",),  # typed params.yaml, a schema: imports the datasets' section, never timm
+    ("build", "training", "evaluation"),  # build: params.yaml's model as a network
     ("select", "serving", "ablation", "export", "export_all", "profile", "recipes"),
     ("tracking",),  # the only MLflow adapter
     ("orchestration",),  # the only Ray layer

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from adaskip.build import tune_splits
 from adaskip.tracking import FINISHED, Tracker
 
 from helpers import ROOT, TINY, free_port, merge, new_project, sh
@@ -368,6 +369,6 @@ def test_any_family_by_changing_model_name(reproduced: Path, ray_address: str, n
     net, _ = load_model(proj / "models" / "model.pt")
     assert net.backbone.default_cfg["architecture"] == name.split(".")[0]
     trained = json.loads((proj / "results" / "train_metrics.json").read_text())["trained_with"]
-    assert trained["split"] == net.split and net.split in params.tune_splits()
+    assert trained["split"] == net.split and net.split in tune_splits(params)
     grid = pd.read_csv(proj / "results" / "eval_grid.csv")
     assert len(grid) == 2**net.num_stages and grid.acc1.notna().all()

@@ -17,6 +17,7 @@ import torch
 import yaml
 from torch import nn
 
+from adaskip.build import check_model
 from adaskip.config import ConfigError, Params, parse_params
 from adaskip.data import load_subsets, make_loader
 from adaskip.errors import AdaskipError
@@ -223,13 +224,13 @@ def test_params_validation(tiny_raw, tmp_path, monkeypatch):
     assert parse_params(tiny_raw).model.pretrained is None
     assert "pretrained: null" in (ROOT / "params.yaml").read_text()
     with pytest.raises(ConfigError, match=r"params: model\.pretrained: .*missing\.pth does not exist"):
-        parse_params(merge(tiny_raw, {"model": {"pretrained": str(tmp_path / "missing.pth")}})).check_model()
+        check_model(parse_params(merge(tiny_raw, {"model": {"pretrained": str(tmp_path / "missing.pth")}})))
     with pytest.raises(ConfigError, match=r"params: model\.pretrained: 'not_a_timm_net' is neither"):
-        parse_params(merge(tiny_raw, {"model": {"pretrained": "not_a_timm_net"}})).check_model()
+        check_model(parse_params(merge(tiny_raw, {"model": {"pretrained": "not_a_timm_net"}})))
     (tmp_path / "w.pth").write_bytes(b"never read at validation")  # validation does not load weights
     monkeypatch.chdir(tmp_path)
     p = parse_params(merge(tiny_raw, {"model": {"pretrained": "w.pth"}}))
-    p.check_model()
+    check_model(p)
     assert p.model.pretrained == str(tmp_path / "w.pth")  # absolute: Ray workers run with another cwd
     assert (
         parse_params(merge(tiny_raw, {"model": {"pretrained": "resnet34.a1_in1k"}})).model.pretrained

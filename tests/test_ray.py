@@ -13,6 +13,7 @@ import psutil
 import pytest
 import torch
 
+from adaskip.build import build_model
 from adaskip.orchestration.storage import Storage
 from adaskip.tracking import FINISHED, RUNNING, Tracker
 from helpers import checkpoint_recorded, merge
@@ -116,7 +117,7 @@ def test_parallel_grid_equals_in_process_grid(ray_cluster, tiny_params, tmp_path
 
     torch.manual_seed(0)
     subsets = load_subsets(tiny_params.data)
-    net = tiny_params.build_model(num_classes=subsets.num_classes)
+    net = build_model(tiny_params, num_classes=subsets.num_classes)
     grid = evaluate_parallel({"spec": net.spec, "state_dict": net.state_dict()}, tiny_params, Storage(str(tmp_path)))
     assert len(grid) == 2**net.num_stages
     assert set(grid.columns) >= {"skip", "macs", "params", "acc1", "acc5", "latency_ms", "pareto"}

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from adaskip.build import build_model
 from adaskip import cli
 from adaskip.config import ConfigError, load_params, merge_params, parse_params
 from adaskip.recipes import RECIPES_DIR, apply_recipe, load_overlay, parse_sets, recipe_overlay, shipped
@@ -70,7 +71,7 @@ def test_recipe_validates_builds_and_digits_restores(name, params_file, tmp_path
     for key in _keys(overlay):  # every key the recipe sets is in effect
         section, name_ = key.split(".")
         assert getattr(params, section).model_dump(mode="json")[name_] == overlay[section][name_], key
-    net = params.build_model(num_classes=3)
+    net = build_model(params, num_classes=3)
     assert net.backbone.num_classes == 3 and net.family == ("vit" if name.startswith("vit") else "resnet")
     assert _keys(load_overlay(RECIPES_DIR / f"{name}.yaml")) == _keys(load_overlay(RECIPES_DIR / "digits.yaml"))
     apply_recipe(load_overlay(RECIPES_DIR / "digits.yaml"), params_file, "digits")
@@ -97,7 +98,7 @@ def test_resnet50_recipe_is_the_papers(params_file, tmp_path):
     assert (t.scheduler, t.decay_milestones, t.warmup_epochs) == ("multistep", [60, 100, 140], 0)
     assert (t.alpha, t.temperature, t.label_smoothing, t.mixup, t.cutmix, t.ema) == (0.5, 1.0, 0.0, 0.0, 0.0, False)
     assert (t.precision, t.use_gpu, t.workers, p.tune.enabled) == (None, True, 8, False)
-    net = p.build_model(num_classes=1000)
+    net = build_model(p, num_classes=1000)
     assert net.split == [2, 2, 3, 2] and net.backbone.num_features == 2048
     optimizer, scheduler = loop._optimizer_and_scheduler(net, p, t.epochs)
     assert type(optimizer) is torch.optim.SGD

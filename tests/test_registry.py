@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from adaskip.build import build_model
 
 pytestmark = [
     pytest.mark.slow,
@@ -40,7 +41,7 @@ def test_registered_model_serves_every_subnetwork(tmp_path: Path, tiny_params, m
 
     monkeypatch.chdir(tmp_path)  # the store's default artifact root (./mlruns) lands in tmp_path
     size = 16
-    net = tiny_params.build_model(num_classes=10)
+    net = build_model(tiny_params, num_classes=10)
     torch.manual_seed(0)
     with torch.no_grad():  # timm zero-inits each block's last norm: untrained, every sub-network would agree
         for p in net.parameters():
@@ -223,10 +224,10 @@ def test_an_experiment_never_moves_an_alias_another_model_holds(tmp_path: Path, 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"mlflow": {"tracking_uri": mlflow_uri}}))
     tracker = Tracker(mlflow_uri, "adaskip")
-    versions, S = [], tiny_params.build_model().num_stages
+    versions, S = [], build_model(tiny_params).num_stages
     for seed in (0, 1):  # two trainings: two models
         torch.manual_seed(seed)
-        net = tiny_params.build_model(num_classes=10)
+        net = build_model(tiny_params, num_classes=10)
         path = tmp_path / f"model{seed}.pt"
         save_atomic({"spec": net.spec, "state_dict": net.state_dict(), "image_size": 16}, path)
         with tracker.run(f"train-{seed}", {"adaskip.stage": "train"}) as run_id:

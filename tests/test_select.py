@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from adaskip.build import build_model
 from adaskip.config import Params
 from adaskip.evaluation import latency_long_table, latency_wide, summarise
 from adaskip.evaluation.latency import LONG_COLUMNS, latency_long
@@ -56,7 +57,7 @@ def tiny(tmp_path_factory) -> dict[str, Any]:
     params = Params.model_validate(raw)
     size, num_classes = params.data.image_size, load_subsets(params.data).num_classes
     torch.manual_seed(0)
-    net = params.build_model(num_classes=num_classes)
+    net = build_model(params, num_classes=num_classes)
     model_file = {"spec": net.spec, "state_dict": net.state_dict()}
     save_atomic({**model_file, "metrics": {}, "image_size": size}, root / "models" / "model.pt")
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

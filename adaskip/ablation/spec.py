@@ -138,9 +138,11 @@ def cells_file(study_file: str | Path, variant: str) -> Path:
 
 
 def cells(spec: StudySpec, base: Params, variants: Optional[list[str]] = None) -> list[Cell]:
-    """Every (variant, seed) with its params validated and its model built once (``Params.check_model``: bad
-    overrides fail here, naming the variant);
-    ``variants`` picks some (the study's DVC pipeline runs one stage per variant)."""
+    """Every (variant, seed) with its params validated and its model built once (``build.check_model``: bad
+    overrides fail here, naming the variant); ``variants`` picks some (the study's DVC pipeline runs one stage per
+    variant)."""
+    from ..build import check_model  # here: a study's plan reads its spec without importing timm
+
     unknown = sorted(set(variants or ()) - set(spec.variants))
     if unknown:
         raise ConfigError(f"no variant {unknown} in study {spec.name!r}; it has {sorted(spec.variants)}")
@@ -154,7 +156,7 @@ def cells(spec: StudySpec, base: Params, variants: Optional[list[str]] = None) -
             merged["train"]["epochs"] = spec.epochs
         source = f"study variant {name!r}"
         params = parse_params(merged, source).settled()  # no sweep in a cell: a swept key left null trains its default
-        net = params.check_model(source=source)
+        net = check_model(params, source=source)
         skip = teacher = None
         if v.baseline is not None:
             stages = net.num_stages

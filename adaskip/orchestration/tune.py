@@ -162,8 +162,10 @@ def _concurrency(params: Params) -> int:
 def search_space(params: Params, net: Optional[AdaptiveDepthNet] = None) -> dict[str, Any]:
     """alpha, temperature and split: a search dimension for each key params.yaml leaves null (``Params.swept``), the
     value it fixes for the others (a constant, never searched)."""
+    from ..build import tune_splits  # here: trial drivers need not import timm
+
     t, swept = params.tune, params.swept()
-    splits = params.tune_splits(net) if "model.split" in swept else None
+    splits = tune_splits(params, net) if "model.split" in swept else None
     return {
         "alpha": tune.uniform(*t.alpha) if "train.alpha" in swept else params.train.alpha,
         "temperature": tune.uniform(*t.temperature) if "train.temperature" in swept else params.train.temperature,

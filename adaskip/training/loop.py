@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..build import build_model
 from ..config import Params
 from ..console import epoch_line, progress_bars
 from ..data import load_subsets, make_loader
@@ -267,7 +268,7 @@ def _set_up(params: Params, env: WorkerEnv, epochs: int, mode: FitMode) -> _Run:
     (the order the random generators are drawn in: a resumed or repeated run is the same run)."""
     seed_everything(params.train.seed)
     subsets = load_subsets(params.data)
-    net = params.build_model(num_classes=subsets.num_classes)
+    net = build_model(params, num_classes=subsets.num_classes)
     size = (subsets.in_chans, params.data.image_size, params.data.image_size)
     macs = {str(c): count_macs(net, c, size) for c in net.configs()}
     fmt = memory_format(params, net)
