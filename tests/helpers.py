@@ -120,11 +120,12 @@ def wait_until(
     what: str,
     alive: Callable[[], bool] = lambda: True,
     detail: Callable[[], str] = lambda: "",
+    every: float = 1.0,
 ) -> Any:
-    """Call ``ready`` every 0.2-1 s until it returns something true (an exception counts as not yet) and return that;
-    a RuntimeError naming ``what`` (and ``detail()``, e.g. the tail of a log) after ``timeout`` seconds, or as soon as
-    ``alive`` says the process it waits for is gone."""
-    deadline, pause, last = time.monotonic() + timeout, 0.2, None
+    """Call ``ready`` every 0.2 s, then less often up to every ``every`` s, until it returns something true (an
+    exception counts as not yet) and return that; a RuntimeError naming ``what`` (and ``detail()``, e.g. the tail of a
+    log) after ``timeout`` seconds, or as soon as ``alive`` says the process it waits for is gone."""
+    deadline, pause, last = time.monotonic() + timeout, min(0.2, every), None
     while True:
         try:
             if result := ready():
@@ -136,7 +137,7 @@ def wait_until(
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what}: not ready after {timeout:g} s ({last!r})\n{detail()}")
         time.sleep(pause)
-        pause = min(1.0, pause * 1.5)
+        pause = min(every, pause * 1.5)
 
 
 def _answers(url: str) -> bool:

@@ -17,6 +17,7 @@ Each host imports adaskip from its own P (PYTHONPATH=P; the venv's editable inst
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import random
@@ -26,12 +27,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import pytest
+
+from helpers import PROGRAMS, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix) if sys.prefix != sys.base_prefix else ROOT / ".venv"
@@ -81,18 +83,16 @@ def _netns_pids(netns: str) -> list[int]:
 
 def _kill_netns(netns: str, spare: Sequence[int] = (), timeout: float = 20) -> None:
     """SIGKILL every process in ``netns`` but ``spare``, until none is left (they may fork while we kill)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        pids = [p for p in _netns_pids(netns) if p not in spare]
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.2)
-    raise RuntimeError(f"processes left in netns {netns}: {_netns_pids(netns)}")
+    wait_until(lambda: not _kill_once(netns, spare), timeout, f"no process left in netns {netns}")
+
+
+def _kill_once(netns: str, spare: Sequence[int]) -> list[int]:
+    """SIGKILL the processes now in ``netns`` but ``spare``; return them (none: nothing was left)."""
+    pids = [p for p in _netns_pids(netns) if p not in spare]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
 
 
 def cleanup_stale() -> None:
@@ -336,18 +336,20 @@ class TwoHosts:
         self._wait_log(host, "Ray runtime started", offset)
 
     def _wait_log(self, host: Host, line: str, offset: int) -> None:
-        deadline = time.time() + self.start_timeout
-        while time.time() < deadline:
+        def logged() -> bool:
             with open(host.log, "rb") as f:
                 f.seek(offset)
-                text = f.read().decode(errors="replace")
-            if line in text:
-                return
-            assert host.node is not None
-            if host.node.poll() is not None:
-                raise RuntimeError(f"{host.name}: ray start exited {host.node.returncode}:\n{text[-4000:]}")
-            time.sleep(0.3)
-        raise RuntimeError(f"{host.name}: ray start not ready in {self.start_timeout} s:\n{self.node_log(host)}")
+                return line in f.read().decode(errors="replace")
+
+        node = host.node
+        assert node is not None
+        wait_until(
+            logged,
+            self.start_timeout,
+            f"{host.name}: ray start",
+            alive=lambda: node.poll() is None,
+            detail=lambda: self.node_log(host),
+        )
 
     def node_log(self, host: Host, chars: int = 4000) -> str:
         """The tail of a host's `ray start --block` output (for assertion messages)."""
@@ -355,15 +357,9 @@ class TwoHosts:
 
     def wait_nodes(self, n: int, timeout: float = 120) -> None:
         """Until the cluster has exactly ``n`` alive nodes (a driver on host1 polls)."""
-        script = (
-            "import ray, sys, time\nray.init(logging_level='ERROR')\nd = time.time() + %r\n"
-            "while time.time() < d:\n"
-            "    a = [x for x in ray.nodes() if x['Alive']]\n"
-            "    if len(a) == %d: sys.exit(0)\n"
-            "    time.sleep(0.5)\n"
-            "sys.exit('alive nodes: %%d' %% len(a))\n" % (timeout, n)
+        self.host1_run(
+            ["python", str(PROGRAMS / "wait_nodes.py"), str(n), str(timeout)], timeout=timeout + 60, check=True
         )
-        self.host1_run(["python", "-c", script], timeout=timeout + 60, check=True)
 
     def start_host2(self, wait: bool = True) -> None:
         """Start host2's Ray node (joins the head); again after ``kill_host2`` to bring the host back."""

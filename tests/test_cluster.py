@@ -7,12 +7,11 @@ import json
 import os
 import signal
 import subprocess
-import time
 import uuid
 
 import pytest
 
-from helpers import PROGRAMS
+from helpers import PROGRAMS, wait_until
 from multihost import TwoHosts, two_hosts  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.ray, pytest.mark.ddp, pytest.mark.subprocess]
@@ -41,13 +40,7 @@ def _gloo_pair(th: TwoHosts, port: int, ifnames: tuple[str, str] | None) -> list
 
 
 def _first_exit(procs: list[subprocess.Popen[str]], timeout: float) -> subprocess.Popen[str]:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                return p
-        time.sleep(0.2)
-    raise AssertionError("no gloo rank finished in time")
+    return wait_until(lambda: next((p for p in procs if p.poll() is not None), None), timeout, "a gloo rank's exit")
 
 
 def _kill(procs: list[subprocess.Popen[str]]) -> None:

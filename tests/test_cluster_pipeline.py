@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import PROGRAMS, checkpoint_recorded
+from helpers import PROGRAMS, checkpoint_recorded, wait_until
 from multihost import TwoHosts, two_hosts  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.ray, pytest.mark.subprocess]
@@ -78,17 +78,7 @@ def cluster(two_hosts: TwoHosts):  # noqa: F811 (the fixture)
         stderr=subprocess.STDOUT,
     )
     uri, cert = f"https://{th.host1.ip}:5000", th.root / "mlflow" / "tls" / "server.crt"
-    ready = th.host1_run(
-        [
-            "python",
-            "-c",
-            f"import ssl, urllib.request, time\nfor _ in range(240):\n    try:\n"
-            f"        urllib.request.urlopen('{uri}/health', timeout=1, context="
-            f"ssl.create_default_context(cafile='{cert}')); break\n"
-            f"    except OSError: time.sleep(0.5)\nelse: raise SystemExit('no server')",
-        ],
-        timeout=180,
-    )
+    ready = th.host1_run(["python", str(PROGRAMS / "wait_https.py"), f"{uri}/health", str(cert), "150"], timeout=180)
     assert ready.returncode == 0, (th.root / "mlflow-server.log").read_text()[-3000:] + ready.stderr
     env = {
         "MLFLOW_TRACKING_URI": uri,
@@ -261,10 +251,12 @@ def test_a_dead_worker_host_during_training_resumes_on_the_other(cluster):
     proc = th.host1_popen(
         ["python", "pipelines/train.py", "--params", "params-kill.yaml"], env=env, stdout=-1, stderr=-1, text=True
     )
-    deadline = time.time() + 900
-    while not checkpoint_recorded(th.shared / "ray", "train-*"):
-        assert proc.poll() is None and time.time() < deadline, "training ended before a checkpoint was recorded"
-        time.sleep(0.2)
+    wait_until(
+        lambda: checkpoint_recorded(th.shared / "ray", "train-*"),
+        900,
+        "a checkpoint",
+        alive=lambda: proc.poll() is None,
+    )
     th.kill_host2()
     killed_at = time.time()
     out, err = proc.communicate(timeout=1200)
@@ -306,10 +298,13 @@ def test_a_dead_worker_host_mid_study_resumes_its_cells(cluster):
             ["python", "pipelines/cells.py", "--study", path], env=env, stdout=out, stderr=subprocess.STDOUT
         )
     try:
-        deadline = time.time() + 900
-        while not checkpoint_recorded(th.shared / "ray", "study-kill/cell-*"):
-            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
+        wait_until(
+            lambda: checkpoint_recorded(th.shared / "ray", "study-kill/cell-*"),
+            900,
+            "a cell's checkpoint",
+            alive=lambda: proc.poll() is None,
+            detail=lambda: log.read_text()[-3000:],
+        )
         th.kill_host2()
         killed_at = time.time()
         assert proc.wait(timeout=1500) == 0, log.read_text()[-5000:]
@@ -319,7 +314,7 @@ def test_a_dead_worker_host_mid_study_resumes_its_cells(cluster):
         print("\n".join(ln for ln in text.splitlines() if "resumes after epoch" in ln))
         rows = (th.project / "studies" / "kill" / "results" / "cells" / "adn.csv").read_text().splitlines()
         assert len(rows) == 1 + 3 * 16  # every cell's whole grid
-        cells = _result(th.host1_run(["python", str(PROGRAMS / "study_epochs.py"), "kill"], env=env, timeout=120))
+        cells = _result(th.host1_run(["python", str(PROGRAMS / "study_cells.py"), "kill"], env=env, timeout=120))
         assert len(cells) == 3 and all(c["status"] == "FINISHED" for c in cells.values()), cells
         assert all(c["epochs"] == list(range(1, epochs + 1)) for c in cells.values()), cells  # each epoch once
     finally:
@@ -332,15 +327,9 @@ def test_a_dead_worker_host_mid_study_resumes_its_cells(cluster):
 def _wait_replaced(th: TwoHosts, timeout: float = 300) -> None:
     """Until Ray has marked the killed node dead and the restarted one alive (a dead node stays 'alive' for a while,
     and a task pinned to it never runs)."""
-    script = (
-        "import ray, sys, time\nray.init(logging_level='ERROR')\nd = time.time() + %r\n"
-        "while time.time() < d:\n"
-        "    nodes = ray.nodes()\n"
-        "    if sum(n['Alive'] for n in nodes) == 2 and any(not n['Alive'] for n in nodes): sys.exit(0)\n"
-        "    time.sleep(1)\n"
-        "sys.exit('the killed node is still listed alive')\n" % timeout
+    th.host1_run(
+        ["python", str(PROGRAMS / "wait_nodes.py"), "2", str(timeout), "--dead"], timeout=timeout + 60, check=True
     )
-    th.host1_run(["python", "-c", script], timeout=timeout + 60, check=True)
 
 
 def test_study_variants_run_at_once(cluster):
@@ -376,9 +365,10 @@ def test_study_variants_run_at_once(cluster):
             assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
             each.append(time.time() - t)
         times[mode] = time.time() - start
-        spans[mode] = _result(
-            th.host1_run(["python", str(PROGRAMS / "cell_times.py"), f"conc-{mode}"], env=env, timeout=120)
+        cells = _result(
+            th.host1_run(["python", str(PROGRAMS / "study_cells.py"), f"conc-{mode}"], env=env, timeout=120)
         )
+        spans[mode] = {name: c["span"] for name, c in cells.items()}
     ratio = times["ahead"] / times["alone"]
     print(
         f"2-variant x 1-seed study of 1-CPU cells on two hosts (2 real cores): one variant after another "

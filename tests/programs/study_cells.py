@@ -1,7 +1,9 @@
-"""Each study cell's epochs in MLflow: run by tests/test_cluster_pipeline.py."""
+"""Each cell of a study as MLflow recorded it (status, nodes, epochs, when it ran): run by
+tests/test_cluster_pipeline.py with the study's name."""
 
 import json
 import sys
+
 from mlflow.tracking import MlflowClient
 
 c = MlflowClient()
@@ -12,10 +14,11 @@ print(
     "RESULT "
     + json.dumps(
         {
-            r.info.run_name: {
+            f"{r.data.tags['variant']}-{r.data.tags['seed']}": {
                 "status": r.info.status,
                 "nodes": r.data.tags.get("adaskip.train_nodes"),
                 "epochs": sorted(m.step for m in c.get_metric_history(r.info.run_id, "val_acc_super")),
+                "span": [r.info.start_time / 1000, (r.info.end_time or 0) / 1000],
             }
             for r in cells
         }
