@@ -42,6 +42,7 @@ from .evaluation.latency import LONG_COLUMNS, interleaved
 from .export import ATOL, ExportError, ExportVerificationError, compare, first_line, ort_session, prepared, require_onnx
 from .files import atomic_path
 from .models import AdaptiveDepthNet, SkipAwareNorm, count_macs, count_params
+from .select import checked, read_grid
 
 log = logging.getLogger(__name__)
 
@@ -196,11 +197,9 @@ def _check_args(opset: int, batches: Sequence[int], seconds: float, threads: int
 
 
 def _read_grid(grid: pd.DataFrame | str | os.PathLike | None) -> Optional[pd.DataFrame]:
-    if grid is None or isinstance(grid, pd.DataFrame):
-        return grid
-    if not Path(grid).is_file():
-        raise ExportError(f"no evaluation grid at {grid}: run the evaluate stage (dvc repro) or leave --grid out")
-    return pd.read_csv(grid, dtype={"skip": str})
+    if grid is None:
+        return None
+    return checked(grid, "the grid") if isinstance(grid, pd.DataFrame) else read_grid(grid, "or leave --grid out")
 
 
 def _source(grid: Any) -> Optional[str]:
@@ -210,17 +209,14 @@ def _source(grid: Any) -> Optional[str]:
 def depth_table(
     net: AdaptiveDepthNet, file: dict[str, Any], input_size: tuple[int, int, int], grid: Optional[pd.DataFrame]
 ) -> pd.DataFrame:
-    """``skip``, ``macs`` and ``params`` of every depth at ``input_size``, with ``grid``'s ``acc1``/``acc5``; a grid
-    whose sub-networks or MACs are not this model's is an ExportError."""
+    """``skip``, ``macs`` and ``params`` of every depth at ``input_size``, with the ``acc1``/``acc5`` of ``grid`` (a
+    grid ``select.checked`` passed); a grid whose sub-networks or MACs are not this model's is an ExportError."""
     rows = [
         {"skip": str(c), "macs": count_macs(net, c, input_size), "params": count_params(net, c)} for c in net.configs()
     ]
     table = pd.DataFrame(rows)
     if grid is None:
         return table
-    missing = [c for c in ("skip", "macs", "acc1") if c not in grid.columns]
-    if missing:
-        raise ExportError(f"the grid has no column {', '.join(missing)}: pass the evaluate stage's eval_grid.csv")
     grid = grid.drop_duplicates("skip")  # a grid may hold several devices' rows
     if sorted(grid["skip"]) != sorted(table["skip"]):
         raise ExportError(

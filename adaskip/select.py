@@ -100,13 +100,12 @@ class Choice:
     objective: str  # accuracy, latency or macs: what chose among those that fit
 
 
-def read_grid(path: str | Path = GRID) -> pd.DataFrame:
-    """An evaluation grid CSV; a missing file or one without skip/macs/acc1 is one SelectError line."""
+def read_grid(path: str | Path = GRID, instead: str = "pass --grid CSV or --run RUN_ID") -> pd.DataFrame:
+    """An evaluation grid CSV; a missing file (the message offers ``instead``) or one without skip/macs/acc1 is one
+    SelectError line."""
     path = Path(path)
     if not path.is_file():
-        raise SelectError(
-            f"no evaluation grid at {path}: run the evaluate stage (dvc repro), pass --grid CSV or --run RUN_ID"
-        )
+        raise SelectError(f"no evaluation grid at {path}: run the evaluate stage (dvc repro), {instead}")
     return checked(pd.read_csv(path, dtype={"skip": str}), str(path))
 
 
