@@ -39,6 +39,29 @@ class Trained(StageResult):
         )
 
 
+def _trained_with(params, built_split: list[int]) -> dict[str, Any]:
+    """What a run trains, as its model file, train_metrics.json and registered version say it."""
+    t = params.train
+    return {
+        "model": params.model.name,
+        "data": params.data.name,
+        "alpha": t.alpha,
+        "temperature": t.temperature,
+        "split": list(params.model.split or built_split),
+        "epochs": t.epochs,
+        "seed": t.seed,
+    }
+
+
+def _write_metrics(metrics: dict[str, Any], extra: dict[str, Any]) -> dict[str, float]:
+    """train_metrics.json (the numbers and ``extra``) and diagnostics.json (the per-block residual ratios, Figure 3: a
+    plain output, not DVC metrics, so `dvc exp show` stays narrow); returns the numbers."""
+    numbers = {k: metrics[k] for k in sorted(metrics) if isinstance(metrics[k], (int, float))}
+    write_json({**{k: v for k, v in numbers.items() if not k.startswith("ratio")}, **extra}, METRICS)
+    write_json({k: v for k, v in numbers.items() if k.startswith("ratio")}, DIAGNOSTICS)
+    return numbers
+
+
 def run(params, args) -> Trained:
     from adaskip.build import check_model
     from adaskip.models.file import model_file, save_atomic
@@ -56,15 +79,7 @@ def run(params, args) -> Trained:
     tracking = tracker(params)  # grouped by the experiment's params as set, before the sweep's choice fills them
     params = apply_tuned(params, json.loads(Path(BEST).read_text()), BEST)  # a key params.yaml sets is never replaced
     h = params_hash(params, "data", "model", "train")  # what is trained: the resume key
-    trained_with = {
-        "model": params.model.name,
-        "data": params.data.name,
-        "alpha": params.train.alpha,
-        "temperature": params.train.temperature,
-        "split": list(params.model.split or net.split),
-        "epochs": params.train.epochs,
-        "seed": params.train.seed,
-    }
+    trained_with = _trained_with(params, net.split)
     tags = {"adaskip.stage": "train", "adaskip.params_hash": h}
     resume = tracking.unfinished_run(tags)
     store = storage(params)
@@ -90,20 +105,10 @@ def run(params, args) -> Trained:
             params.data.image_size,
             tags={**trained_params(trained_with), GROUP_TAG: tracking.group},
         )
-        numbers = {k: metrics[k] for k in sorted(metrics) if isinstance(metrics[k], (int, float))}
         registered = {"registered_model_version": version} if version else {}
         if version is None and params.mlflow.registered_model and tracking.waiting():
             registered = {"registration": PENDING}
-        write_json(
-            {
-                **{k: v for k, v in numbers.items() if not k.startswith("ratio")},
-                "trained_with": trained_with,
-                **registered,
-            },
-            METRICS,
-        )
-        # the per-block residual ratios (Figure 3): a plain output, not DVC metrics, so `dvc exp show` stays narrow
-        write_json({k: v for k, v in numbers.items() if k.startswith("ratio")}, DIAGNOSTICS)
+        numbers = _write_metrics(metrics, {"trained_with": trained_with, **registered})
     store.remove(f"train-{h}")  # finished: nothing left to resume
     return Trained(
         numbers,

@@ -37,9 +37,13 @@ from base64 import b64encode
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from ..errors import AdaskipError
+
+if TYPE_CHECKING:  # cryptography is imported where a certificate is made
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
+    from cryptography.x509 import Certificate, GeneralName
 
 DATABASE = "mlflow"
 PG_USER = "postgres"  # the database superuser (initdb -U), and the OS user PostgreSQL runs as under root
@@ -175,9 +179,8 @@ def self_signed_pair(folder: Path, names: list[str]) -> tuple[Path, Path]:
     """STATE/tls/server.{crt,key}: a self-signed certificate (its own CA) for ``names``, made once and reused while
     it covers them (a new name makes a new pair; clients then need the new certificate)."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
 
     cert, key = folder / "server.crt", folder / "server.key"
     sans = [
@@ -195,10 +198,26 @@ def self_signed_pair(folder: Path, names: list[str]) -> tuple[Path, Path]:
             return cert, key
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     private = ec.generate_private_key(ec.SECP256R1())
+    write_private(
+        key,
+        private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode(),
+    )
+    cert.write_bytes(_certificate(private, sans).public_bytes(serialization.Encoding.PEM))
+    return cert, key
+
+
+def _certificate(private: EllipticCurvePrivateKey, sans: list[GeneralName]) -> Certificate:
+    """A self-signed CA certificate of ``private``'s key for the subject alternative names ``sans``, for serving."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"adaskip tracking server {socket.gethostname()}")])
     now = datetime.now(timezone.utc)
     public = private.public_key()
-    built = (
+    return (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(subject)
@@ -227,14 +246,6 @@ def self_signed_pair(folder: Path, names: list[str]) -> tuple[Path, Path]:
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
         .sign(private, hashes.SHA256())
     )
-    write_private(
-        key,
-        private.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ).decode(),
-    )
-    cert.write_bytes(built.public_bytes(serialization.Encoding.PEM))
-    return cert, key
 
 
 def _is_ip(name: str) -> bool:
