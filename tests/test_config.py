@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -15,9 +14,7 @@ import yaml
 from adaskip.build import build_model, check_model, timm_kwargs, tune_splits
 from adaskip.config import ConfigError, apply_tuned, load_params, parse_params
 from adaskip.errors import AdaskipError
-from helpers import run_stage
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import PROGRAMS, ROOT, run_stage
 
 
 @pytest.fixture(scope="module")
@@ -140,13 +137,8 @@ def test_a_model_that_cannot_run_on_the_data_fails_validation_fast(defaults):
 def test_validation_is_the_schema_and_builds_no_model(defaults):
     """Validating params imports neither torch nor timm (a Ray worker or task given validated Params builds nothing
     more than what it trains or evaluates); the model is checked once, explicitly, by the stages that build it."""
-    code = (
-        "import sys, yaml; from adaskip.config import parse_params; "
-        "raw = yaml.safe_load(open('params.yaml')); raw['model']['name'] = 'vgg16'; "
-        "raw['tune']['splits'] = [[0, 1, 1, 1]]; p = parse_params(raw); "
-        "print(p.model.name, 'timm' in sys.modules, 'torch' in sys.modules)"
-    )
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    program = [sys.executable, str(PROGRAMS / "validate_only.py")]
+    r = subprocess.run(program, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.stdout.split() == ["vgg16", "False", "False"], r.stderr
     p = parse_params(_with(defaults, "tune.splits", [[2, 2, 3, 2], [0, 1, 1, 1]]))
     assert check_model(p).split == [2, 2, 3, 2]  # the model alone is fine

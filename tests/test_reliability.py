@@ -123,24 +123,13 @@ def test_local_ray_listens_on_loopback_only(tmp_path: Path):
     assert all(x[-2] in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for x in listening), (r.stdout, rank0)
 
 
-ENV_ON_IMPORT = """
-import os
-before = dict(os.environ)
-import adaskip.orchestration, adaskip.orchestration.cluster, adaskip.stage, adaskip.cli
-assert dict(os.environ) == before, sorted(set(os.environ.items()) ^ set(before.items()))
-adaskip.orchestration.configure_ray_env()
-print(os.environ["RAY_USAGE_STATS_ENABLED"], os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"],
-      os.environ["RAY_AUTH_MODE"])
-"""
-
-
 @pytest.mark.subprocess
 def test_importing_adaskip_leaves_the_environment_alone():
     """Ray's environment is set by configure_ray_env, called by the stage harness and the CLI, not on import;
     what the user set wins."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TUNE_"))}
     r = subprocess.run(
-        [sys.executable, "-c", ENV_ON_IMPORT],
+        [sys.executable, str(PROGRAMS / "env_on_import.py")],
         capture_output=True,
         text=True,
         timeout=300,
