@@ -9,34 +9,42 @@ from pathlib import Path
 GRID = "results/eval_grid.csv"  # the evaluate stage's (adaskip.select.GRID; not imported: --help stays light)
 
 
+DESCRIPTION = (
+    "With --skip SKIP: build sub-network SKIP of a trained model file as a plain network (the\n"
+    "skipped stages' skippable blocks removed, each skip-aware norm replaced by the set that sub-network\n"
+    "uses, no skip logic left). With --all-depths: one graph of every sub-network whose second input,\n"
+    "'skip' (bool[S], true skips that stage's skippable blocks), chooses the depth per call; a call runs\n"
+    "only the blocks of that depth (one ONNX If node per stage), each weight is stored once.\n"
+    "Either way the written file is loaded back and checked against model(x, skip=...) on a random batch\n"
+    "(every depth for --all-depths); a failed check writes nothing.\n\n"
+    "formats with --skip:\n"
+    "  torch        torch.save of {config, state_dict}; adaskip.export.load_exported(path) rebuilds it\n"
+    "  torchscript  torch.jit.trace; loads with torch.jit.load alone (no adaskip, no timm)\n"
+    "  onnx         torch.onnx.export, input 'input' (N,C,H,W), output 'logits', dynamic batch; onnxruntime\n"
+    "formats with --all-depths:\n"
+    "  onnx         inputs 'input' (N,C,H,W) and 'skip' (bool[S]), output 'logits'; its metadata (key\n"
+    "               'adaskip', JSON) holds each depth's MACs, params, top-1 (from --grid) and a latency table\n"
+    "               measured in ONNX Runtime at --latency-batches (examples/serve_all_depths.py serves it)\n"
+    "  pt2          torch.export.save: torch.export.load(path).module()(x, skip) with torch alone; the same\n"
+    "               JSON (no latency table) in its extra file 'adaskip.json'"
+)
+EPILOG = (
+    "examples:\n"
+    "  adaskip export models/model.pt --skip TTTT --format onnx --out base.onnx --image-size 32\n"
+    "  adaskip export models/model.pt --skip FFTT --format torchscript --out fftt.ts --image-size 32\n"
+    "  adaskip export models/model.pt --all-depths --format onnx --out all.onnx   # + results/eval_grid.csv\n"
+    "  adaskip export models/model.pt --all-depths --format pt2 --out all.pt2\n"
+    "errors (bad skip string, missing model file, failed check): one line on stderr, exit 2"
+)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
         help="export one sub-network, or every depth in one graph, as a standalone PyTorch / TorchScript / ONNX file",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="With --skip SKIP: build sub-network SKIP of a trained model file as a plain network (the\n"
-        "skipped stages' skippable blocks removed, each skip-aware norm replaced by the set that sub-network\n"
-        "uses, no skip logic left). With --all-depths: one graph of every sub-network whose second input,\n"
-        "'skip' (bool[S], true skips that stage's skippable blocks), chooses the depth per call; a call runs\n"
-        "only the blocks of that depth (one ONNX If node per stage), each weight is stored once.\n"
-        "Either way the written file is loaded back and checked against model(x, skip=...) on a random batch\n"
-        "(every depth for --all-depths); a failed check writes nothing.\n\n"
-        "formats with --skip:\n"
-        "  torch        torch.save of {config, state_dict}; adaskip.export.load_exported(path) rebuilds it\n"
-        "  torchscript  torch.jit.trace; loads with torch.jit.load alone (no adaskip, no timm)\n"
-        "  onnx         torch.onnx.export, input 'input' (N,C,H,W), output 'logits', dynamic batch; onnxruntime\n"
-        "formats with --all-depths:\n"
-        "  onnx         inputs 'input' (N,C,H,W) and 'skip' (bool[S]), output 'logits'; its metadata (key\n"
-        "               'adaskip', JSON) holds each depth's MACs, params, top-1 (from --grid) and a latency table\n"
-        "               measured in ONNX Runtime at --latency-batches (examples/serve_all_depths.py serves it)\n"
-        "  pt2          torch.export.save: torch.export.load(path).module()(x, skip) with torch alone; the same\n"
-        "               JSON (no latency table) in its extra file 'adaskip.json'",
-        epilog="examples:\n"
-        "  adaskip export models/model.pt --skip TTTT --format onnx --out base.onnx --image-size 32\n"
-        "  adaskip export models/model.pt --skip FFTT --format torchscript --out fftt.ts --image-size 32\n"
-        "  adaskip export models/model.pt --all-depths --format onnx --out all.onnx   # + results/eval_grid.csv\n"
-        "  adaskip export models/model.pt --all-depths --format pt2 --out all.pt2\n"
-        "errors (bad skip string, missing model file, failed check): one line on stderr, exit 2",
+        description=DESCRIPTION,
+        epilog=EPILOG,
     )
     p.add_argument("model", metavar="MODEL", help="model file written by the train stage (models/model.pt)")
     which = p.add_mutually_exclusive_group(required=True)
@@ -62,7 +70,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="input resolution for tracing and checking (default: the model file's training size, or the size a "
         "ViT/Swin is built for)",
     )
-    g = p.add_argument_group("--all-depths")
+    _all_depths_options(p.add_argument_group("--all-depths"))
+    p.set_defaults(func=run)
+
+
+def _all_depths_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--grid",
         type=Path,
@@ -83,7 +95,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="time spent measuring it, all batch sizes together; 0: no table (default: %(default)s)",
     )
     g.add_argument("--threads", type=int, default=1, metavar="N", help="ONNX Runtime threads (default: %(default)s)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,8 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "figures:\na cost cap (--max-latency-ms, --max-macs) gets the most accurate that fits (ties: the "
         "faster);\nan accuracy floor alone (--min-acc) gets the cheapest that meets it (the lowest p50, "
         "else the\nfewest MACs; ties: the more accurate); --prefer decides instead. Latency is the p50 in "
-        "ms per forward of one "
-        "batch, measured by evaluate at\nevaluate.latency_batch_sizes on the grid's device.\n"
+        "ms per\nforward of one batch, measured by evaluate at evaluate.latency_batch_sizes on the grid's device.\n"
         "exit 0: chosen; 1: none fits (one line: what the cheapest costs); 2: bad arguments (one line)",
         epilog="examples:\n"
         "  adaskip select --max-latency-ms 2.5                 # batch: the first measured\n"
@@ -27,6 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "  adaskip select --grid all.onnx --max-latency-ms 4 --batch 32  # what adaskip export --all-depths measured\n"
         "  adaskip select --latency results/latency-*.csv --device xeon --max-latency-ms 2  # profiled",
     )
+    _grid_options(s.add_argument_group("the grid"))
+    _budget_options(s.add_argument_group("the budget"))
+    _export_options(s.add_argument_group("exporting the choice"))
+    s.set_defaults(func=run)
+
+
+def _grid_options(s: argparse._ArgumentGroup) -> None:
     s.add_argument(
         "--grid",
         metavar="CSV",
@@ -35,12 +41,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--run", metavar="RUN_ID", help="MLflow evaluate run whose eval_grid.json to read instead")
     s.add_argument("--params", default="params.yaml", help="for --run: its mlflow.tracking_uri (default: %(default)s)")
+
+
+def _budget_options(s: argparse._ArgumentGroup) -> None:
     s.add_argument("--max-latency-ms", type=float, metavar="X", help="p50 ms per batch at most")
     s.add_argument(
         "--batch",
         type=int,
         metavar="B",
         help="batch size --max-latency-ms refers to (default: the first of evaluate.latency_batch_sizes)",
+    )
+    s.add_argument("--max-macs", type=float, metavar="M", help="multiply-accumulates per image at most (3.5e8)")
+    s.add_argument("--min-acc", type=float, metavar="A", help="test top-1 accuracy at least, in %%")
+    s.add_argument(
+        "--prefer",
+        choices=("accuracy", "latency", "macs"),
+        help="choose the best at this among those that fit (default: the most accurate under a cost cap, the "
+        "fastest, else the fewest MACs, for an accuracy floor alone)",
     )
     s.add_argument(
         "--device",
@@ -56,21 +73,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="latency tables (adaskip profile's long "
         "form) to use instead of the grid's own, e.g. measured on the serving machine",
     )
-    s.add_argument("--max-macs", type=float, metavar="M", help="multiply-accumulates per image at most (3.5e8)")
-    s.add_argument("--min-acc", type=float, metavar="A", help="test top-1 accuracy at least, in %%")
-    s.add_argument(
-        "--prefer",
-        choices=("accuracy", "latency", "macs"),
-        help="choose the best at this among those that fit (default: the most accurate under a cost cap, the "
-        "fastest, else the fewest MACs, for an accuracy floor alone)",
-    )
+
+
+def _export_options(s: argparse._ArgumentGroup) -> None:
     s.add_argument(
         "--export", metavar="FORMAT", help="export the choice (torch, torchscript or onnx), as `adaskip export` does"
     )
     s.add_argument("--out", type=Path, metavar="FILE", help="the export's output file")
     s.add_argument("--model", default="models/model.pt", help="model file to export from (default: %(default)s)")
     s.add_argument("--image-size", type=int, metavar="N", help="export input resolution (default: the model file's)")
-    s.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
