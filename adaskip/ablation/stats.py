@@ -193,43 +193,8 @@ def comparison_markdown(comparison: pd.DataFrame, agg: pd.DataFrame, spec: Any) 
     if comparison.empty:
         lines.append("No individual baseline shares a configuration with the reference variant: nothing to compare.")
     else:
-        sizes = sorted({int(n) for n in comparison.test_images.dropna()})
-        size = (
-            f"{' / '.join(map(str, sizes))} images per seed, the same images for every seed"
-            if sizes
-            else "size not recorded in the results"
-        )
-        family = int(comparison.family.iloc[0])
-        lines += [
-            f"`{spec.reference}` (one adaptive-depth network) against individually trained networks of the same "
-            "depth, test top-1 %, mean +- std over seeds. delta: "
-            f"`{spec.reference}` minus individual in percentage points, paired by seed, mean [confidence interval "
-            f"over seeds]. The family: the {family} comparison{'s' if family != 1 else ''} of this table with two or "
-            "more seeds, corrected with Holm's step-down (family-wise error 5 %); each interval is at the level Holm "
-            "tested its comparison at, so it excludes zero exactly when the verdict is better or worse. detectable: "
-            "the smallest delta this study finds with 80 % power (the larger of the seed-to-seed and the test-set "
-            "limit; `adaskip.ablation.stats.paired_stats`). P(better): the probability that a run of "
-            f"`{spec.reference}` beats a run of the baseline (pairs of seeds, ties half) [95 % stratified bootstrap, "
-            f"from {power.MIN_BOOTSTRAP_SEEDS} seeds]. `adaskip study plan` says how many seeds a difference needs. "
-            f"Test set: {size}.",
-            "",
-            "| config | MACs | baseline | " + spec.reference + " | individual | delta (%p) [Holm CI] | detectable (%p) "
-            f"| P(better) | verdict for {spec.reference} |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in comparison.itertuples(index=False):
-            ci = f" [{r.ci_holm_low:+.2f}, {r.ci_holm_high:+.2f}]" if r.seeds >= 2 else ""
-            det = f"{r.detectable:.1f}" if r.detectable == r.detectable else "n/a"
-            pi = f"{r.p_improve:.2f}" + (
-                f" [{r.p_improve_low:.2f}, {r.p_improve_high:.2f}]"
-                if r.p_improve_low == r.p_improve_low
-                else f" (no interval: < {power.MIN_BOOTSTRAP_SEEDS} seeds)"
-            )
-            lines.append(
-                f"| {r.skip} | {r.macs / 1e6:.2f} M | {r.baseline} | {r.adn_acc1_mean:.2f} +- {r.adn_acc1_std:.2f} | "
-                f"{r.baseline_acc1_mean:.2f} +- {r.baseline_acc1_std:.2f} | {r.delta_acc1_mean:+.2f}{ci} | {det} | "
-                f"{pi} | {verdict(r.ci_holm_low, r.ci_holm_high, r.detectable, r.seeds)} |"
-            )
+        lines += _comparison_head(comparison, spec.reference)
+        lines += [_comparison_row(r) for r in comparison.itertuples(index=False)]
     lines += [
         "",
         "## Every variant (test top-1 %, mean +- std over seeds)",
@@ -242,6 +207,50 @@ def comparison_markdown(comparison: pd.DataFrame, agg: pd.DataFrame, spec: Any) 
             f"| {r.variant} | {r.skip} | {r.macs / 1e6:.2f} M | {r.acc1_mean:.2f} +- {r.acc1_std:.2f} | {r.seeds} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _comparison_head(comparison: pd.DataFrame, reference: str) -> list[str]:
+    """What the comparison table's columns mean, the family Holm corrects over, the test set; the table's header."""
+    sizes = sorted({int(n) for n in comparison.test_images.dropna()})
+    size = (
+        f"{' / '.join(map(str, sizes))} images per seed, the same images for every seed"
+        if sizes
+        else "size not recorded in the results"
+    )
+    family = int(comparison.family.iloc[0])
+    return [
+        f"`{reference}` (one adaptive-depth network) against individually trained networks of the same "
+        "depth, test top-1 %, mean +- std over seeds. delta: "
+        f"`{reference}` minus individual in percentage points, paired by seed, mean [confidence interval "
+        f"over seeds]. The family: the {family} comparison{'s' if family != 1 else ''} of this table with two or "
+        "more seeds, corrected with Holm's step-down (family-wise error 5 %); each interval is at the level Holm "
+        "tested its comparison at, so it excludes zero exactly when the verdict is better or worse. detectable: "
+        "the smallest delta this study finds with 80 % power (the larger of the seed-to-seed and the test-set "
+        "limit; `adaskip.ablation.stats.paired_stats`). P(better): the probability that a run of "
+        f"`{reference}` beats a run of the baseline (pairs of seeds, ties half) [95 % stratified bootstrap, "
+        f"from {power.MIN_BOOTSTRAP_SEEDS} seeds]. `adaskip study plan` says how many seeds a difference needs. "
+        f"Test set: {size}.",
+        "",
+        "| config | MACs | baseline | " + reference + " | individual | delta (%p) [Holm CI] | detectable (%p) "
+        f"| P(better) | verdict for {reference} |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+
+def _comparison_row(r: Any) -> str:
+    """One comparison (a row of ``comparison``) as a table line."""
+    ci = f" [{r.ci_holm_low:+.2f}, {r.ci_holm_high:+.2f}]" if r.seeds >= 2 else ""
+    det = f"{r.detectable:.1f}" if r.detectable == r.detectable else "n/a"
+    pi = f"{r.p_improve:.2f}" + (
+        f" [{r.p_improve_low:.2f}, {r.p_improve_high:.2f}]"
+        if r.p_improve_low == r.p_improve_low
+        else f" (no interval: < {power.MIN_BOOTSTRAP_SEEDS} seeds)"
+    )
+    return (
+        f"| {r.skip} | {r.macs / 1e6:.2f} M | {r.baseline} | {r.adn_acc1_mean:.2f} +- {r.adn_acc1_std:.2f} | "
+        f"{r.baseline_acc1_mean:.2f} +- {r.baseline_acc1_std:.2f} | {r.delta_acc1_mean:+.2f}{ci} | {det} | "
+        f"{pi} | {verdict(r.ci_holm_low, r.ci_holm_high, r.detectable, r.seeds)} |"
+    )
 
 
 def verdict(ci_low: float, ci_high: float, detectable: float, seeds: int) -> str:
