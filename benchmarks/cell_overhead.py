@@ -38,7 +38,7 @@ from adaskip.ablation.spec import Cell  # noqa: E402
 from adaskip.orchestration.cells import _cell_grid, run_cells  # noqa: E402
 from adaskip.orchestration.storage import Storage  # noqa: E402
 from adaskip.orchestration.raytrain import POLL_ENV  # noqa: E402
-from study_concurrency import parse_checked, study_cells, study_parser  # noqa: E402  (its options and cells)
+from study_concurrency import parse_checked, start_ray, study_cells, study_parser  # noqa: E402  (its options and cells)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -91,13 +91,7 @@ class _CpuByKind:
 def main(argv=None) -> int:
     args = parse_args(argv)
     every = study_cells(args)
-    ray.init(
-        num_cpus=args.cpus,
-        include_dashboard=False,
-        object_store_memory=300 * 2**20,
-        configure_logging=False,
-        log_to_driver=False,
-    )
+    start_ray(args.cpus)
     task = ray.remote(num_cpus=1)(_in_process)
     sides = ("Ray Train cells", "in-process cells", "Ray Train cells, 2 s poll")
     times: dict[str, list[float]] = {s: [] for s in sides}

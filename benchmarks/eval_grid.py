@@ -31,29 +31,37 @@ from adaskip.evaluation import grid_logits  # noqa: E402
 TARGET = 1.6
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def model_parser(doc: str, image_size: int, batch_size: int, reps: int, threads: int) -> argparse.ArgumentParser:
+    """The options of a benchmark timing a timm model's sub-networks (also benchmarks/export.py's)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet50", help="timm model name (default: %(default)s)")
-    p.add_argument("--image-size", type=int, default=64, help="input resolution in pixels (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: %(default)s)")
+    p.add_argument(
+        "--image-size", type=int, default=image_size, help="input resolution in pixels (default: %(default)s)"
+    )
+    p.add_argument("--batch-size", type=int, default=batch_size, help="images per batch (default: %(default)s)")
     p.add_argument("--batches", type=int, default=1, help="batches per timed repetition (default: %(default)s)")
-    p.add_argument("--reps", type=int, default=5, help="timed A/B repetition pairs (default: %(default)s)")
+    p.add_argument("--reps", type=int, default=reps, help="timed A/B repetition pairs (default: %(default)s)")
     p.add_argument("--num-classes", type=int, default=1000, help="classifier width (default: %(default)s)")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=os.cpu_count(),
-        help="torch intra-op threads (default: os.cpu_count() = %(default)s)",
-    )
+    p.add_argument("--threads", type=int, default=threads, help="torch intra-op threads (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--target", type=float, default=TARGET, help="required speed-up for a 4-stage ResNet (default: %(default)s)"
-    )
+    return p
+
+
+def parse_positive(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """``p``'s arguments, with every size and count of :func:`model_parser` checked to be at least 1."""
     args = p.parse_args(argv)
     for name in ("image_size", "batch_size", "batches", "reps", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = model_parser(__doc__, image_size=64, batch_size=32, reps=5, threads=os.cpu_count() or 1)
+    p.add_argument(
+        "--target", type=float, default=TARGET, help="required speed-up for a 4-stage ResNet (default: %(default)s)"
+    )
+    return parse_positive(p, argv)
 
 
 def randomise_norms(model: torch.nn.Module, seed: int) -> None:

@@ -30,31 +30,19 @@ import torch  # noqa: E402
 import adaskip  # noqa: E402
 from adaskip.export import export_subnetwork, load_exported  # noqa: E402
 from adaskip.training import save_atomic  # noqa: E402
-from eval_grid import randomise_norms  # noqa: E402  (this script's folder is on sys.path)
+from eval_grid import model_parser, parse_positive, randomise_norms  # noqa: E402  (this script's folder is on sys.path)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="resnet50", help="timm model name (default: %(default)s)")
+    p = model_parser(__doc__, image_size=128, batch_size=8, reps=21, threads=2)
     p.add_argument("--skip", default=None, help="sub-network to export (default: the base-net, TTTT)")
-    p.add_argument("--image-size", type=int, default=128, help="input resolution in pixels (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: %(default)s)")
-    p.add_argument("--batches", type=int, default=1, help="batches per timed repetition (default: %(default)s)")
-    p.add_argument("--reps", type=int, default=21, help="timed A/B repetition pairs (default: %(default)s)")
-    p.add_argument("--num-classes", type=int, default=1000, help="classifier width (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default: %(default)s)")
     p.add_argument(
         "--tolerance",
         type=float,
         default=0.05,
         help="PASS when exported <= (1 + tolerance) x adaptive time (default: %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    for name in ("image_size", "batch_size", "batches", "reps", "threads"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    return args
+    return parse_positive(p, argv)
 
 
 def main(argv=None) -> int:

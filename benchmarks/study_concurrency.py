@@ -82,6 +82,17 @@ def study_cells(args: argparse.Namespace) -> list:
     return cells(spec, load_params(args.params))
 
 
+def start_ray(cpus: int) -> None:
+    """A quiet local Ray of ``cpus`` CPUs for the cells."""
+    ray.init(
+        num_cpus=cpus,
+        include_dashboard=False,
+        object_store_memory=300 * 2**20,
+        configure_logging=False,
+        log_to_driver=False,
+    )
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = study_parser(__doc__, epochs=8)
     p.add_argument("--target", type=float, default=TARGET, help="largest A/B ratio that passes (default: %(default)s)")
@@ -92,13 +103,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     names = list(VARIANTS)[: args.variants]
     every = study_cells(args)
-    ray.init(
-        num_cpus=args.cpus,
-        include_dashboard=False,
-        object_store_memory=300 * 2**20,
-        configure_logging=False,
-        log_to_driver=False,
-    )
+    start_ray(args.cpus)
     times: dict[str, list[float]] = {"at once": [], "one variant after another": []}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):
