@@ -13,8 +13,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import wait_until  # noqa: E402 (tests/ is not a package)
 
 url, cafile, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
-context = ssl.create_default_context(cafile=cafile)
+
+
+def healthy() -> bool:
+    context = ssl.create_default_context(cafile=cafile)  # here: the server writes its certificate as it starts
+    return urllib.request.urlopen(url, timeout=1, context=context).status == 200  # noqa: S310
+
+
 try:
-    wait_until(lambda: urllib.request.urlopen(url, timeout=1, context=context).status == 200, timeout, url)  # noqa: S310
+    wait_until(healthy, timeout, url)
 except RuntimeError as e:
     sys.exit(str(e))
