@@ -27,6 +27,7 @@ __all__ = [
     "TINY",
     "checkpoint_recorded",
     "free_port",
+    "latest_checkpoint",
     "local_server",
     "merge",
     "new_project",
@@ -57,16 +58,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def checkpoint_recorded(root: Path, run_glob: str) -> bool:
-    """Whether Ray Train's controller has recorded a checkpoint of a run under ``root``: it resumes from those
-    only (a checkpoint folder alone, written by the workers before the controller takes it, is not enough)."""
+def latest_checkpoint(run: Path) -> Any:
+    """The checkpoint Ray Train's controller recorded last for a run folder (None before the first): it resumes from
+    those only (a checkpoint folder alone, written by the workers before the controller takes it, is not enough)."""
     try:
-        return any(
-            json.loads(f.read_text()).get("latest_checkpoint_result")
-            for f in root.glob(f"{run_glob}/checkpoint_manager_snapshot.json")
-        )
-    except ValueError:  # caught mid-write
-        return False
+        return json.loads((run / "checkpoint_manager_snapshot.json").read_text()).get("latest_checkpoint_result")
+    except (OSError, ValueError):  # not written yet, or caught mid-write
+        return None
+
+
+def checkpoint_recorded(root: Path, run_glob: str) -> bool:
+    """Whether Ray Train's controller has recorded a checkpoint of a run under ``root`` (:func:`latest_checkpoint`)."""
+    return any(latest_checkpoint(run) for run in root.glob(run_glob))
 
 
 def run_stage(name: str, *argv: str) -> Any:

@@ -33,9 +33,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import pytest
 
-from helpers import PROGRAMS, wait_until
+from helpers import PROGRAMS, ROOT, wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix) if sys.prefix != sys.base_prefix else ROOT / ".venv"
 _counter = itertools.count()
 _TAG = re.compile(r"^mh(\d+)x\d+h[12]$")  # netns names: mh<pid>x<n>h1 / h2

@@ -7,7 +7,6 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -87,14 +86,6 @@ def test_records_wait_for_a_server_that_went_away(state: Path, tmp_path: Path, c
     assert again_lines == ["epoch 3 trained again after a restart; its metrics were logged before"], again_lines
 
 
-def _latest_checkpoint(run: Path) -> Any:
-    """The checkpoint Ray Train's controller recorded last for a run folder (None before the first)."""
-    try:
-        return json.loads((run / "checkpoint_manager_snapshot.json").read_text()).get("latest_checkpoint_result")
-    except (OSError, ValueError):  # not written yet, or caught mid-write
-        return None
-
-
 @pytest.mark.extended
 @pytest.mark.ray
 @pytest.mark.ddp
@@ -113,7 +104,7 @@ def test_training_goes_on_while_the_server_is_down(ray_cluster, tiny_raw, state,
     from adaskip.orchestration.storage import Storage
     from adaskip.orchestration.reporting import TrackingTarget, unsent
     from adaskip.orchestration.train import run_training
-    from helpers import checkpoint_recorded, merge
+    from helpers import checkpoint_recorded, latest_checkpoint, merge
 
     epochs, port, log = 12, free_port(), tmp_path / "server.log"
     url = f"http://127.0.0.1:{port}"
@@ -129,12 +120,12 @@ def test_training_goes_on_while_the_server_is_down(ray_cluster, tiny_raw, state,
         events["down"] = time.time()
         time.sleep(8)
         worker = next(p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"]))
-        before = _latest_checkpoint(storage / "train-x")
+        before = latest_checkpoint(storage / "train-x")
         os.kill(worker.pid, signal.SIGKILL)
         events["killed"] = time.time()
         # back once the restarted group has trained and checkpointed an epoch without it (not after a fixed time: a
         # run that ends while the server is down leaves its records for the next stage, another test's subject)
-        wait_until(lambda: _latest_checkpoint(storage / "train-x") not in (None, before), 300, "a newer checkpoint")
+        wait_until(lambda: latest_checkpoint(storage / "train-x") not in (None, before), 300, "a newer checkpoint")
         events["server"] = start(state, "127.0.0.1", port, log, server_env(False))
         events["up"] = time.time()
 
